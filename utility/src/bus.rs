@@ -1,0 +1,350 @@
+//! The SNS/SQS client: one SDK client of each kind per process (cloned, never rebuilt), long-poll
+//! receives of up to ten messages, and batch APIs for every send, publish, delete and visibility
+//! change. Partial batch failures are reported entry by entry, never hidden.
+
+use crate::envelope::Envelope;
+use aws_config::{BehaviorVersion, SdkConfig, timeout::TimeoutConfig};
+use aws_sdk_sns::types::{MessageAttributeValue as SnsAttribute, PublishBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
+    MessageSystemAttributeName, SendMessageBatchRequestEntry,
+};
+use std::time::Duration;
+
+/// SQS and SNS take at most ten entries per batch call.
+pub const MAX_BATCH: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} failed: {detail}")]
+pub struct BusError {
+    pub operation: &'static str,
+    detail: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BusError {
+    fn sdk<E: std::error::Error + Send + Sync + 'static>(operation: &'static str) -> impl FnOnce(E) -> Self {
+        move |err| Self {
+            operation,
+            detail: aws_smithy_types_display(&err),
+            source: Some(Box::new(err)),
+        }
+    }
+
+    /// Wraps any SDK error, keeping its chain.
+    pub fn from_sdk<E: std::error::Error + Send + Sync + 'static>(operation: &'static str, err: E) -> Self {
+        Self::sdk(operation)(err)
+    }
+
+    fn entries(operation: &'static str, failed: Vec<String>) -> Self {
+        Self {
+            operation,
+            detail: format!("{} entries failed: {}", failed.len(), failed.join("; ")),
+            source: None,
+        }
+    }
+}
+
+/// The SDK's own `Display` for service errors is terse; this includes the error code and message.
+fn aws_smithy_types_display(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// A message as received from SQS.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub sqs_message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    /// How many times SQS has handed this message out, this time included.
+    pub receive_count: u32,
+}
+
+/// A message ready to go on the bus. `id` is the envelope's message id; it doubles as the batch
+/// entry id, which must be unique within a batch.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: String,
+    pub message_type: String,
+    pub correlation_id: String,
+    pub body: String,
+}
+
+impl From<&Envelope> for Outgoing {
+    fn from(envelope: &Envelope) -> Self {
+        Self {
+            id: envelope.message_id.to_string(),
+            message_type: envelope.type_name().to_owned(),
+            correlation_id: envelope.correlation_id.to_string(),
+            body: envelope.to_json(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Bus {
+    sqs: aws_sdk_sqs::Client,
+    sns: aws_sdk_sns::Client,
+    cloudformation: aws_sdk_cloudformation::Client,
+}
+
+/// Loads the standard AWS configuration (`AWS_ENDPOINT_URL`, `AWS_REGION`, credential chain).
+pub async fn load_aws_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+impl Bus {
+    pub async fn from_env() -> Self {
+        Self::new(&load_aws_config().await)
+    }
+
+    pub fn new(sdk: &SdkConfig) -> Self {
+        // A long poll holds its request open for up to 20 s: give each attempt room beyond that,
+        // but fail fast when the endpoint does not even accept a connection.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(30))
+            .build();
+        let sqs = aws_sdk_sqs::config::Builder::from(sdk)
+            .timeout_config(timeouts.clone())
+            .build();
+        let sns = aws_sdk_sns::config::Builder::from(sdk).timeout_config(timeouts).build();
+        Self {
+            sqs: aws_sdk_sqs::Client::from_conf(sqs),
+            sns: aws_sdk_sns::Client::from_conf(sns),
+            cloudformation: aws_sdk_cloudformation::Client::new(sdk),
+        }
+    }
+
+    pub fn sqs(&self) -> &aws_sdk_sqs::Client {
+        &self.sqs
+    }
+
+    pub fn sns(&self) -> &aws_sdk_sns::Client {
+        &self.sns
+    }
+
+    pub fn cloudformation(&self) -> &aws_sdk_cloudformation::Client {
+        &self.cloudformation
+    }
+
+    /// One long-poll receive of up to ten messages.
+    #[tracing::instrument(skip_all, fields(messaging.system = "aws_sqs", queue = queue_name(queue_url)), err)]
+    pub async fn receive(&self, queue_url: &str, wait_seconds: i32) -> Result<Vec<Received>, BusError> {
+        let output = self
+            .sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(MAX_BATCH as i32)
+            .wait_time_seconds(wait_seconds)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(BusError::sdk("ReceiveMessage"))?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|message| Received {
+                receive_count: message
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|count| count.parse().ok())
+                    .unwrap_or(1),
+                sqs_message_id: message.message_id.unwrap_or_default(),
+                receipt_handle: message.receipt_handle.unwrap_or_default(),
+                body: message.body.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Deletes messages by receipt handle, ten per call.
+    pub async fn delete_batch(&self, queue_url: &str, receipts: &[&str]) -> Result<(), BusError> {
+        let mut failed = Vec::new();
+        for chunk in receipts.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, receipt)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*receipt)
+                        .build()
+                        .map_err(BusError::sdk("DeleteMessageBatch"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
+                .sqs
+                .delete_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(BusError::sdk("DeleteMessageBatch"))?;
+            failed.extend(
+                output
+                    .failed
+                    .iter()
+                    .map(|f| format!("{}: {}", f.code, f.message.as_deref().unwrap_or(""))),
+            );
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(BusError::entries("DeleteMessageBatch", failed))
+        }
+    }
+
+    /// Sets how long each message stays hidden before SQS hands it out again.
+    pub async fn change_visibility_batch(&self, queue_url: &str, changes: &[(&str, i32)]) -> Result<(), BusError> {
+        let mut failed = Vec::new();
+        for chunk in changes.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (receipt, seconds))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*receipt)
+                        .visibility_timeout(*seconds)
+                        .build()
+                        .map_err(BusError::sdk("ChangeMessageVisibilityBatch"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
+                .sqs
+                .change_message_visibility_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(BusError::sdk("ChangeMessageVisibilityBatch"))?;
+            failed.extend(
+                output
+                    .failed
+                    .iter()
+                    .map(|f| format!("{}: {}", f.code, f.message.as_deref().unwrap_or(""))),
+            );
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(BusError::entries("ChangeMessageVisibilityBatch", failed))
+        }
+    }
+
+    /// Sends commands to a queue, ten per call. Returns the ids SQS accepted; the others are
+    /// logged and left for the caller to retry.
+    #[tracing::instrument(skip_all, fields(messaging.system = "aws_sqs", queue = queue_name(queue_url), count = messages.len()), err)]
+    pub async fn send_batch(&self, queue_url: &str, messages: &[Outgoing]) -> Result<Vec<String>, BusError> {
+        let mut sent = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .map(|m| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(&m.id)
+                        .message_body(&m.body)
+                        .set_message_attributes(Some(
+                            [("type", &m.message_type), ("correlation_id", &m.correlation_id)]
+                                .into_iter()
+                                .map(|(k, v)| {
+                                    MessageAttributeValue::builder()
+                                        .data_type("String")
+                                        .string_value(v)
+                                        .build()
+                                        .map(|attr| (k.to_owned(), attr))
+                                })
+                                .collect::<Result<_, _>>()
+                                .map_err(BusError::sdk("SendMessageBatch"))?,
+                        ))
+                        .build()
+                        .map_err(BusError::sdk("SendMessageBatch"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
+                .sqs
+                .send_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(BusError::sdk("SendMessageBatch"))?;
+            for failure in &output.failed {
+                tracing::warn!(id = %failure.id, code = %failure.code, message = failure.message.as_deref().unwrap_or(""), "SQS refused a batch entry");
+            }
+            sent.extend(output.successful.into_iter().map(|s| s.id));
+        }
+        Ok(sent)
+    }
+
+    /// Publishes events to a topic, ten per call. Returns the ids SNS accepted.
+    #[tracing::instrument(skip_all, fields(messaging.system = "aws_sns", topic = topic_arn, count = messages.len()), err)]
+    pub async fn publish_batch(&self, topic_arn: &str, messages: &[Outgoing]) -> Result<Vec<String>, BusError> {
+        let mut sent = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .map(|m| {
+                    PublishBatchRequestEntry::builder()
+                        .id(&m.id)
+                        .message(&m.body)
+                        .set_message_attributes(Some(
+                            [("type", &m.message_type), ("correlation_id", &m.correlation_id)]
+                                .into_iter()
+                                .map(|(k, v)| {
+                                    SnsAttribute::builder()
+                                        .data_type("String")
+                                        .string_value(v)
+                                        .build()
+                                        .map(|attr| (k.to_owned(), attr))
+                                })
+                                .collect::<Result<_, _>>()
+                                .map_err(BusError::sdk("PublishBatch"))?,
+                        ))
+                        .build()
+                        .map_err(BusError::sdk("PublishBatch"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
+                .sns
+                .publish_batch()
+                .topic_arn(topic_arn)
+                .set_publish_batch_request_entries(Some(entries))
+                .send()
+                .await
+                .map_err(BusError::sdk("PublishBatch"))?;
+            for failure in output.failed() {
+                tracing::warn!(id = %failure.id, code = %failure.code, message = failure.message.as_deref().unwrap_or(""), "SNS refused a batch entry");
+            }
+            sent.extend(output.successful().iter().filter_map(|s| s.id.clone()));
+        }
+        Ok(sent)
+    }
+
+    /// Cheap reachability check of one queue, for readiness probes.
+    pub async fn ping_queue(&self, queue_url: &str) -> Result<(), BusError> {
+        self.sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(BusError::sdk("GetQueueAttributes"))
+    }
+}
+
+/// The last path segment of a queue URL: its name.
+pub fn queue_name(queue_url: &str) -> &str {
+    queue_url.rsplit('/').next().unwrap_or(queue_url)
+}

@@ -1,0 +1,241 @@
+//! The one versioned envelope every command and event travels in.
+//!
+//! Wire form (JSON body):
+//! `{"message_id", "type", "schema_version", "correlation_id", "causation_id", "occurred_at",
+//!   "traceparent", "payload": {...}}`,
+//! plus SQS/SNS message attributes `type`, `schema_version` and `correlation_id` so that filter
+//! policies can route without reading bodies. Parsing never panics: any byte string gives an
+//! [`Envelope`] or an [`EnvelopeError`] that says what is wrong.
+
+use crate::message::Message;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// SQS refuses bodies above 256 KiB; anything larger cannot have come from us.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub message_id: Uuid,
+    pub schema_version: u32,
+    /// The enrollment this message belongs to.
+    pub correlation_id: Uuid,
+    /// The message that caused this one (absent for the first command of a saga).
+    pub causation_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+    /// W3C trace context (`traceparent`), carried so one enrollment's logs can be joined.
+    pub traceparent: Option<String>,
+    pub message: Message,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("body is {0} bytes, above the {MAX_BODY_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("body is not a message envelope: {0}")]
+    Malformed(#[source] serde_json::Error),
+    #[error("unknown message type `{0}`")]
+    UnknownType(String),
+    #[error("`{message_type}` schema version {version} is not supported (this build reads {SCHEMA_VERSION})")]
+    UnsupportedVersion { message_type: String, version: u32 },
+    #[error("invalid `{message_type}` payload: {source}")]
+    InvalidPayload {
+        message_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The envelope as it stands on the wire, before the payload is typed.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    message_id: Uuid,
+    #[serde(rename = "type")]
+    message_type: String,
+    schema_version: u32,
+    correlation_id: Uuid,
+    causation_id: Option<Uuid>,
+    occurred_at: DateTime<Utc>,
+    #[serde(default)]
+    traceparent: Option<String>,
+    payload: serde_json::Value,
+}
+
+impl Envelope {
+    /// A new message that starts a saga step; `correlation_id` is the enrollment id.
+    pub fn new(message: Message, correlation_id: Uuid) -> Self {
+        Self {
+            message_id: Uuid::now_v7(),
+            schema_version: SCHEMA_VERSION,
+            correlation_id,
+            causation_id: None,
+            occurred_at: Utc::now(),
+            traceparent: None,
+            message,
+        }
+    }
+
+    /// A message caused by `self`: same saga, same trace, `causation_id` pointing back here.
+    pub fn caused(&self, message: Message) -> Self {
+        Self {
+            causation_id: Some(self.message_id),
+            traceparent: self.traceparent.clone(),
+            ..Self::new(message, self.correlation_id)
+        }
+    }
+
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.message.type_name()
+    }
+
+    pub fn parse(body: &str) -> Result<Self, EnvelopeError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(EnvelopeError::TooLarge(body.len()));
+        }
+        let wire: Wire = serde_json::from_str(body).map_err(EnvelopeError::Malformed)?;
+        if wire.schema_version != SCHEMA_VERSION {
+            return Err(EnvelopeError::UnsupportedVersion {
+                message_type: wire.message_type,
+                version: wire.schema_version,
+            });
+        }
+        let message = match Message::from_payload(&wire.message_type, wire.payload) {
+            None => return Err(EnvelopeError::UnknownType(wire.message_type)),
+            Some(Err(source)) => {
+                return Err(EnvelopeError::InvalidPayload {
+                    message_type: wire.message_type,
+                    source,
+                });
+            }
+            Some(Ok(message)) => message,
+        };
+        Ok(Self {
+            message_id: wire.message_id,
+            schema_version: wire.schema_version,
+            correlation_id: wire.correlation_id,
+            causation_id: wire.causation_id,
+            occurred_at: wire.occurred_at,
+            traceparent: wire.traceparent,
+            message,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        let wire = Wire {
+            message_id: self.message_id,
+            message_type: self.type_name().to_owned(),
+            schema_version: self.schema_version,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            occurred_at: self.occurred_at,
+            traceparent: self.traceparent.clone(),
+            payload: self.message.payload_json(),
+        };
+        // `Wire` holds only JSON-representable values.
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+}
+
+/// A fresh W3C `traceparent` (version 00, sampled) for a saga that starts here.
+pub fn new_traceparent() -> String {
+    let trace = Uuid::new_v4().simple().to_string();
+    let span = &Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CustomerName, Email};
+    use crate::message::{Enroll, MESSAGE_TYPES, PostBonusPoints};
+    use proptest::prelude::*;
+
+    fn enroll() -> Envelope {
+        Envelope::new(
+            Message::Enroll(Enroll {
+                name: CustomerName::parse("Ada").unwrap(),
+                email: Email::parse("ada@example.com").unwrap(),
+            }),
+            Uuid::now_v7(),
+        )
+        .with_traceparent(Some(new_traceparent()))
+    }
+
+    #[test]
+    fn round_trips() {
+        let original = enroll();
+        assert_eq!(Envelope::parse(&original.to_json()).unwrap(), original);
+    }
+
+    #[test]
+    fn caused_keeps_saga_and_trace() {
+        let first = enroll();
+        let next = first.caused(Message::PostBonusPoints(PostBonusPoints {
+            customer_id: Uuid::now_v7(),
+        }));
+        assert_eq!(next.correlation_id, first.correlation_id);
+        assert_eq!(next.causation_id, Some(first.message_id));
+        assert_eq!(next.traceparent, first.traceparent);
+        assert_ne!(next.message_id, first.message_id);
+    }
+
+    fn reparse(edit: impl FnOnce(&mut serde_json::Value)) -> EnvelopeError {
+        let mut value: serde_json::Value = serde_json::from_str(&enroll().to_json()).unwrap();
+        edit(&mut value);
+        Envelope::parse(&value.to_string()).unwrap_err()
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert!(matches!(
+            Envelope::parse("{not json").unwrap_err(),
+            EnvelopeError::Malformed(_)
+        ));
+        let err = reparse(|v| v["type"] = "Explode".into());
+        assert_eq!(err.to_string(), "unknown message type `Explode`");
+        let err = reparse(|v| v["schema_version"] = 7.into());
+        assert!(matches!(err, EnvelopeError::UnsupportedVersion { version: 7, .. }));
+        let err = reparse(|v| v["payload"]["email"] = "not-an-email".into());
+        assert!(err.to_string().starts_with("invalid `Enroll` payload"), "{err}");
+        let err = reparse(|v| {
+            v.as_object_mut().unwrap().remove("correlation_id");
+        });
+        assert!(err.to_string().contains("correlation_id"), "{err}");
+        let huge = "x".repeat(MAX_BODY_BYTES + 1);
+        assert!(matches!(
+            Envelope::parse(&huge).unwrap_err(),
+            EnvelopeError::TooLarge(_)
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_a_value_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = Envelope::parse(&text);
+        }
+
+        #[test]
+        fn any_type_and_payload_give_a_value_or_an_error(
+            type_index in 0usize..MESSAGE_TYPES.len(),
+            payload in "\\PC{0,200}",
+        ) {
+            let body = serde_json::json!({
+                "message_id": Uuid::now_v7(), "type": MESSAGE_TYPES[type_index],
+                "schema_version": 1, "correlation_id": Uuid::now_v7(), "causation_id": null,
+                "occurred_at": "2026-01-01T00:00:00Z",
+                "payload": serde_json::from_str::<serde_json::Value>(&payload).unwrap_or(payload.into()),
+            });
+            let _ = Envelope::parse(&body.to_string());
+        }
+    }
+}
