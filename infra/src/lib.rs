@@ -1,0 +1,243 @@
+//! Deploys the messaging topology (`messaging.yaml`, embedded at build time) as a CloudFormation
+//! stack, waits for it to settle, and removes it. The same code serves `make topology`, the test
+//! suites (one isolated stack per test, by name prefix) and AWS.
+
+use aws_sdk_cloudformation::Client;
+use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_cloudformation::types::{Parameter, StackStatus};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The messaging template: topics, queues, dead-letter queues, policies, subscriptions.
+pub const MESSAGING_TEMPLATE: &str = include_str!("../messaging.yaml");
+
+/// How long a stack may take to settle before we give up.
+const SETTLE_LIMIT: Duration = Duration::from_secs(600);
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InfraError {
+    #[error("CloudFormation {operation} on `{stack}` failed: {detail}")]
+    Api {
+        operation: &'static str,
+        stack: String,
+        detail: String,
+    },
+    #[error("stack `{stack}` ended in {status}: {reasons}")]
+    Failed {
+        stack: String,
+        status: String,
+        reasons: String,
+    },
+    #[error("stack `{stack}` did not settle within {seconds} s (last status {status})")]
+    Timeout {
+        stack: String,
+        seconds: u64,
+        status: String,
+    },
+}
+
+/// Parameters of the messaging template.
+#[derive(Debug, Clone)]
+pub struct MessagingParams {
+    /// Prefix of every topic and queue name.
+    pub name_prefix: String,
+    /// Receives before a message moves to its dead-letter queue.
+    pub max_receive_count: u32,
+    pub visibility_timeout_seconds: u32,
+}
+
+impl MessagingParams {
+    pub fn new(name_prefix: impl Into<String>) -> Self {
+        Self {
+            name_prefix: name_prefix.into(),
+            max_receive_count: 5,
+            visibility_timeout_seconds: 30,
+        }
+    }
+
+    /// The stack name conventionally used for a prefix (`<prefix>-messaging`).
+    pub fn stack_name(&self) -> String {
+        format!("{}-messaging", self.name_prefix)
+    }
+
+    fn parameters(&self) -> Vec<Parameter> {
+        [
+            ("NamePrefix", self.name_prefix.clone()),
+            ("MaxReceiveCount", self.max_receive_count.to_string()),
+            ("VisibilityTimeoutSeconds", self.visibility_timeout_seconds.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| Parameter::builder().parameter_key(k).parameter_value(v).build())
+        .collect()
+    }
+}
+
+/// Creates the stack, or updates it when it exists; waits until it is complete and returns its
+/// outputs. Running it twice with the same parameters is a no-op.
+#[tracing::instrument(skip_all, fields(stack = stack), err)]
+pub async fn deploy_messaging(
+    client: &Client,
+    stack: &str,
+    params: &MessagingParams,
+) -> Result<HashMap<String, String>, InfraError> {
+    let api = |operation: &'static str| {
+        let stack = stack.to_owned();
+        move |detail: String| InfraError::Api {
+            operation,
+            stack,
+            detail,
+        }
+    };
+    match current_status(client, stack).await? {
+        None => {
+            client
+                .create_stack()
+                .stack_name(stack)
+                .template_body(MESSAGING_TEMPLATE)
+                .set_parameters(Some(params.parameters()))
+                .send()
+                .await
+                .map_err(|e| api("CreateStack")(DisplayErrorContext(&e).to_string()))?;
+        }
+        Some(StackStatus::RollbackComplete) => {
+            // A failed first creation cannot be updated: remove it and start over.
+            delete(client, stack).await?;
+            return Box::pin(deploy_messaging(client, stack, params)).await;
+        }
+        Some(_) => {
+            let updated = client
+                .update_stack()
+                .stack_name(stack)
+                .template_body(MESSAGING_TEMPLATE)
+                .set_parameters(Some(params.parameters()))
+                .send()
+                .await;
+            if let Err(err) = updated {
+                let nothing_to_do = err
+                    .message()
+                    .is_some_and(|m| m.contains("No updates are to be performed"));
+                if !nothing_to_do {
+                    return Err(api("UpdateStack")(DisplayErrorContext(&err).to_string()));
+                }
+            }
+        }
+    }
+    let status = settle(client, stack).await?;
+    match status {
+        Some(StackStatus::CreateComplete | StackStatus::UpdateComplete) => outputs(client, stack).await,
+        other => Err(InfraError::Failed {
+            stack: stack.to_owned(),
+            status: other
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|| "DELETED".to_owned()),
+            reasons: failure_reasons(client, stack).await,
+        }),
+    }
+}
+
+/// Deletes the stack and waits until it is gone. Deleting a stack that does not exist is fine.
+#[tracing::instrument(skip_all, fields(stack = stack), err)]
+pub async fn delete(client: &Client, stack: &str) -> Result<(), InfraError> {
+    if current_status(client, stack).await?.is_none() {
+        return Ok(());
+    }
+    client
+        .delete_stack()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|e| InfraError::Api {
+            operation: "DeleteStack",
+            stack: stack.to_owned(),
+            detail: DisplayErrorContext(&e).to_string(),
+        })?;
+    match settle(client, stack).await? {
+        None | Some(StackStatus::DeleteComplete) => Ok(()),
+        Some(other) => Err(InfraError::Failed {
+            stack: stack.to_owned(),
+            status: other.as_str().to_owned(),
+            reasons: failure_reasons(client, stack).await,
+        }),
+    }
+}
+
+/// The stack's outputs by key.
+pub async fn outputs(client: &Client, stack: &str) -> Result<HashMap<String, String>, InfraError> {
+    let described = client
+        .describe_stacks()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|e| InfraError::Api {
+            operation: "DescribeStacks",
+            stack: stack.to_owned(),
+            detail: DisplayErrorContext(&e).to_string(),
+        })?;
+    Ok(described
+        .stacks()
+        .first()
+        .map(|s| {
+            s.outputs()
+                .iter()
+                .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `None` when the stack does not exist (or is deleted).
+async fn current_status(client: &Client, stack: &str) -> Result<Option<StackStatus>, InfraError> {
+    match client.describe_stacks().stack_name(stack).send().await {
+        Ok(out) => Ok(out
+            .stacks()
+            .first()
+            .and_then(|s| s.stack_status().cloned())
+            .filter(|s| *s != StackStatus::DeleteComplete)),
+        Err(err) if err.message().is_some_and(|m| m.contains("does not exist")) => Ok(None),
+        Err(err) => Err(InfraError::Api {
+            operation: "DescribeStacks",
+            stack: stack.to_owned(),
+            detail: DisplayErrorContext(&err).to_string(),
+        }),
+    }
+}
+
+/// Polls until the stack leaves every `*_IN_PROGRESS` state.
+async fn settle(client: &Client, stack: &str) -> Result<Option<StackStatus>, InfraError> {
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    loop {
+        let status = current_status(client, stack).await?;
+        let busy = status.as_ref().is_some_and(|s| s.as_str().ends_with("_IN_PROGRESS"));
+        if !busy {
+            return Ok(status);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(InfraError::Timeout {
+                stack: stack.to_owned(),
+                seconds: SETTLE_LIMIT.as_secs(),
+                status: status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The reasons CloudFormation gave for failed resources, newest first.
+async fn failure_reasons(client: &Client, stack: &str) -> String {
+    let Ok(events) = client.describe_stack_events().stack_name(stack).send().await else {
+        return "no stack events available".to_owned();
+    };
+    let reasons: Vec<String> = events
+        .stack_events()
+        .iter()
+        .filter(|e| e.resource_status().is_some_and(|s| s.as_str().ends_with("_FAILED")))
+        .filter_map(|e| Some(format!("{}: {}", e.logical_resource_id()?, e.resource_status_reason()?)))
+        .take(5)
+        .collect();
+    if reasons.is_empty() {
+        "no reason given".to_owned()
+    } else {
+        reasons.join("; ")
+    }
+}
