@@ -1,0 +1,108 @@
+//! Customer state changes, each applied inside the consumer's transaction together with the
+//! event it causes (written to the outbox).
+
+use sqlx::{AnyConnection, Row};
+use utility::consumer::{Handler, HandlerError};
+use utility::envelope::Envelope;
+use utility::message::{CustomerEnrolled, CustomerUnenrolled, Enroll, EnrollmentRejected, Message, Unenroll};
+use utility::outbox;
+use utility::topology::Endpoint;
+use uuid::Uuid;
+
+pub struct CustomerHandler;
+
+impl Handler for CustomerHandler {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+        let event = match &envelope.message {
+            Message::Enroll(command) => enroll(tx, envelope.correlation_id, command).await?,
+            Message::Unenroll(command) => unenroll(tx, command).await?,
+            other => {
+                return Err(HandlerError::Refused(format!(
+                    "the customer-api does not handle `{}`",
+                    other.type_name()
+                )));
+            }
+        };
+        if let Some(event) = event {
+            outbox::enqueue(tx, Endpoint::CustomerEvents, &envelope.caused(event)).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn enroll(
+    tx: &mut AnyConnection,
+    enrollment_id: Uuid,
+    command: &Enroll,
+) -> Result<Option<Message>, HandlerError> {
+    let customer_id = Uuid::now_v7();
+    // Both unique constraints (one enrollment per saga, one active customer per e-mail) are
+    // handled by the conflict clause, so a race between two instances cannot fail the transaction.
+    let inserted = sqlx::query(
+        "INSERT INTO customers (id, enrollment_id, name, email, status, enrolled_at)
+         VALUES ($1, $2, $3, $4, 'active', $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(customer_id.to_string())
+    .bind(enrollment_id.to_string())
+    .bind(command.name.as_str())
+    .bind(command.email.as_str())
+    .bind(utility::now())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        tracing::info!(%customer_id, "customer enrolled");
+        return Ok(Some(Message::CustomerEnrolled(CustomerEnrolled {
+            customer_id,
+            name: command.name.clone(),
+            email: command.email.clone(),
+        })));
+    }
+    let same_saga = sqlx::query("SELECT id FROM customers WHERE enrollment_id = $1")
+        .bind(enrollment_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if same_saga.is_some() {
+        // The same enrollment arrived under a new message id; its event already went out.
+        tracing::info!("enrollment already applied; nothing to do");
+        return Ok(None);
+    }
+    tracing::info!("e-mail already enrolled; rejecting");
+    Ok(Some(Message::EnrollmentRejected(EnrollmentRejected {
+        email: command.email.clone(),
+        reason: format!("a customer with e-mail {} is already enrolled", command.email),
+    })))
+}
+
+async fn unenroll(tx: &mut AnyConnection, command: &Unenroll) -> Result<Option<Message>, HandlerError> {
+    let updated = sqlx::query(
+        "UPDATE customers SET status = 'unenrolled', unenrolled_at = $1, unenroll_reason = $2
+         WHERE id = $3 AND status = 'active'",
+    )
+    .bind(utility::now())
+    .bind(&command.reason)
+    .bind(command.customer_id.to_string())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        let exists = sqlx::query("SELECT status FROM customers WHERE id = $1")
+            .bind(command.customer_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        match exists {
+            None => return Err(HandlerError::Refused(format!("no customer {}", command.customer_id))),
+            // Already rolled back: confirm again so the saga can finish.
+            Some(row) => tracing::info!(
+                status = row.try_get::<String, _>("status")?,
+                "customer already unenrolled"
+            ),
+        }
+    } else {
+        tracing::info!(customer_id = %command.customer_id, reason = %command.reason, "customer unenrolled");
+    }
+    Ok(Some(Message::CustomerUnenrolled(CustomerUnenrolled {
+        customer_id: command.customer_id,
+        reason: command.reason.clone(),
+    })))
+}

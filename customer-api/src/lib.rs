@@ -1,0 +1,59 @@
+//! The customer-api: owns the customer database. It consumes `Enroll` and `Unenroll` commands
+//! from its queue and publishes `CustomerEnrolled`, `EnrollmentRejected` and `CustomerUnenrolled`
+//! to the customer events topic, always through its outbox.
+
+mod customers;
+mod http;
+
+use serde::{Deserialize, Serialize};
+use sqlx::AnyPool;
+use tokio_util::sync::CancellationToken;
+use utility::config::CommonConfig;
+use utility::consumer::Consumer;
+use utility::service::ServiceCore;
+use utility::topology::Endpoint;
+
+pub use customers::CustomerHandler;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: CommonConfig::new(([127, 0, 0, 1], 8081).into(), "sqlite:data/customer-api.db"),
+        }
+    }
+}
+
+/// Consumed queue first, then what the service publishes to.
+pub const ENDPOINTS: [Endpoint; 2] = [Endpoint::CustomerCommands, Endpoint::CustomerEvents];
+
+pub struct Application {
+    core: ServiceCore,
+    consumer: Consumer<CustomerHandler>,
+}
+
+impl Application {
+    pub async fn build(config: Config, bus: utility::bus::Bus) -> anyhow::Result<Self> {
+        let core = ServiceCore::build(config.common, sqlx::migrate!(), &ENDPOINTS, bus).await?;
+        let consumer = core.consumer(Endpoint::CustomerCommands, CustomerHandler)?;
+        Ok(Self { core, consumer })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.core.port()
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.core.pool
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let router = http::routes(self.core.pool.clone()).merge(self.core.health_routes(Endpoint::CustomerCommands)?);
+        self.core.run(router, self.consumer, shutdown).await
+    }
+}

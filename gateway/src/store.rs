@@ -1,0 +1,173 @@
+//! The gateway's database: enrollments (the saga read model), their history, and the saga event
+//! handler that advances them.
+
+use crate::saga::{self, Status};
+use serde::Serialize;
+use sqlx::{AnyConnection, AnyPool, Row};
+use utility::consumer::{Handler, HandlerError};
+use utility::domain::{CustomerName, Email};
+use utility::envelope::Envelope;
+use utility::message::{Enroll, Message};
+use utility::outbox;
+use utility::topology::Endpoint;
+use uuid::Uuid;
+
+#[derive(Debug, Serialize)]
+pub struct HistoryEntry {
+    pub status: String,
+    pub at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnrollmentView {
+    pub id: String,
+    pub status: String,
+    pub customer_id: Option<String>,
+    pub bonus_points: Option<i64>,
+    pub reason: Option<String>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// An enrollment found by its idempotency key.
+pub struct Existing {
+    pub id: Uuid,
+    pub status: String,
+    pub fingerprint: String,
+}
+
+pub struct NewEnrollment<'a> {
+    pub id: Uuid,
+    pub name: &'a CustomerName,
+    pub email: &'a Email,
+    pub idempotency_key: Option<&'a str>,
+    pub fingerprint: &'a str,
+    pub traceparent: String,
+}
+
+/// Stores the enrollment, its first history entry and the `Enroll` command in one transaction,
+/// so an accepted enrollment is never lost even if the bus is down when it is accepted.
+pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx::Error> {
+    let now = utility::now();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO enrollments (id, name, email, status, idempotency_key, request_fingerprint, created_at, updated_at)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $6)",
+    )
+    .bind(new.id.to_string())
+    .bind(new.name.as_str())
+    .bind(new.email.as_str())
+    .bind(new.idempotency_key)
+    .bind(new.fingerprint)
+    .bind(&now)
+    .execute(&mut *tx)
+    .await?;
+    record_history(&mut tx, new.id, Status::Pending, &now).await?;
+    let command = Envelope::new(
+        Message::Enroll(Enroll {
+            name: new.name.clone(),
+            email: new.email.clone(),
+        }),
+        new.id,
+    )
+    .with_traceparent(Some(new.traceparent.clone()));
+    outbox::enqueue(&mut tx, Endpoint::CustomerCommands, &command).await?;
+    tx.commit().await
+}
+
+pub async fn find_by_key(pool: &AnyPool, key: &str) -> Result<Option<Existing>, sqlx::Error> {
+    let Some(row) = sqlx::query("SELECT id, status, request_fingerprint FROM enrollments WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("id")?;
+    Ok(Some(Existing {
+        id: Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        status: row.try_get("status")?,
+        fingerprint: row.try_get("request_fingerprint")?,
+    }))
+}
+
+pub async fn view(pool: &AnyPool, id: Uuid) -> Result<Option<EnrollmentView>, sqlx::Error> {
+    let Some(row) = sqlx::query("SELECT id, status, customer_id, bonus_points, reason FROM enrollments WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let history = sqlx::query("SELECT status, at FROM enrollment_history WHERE enrollment_id = $1 ORDER BY at, id")
+        .bind(id.to_string())
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|h| {
+            Ok(HistoryEntry {
+                status: h.try_get("status")?,
+                at: h.try_get("at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some(EnrollmentView {
+        id: row.try_get("id")?,
+        status: row.try_get("status")?,
+        customer_id: row.try_get("customer_id")?,
+        bonus_points: row.try_get("bonus_points")?,
+        reason: row.try_get("reason")?,
+        history,
+    }))
+}
+
+async fn record_history(tx: &mut AnyConnection, id: Uuid, status: Status, at: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO enrollment_history (id, enrollment_id, status, at) VALUES ($1, $2, $3, $4)")
+        .bind(Uuid::now_v7().to_string())
+        .bind(id.to_string())
+        .bind(status.as_str())
+        .bind(at)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Applies saga events from the gateway's queue through [`saga::route`].
+pub struct SagaHandler;
+
+impl Handler for SagaHandler {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+        let id = envelope.correlation_id;
+        let row = sqlx::query("SELECT status FROM enrollments WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| HandlerError::Refused(format!("no enrollment {id} for `{}`", envelope.type_name())))?;
+        let current: String = row.try_get("status")?;
+        let current = Status::parse(&current)
+            .ok_or_else(|| HandlerError::Refused(format!("enrollment {id} has unknown status `{current}`")))?;
+        let Some(step) = saga::route(current, &envelope.message) else {
+            tracing::warn!(status = %current, "event does not apply to the saga in its current status; ignored");
+            return Ok(());
+        };
+        let now = utility::now();
+        sqlx::query(
+            "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
+                 bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason), updated_at = $5
+             WHERE id = $6",
+        )
+        .bind(step.next.as_str())
+        .bind(step.customer_id.map(|c| c.to_string()))
+        .bind(step.bonus_points)
+        .bind(step.reason.as_deref())
+        .bind(&now)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        record_history(tx, id, step.next, &now).await?;
+        if let Some((destination, command)) = step.command {
+            outbox::enqueue(tx, destination, &envelope.caused(command)).await?;
+        }
+        tracing::info!(from = %current, to = %step.next, "saga advanced");
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! Posting the enrollment bonus: budget check, ledger row, balance and the resulting event, all in
+//! the consumer's transaction.
+
+use sqlx::{AnyConnection, Row};
+use utility::consumer::{Handler, HandlerError};
+use utility::envelope::Envelope;
+use utility::message::{BonusPointsFailed, BonusPointsPosted, Message, PostBonusPoints};
+use utility::outbox;
+use utility::topology::Endpoint;
+use uuid::Uuid;
+
+const CAMPAIGN_ID: &str = "enrollment-bonus";
+const BONUS_KIND: &str = "enrollment-bonus";
+
+/// The enrollment bonus campaign: points per enrollment and the optional total budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Campaign {
+    points: i64,
+    budget: Option<i64>,
+}
+
+impl Campaign {
+    pub fn new(points: i64, budget: Option<i64>) -> anyhow::Result<Self> {
+        anyhow::ensure!(points > 0, "BONUS_POINTS must be positive, got {points}");
+        if let Some(budget) = budget {
+            anyhow::ensure!(budget >= 0, "BONUS_BUDGET_POINTS must not be negative, got {budget}");
+        }
+        Ok(Self { points, budget })
+    }
+}
+
+pub struct LedgerHandler {
+    campaign: Campaign,
+}
+
+impl LedgerHandler {
+    pub fn new(campaign: Campaign) -> Self {
+        Self { campaign }
+    }
+}
+
+impl Handler for LedgerHandler {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+        let Message::PostBonusPoints(command) = &envelope.message else {
+            return Err(HandlerError::Refused(format!(
+                "the transaction-api does not handle `{}`",
+                envelope.type_name()
+            )));
+        };
+        if let Some(event) = self.post_bonus(tx, envelope.correlation_id, command).await? {
+            outbox::enqueue(tx, Endpoint::TransactionEvents, &envelope.caused(event)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl LedgerHandler {
+    async fn post_bonus(
+        &self,
+        tx: &mut AnyConnection,
+        enrollment_id: Uuid,
+        command: &PostBonusPoints,
+    ) -> Result<Option<Message>, HandlerError> {
+        let customer_id = command.customer_id;
+        let already = sqlx::query("SELECT id FROM ledger WHERE enrollment_id = $1 AND kind = $2")
+            .bind(enrollment_id.to_string())
+            .bind(BONUS_KIND)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if already.is_some() {
+            // A second command for the same enrollment (not a redelivery, which the consumer
+            // already filtered): the bonus and its event exist; do nothing more.
+            tracing::info!("enrollment bonus already posted; nothing to do");
+            return Ok(None);
+        }
+        let points = self.campaign.points;
+        let granted = match self.campaign.budget {
+            Some(budget) => sqlx::query(
+                "UPDATE campaigns SET granted_points = granted_points + $1
+                 WHERE id = $2 AND granted_points + $1 <= $3",
+            )
+            .bind(points)
+            .bind(CAMPAIGN_ID)
+            .bind(budget),
+            None => sqlx::query("UPDATE campaigns SET granted_points = granted_points + $1 WHERE id = $2")
+                .bind(points)
+                .bind(CAMPAIGN_ID),
+        }
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !granted {
+            let budget = self.campaign.budget.unwrap_or_default();
+            let reason =
+                format!("campaign budget exhausted: granting {points} points would exceed the budget of {budget}");
+            tracing::info!(%customer_id, %reason, "bonus refused");
+            return Ok(Some(Message::BonusPointsFailed(BonusPointsFailed {
+                customer_id,
+                reason,
+            })));
+        }
+        sqlx::query(
+            "INSERT INTO ledger (id, customer_id, enrollment_id, kind, points, posted_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(customer_id.to_string())
+        .bind(enrollment_id.to_string())
+        .bind(BONUS_KIND)
+        .bind(points)
+        .bind(utility::now())
+        .execute(&mut *tx)
+        .await?;
+        let balance: i64 = sqlx::query(
+            "INSERT INTO balances (customer_id, points) VALUES ($1, $2)
+             ON CONFLICT (customer_id) DO UPDATE SET points = balances.points + excluded.points
+             RETURNING points",
+        )
+        .bind(customer_id.to_string())
+        .bind(points)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("points")?;
+        tracing::info!(%customer_id, points, balance, "bonus posted");
+        Ok(Some(Message::BonusPointsPosted(BonusPointsPosted {
+            customer_id,
+            points,
+            balance,
+        })))
+    }
+}
