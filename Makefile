@@ -1,0 +1,25 @@
+# The two commands README.md opens with: `make up` and `make test`.
+.PHONY: up test topology lint fmt localstack-start localstack-stop
+
+up: ## Run LocalStack, the topology, the three services and a sample enrollment (foreground).
+	@localstack/up.sh
+
+test: ## Run the whole test suite (starts LocalStack when it is not running).
+	@localstack/test.sh
+
+topology: ## Deploy (or update) the messaging stack on $$AWS_ENDPOINT_URL (LocalStack by default).
+	@. localstack/env.sh && cargo run --quiet -p infra --bin sagactl -- deploy
+
+lint: ## Formatting, clippy, and cfn-lint on the CloudFormation templates.
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	localstack/localstack.sh install && localstack/.venv/bin/cfn-lint infra/*.yaml
+
+fmt:
+	cargo fmt --all
+
+localstack-start:
+	@localstack/localstack.sh start
+
+localstack-stop:
+	@localstack/localstack.sh stop
