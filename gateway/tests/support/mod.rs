@@ -1,0 +1,473 @@
+//! The system under test: the three real services in-process, each with a fresh database, wired
+//! through an isolated copy of the messaging stack on a real LocalStack.
+//!
+//! Environment: `AWS_ENDPOINT_URL` (default `http://127.0.0.1:4566`), `TEST_POSTGRES_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`, an admin connection used to create and
+//! drop one database per service per test), `TEST_LOG` to see the services' logs.
+
+#![allow(dead_code)]
+
+use infra::MessagingParams;
+use serde_json::{Value, json};
+use sqlx::{AnyPool, Connection, Row};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use utility::bus::Bus;
+use utility::config::CommonConfig;
+use uuid::Uuid;
+
+/// How long any eventual condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(45);
+pub const TERMINAL: [&str; 3] = ["completed", "rejected", "rolled_back"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs an async test body once per storage backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::support::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        utility::telemetry::init(utility::telemetry::LogFormat::Text);
+    }
+}
+
+pub async fn bus() -> Bus {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .test_credentials()
+        .load()
+        .await;
+    Bus::new(&sdk)
+}
+
+/// A fresh database: a SQLite file in a temporary directory, or a new PostgreSQL database.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend, label: &str) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                Self {
+                    url: format!("sqlite:{}/{label}.db", dir.path().display()),
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                sqlx::any::install_default_drivers();
+                let name = format!("saga_test_{label}_{}", Uuid::new_v4().simple()).replace('-', "_");
+                let admin = admin_url();
+                let mut conn = sqlx::AnyConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for the postgres tests: {e}"));
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                Self {
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else { return };
+        // Drop runs outside any runtime we may block on: clean up on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::AnyConnection::connect(&admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// An isolated copy of the messaging stack, deleted on drop.
+pub struct TestStack {
+    pub name: String,
+    pub outputs: HashMap<String, String>,
+    bus: Bus,
+}
+
+impl TestStack {
+    pub async fn deploy(bus: &Bus) -> Self {
+        let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let params = MessagingParams {
+            visibility_timeout_seconds: 10,
+            ..MessagingParams::new(prefix)
+        };
+        let name = params.stack_name();
+        let outputs = infra::deploy_messaging(bus.cloudformation(), &name, &params)
+            .await
+            .unwrap_or_else(|e| panic!("deploying the test stack failed (is LocalStack running?): {e}"));
+        Self {
+            name,
+            outputs,
+            bus: bus.clone(),
+        }
+    }
+
+    pub fn output(&self, key: &str) -> &str {
+        self.outputs
+            .get(key)
+            .unwrap_or_else(|| panic!("stack output {key} missing"))
+    }
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        let (bus, name) = (self.bus.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                let _ = infra::delete(bus.cloudformation(), &name).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A service running in this process.
+pub struct Running {
+    pub port: u16,
+    pub pool: AnyPool,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Graceful stop, as on SIGTERM; returns what the service returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("service did not stop within 30 s")
+            .expect("service task panicked")
+    }
+
+    /// Abrupt stop, as on `kill -9`: nothing after this point runs.
+    pub async fn crash(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+}
+
+pub fn common_config(db: &TestDb, stack: &TestStack) -> CommonConfig {
+    let mut common = CommonConfig::new(([127, 0, 0, 1], 0).into(), db.url.clone());
+    common.receive_wait_seconds = 1;
+    common.relay_interval_ms = 200;
+    common.topology.topology_stack = stack.name.clone();
+    common
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bonus_points: i64,
+    pub bonus_budget_points: Option<i64>,
+    pub gateway_relay: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bonus_points: 500,
+            bonus_budget_points: None,
+            gateway_relay: true,
+        }
+    }
+}
+
+/// The three services and everything they stand on.
+pub struct System {
+    pub backend: Backend,
+    pub bus: Bus,
+    pub http: reqwest::Client,
+    pub gateway: Option<Running>,
+    pub customer: Option<Running>,
+    pub transaction: Option<Running>,
+    pub gateway_db: TestDb,
+    pub customer_db: TestDb,
+    pub transaction_db: TestDb,
+    // Dropped last: the services must be gone before their queues are.
+    pub stack: TestStack,
+}
+
+impl System {
+    pub async fn start(backend: Backend, options: Options) -> Self {
+        init_logs();
+        let bus = bus().await;
+        let stack = TestStack::deploy(&bus).await;
+        let gateway_db = TestDb::new(backend, "gateway").await;
+        let customer_db = TestDb::new(backend, "customer").await;
+        let transaction_db = TestDb::new(backend, "transaction").await;
+
+        let customer = customer_api::Application::build(
+            customer_api::Config {
+                common: common_config(&customer_db, &stack),
+            },
+            bus.clone(),
+        )
+        .await
+        .expect("customer-api starts");
+        let customer = spawn(customer.port(), customer.pool().clone(), |s| {
+            customer.run_until_stopped(s)
+        });
+
+        let transaction = transaction_api::Application::build(
+            transaction_api::Config {
+                common: common_config(&transaction_db, &stack),
+                bonus_points: options.bonus_points,
+                bonus_budget_points: options.bonus_budget_points,
+            },
+            bus.clone(),
+        )
+        .await
+        .expect("transaction-api starts");
+        let transaction = spawn(transaction.port(), transaction.pool().clone(), |s| {
+            transaction.run_until_stopped(s)
+        });
+
+        let mut system = Self {
+            backend,
+            bus,
+            http: reqwest::Client::new(),
+            gateway: None,
+            customer: Some(customer),
+            transaction: Some(transaction),
+            gateway_db,
+            customer_db,
+            transaction_db,
+            stack,
+        };
+        system.start_gateway(options.gateway_relay).await;
+        system
+    }
+
+    /// (Re)starts the gateway on its existing database.
+    pub async fn start_gateway(&mut self, relay: bool) {
+        let mut common = common_config(&self.gateway_db, &self.stack);
+        common.relay_enabled = relay;
+        let port = |r: &Option<Running>| r.as_ref().map(|r| r.port).unwrap_or_default();
+        let gateway = gateway::Application::build(
+            gateway::Config {
+                common,
+                customer_api_url: format!("http://127.0.0.1:{}", port(&self.customer)),
+                transaction_api_url: format!("http://127.0.0.1:{}", port(&self.transaction)),
+                ..gateway::Config::default()
+            },
+            self.bus.clone(),
+        )
+        .await
+        .expect("gateway starts");
+        self.gateway = Some(spawn(gateway.port(), gateway.pool().clone(), |s| {
+            gateway.run_until_stopped(s)
+        }));
+    }
+
+    pub fn gateway(&self) -> &Running {
+        self.gateway.as_ref().expect("gateway is running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.gateway().port)
+    }
+
+    /// POSTs an enrollment; returns the status code, the body and the `Location` header.
+    pub async fn enroll(&self, name: &str, email: &str) -> (u16, Value, Option<String>) {
+        let response = self
+            .http
+            .post(self.url("/api/enrollments"))
+            .json(&json!({"name": name, "email": email}))
+            .send()
+            .await
+            .expect("gateway answers");
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (status, response.json().await.expect("JSON body"), location)
+    }
+
+    /// Submits an enrollment, checks the 202 contract, and returns its id.
+    pub async fn submit(&self, name: &str, email: &str) -> String {
+        let (status, body, location) = self.enroll(name, email).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "pending");
+        let id = body["id"].as_str().expect("id").to_owned();
+        assert_eq!(location.as_deref(), Some(format!("/api/enrollments/{id}").as_str()));
+        id
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("gateway answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the enrollment until its status is one of `statuses`; fails after [`DEADLINE`].
+    pub async fn wait_for_status(&self, id: &str, statuses: &[&str]) -> Value {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let (_, body) = self.get_json(&format!("/api/enrollments/{id}")).await;
+            if body["status"].as_str().is_some_and(|s| statuses.contains(&s)) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "enrollment {id} never reached {statuses:?}; last seen {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn queue_url(&self, output: &str) -> String {
+        self.stack.output(output).to_owned()
+    }
+
+    /// Messages in a queue, visible and in flight.
+    pub async fn queue_depth(&self, output: &str) -> i64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let attrs = self
+            .bus
+            .sqs()
+            .get_queue_attributes()
+            .queue_url(self.queue_url(output))
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("queue attributes");
+        let get = |a: A| {
+            attrs
+                .attributes()
+                .and_then(|m| m.get(&a))
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        get(A::ApproximateNumberOfMessages) + get(A::ApproximateNumberOfMessagesNotVisible)
+    }
+
+    /// Sends raw bodies to a queue, as a misbehaving producer would.
+    pub async fn send_raw(&self, output: &str, body: &str) {
+        self.bus
+            .sqs()
+            .send_message()
+            .queue_url(self.queue_url(output))
+            .message_body(body)
+            .send()
+            .await
+            .expect("send raw message");
+    }
+
+    pub async fn stop(mut self) {
+        for running in [self.gateway.take(), self.customer.take(), self.transaction.take()]
+            .into_iter()
+            .flatten()
+        {
+            running.stop().await.expect("service stopped cleanly");
+        }
+    }
+}
+
+fn spawn<F, Fut>(port: u16, pool: AnyPool, run: F) -> Running
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(run(shutdown.clone()));
+    Running {
+        port,
+        pool,
+        shutdown,
+        handle,
+    }
+}
+
+/// Polls `probe` every 100 ms until it yields a value or [`DEADLINE`] passes.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            eprintln!("gave up waiting for {what}");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One column of one row, as text.
+pub async fn scalar_i64(pool: &AnyPool, sql: &str, bind: &str) -> i64 {
+    sqlx::query(sql)
+        .bind(bind)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .try_get::<i64, _>(0)
+        .expect("integer column")
+}
+
+/// The statuses of an enrollment's history, in order.
+pub fn history(body: &Value) -> Vec<String> {
+    body["history"]
+        .as_array()
+        .expect("history array")
+        .iter()
+        .map(|h| h["status"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
