@@ -23,4 +23,10 @@ echo "test: cfn-lint infra/*.yaml" >&2
 localstack/.venv/bin/cfn-lint infra/*.yaml
 
 echo "test: cargo test --workspace" >&2
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"; cleanup' EXIT
+status=0
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
