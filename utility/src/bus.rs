@@ -344,6 +344,25 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// The queue's configured visibility timeout, in seconds.
+    pub async fn visibility_timeout(&self, queue_url: &str) -> Result<i32, BusError> {
+        let output = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await
+            .map_err(BusError::sdk("GetQueueAttributes"))?;
+        Ok(output
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30))
+    }
+}
+
 /// The last path segment of a queue URL: its name.
 pub fn queue_name(queue_url: &str) -> &str {
     queue_url.rsplit('/').next().unwrap_or(queue_url)

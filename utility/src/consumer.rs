@@ -15,10 +15,11 @@ use crate::bus::{Bus, BusError, Received, queue_name};
 use crate::envelope::Envelope;
 use crate::service::Backoff;
 use sqlx::{AnyConnection, AnyPool};
+use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -68,6 +69,7 @@ pub struct Consumer<H> {
     handler: H,
     outbox_signal: Arc<Notify>,
     wait_seconds: i32,
+    visibility_timeout: OnceCell<i32>,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -86,6 +88,7 @@ impl<H: Handler> Consumer<H> {
             handler,
             outbox_signal,
             wait_seconds,
+            visibility_timeout: OnceCell::new(),
         }
     }
 
@@ -134,10 +137,25 @@ impl<H: Handler> Consumer<H> {
         if messages.is_empty() {
             return Ok(report);
         }
+        // Messages wait in the batch while earlier ones are handled: keep every unfinished one
+        // invisible until its turn is over, however slow the database is.
+        let unfinished = Mutex::new(messages.iter().map(|m| m.receipt_handle.as_str()).collect::<Vec<_>>());
+        let work = async {
+            let mut outcomes = Vec::with_capacity(messages.len());
+            for message in &messages {
+                outcomes.push(self.process(message).await);
+                lock(&unfinished).retain(|receipt| *receipt != message.receipt_handle);
+            }
+            outcomes
+        };
+        let outcomes = tokio::select! {
+            outcomes = work => outcomes,
+            never = self.keep_invisible(&unfinished) => match never {},
+        };
         let mut delete = Vec::new();
         let mut visibility = Vec::new();
-        for message in &messages {
-            match self.process(message).await {
+        for (message, outcome) in messages.iter().zip(outcomes) {
+            match outcome {
                 Outcome::Handled => {
                     report.handled += 1;
                     delete.push(message.receipt_handle.as_str());
@@ -173,6 +191,40 @@ impl<H: Handler> Consumer<H> {
             }
         }
         Ok(report)
+    }
+
+    /// Extends the visibility of the batch's unfinished messages every half visibility timeout.
+    /// Never returns; the caller drops it when the batch is done.
+    async fn keep_invisible(&self, unfinished: &Mutex<Vec<&str>>) -> Infallible {
+        let timeout = self.visibility_timeout().await;
+        let every = Duration::from_millis(u64::from(timeout.unsigned_abs()) * 500).max(Duration::from_millis(500));
+        loop {
+            tokio::time::sleep(every).await;
+            let extend: Vec<(&str, i32)> = lock(unfinished).iter().map(|receipt| (*receipt, timeout)).collect();
+            if extend.is_empty() {
+                continue;
+            }
+            match self.bus.change_visibility_batch(&self.queue_url, &extend).await {
+                Ok(()) => tracing::debug!(messages = extend.len(), timeout, "visibility extended for slow work"),
+                Err(err) => tracing::warn!(error = %err, "could not extend visibility; messages may be redelivered"),
+            }
+        }
+    }
+
+    /// The queue's visibility timeout in seconds, read once from SQS (the template is the truth).
+    async fn visibility_timeout(&self) -> i32 {
+        *self
+            .visibility_timeout
+            .get_or_init(|| async {
+                self.bus
+                    .visibility_timeout(&self.queue_url)
+                    .await
+                    .unwrap_or_else(|err| {
+                        tracing::warn!(error = %err, "cannot read the queue's visibility timeout; assuming 30 s");
+                        30
+                    })
+            })
+            .await
     }
 
     async fn process(&self, message: &Received) -> Outcome {
@@ -244,6 +296,10 @@ impl<H: Handler> Consumer<H> {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+fn lock<'a, T>(mutex: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Visibility timeout after a transient failure: 2, 4, 8 ... seconds by receive count, at most 60.

@@ -1,0 +1,337 @@
+//! The consumer's retry policy, branch by branch, against a real LocalStack queue and a real
+//! SQLite file: transient failures come back after a delay and are handled once; slow work keeps
+//! its message invisible; refusals are bounded by the redrive count and end in the DLQ; an
+//! unreachable bus is retried without the consumer giving up, and shutdown stays prompt.
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use utility::bus::Bus;
+use utility::consumer::{Consumer, Handler, HandlerError};
+use utility::db::AnyConnection;
+use utility::domain::{CustomerName, Email};
+use utility::envelope::Envelope;
+use utility::message::{Enroll, Message};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const MAX_RECEIVES: u32 = 3;
+
+async fn bus_at(endpoint: &str) -> Bus {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .test_credentials()
+        .load()
+        .await;
+    Bus::new(&sdk)
+}
+
+async fn localstack() -> Bus {
+    bus_at(&std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())).await
+}
+
+/// A work queue with its DLQ; both deleted on drop.
+struct Queues {
+    bus: Bus,
+    work: String,
+    dlq: String,
+}
+
+impl Queues {
+    async fn create(bus: &Bus, visibility_timeout: u32) -> Self {
+        let name = format!("policy-{}", uuid::Uuid::new_v4().simple());
+        let dlq = bus
+            .sqs()
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await
+            .unwrap();
+        let dlq = dlq.queue_url.unwrap();
+        let dlq_arn = bus
+            .sqs()
+            .get_queue_attributes()
+            .queue_url(&dlq)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}).to_string();
+        let work = bus
+            .sqs()
+            .create_queue()
+            .queue_name(&name)
+            .attributes(QueueAttributeName::VisibilityTimeout, visibility_timeout.to_string())
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        Self {
+            bus: bus.clone(),
+            work,
+            dlq,
+        }
+    }
+
+    async fn send(&self, envelope: &Envelope) {
+        self.bus.send_batch(&self.work, &[envelope.into()]).await.unwrap();
+    }
+
+    async fn depth(&self, url: &str) -> usize {
+        let attrs = self
+            .bus
+            .sqs()
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let map = attrs.attributes.unwrap_or_default();
+        [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .filter_map(|k| map.get(k)?.parse::<usize>().ok())
+        .sum()
+    }
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        let (bus, urls) = (self.bus.clone(), [self.work.clone(), self.dlq.clone()]);
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                for url in urls {
+                    let _ = bus.sqs().delete_queue().queue_url(url).send().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A handler whose behaviour the test scripts; it records when it was called.
+#[derive(Clone, Default)]
+struct Scripted {
+    calls: Arc<Mutex<Vec<Instant>>>,
+    fail_first: usize,
+    work_for: Duration,
+    refuse: bool,
+}
+
+impl Scripted {
+    fn calls(&self) -> Vec<Instant> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Handler for Scripted {
+    async fn handle(&self, _tx: &mut AnyConnection, _envelope: &Envelope) -> Result<(), HandlerError> {
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(Instant::now());
+            calls.len()
+        };
+        if n <= self.fail_first {
+            return Err(HandlerError::Database(sqlx::Error::PoolTimedOut));
+        }
+        tokio::time::sleep(self.work_for).await;
+        if self.refuse {
+            return Err(HandlerError::Refused("scripted refusal".into()));
+        }
+        Ok(())
+    }
+}
+
+fn envelope() -> Envelope {
+    Envelope::new(
+        Message::Enroll(Enroll {
+            name: CustomerName::parse("Policy").unwrap(),
+            email: Email::parse("policy@example.com").unwrap(),
+        }),
+        uuid::Uuid::now_v7(),
+    )
+}
+
+struct Running {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pool: sqlx::AnyPool,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(bus: &Bus, queue: &str, handler: Scripted) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}/policy.db", dir.path().display());
+    let pool = utility::db::connect(&url, sqlx::migrate::Migrator::DEFAULT)
+        .await
+        .unwrap();
+    let consumer = Consumer::new(
+        queue.to_owned(),
+        bus.clone(),
+        pool.clone(),
+        handler,
+        Arc::new(tokio::sync::Notify::new()),
+        1,
+    );
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(consumer.run(stop.clone()));
+    Running {
+        stop,
+        handle,
+        pool,
+        _dir: dir,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.handle)
+            .await
+            .expect("consumer stops within 5 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failure_comes_back_after_a_delay_and_is_handled_once() {
+    let bus = localstack().await;
+    let queues = Queues::create(&bus, 30).await;
+    let handler = Scripted {
+        fail_first: 1,
+        ..Scripted::default()
+    };
+    let running = start(&bus, &queues.work, handler.clone()).await;
+    let sent = envelope();
+    queues.send(&sent).await;
+
+    until("the message to be handled and deleted", async || {
+        handler.calls().len() >= 2 && queues.depth(&queues.work).await == 0
+    })
+    .await;
+    let calls = handler.calls();
+    assert_eq!(calls.len(), 2, "handled exactly once after one failure");
+    let gap = calls[1] - calls[0];
+    assert!(
+        gap >= Duration::from_millis(1500),
+        "retried after {gap:?}, expected the 2 s back-off"
+    );
+    assert!(
+        gap < Duration::from_secs(20),
+        "retried after {gap:?}, not after the visibility back-off"
+    );
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_messages WHERE message_id = $1")
+        .bind(sent.message_id.to_string())
+        .fetch_one(&running.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1);
+    assert_eq!(queues.depth(&queues.dlq).await, 0);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_work_keeps_its_message_invisible() {
+    let bus = localstack().await;
+    let queues = Queues::create(&bus, 2).await;
+    let handler = Scripted {
+        work_for: Duration::from_secs(6),
+        ..Scripted::default()
+    };
+    let running = start(&bus, &queues.work, handler.clone()).await;
+    queues.send(&envelope()).await;
+    until("the handler to start", async || !handler.calls().is_empty()).await;
+
+    // While the handler works (three times the visibility timeout), nobody else may see the
+    // message: a competing receive must come back empty every time.
+    let started = handler.calls()[0];
+    let mut probes = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let seen = bus
+            .sqs()
+            .receive_message()
+            .queue_url(&queues.work)
+            .visibility_timeout(0)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            seen.messages().is_empty(),
+            "the message became visible while it was being handled"
+        );
+        probes += 1;
+    }
+    assert!(probes >= 3);
+    until("the message to be deleted", async || {
+        queues.depth(&queues.work).await == 0
+    })
+    .await;
+    assert_eq!(handler.calls().len(), 1);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_bounded_by_the_redrive_count() {
+    let bus = localstack().await;
+    let queues = Queues::create(&bus, 30).await;
+    let handler = Scripted {
+        refuse: true,
+        ..Scripted::default()
+    };
+    let running = start(&bus, &queues.work, handler.clone()).await;
+    queues.send(&envelope()).await;
+
+    until("the message to reach the DLQ", async || {
+        queues.depth(&queues.dlq).await == 1
+    })
+    .await;
+    assert_eq!(handler.calls().len(), MAX_RECEIVES as usize, "one attempt per receive");
+    assert_eq!(queues.depth(&queues.work).await, 0);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_bus_is_retried_and_shutdown_stays_prompt() {
+    // Nothing listens on port 9 of the loopback interface.
+    let bus = bus_at("http://127.0.0.1:9").await;
+    let running = start(
+        &bus,
+        "http://127.0.0.1:9/queue/us-east-1/000000000000/nowhere",
+        Scripted::default(),
+    )
+    .await;
+    let gave_up = tokio::time::timeout(Duration::from_secs(3), async {
+        while !running.handle.is_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .is_ok();
+    assert!(!gave_up, "the consumer gave up while the bus was unreachable");
+    let stopping = Instant::now();
+    running.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+}
