@@ -54,6 +54,6 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let router = http::routes(self.core.pool.clone()).merge(self.core.health_routes(Endpoint::CustomerCommands)?);
-        self.core.run(router, self.consumer, shutdown).await
+        self.core.run(router, self.consumer, Vec::new(), shutdown).await
     }
 }

@@ -26,11 +26,13 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub customer_api_url: String,
     pub transaction_api_url: String,
+    pub stall_after: std::time::Duration,
 }
 
 pub fn routes(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/api/enrollments", post(create).fallback(method_not_allowed))
+        .route("/api/enrollments/stalled", get(stalled).fallback(method_not_allowed))
         .route("/api/enrollments/{id}", get(show).fallback(method_not_allowed))
         .route("/api/customers/{id}", get(customer).fallback(method_not_allowed))
         .route("/api/customers/{id}/points", get(points).fallback(method_not_allowed))
@@ -174,11 +176,22 @@ fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
 
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<store::EnrollmentView>, Problem> {
     let id = parse_id(&id, "enrollment")?;
-    store::view(&state.pool, id)
+    store::view(&state.pool, id, &crate::stalls::cutoff(state.stall_after))
         .await
         .map_err(Problem::internal)?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("no enrollment {id}")))
+}
+
+/// Sagas that have not moved for the stall deadline, oldest first.
+async fn stalled(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
+    let stalled = crate::stalls::list(&state.pool, &crate::stalls::cutoff(state.stall_after))
+        .await
+        .map_err(Problem::internal)?;
+    Ok(Json(json!({
+        "stall_after_seconds": state.stall_after.as_secs(),
+        "stalled": stalled,
+    })))
 }
 
 async fn customer(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {

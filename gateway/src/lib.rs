@@ -4,6 +4,7 @@
 
 mod http;
 pub mod saga;
+mod stalls;
 mod store;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,8 @@ pub struct Config {
     pub transaction_api_url: String,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// A saga unchanged for this long without reaching a terminal status is reported stalled.
+    pub stall_after_seconds: u64,
 }
 
 impl Default for Config {
@@ -34,6 +37,7 @@ impl Default for Config {
             customer_api_url: "http://127.0.0.1:8081".to_owned(),
             transaction_api_url: "http://127.0.0.1:8082".to_owned(),
             max_body_bytes: 16 * 1024,
+            stall_after_seconds: 120,
         }
     }
 }
@@ -74,9 +78,14 @@ impl Application {
             http,
             customer_api_url: self.config.customer_api_url.trim_end_matches('/').to_owned(),
             transaction_api_url: self.config.transaction_api_url.trim_end_matches('/').to_owned(),
+            stall_after: Duration::from_secs(self.config.stall_after_seconds),
         };
+        let watch = stalls::StallWatch::new(self.core.pool.clone(), state.stall_after);
+        let sweeper: utility::service::Task = Box::pin(watch.run(shutdown.clone()));
         let router =
             http::routes(state, self.config.max_body_bytes).merge(self.core.health_routes(Endpoint::GatewayEvents)?);
-        self.core.run(router, self.consumer, shutdown).await
+        self.core
+            .run(router, self.consumer, vec![("stall sweeper", sweeper)], shutdown)
+            .await
     }
 }

@@ -8,10 +8,16 @@
 //!    +--EnrollmentRejected--> rejected
 //!                                   +--BonusPointsFailed--> compensating --CustomerUnenrolled--> rolled_back
 //! ```
+//!
+//! Late events never move a saga backwards. The one late event with an effect to undo is a
+//! `BonusPointsPosted` that arrives once the saga is `compensating` or `rolled_back` (a second
+//! `PostBonusPoints` succeeded, say after an operator redrove it with a raised budget): the status
+//! stays, and a `ReverseBonusPoints` command takes the points back, so an unenrolled customer
+//! never keeps them. Its confirmation, `BonusPointsReversed`, is recorded in the history.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use utility::message::{Message, PostBonusPoints, Unenroll};
+use utility::message::{Message, PostBonusPoints, ReverseBonusPoints, Unenroll};
 use utility::topology::Endpoint;
 use uuid::Uuid;
 
@@ -119,6 +125,17 @@ pub fn route(status: Status, event: &Message) -> Option<Step> {
             ..Step::to(Compensating)
         },
         (Compensating, Message::CustomerUnenrolled(_)) => Step::to(RolledBack),
+        (Compensating | RolledBack, Message::BonusPointsPosted(e)) => Step {
+            command: Some((
+                Endpoint::TransactionCommands,
+                Message::ReverseBonusPoints(ReverseBonusPoints {
+                    customer_id: e.customer_id,
+                    reason: format!("bonus posted after the enrollment had failed ({status})"),
+                }),
+            )),
+            ..Step::to(status)
+        },
+        (Compensating | RolledBack, Message::BonusPointsReversed(_)) => Step::to(status),
         _ => return None,
     })
 }
@@ -179,13 +196,45 @@ mod tests {
     }
 
     #[test]
-    fn terminal_states_accept_nothing() {
+    fn terminal_states_never_move() {
         for status in [Status::Completed, Status::Rejected, Status::RolledBack] {
             assert!(status.is_terminal());
             for event in events(Uuid::now_v7()) {
-                assert_eq!(route(status, &event), None, "{status} moved on {}", event.type_name());
+                if let Some(step) = route(status, &event) {
+                    assert_eq!(step.next, status, "{status} moved on {}", event.type_name());
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_late_bonus_after_failure_is_reversed_without_moving_the_saga() {
+        let id = Uuid::now_v7();
+        let late = &events(id)[2];
+        for status in [Status::Compensating, Status::RolledBack] {
+            let step = route(status, late).unwrap();
+            assert_eq!(step.next, status);
+            assert!(
+                matches!(step.command, Some((Endpoint::TransactionCommands, Message::ReverseBonusPoints(ref r))) if r.customer_id == id)
+            );
+        }
+        assert_eq!(route(Status::Completed, late), None);
+        let reversed = Message::BonusPointsReversed(BonusPointsReversed {
+            customer_id: id,
+            points: 500,
+            balance: 0,
+        });
+        assert_eq!(route(Status::RolledBack, &reversed).unwrap().command, None);
+    }
+
+    #[test]
+    fn events_out_of_order_change_nothing() {
+        let e = events(Uuid::now_v7());
+        assert_eq!(route(Status::Pending, &e[2]), None);
+        assert_eq!(route(Status::Pending, &e[4]), None);
+        assert_eq!(route(Status::Enrolled, &e[0]), None);
+        assert_eq!(route(Status::Enrolled, &e[4]), None);
+        assert_eq!(route(Status::Compensating, &e[0]), None);
     }
 
     #[test]

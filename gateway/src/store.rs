@@ -16,6 +16,8 @@ use uuid::Uuid;
 pub struct HistoryEntry {
     pub status: String,
     pub at: String,
+    /// What produced the entry: `EnrollmentAccepted` or the event's type.
+    pub event: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -25,6 +27,8 @@ pub struct EnrollmentView {
     pub customer_id: Option<String>,
     pub bonus_points: Option<i64>,
     pub reason: Option<String>,
+    /// Not terminal and unchanged for longer than the stall deadline.
+    pub stalled: bool,
     pub history: Vec<HistoryEntry>,
 }
 
@@ -61,7 +65,7 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     .bind(&now)
     .execute(&mut *tx)
     .await?;
-    record_history(&mut tx, new.id, Status::Pending, &now).await?;
+    record_history(&mut tx, new.id, Status::Pending, "EnrollmentAccepted", &now).await?;
     let command = Envelope::new(
         Message::Enroll(Enroll {
             name: new.name.clone(),
@@ -90,29 +94,36 @@ pub async fn find_by_key(pool: &AnyPool, key: &str) -> Result<Option<Existing>, 
     }))
 }
 
-pub async fn view(pool: &AnyPool, id: Uuid) -> Result<Option<EnrollmentView>, sqlx::Error> {
-    let Some(row) = sqlx::query("SELECT id, status, customer_id, bonus_points, reason FROM enrollments WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(pool)
-        .await?
+/// The enrollment as clients see it; `stall_cutoff` is the oldest `updated_at` that is not stalled.
+pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option<EnrollmentView>, sqlx::Error> {
+    let Some(row) =
+        sqlx::query("SELECT id, status, customer_id, bonus_points, reason, updated_at FROM enrollments WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await?
     else {
         return Ok(None);
     };
-    let history = sqlx::query("SELECT status, at FROM enrollment_history WHERE enrollment_id = $1 ORDER BY at, id")
-        .bind(id.to_string())
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|h| {
-            Ok(HistoryEntry {
-                status: h.try_get("status")?,
-                at: h.try_get("at")?,
+    let history =
+        sqlx::query("SELECT status, at, event FROM enrollment_history WHERE enrollment_id = $1 ORDER BY at, id")
+            .bind(id.to_string())
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|h| {
+                Ok(HistoryEntry {
+                    status: h.try_get("status")?,
+                    at: h.try_get("at")?,
+                    event: h.try_get("event")?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let status: String = row.try_get("status")?;
+    let updated_at: String = row.try_get("updated_at")?;
     Ok(Some(EnrollmentView {
         id: row.try_get("id")?,
-        status: row.try_get("status")?,
+        stalled: is_open(&status) && updated_at.as_str() < stall_cutoff,
+        status,
         customer_id: row.try_get("customer_id")?,
         bonus_points: row.try_get("bonus_points")?,
         reason: row.try_get("reason")?,
@@ -120,11 +131,22 @@ pub async fn view(pool: &AnyPool, id: Uuid) -> Result<Option<EnrollmentView>, sq
     }))
 }
 
-async fn record_history(tx: &mut AnyConnection, id: Uuid, status: Status, at: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO enrollment_history (id, enrollment_id, status, at) VALUES ($1, $2, $3, $4)")
+fn is_open(status: &str) -> bool {
+    Status::parse(status).is_some_and(|s| !s.is_terminal())
+}
+
+async fn record_history(
+    tx: &mut AnyConnection,
+    id: Uuid,
+    status: Status,
+    event: &str,
+    at: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO enrollment_history (id, enrollment_id, status, event, at) VALUES ($1, $2, $3, $4, $5)")
         .bind(Uuid::now_v7().to_string())
         .bind(id.to_string())
         .bind(status.as_str())
+        .bind(event)
         .bind(at)
         .execute(tx)
         .await?;
@@ -137,7 +159,7 @@ pub struct SagaHandler;
 impl Handler for SagaHandler {
     async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
         let id = envelope.correlation_id;
-        let row = sqlx::query("SELECT status FROM enrollments WHERE id = $1")
+        let row = sqlx::query("SELECT status, stall_reported_at FROM enrollments WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
             .await?
@@ -149,10 +171,15 @@ impl Handler for SagaHandler {
             tracing::warn!(status = %current, "event does not apply to the saga in its current status; ignored");
             return Ok(());
         };
+        let was_stalled: Option<String> = row.try_get("stall_reported_at")?;
+        if was_stalled.is_some() {
+            tracing::info!(status = %current, "stalled saga is moving again");
+        }
         let now = utility::now();
         sqlx::query(
             "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
-                 bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason), updated_at = $5
+                 bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason), updated_at = $5,
+                 stall_reported_at = NULL
              WHERE id = $6",
         )
         .bind(step.next.as_str())
@@ -163,11 +190,15 @@ impl Handler for SagaHandler {
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
-        record_history(tx, id, step.next, &now).await?;
+        record_history(tx, id, step.next, envelope.type_name(), &now).await?;
         if let Some((destination, command)) = step.command {
             outbox::enqueue(tx, destination, &envelope.caused(command)).await?;
         }
-        tracing::info!(from = %current, to = %step.next, "saga advanced");
+        if step.next == current {
+            tracing::warn!(status = %current, "late event recorded; the saga does not move back");
+        } else {
+            tracing::info!(from = %current, to = %step.next, "saga advanced");
+        }
         Ok(())
     }
 }

@@ -12,6 +12,8 @@ on_both_backends!(
     redelivered_commands_have_one_effect,
     outbox_row_written_before_a_crash_is_published_after_restart,
     malformed_messages_reach_the_dead_letter_queue_while_the_service_keeps_serving,
+    stalled_saga_is_visible_and_completes_when_the_service_returns,
+    late_bonus_after_a_rollback_is_reversed,
 );
 
 fn unique_email(tag: &str) -> String {
@@ -254,5 +256,102 @@ async fn malformed_messages_reach_the_dead_letter_queue_while_the_service_keeps_
         system.wait_for_status(&id, &support::TERMINAL).await["status"],
         "completed"
     );
+    system.stop().await;
+}
+
+async fn stalled_saga_is_visible_and_completes_when_the_service_returns(backend: Backend) {
+    let options = Options {
+        stall_after_seconds: 1,
+        ..Options::default()
+    };
+    let mut system = System::start(backend, options).await;
+    system.transaction.take().unwrap().stop().await.unwrap();
+
+    let id = system.submit("Patient", &unique_email("stall")).await;
+    system.wait_for_status(&id, &["enrolled"]).await;
+    let stalled = support::eventually("the saga to be reported stalled", || async {
+        let (_, body) = system.get_json(&format!("/api/enrollments/{id}")).await;
+        (body["stalled"] == true).then_some(body)
+    })
+    .await
+    .expect("the saga is shown stalled");
+    assert_eq!(stalled["status"], "enrolled");
+    let (status, listing) = system.get_json("/api/enrollments/stalled").await;
+    assert_eq!(status, 200, "{listing}");
+    let entry = listing["stalled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} missing from {listing}"));
+    assert_eq!(entry["status"], "enrolled");
+    assert!(entry["waiting_for"].as_str().unwrap().contains("transaction-api"), "{entry}");
+
+    // The transaction-api comes back: the saga finishes by itself and is no longer stalled.
+    system.start_transaction(None).await;
+    let done = system.wait_for_status(&id, &support::TERMINAL).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["stalled"], false);
+    let (_, listing) = system.get_json("/api/enrollments/stalled").await;
+    assert!(!listing["stalled"].as_array().unwrap().iter().any(|s| s["id"] == id.as_str()));
+    system.stop().await;
+}
+
+/// A bonus posted after its saga was rolled back (here: the command is sent again by hand once the
+/// budget was raised, as an operator redriving it would) is reversed; the saga stays rolled back.
+async fn late_bonus_after_a_rollback_is_reversed(backend: Backend) {
+    let options = Options {
+        bonus_budget_points: Some(0),
+        ..Options::default()
+    };
+    let mut system = System::start(backend, options).await;
+    let id = system.submit("Late", &unique_email("late")).await;
+    let done = system.wait_for_status(&id, &support::TERMINAL).await;
+    assert_eq!(done["status"], "rolled_back", "{done}");
+    let customer_id = done["customer_id"].as_str().unwrap().to_owned();
+
+    system.transaction.take().unwrap().stop().await.unwrap();
+    system.start_transaction(None).await;
+    let body: String = sqlx::query_scalar("SELECT body FROM outbox WHERE correlation_id = $1 AND message_type = $2")
+        .bind(&id)
+        .bind("PostBonusPoints")
+        .fetch_one(&system.gateway().pool)
+        .await
+        .unwrap();
+    let mut resent: Value = serde_json::from_str(&body).unwrap();
+    resent["message_id"] = uuid::Uuid::now_v7().to_string().into();
+    system.send_raw("TransactionCommandsQueueUrl", &resent.to_string()).await;
+
+    let reversed = support::eventually("the late bonus to be reversed", || async {
+        let (_, body) = system.get_json(&format!("/api/enrollments/{id}")).await;
+        body["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["event"] == "BonusPointsReversed"))
+            .then_some(body)
+    })
+    .await
+    .expect("a BonusPointsReversed entry in the history");
+    assert_eq!(reversed["status"], "rolled_back");
+    let events: Vec<&str> = reversed["history"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        [
+            "EnrollmentAccepted",
+            "CustomerEnrolled",
+            "BonusPointsFailed",
+            "CustomerUnenrolled",
+            "BonusPointsPosted",
+            "BonusPointsReversed"
+        ]
+    );
+    assert!(history(&reversed).iter().skip(3).all(|s| s == "rolled_back"));
+
+    let (_, points) = system.get_json(&format!("/api/customers/{customer_id}/points")).await;
+    assert_eq!(points["balance"], 0, "{points}");
+    let movements: Vec<i64> = points["ledger"].as_array().unwrap().iter().map(|e| e["points"].as_i64().unwrap()).collect();
+    assert_eq!(movements, [500, -500]);
+    let (_, customer) = system.get_json(&format!("/api/customers/{customer_id}")).await;
+    assert_eq!(customer["status"], "unenrolled");
     system.stop().await;
 }

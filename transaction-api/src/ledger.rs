@@ -4,13 +4,16 @@
 use sqlx::{AnyConnection, Row};
 use utility::consumer::{Handler, HandlerError};
 use utility::envelope::Envelope;
-use utility::message::{BonusPointsFailed, BonusPointsPosted, Message, PostBonusPoints};
+use utility::message::{
+    BonusPointsFailed, BonusPointsPosted, BonusPointsReversed, Message, PostBonusPoints, ReverseBonusPoints,
+};
 use utility::outbox;
 use utility::topology::Endpoint;
 use uuid::Uuid;
 
 const CAMPAIGN_ID: &str = "enrollment-bonus";
 const BONUS_KIND: &str = "enrollment-bonus";
+const REVERSAL_KIND: &str = "enrollment-bonus-reversal";
 
 /// The enrollment bonus campaign: points per enrollment and the optional total budget.
 #[derive(Debug, Clone, Copy)]
@@ -41,13 +44,17 @@ impl LedgerHandler {
 
 impl Handler for LedgerHandler {
     async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
-        let Message::PostBonusPoints(command) = &envelope.message else {
-            return Err(HandlerError::Refused(format!(
-                "the transaction-api does not handle `{}`",
-                envelope.type_name()
-            )));
+        let event = match &envelope.message {
+            Message::PostBonusPoints(command) => self.post_bonus(tx, envelope.correlation_id, command).await?,
+            Message::ReverseBonusPoints(command) => reverse_bonus(tx, envelope.correlation_id, command).await?,
+            other => {
+                return Err(HandlerError::Refused(format!(
+                    "the transaction-api does not handle `{}`",
+                    other.type_name()
+                )));
+            }
         };
-        if let Some(event) = self.post_bonus(tx, envelope.correlation_id, command).await? {
+        if let Some(event) = event {
             outbox::enqueue(tx, Endpoint::TransactionEvents, &envelope.caused(event)).await?;
         }
         Ok(())
@@ -112,16 +119,7 @@ impl LedgerHandler {
         .bind(utility::now())
         .execute(&mut *tx)
         .await?;
-        let balance: i64 = sqlx::query(
-            "INSERT INTO balances (customer_id, points) VALUES ($1, $2)
-             ON CONFLICT (customer_id) DO UPDATE SET points = balances.points + excluded.points
-             RETURNING points",
-        )
-        .bind(customer_id.to_string())
-        .bind(points)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("points")?;
+        let balance = add_to_balance(tx, customer_id, points).await?;
         tracing::info!(%customer_id, points, balance, "bonus posted");
         Ok(Some(Message::BonusPointsPosted(BonusPointsPosted {
             customer_id,
@@ -129,4 +127,65 @@ impl LedgerHandler {
             balance,
         })))
     }
+}
+
+/// Takes back an enrollment bonus posted after its saga had failed: a negative ledger row, the
+/// balance and the campaign budget restored, and `BonusPointsReversed`. Reversing twice is a no-op.
+async fn reverse_bonus(
+    tx: &mut AnyConnection,
+    enrollment_id: Uuid,
+    command: &ReverseBonusPoints,
+) -> Result<Option<Message>, HandlerError> {
+    let customer_id = command.customer_id;
+    let bonus = sqlx::query("SELECT points FROM ledger WHERE enrollment_id = $1 AND kind = $2")
+        .bind(enrollment_id.to_string())
+        .bind(BONUS_KIND)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            HandlerError::Refused(format!("no enrollment bonus was posted for enrollment {enrollment_id}"))
+        })?;
+    let points: i64 = bonus.try_get("points")?;
+    let inserted = sqlx::query(
+        "INSERT INTO ledger (id, customer_id, enrollment_id, kind, points, posted_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(customer_id.to_string())
+    .bind(enrollment_id.to_string())
+    .bind(REVERSAL_KIND)
+    .bind(-points)
+    .bind(utility::now())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tracing::info!("enrollment bonus already reversed; nothing to do");
+        return Ok(None);
+    }
+    sqlx::query("UPDATE campaigns SET granted_points = granted_points - $1 WHERE id = $2")
+        .bind(points)
+        .bind(CAMPAIGN_ID)
+        .execute(&mut *tx)
+        .await?;
+    let balance = add_to_balance(tx, customer_id, -points).await?;
+    tracing::info!(%customer_id, points, balance, reason = %command.reason, "late bonus reversed");
+    Ok(Some(Message::BonusPointsReversed(BonusPointsReversed {
+        customer_id,
+        points,
+        balance,
+    })))
+}
+
+async fn add_to_balance(tx: &mut AnyConnection, customer_id: Uuid, points: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO balances (customer_id, points) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO UPDATE SET points = balances.points + excluded.points
+         RETURNING points",
+    )
+    .bind(customer_id.to_string())
+    .bind(points)
+    .fetch_one(tx)
+    .await?
+    .try_get("points")
 }

@@ -198,11 +198,13 @@ impl ServiceCore {
         }))
     }
 
-    /// Serves `router`, runs `consumer` and the relay until `shutdown` is cancelled.
+    /// Serves `router`, runs `consumer`, any `extra` tasks of the service (which must return when
+    /// `shutdown` is cancelled) and the relay, until `shutdown` is cancelled.
     pub async fn run<H: crate::consumer::Handler>(
         self,
         router: axum::Router,
         consumer: crate::consumer::Consumer<H>,
+        extra: Vec<(&'static str, Task)>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let router = router
@@ -223,13 +225,9 @@ impl ServiceCore {
             back.push(("outbox relay", Box::pin(self.relay.run(relay_stop.clone()))));
         }
         tracing::info!(addr = %self.config.http_addr, "service started");
-        supervise(
-            vec![("http server", http), ("consumer", consumer)],
-            back,
-            shutdown,
-            relay_stop,
-        )
-        .await
+        let mut front: Vec<(&'static str, Task)> = vec![("http server", http), ("consumer", consumer)];
+        front.extend(extra);
+        supervise(front, back, shutdown, relay_stop).await
     }
 }
 

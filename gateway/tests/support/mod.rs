@@ -211,6 +211,7 @@ pub struct Options {
     pub bonus_points: i64,
     pub bonus_budget_points: Option<i64>,
     pub gateway_relay: bool,
+    pub stall_after_seconds: u64,
 }
 
 impl Default for Options {
@@ -219,6 +220,7 @@ impl Default for Options {
             bonus_points: 500,
             bonus_budget_points: None,
             gateway_relay: true,
+            stall_after_seconds: 120,
         }
     }
 }
@@ -226,11 +228,13 @@ impl Default for Options {
 /// The three services and everything they stand on.
 pub struct System {
     pub backend: Backend,
+    pub options: Options,
     pub bus: Bus,
     pub http: reqwest::Client,
     pub gateway: Option<Running>,
     pub customer: Option<Running>,
     pub transaction: Option<Running>,
+    transaction_port: Option<u16>,
     pub gateway_db: TestDb,
     pub customer_db: TestDb,
     pub transaction_db: TestDb,
@@ -259,34 +263,46 @@ impl System {
             customer.run_until_stopped(s)
         });
 
-        let transaction = transaction_api::Application::build(
-            transaction_api::Config {
-                common: common_config(&transaction_db, &stack),
-                bonus_points: options.bonus_points,
-                bonus_budget_points: options.bonus_budget_points,
-            },
-            bus.clone(),
-        )
-        .await
-        .expect("transaction-api starts");
-        let transaction = spawn(transaction.port(), transaction.pool().clone(), |s| {
-            transaction.run_until_stopped(s)
-        });
-
         let mut system = Self {
             backend,
+            options: options.clone(),
             bus,
             http: reqwest::Client::new(),
             gateway: None,
             customer: Some(customer),
-            transaction: Some(transaction),
+            transaction: None,
+            transaction_port: None,
             gateway_db,
             customer_db,
             transaction_db,
             stack,
         };
+        system.start_transaction(options.bonus_budget_points).await;
         system.start_gateway(options.gateway_relay).await;
         system
+    }
+
+    /// (Re)starts the transaction-api on its existing database with the given budget.
+    /// A restart keeps the previous port, so the gateway's proxy still reaches it.
+    pub async fn start_transaction(&mut self, bonus_budget_points: Option<i64>) {
+        let mut common = common_config(&self.transaction_db, &self.stack);
+        if let Some(port) = self.transaction_port {
+            common.http_addr.set_port(port);
+        }
+        let transaction = transaction_api::Application::build(
+            transaction_api::Config {
+                common,
+                bonus_points: self.options.bonus_points,
+                bonus_budget_points,
+            },
+            self.bus.clone(),
+        )
+        .await
+        .expect("transaction-api starts");
+        let port = transaction.port();
+        self.transaction_port = Some(port);
+        let pool = transaction.pool().clone();
+        self.transaction = Some(spawn(port, pool, |s| transaction.run_until_stopped(s)));
     }
 
     /// (Re)starts the gateway on its existing database.
@@ -299,6 +315,7 @@ impl System {
                 common,
                 customer_api_url: format!("http://127.0.0.1:{}", port(&self.customer)),
                 transaction_api_url: format!("http://127.0.0.1:{}", port(&self.transaction)),
+                stall_after_seconds: self.options.stall_after_seconds,
                 ..gateway::Config::default()
             },
             self.bus.clone(),
