@@ -286,7 +286,10 @@ async fn stalled_saga_is_visible_and_completes_when_the_service_returns(backend:
         .cloned()
         .unwrap_or_else(|| panic!("{id} missing from {listing}"));
     assert_eq!(entry["status"], "enrolled");
-    assert!(entry["waiting_for"].as_str().unwrap().contains("transaction-api"), "{entry}");
+    assert!(
+        entry["waiting_for"].as_str().unwrap().contains("transaction-api"),
+        "{entry}"
+    );
 
     // The transaction-api comes back: the saga finishes by itself and is no longer stalled.
     system.start_transaction(None).await;
@@ -294,7 +297,13 @@ async fn stalled_saga_is_visible_and_completes_when_the_service_returns(backend:
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["stalled"], false);
     let (_, listing) = system.get_json("/api/enrollments/stalled").await;
-    assert!(!listing["stalled"].as_array().unwrap().iter().any(|s| s["id"] == id.as_str()));
+    assert!(
+        !listing["stalled"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == id.as_str())
+    );
     system.stop().await;
 }
 
@@ -321,7 +330,9 @@ async fn late_bonus_after_a_rollback_is_reversed(backend: Backend) {
         .unwrap();
     let mut resent: Value = serde_json::from_str(&body).unwrap();
     resent["message_id"] = uuid::Uuid::now_v7().to_string().into();
-    system.send_raw("TransactionCommandsQueueUrl", &resent.to_string()).await;
+    system
+        .send_raw("TransactionCommandsQueueUrl", &resent.to_string())
+        .await;
 
     let reversed = support::eventually("the late bonus to be reversed", || async {
         let (_, body) = system.get_json(&format!("/api/enrollments/{id}")).await;
@@ -333,7 +344,12 @@ async fn late_bonus_after_a_rollback_is_reversed(backend: Backend) {
     .await
     .expect("a BonusPointsReversed entry in the history");
     assert_eq!(reversed["status"], "rolled_back");
-    let events: Vec<&str> = reversed["history"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = reversed["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(
         events,
         [
@@ -349,7 +365,12 @@ async fn late_bonus_after_a_rollback_is_reversed(backend: Backend) {
 
     let (_, points) = system.get_json(&format!("/api/customers/{customer_id}/points")).await;
     assert_eq!(points["balance"], 0, "{points}");
-    let movements: Vec<i64> = points["ledger"].as_array().unwrap().iter().map(|e| e["points"].as_i64().unwrap()).collect();
+    let movements: Vec<i64> = points["ledger"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["points"].as_i64().unwrap())
+        .collect();
     assert_eq!(movements, [500, -500]);
     let (_, customer) = system.get_json(&format!("/api/customers/{customer_id}")).await;
     assert_eq!(customer["status"], "unenrolled");

@@ -22,6 +22,10 @@ pub struct CommonConfig {
     pub receive_wait_seconds: i32,
     /// How often the outbox relay looks for rows nobody told it about (crash recovery).
     pub relay_interval_ms: u64,
+    /// How long sent outbox rows are kept for inspection.
+    pub outbox_retention_hours: u64,
+    /// How long handled message ids are kept for deduplication (at least 15 days; see `retention`).
+    pub processed_retention_days: u64,
     /// Start the outbox relay. Only tests turn this off, to simulate a crash before publishing.
     pub relay_enabled: bool,
     pub log_format: LogFormat,
@@ -36,6 +40,8 @@ impl CommonConfig {
             database_url: database_url.into(),
             receive_wait_seconds: 10,
             relay_interval_ms: 1000,
+            outbox_retention_hours: 168,
+            processed_retention_days: 30,
             relay_enabled: true,
             log_format: LogFormat::default(),
             topology: TopologyConfig::default(),

@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod message;
 pub mod outbox;
 pub mod problem;
+pub mod retention;
 pub mod service;
 pub mod telemetry;
 pub mod topology;

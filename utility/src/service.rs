@@ -12,6 +12,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How long a stopping HTTP server waits for in-flight requests.
+const HTTP_DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
 pub type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Cancels the returned token on SIGTERM or Ctrl-C.
@@ -213,19 +216,39 @@ impl ServiceCore {
         let server_stop = shutdown.clone();
         let listener = self.listener;
         let http: Task = Box::pin(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(server_stop.cancelled_owned())
-                .await
-                .map_err(anyhow::Error::from)
+            let serve = axum::serve(listener, router).with_graceful_shutdown(server_stop.clone().cancelled_owned());
+            // In-flight requests get a bounded time to finish; a stuck client cannot hold the
+            // process past it.
+            let drain_limit = async {
+                server_stop.cancelled().await;
+                tokio::time::sleep(HTTP_DRAIN_LIMIT).await;
+            };
+            tokio::select! {
+                served = serve => served.map_err(anyhow::Error::from),
+                () = drain_limit => {
+                    tracing::warn!(limit_s = HTTP_DRAIN_LIMIT.as_secs(), "HTTP requests still open after the drain limit; closing them");
+                    Ok(())
+                }
+            }
         });
         let consumer: Task = Box::pin(consumer.run(shutdown.clone()));
+        let sweeper = crate::retention::RetentionSweeper::new(
+            self.pool.clone(),
+            self.config.outbox_retention_hours,
+            self.config.processed_retention_days,
+        );
+        let retention: Task = Box::pin(sweeper.run(shutdown.clone()));
         let relay_stop = CancellationToken::new();
         let mut back: Vec<(&'static str, Task)> = Vec::new();
         if self.config.relay_enabled {
             back.push(("outbox relay", Box::pin(self.relay.run(relay_stop.clone()))));
         }
         tracing::info!(addr = %self.config.http_addr, "service started");
-        let mut front: Vec<(&'static str, Task)> = vec![("http server", http), ("consumer", consumer)];
+        let mut front: Vec<(&'static str, Task)> = vec![
+            ("http server", http),
+            ("consumer", consumer),
+            ("retention sweeper", retention),
+        ];
         front.extend(extra);
         supervise(front, back, shutdown, relay_stop).await
     }

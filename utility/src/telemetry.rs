@@ -20,7 +20,9 @@ const DEFAULT_FILTER: &str =
 /// Installs the global subscriber. Safe to call more than once (tests do): later calls are no-ops.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a terminal: piped logs (make up, journald) stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.compact().try_init(),
         LogFormat::Json => builder
