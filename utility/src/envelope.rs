@@ -217,7 +217,64 @@ mod tests {
         ));
     }
 
+    fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "\\PC{0,24}".prop_map(Value::from),
+            Just(Value::from(Uuid::now_v7().to_string())),
+            Just(Value::from("2026-01-01T00:00:00Z")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_]{1,12}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Whatever parses must serialise back to something that parses to the same envelope.
+    fn assert_stable(body: &str) {
+        if let Ok(envelope) = Envelope::parse(body) {
+            assert_eq!(Envelope::parse(&envelope.to_json()).unwrap(), envelope);
+        }
+    }
+
     proptest! {
+        #[test]
+        fn any_field_values_give_a_value_or_an_error(
+            fields in proptest::collection::vec(proptest::option::of(arbitrary_json()), 8),
+            type_index in 0usize..MESSAGE_TYPES.len(),
+        ) {
+            let keys = ["message_id", "type", "schema_version", "correlation_id", "causation_id", "occurred_at", "traceparent", "payload"];
+            let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&enroll().to_json()).unwrap();
+            object.insert("type".into(), MESSAGE_TYPES[type_index].into());
+            for (key, value) in keys.iter().zip(fields) {
+                if let Some(value) = value {
+                    object.insert((*key).to_owned(), value);
+                }
+            }
+            assert_stable(&serde_json::Value::Object(object).to_string());
+        }
+
+        #[test]
+        fn byte_edits_of_a_valid_envelope_give_a_value_or_an_error(
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let mut bytes = enroll().to_json().into_bytes();
+            for (at, byte) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            assert_stable(&String::from_utf8_lossy(&bytes));
+        }
+
         #[test]
         fn any_bytes_give_a_value_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let text = String::from_utf8_lossy(&bytes);
