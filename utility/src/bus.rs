@@ -78,6 +78,41 @@ pub struct Outgoing {
     pub body: String,
 }
 
+impl Outgoing {
+    /// The message attributes filter policies and operators rely on (2 of the 10 SQS allows).
+    fn attributes(&self) -> [(&'static str, &str); 2] {
+        [("type", &self.message_type), ("correlation_id", &self.correlation_id)]
+    }
+}
+
+fn sqs_entry(m: &Outgoing) -> Result<SendMessageBatchRequestEntry, BusError> {
+    let error = BusError::sdk("SendMessageBatch");
+    let mut entry = SendMessageBatchRequestEntry::builder().id(&m.id).message_body(&m.body);
+    for (name, value) in m.attributes() {
+        let attribute = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .map_err(BusError::sdk("SendMessageBatch"))?;
+        entry = entry.message_attributes(name, attribute);
+    }
+    entry.build().map_err(error)
+}
+
+fn sns_entry(m: &Outgoing) -> Result<PublishBatchRequestEntry, BusError> {
+    let error = BusError::sdk("PublishBatch");
+    let mut entry = PublishBatchRequestEntry::builder().id(&m.id).message(&m.body);
+    for (name, value) in m.attributes() {
+        let attribute = SnsAttribute::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .map_err(BusError::sdk("PublishBatch"))?;
+        entry = entry.message_attributes(name, attribute);
+    }
+    entry.build().map_err(error)
+}
+
 impl From<&Envelope> for Outgoing {
     fn from(envelope: &Envelope) -> Self {
         Self {
@@ -248,29 +283,7 @@ impl Bus {
     pub async fn send_batch(&self, queue_url: &str, messages: &[Outgoing]) -> Result<Vec<String>, BusError> {
         let mut sent = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .map(|m| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(&m.id)
-                        .message_body(&m.body)
-                        .set_message_attributes(Some(
-                            [("type", &m.message_type), ("correlation_id", &m.correlation_id)]
-                                .into_iter()
-                                .map(|(k, v)| {
-                                    MessageAttributeValue::builder()
-                                        .data_type("String")
-                                        .string_value(v)
-                                        .build()
-                                        .map(|attr| (k.to_owned(), attr))
-                                })
-                                .collect::<Result<_, _>>()
-                                .map_err(BusError::sdk("SendMessageBatch"))?,
-                        ))
-                        .build()
-                        .map_err(BusError::sdk("SendMessageBatch"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let entries = chunk.iter().map(sqs_entry).collect::<Result<Vec<_>, _>>()?;
             let output = self
                 .sqs
                 .send_message_batch()
@@ -292,29 +305,7 @@ impl Bus {
     pub async fn publish_batch(&self, topic_arn: &str, messages: &[Outgoing]) -> Result<Vec<String>, BusError> {
         let mut sent = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .map(|m| {
-                    PublishBatchRequestEntry::builder()
-                        .id(&m.id)
-                        .message(&m.body)
-                        .set_message_attributes(Some(
-                            [("type", &m.message_type), ("correlation_id", &m.correlation_id)]
-                                .into_iter()
-                                .map(|(k, v)| {
-                                    SnsAttribute::builder()
-                                        .data_type("String")
-                                        .string_value(v)
-                                        .build()
-                                        .map(|attr| (k.to_owned(), attr))
-                                })
-                                .collect::<Result<_, _>>()
-                                .map_err(BusError::sdk("PublishBatch"))?,
-                        ))
-                        .build()
-                        .map_err(BusError::sdk("PublishBatch"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let entries = chunk.iter().map(sns_entry).collect::<Result<Vec<_>, _>>()?;
             let output = self
                 .sns
                 .publish_batch()
