@@ -1,5 +1,5 @@
 # The two commands README.md opens with: `make up` and `make test`.
-.PHONY: up test topology lint fmt localstack-start localstack-stop
+.PHONY: up test topology bench lint fmt localstack-start localstack-stop
 
 up: ## Run LocalStack, the topology, the three services and a sample enrollment (foreground).
 	@localstack/up.sh
@@ -9,6 +9,9 @@ test: ## Run the whole test suite (starts LocalStack when it is not running).
 
 topology: ## Deploy (or update) the messaging stack on $$AWS_ENDPOINT_URL (LocalStack by default).
 	@. localstack/env.sh && cargo run --quiet -p infra --bin sagactl -- deploy
+
+bench: ## Pipeline throughput and saga latency against the raw bus (needs LocalStack; see gateway/benches).
+	@. localstack/env.sh && localstack/localstack.sh start >/dev/null && cargo bench -p gateway --bench pipeline
 
 lint: ## Formatting, clippy, and cfn-lint on the CloudFormation templates.
 	cargo fmt --all -- --check
