@@ -63,11 +63,16 @@ start() {
   echo "started $pid"
 }
 
+# True when $1 is a LocalStack process (a stale pid file may name an unrelated process by now).
+is_localstack() {
+  [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q 'localstack.runtime.main'
+}
+
 stop() {
   [[ -f "$pidfile" ]] || return 0
   local pid
   pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  if kill -0 "$pid" 2>/dev/null && is_localstack "$pid"; then
     # setsid made it a process-group leader: stop the whole group.
     kill -TERM -- "-$pid" 2>/dev/null || true
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done

@@ -14,10 +14,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-case "$(localstack/localstack.sh start)" in
-  started*) started_localstack=1 ;;
-  *) echo "test: reusing the LocalStack already running" >&2 ;;
-esac
+# Own LocalStack from before it starts, so an interrupt during start-up still stops it.
+if localstack/localstack.sh status; then
+  echo "test: reusing the LocalStack already running" >&2
+else
+  started_localstack=1
+  localstack/localstack.sh start >/dev/null
+fi
 
 echo "test: cfn-lint infra/*.yaml" >&2
 localstack/.venv/bin/cfn-lint infra/*.yaml

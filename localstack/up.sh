@@ -32,10 +32,13 @@ echo "up: building services" >&2
 cargo build --quiet --bins
 
 echo "up: starting LocalStack" >&2
-case "$(localstack/localstack.sh start)" in
-  started*) started_localstack=1 ;;
-  *) echo "up: reusing the LocalStack already running" >&2 ;;
-esac
+# Own LocalStack from before it starts, so an interrupt during start-up still stops it.
+if localstack/localstack.sh status; then
+  echo "up: reusing the LocalStack already running" >&2
+else
+  started_localstack=1
+  localstack/localstack.sh start >/dev/null
+fi
 
 echo "up: deploying the messaging topology" >&2
 target/debug/sagactl deploy --prefix "${NAME_PREFIX:-saga}" >"$run_dir/topology.txt"
@@ -63,15 +66,20 @@ done
 
 email="sample-$(date +%s)@example.com"
 echo "up: submitting a sample enrollment for $email" >&2
-location=$(curl -fsS -D - -o /dev/null -H 'content-type: application/json' \
+location=$(curl -sS -D - -o /dev/null -H 'content-type: application/json' \
   -d "{\"name\": \"Sample Customer\", \"email\": \"$email\"}" "$gateway/api/enrollments" |
-  tr -d '\r' | awk 'tolower($1) == "location:" {print $2}')
-for _ in $(seq 1 60); do
-  body=$(curl -fsS "$gateway$location")
-  case "$body" in *'"status":"completed"'* | *'"status":"rejected"'* | *'"status":"rolled_back"'*) break ;; esac
-  sleep 0.5
-done
-echo "up: GET $location -> $body" >&2
+  tr -d '\r' | awk 'tolower($1) == "location:" {print $2}') || location=
+if [[ -z "$location" ]]; then
+  echo "up: the gateway did not accept the sample enrollment; see its log above" >&2
+else
+  body=
+  for _ in $(seq 1 60); do
+    body=$(curl -sS "$gateway$location" || true)
+    case "$body" in *'"status":"completed"'* | *'"status":"rejected"'* | *'"status":"rolled_back"'*) break ;; esac
+    sleep 0.5
+  done
+  echo "up: GET $location -> $body" >&2
+fi
 echo "up: the system is running; the gateway answers on $gateway. Ctrl-C stops everything." >&2
 
 # Stay up until interrupted or until a service dies (then stop the rest).

@@ -48,7 +48,7 @@ async fn send_all(bus: &Bus, queue: &str, messages: &[Outgoing]) {
         while set.len() < 8 {
             let Some(chunk) = chunks.next() else { break };
             let (bus, queue, chunk) = (bus.clone(), queue.to_owned(), chunk.to_vec());
-            set.spawn(async move { bus.send_batch(&queue, &chunk).await.expect("send").len() });
+            set.spawn(async move { bus.send_batch(&queue, &chunk).await.expect("send").sent.len() });
         }
         if set.join_next().await.is_none() {
             break;
@@ -110,8 +110,17 @@ async fn main() {
     // 2. The consumer loop on SQLite, same queue, same volume.
     send_all(&bus, &queue, &envelopes(messages)).await;
     let db = support::TestDb::new(Backend::Sqlite, "bench").await;
-    let pool = utility::db::connect(&db.url, sqlx::migrate::Migrator::DEFAULT).await.expect("db");
-    let consumer = Consumer::new(queue.clone(), bus.clone(), pool, NoOp, Arc::new(tokio::sync::Notify::new()), 1);
+    let pool = utility::db::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
+        .await
+        .expect("db");
+    let consumer = Consumer::new(
+        queue.clone(),
+        bus.clone(),
+        pool,
+        NoOp,
+        Arc::new(tokio::sync::Notify::new()),
+        1,
+    );
     let started = Instant::now();
     let mut handled = 0;
     while handled < messages {
@@ -143,7 +152,10 @@ async fn main() {
         if done as usize >= enrollments {
             break;
         }
-        assert!(Instant::now() < deadline, "only {done} of {enrollments} sagas completed in 10 minutes");
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {enrollments} sagas completed in 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let sagas = started.elapsed();
@@ -171,16 +183,41 @@ async fn main() {
     let consume_rate = rate(messages, consumed);
     println!("{:<48} {:>12}", "measure", "figure");
     println!("{:<48} {:>10.0}/s", "raw SendMessageBatch (8 in flight)", send_rate);
-    println!("{:<48} {:>10.0}/s", "raw ReceiveMessage + DeleteMessageBatch", drain_rate);
-    println!("{:<48} {:>10.0}/s", "consumer loop (dedup + commit + delete, SQLite)", consume_rate);
-    println!("{:<48} {:>11.2}", "  ratio consumer / raw receive+delete", consume_rate / drain_rate);
-    println!("{:<48} {:>10.1}/s", "whole sagas (3 services, SQLite)", rate(enrollments, sagas));
-    println!("{:<48} {:>11.2}", "  ratio saga messages / raw receive+delete", rate(enrollments * 4, sagas) / drain_rate);
-    println!("{:<48} {:>9.0} ms", "saga latency p50 (accepted -> completed)", percentile(&latencies, 50.0));
+    println!(
+        "{:<48} {:>10.0}/s",
+        "raw ReceiveMessage + DeleteMessageBatch", drain_rate
+    );
+    println!(
+        "{:<48} {:>10.0}/s",
+        "consumer loop (dedup + commit + delete, SQLite)", consume_rate
+    );
+    println!(
+        "{:<48} {:>11.2}",
+        "  ratio consumer / raw receive+delete",
+        consume_rate / drain_rate
+    );
+    println!(
+        "{:<48} {:>10.1}/s",
+        "whole sagas (3 services, SQLite)",
+        rate(enrollments, sagas)
+    );
+    println!(
+        "{:<48} {:>11.2}",
+        "  ratio saga messages / raw receive+delete",
+        rate(enrollments * 4, sagas) / drain_rate
+    );
+    println!(
+        "{:<48} {:>9.0} ms",
+        "saga latency p50 (accepted -> completed)",
+        percentile(&latencies, 50.0)
+    );
     println!("{:<48} {:>9.0} ms", "saga latency p95", percentile(&latencies, 95.0));
     println!("{:<48} {:>9.0} ms", "saga latency max", percentile(&latencies, 100.0));
     if let Some(rss) = peak_rss_mib() {
-        println!("{:<48} {:>8.1} MiB", "peak RSS of this process (3 services + client)", rss);
+        println!(
+            "{:<48} {:>8.1} MiB",
+            "peak RSS of this process (3 services + client)", rss
+        );
     }
     assert_eq!(ids.len(), enrollments);
 }

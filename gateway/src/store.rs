@@ -171,33 +171,44 @@ impl Handler for SagaHandler {
             tracing::warn!(status = %current, "event does not apply to the saga in its current status; ignored");
             return Ok(());
         };
-        let was_stalled: Option<String> = row.try_get("stall_reported_at")?;
-        if was_stalled.is_some() {
-            tracing::info!(status = %current, "stalled saga is moving again");
-        }
         let now = utility::now();
-        sqlx::query(
-            "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
-                 bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason), updated_at = $5,
-                 stall_reported_at = NULL
-             WHERE id = $6",
-        )
-        .bind(step.next.as_str())
-        .bind(step.customer_id.map(|c| c.to_string()))
-        .bind(step.bonus_points)
-        .bind(step.reason.as_deref())
-        .bind(&now)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
+        if step.next == current {
+            // A late event: recorded, its command sent, but the saga, its clock and its stall
+            // report stay as they are.
+            tracing::warn!(status = %current, "late event recorded; the saga does not move");
+        } else {
+            // Conditional on the status read above: if another instance moved the saga meanwhile,
+            // retry against the new status instead of overwriting it.
+            let moved = sqlx::query(
+                "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
+                     bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason), updated_at = $5,
+                     stall_reported_at = NULL
+                 WHERE id = $6 AND status = $7",
+            )
+            .bind(step.next.as_str())
+            .bind(step.customer_id.map(|c| c.to_string()))
+            .bind(step.bonus_points)
+            .bind(step.reason.as_deref())
+            .bind(&now)
+            .bind(id.to_string())
+            .bind(current.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved == 0 {
+                return Err(HandlerError::Conflict(format!(
+                    "enrollment {id} changed while this event was applied"
+                )));
+            }
+            let was_stalled: Option<String> = row.try_get("stall_reported_at")?;
+            if was_stalled.is_some() {
+                tracing::info!(status = %current, "stalled saga is moving again");
+            }
+            tracing::info!(from = %current, to = %step.next, "saga advanced");
+        }
         record_history(tx, id, step.next, envelope.type_name(), &now).await?;
         if let Some((destination, command)) = step.command {
             outbox::enqueue(tx, destination, &envelope.caused(command)).await?;
-        }
-        if step.next == current {
-            tracing::warn!(status = %current, "late event recorded; the saga does not move back");
-        } else {
-            tracing::info!(from = %current, to = %step.next, "saga advanced");
         }
         Ok(())
     }

@@ -68,6 +68,40 @@ pub struct Received {
     pub receive_count: u32,
 }
 
+/// What a batch send or publish did, entry by entry.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Ids the bus accepted.
+    pub sent: Vec<String>,
+    /// Entries the bus refused.
+    pub failed: Vec<EntryFailure>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntryFailure {
+    pub id: String,
+    pub code: String,
+    pub message: String,
+    /// The service says the request itself is at fault.
+    pub sender_fault: bool,
+}
+
+impl EntryFailure {
+    /// Retrying this entry cannot help: the sender is at fault, or the code says the content is
+    /// invalid (LocalStack reports `InvalidMessageContents` without the sender-fault flag AWS sets).
+    pub fn is_permanent(&self) -> bool {
+        const CONTENT_ERRORS: [&str; 6] = [
+            "InvalidMessageContents",
+            "MessageTooLong",
+            "InvalidParameterValue",
+            "InvalidParameter",
+            "InvalidAttributeValue",
+            "ValidationError",
+        ];
+        self.sender_fault || CONTENT_ERRORS.contains(&self.code.as_str())
+    }
+}
+
 /// A message ready to go on the bus. `id` is the envelope's message id; it doubles as the batch
 /// entry id, which must be unique within a batch.
 #[derive(Debug, Clone)]
@@ -277,11 +311,10 @@ impl Bus {
         }
     }
 
-    /// Sends commands to a queue, ten per call. Returns the ids SQS accepted; the others are
-    /// logged and left for the caller to retry.
+    /// Sends commands to a queue, ten per call, and reports each entry's fate.
     #[tracing::instrument(skip_all, fields(messaging.system = "aws_sqs", queue = queue_name(queue_url), count = messages.len()), err)]
-    pub async fn send_batch(&self, queue_url: &str, messages: &[Outgoing]) -> Result<Vec<String>, BusError> {
-        let mut sent = Vec::with_capacity(messages.len());
+    pub async fn send_batch(&self, queue_url: &str, messages: &[Outgoing]) -> Result<BatchOutcome, BusError> {
+        let mut outcome = BatchOutcome::default();
         for chunk in messages.chunks(MAX_BATCH) {
             let entries = chunk.iter().map(sqs_entry).collect::<Result<Vec<_>, _>>()?;
             let output = self
@@ -292,18 +325,21 @@ impl Bus {
                 .send()
                 .await
                 .map_err(BusError::sdk("SendMessageBatch"))?;
-            for failure in &output.failed {
-                tracing::warn!(id = %failure.id, code = %failure.code, message = failure.message.as_deref().unwrap_or(""), "SQS refused a batch entry");
-            }
-            sent.extend(output.successful.into_iter().map(|s| s.id));
+            outcome.failed.extend(output.failed.into_iter().map(|f| EntryFailure {
+                id: f.id,
+                code: f.code,
+                message: f.message.unwrap_or_default(),
+                sender_fault: f.sender_fault,
+            }));
+            outcome.sent.extend(output.successful.into_iter().map(|s| s.id));
         }
-        Ok(sent)
+        Ok(outcome)
     }
 
-    /// Publishes events to a topic, ten per call. Returns the ids SNS accepted.
+    /// Publishes events to a topic, ten per call, and reports each entry's fate.
     #[tracing::instrument(skip_all, fields(messaging.system = "aws_sns", topic = topic_arn, count = messages.len()), err)]
-    pub async fn publish_batch(&self, topic_arn: &str, messages: &[Outgoing]) -> Result<Vec<String>, BusError> {
-        let mut sent = Vec::with_capacity(messages.len());
+    pub async fn publish_batch(&self, topic_arn: &str, messages: &[Outgoing]) -> Result<BatchOutcome, BusError> {
+        let mut outcome = BatchOutcome::default();
         for chunk in messages.chunks(MAX_BATCH) {
             let entries = chunk.iter().map(sns_entry).collect::<Result<Vec<_>, _>>()?;
             let output = self
@@ -314,12 +350,17 @@ impl Bus {
                 .send()
                 .await
                 .map_err(BusError::sdk("PublishBatch"))?;
-            for failure in output.failed() {
-                tracing::warn!(id = %failure.id, code = %failure.code, message = failure.message.as_deref().unwrap_or(""), "SNS refused a batch entry");
-            }
-            sent.extend(output.successful().iter().filter_map(|s| s.id.clone()));
+            outcome.failed.extend(output.failed().iter().map(|f| EntryFailure {
+                id: f.id.clone(),
+                code: f.code.clone(),
+                message: f.message.clone().unwrap_or_default(),
+                sender_fault: f.sender_fault,
+            }));
+            outcome
+                .sent
+                .extend(output.successful().iter().filter_map(|s| s.id.clone()));
         }
-        Ok(sent)
+        Ok(outcome)
     }
 
     /// Cheap reachability check of one queue, for readiness probes.

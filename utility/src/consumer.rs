@@ -8,8 +8,10 @@
 //!    means the effect is already committed: a redelivery, so nothing more is done), apply the
 //!    handler, which writes state and outbox rows on the same transaction, then commit.
 //! 3. Delete the message only after its transaction committed. Transient failures (database) leave
-//!    the message to come back after a growing visibility timeout; refusals (a message this service
-//!    cannot act on) go the dead-letter way like malformed ones.
+//!    the message to come back after a growing visibility timeout, and the consumer stops
+//!    receiving until the database answers again; refusals (a message this service cannot act on)
+//!    go the dead-letter way like malformed ones.
+//! 4. While a batch is worked on, a heartbeat keeps all its messages invisible.
 
 use crate::bus::{Bus, BusError, Received, queue_name};
 use crate::envelope::Envelope;
@@ -17,7 +19,7 @@ use crate::service::Backoff;
 use sqlx::{AnyConnection, AnyPool};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +43,10 @@ pub enum HandlerError {
     /// The database failed; the message is retried after a delay.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The state changed under the handler (another instance got there first); retrying against
+    /// the new state will decide.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 /// What happened to one batch; tests drive [`Consumer::poll_once`] and read this.
@@ -108,6 +114,13 @@ impl<H: Handler> Consumer<H> {
                 Err(err) => Err(err),
             };
             match result {
+                Ok(report) if report.retried > 0 => {
+                    // The database failed: receiving more now would only spend other messages'
+                    // receive counts. Wait until it answers again.
+                    if !self.wait_for_database(&stop).await {
+                        break;
+                    }
+                }
                 Ok(_) => backoff.reset(),
                 Err(err) => {
                     let delay = backoff.next_delay();
@@ -121,6 +134,26 @@ impl<H: Handler> Consumer<H> {
         }
         tracing::info!(queue = queue_name(&self.queue_url), "consumer stopped");
         Ok(())
+    }
+
+    /// Returns when the database answers (`true`) or when `stop` fires (`false`).
+    async fn wait_for_database(&self, stop: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let probe = tokio::time::timeout(Duration::from_secs(3), sqlx::query("SELECT 1").execute(&self.pool)).await;
+            if matches!(probe, Ok(Ok(_))) {
+                return true;
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                retry_in_ms = delay.as_millis() as u64,
+                "database unavailable; receiving paused"
+            );
+            tokio::select! {
+                () = stop.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
     }
 
     /// One receive and the handling of what it returned.
@@ -137,20 +170,19 @@ impl<H: Handler> Consumer<H> {
         if messages.is_empty() {
             return Ok(report);
         }
-        // Messages wait in the batch while earlier ones are handled: keep every unfinished one
-        // invisible until its turn is over, however slow the database is.
-        let unfinished = Mutex::new(messages.iter().map(|m| m.receipt_handle.as_str()).collect::<Vec<_>>());
+        // Every message of the batch stays invisible until the batch is finished and deleted:
+        // later ones wait while earlier ones are handled, handled ones wait for the delete.
+        let held: Vec<&str> = messages.iter().map(|m| m.receipt_handle.as_str()).collect();
         let work = async {
             let mut outcomes = Vec::with_capacity(messages.len());
             for message in &messages {
                 outcomes.push(self.process(message).await);
-                lock(&unfinished).retain(|receipt| *receipt != message.receipt_handle);
             }
             outcomes
         };
         let outcomes = tokio::select! {
             outcomes = work => outcomes,
-            never = self.keep_invisible(&unfinished) => match never {},
+            never = self.keep_invisible(&held) => match never {},
         };
         let mut delete = Vec::new();
         let mut visibility = Vec::new();
@@ -193,17 +225,14 @@ impl<H: Handler> Consumer<H> {
         Ok(report)
     }
 
-    /// Extends the visibility of the batch's unfinished messages every half visibility timeout.
-    /// Never returns; the caller drops it when the batch is done.
-    async fn keep_invisible(&self, unfinished: &Mutex<Vec<&str>>) -> Infallible {
+    /// Extends the visibility of the held messages every third of the visibility timeout (room
+    /// for a slow extension call). Never returns; the caller drops it when the batch is done.
+    async fn keep_invisible(&self, held: &[&str]) -> Infallible {
         let timeout = self.visibility_timeout().await;
-        let every = Duration::from_millis(u64::from(timeout.unsigned_abs()) * 500).max(Duration::from_millis(500));
+        let every = Duration::from_millis(u64::from(timeout.unsigned_abs()) * 1000 / 3).max(Duration::from_millis(300));
+        let extend: Vec<(&str, i32)> = held.iter().map(|receipt| (*receipt, timeout)).collect();
         loop {
             tokio::time::sleep(every).await;
-            let extend: Vec<(&str, i32)> = lock(unfinished).iter().map(|receipt| (*receipt, timeout)).collect();
-            if extend.is_empty() {
-                continue;
-            }
             match self.bus.change_visibility_batch(&self.queue_url, &extend).await {
                 Ok(()) => tracing::debug!(messages = extend.len(), timeout, "visibility extended for slow work"),
                 Err(err) => tracing::warn!(error = %err, "could not extend visibility; messages may be redelivered"),
@@ -267,6 +296,10 @@ impl<H: Handler> Consumer<H> {
                     tracing::warn!(error = %err, "database error; message will be retried");
                     Outcome::Retry
                 }
+                Err(HandlerError::Conflict(reason)) => {
+                    tracing::warn!(%reason, "concurrent change; message will be retried");
+                    Outcome::Retry
+                }
             }
         }
         .instrument(span)
@@ -298,13 +331,11 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
-fn lock<'a, T>(mutex: &'a Mutex<T>) -> MutexGuard<'a, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Visibility timeout after a transient failure: 2, 4, 8 ... seconds by receive count, at most 60.
+/// Visibility timeout after a transient failure, by receive count: 5, 15, 45, 135, 405 s (at most
+/// 15 minutes), so the five receives before the DLQ span about ten minutes of outage.
 fn retry_delay_seconds(receive_count: u32) -> i32 {
-    2i32.saturating_pow(receive_count.clamp(1, 6)).min(60)
+    5i32.saturating_mul(3i32.saturating_pow(receive_count.clamp(1, 7) - 1))
+        .min(900)
 }
 
 #[cfg(test)]
@@ -313,8 +344,10 @@ mod tests {
 
     #[test]
     fn retry_delay_grows_and_is_capped() {
-        assert_eq!(retry_delay_seconds(1), 2);
-        assert_eq!(retry_delay_seconds(3), 8);
-        assert_eq!(retry_delay_seconds(50), 60);
+        assert_eq!(retry_delay_seconds(0), 5);
+        assert_eq!(retry_delay_seconds(1), 5);
+        assert_eq!(retry_delay_seconds(3), 45);
+        assert_eq!(retry_delay_seconds(5), 405);
+        assert_eq!(retry_delay_seconds(50), 900);
     }
 }

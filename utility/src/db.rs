@@ -35,6 +35,8 @@ pub fn is_sqlite(url: &str) -> bool {
 /// Opens the pool and applies the shared migrations (the outbox and processed-message tables,
 /// versions below 100), then the service's own (`sqlx::migrate!()`, versions from 100).
 ///
+/// SQLite runs in WAL mode with `synchronous = FULL`: a commit that the consumer acknowledges by
+/// deleting its message, or that the gateway acknowledges with a 202, survives a power loss.
 /// SQLite gets a single connection: one writer at a time is how SQLite works anyway, and a single
 /// connection avoids "database is locked" errors between the consumer, the relay and the API.
 /// The file and its directory are created on first run.
@@ -55,7 +57,7 @@ pub async fn connect(url: &str, service_migrations: Migrator) -> Result<AnyPool,
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 if sqlite {
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
                         .await?;
                 }
                 Ok(())

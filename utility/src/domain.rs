@@ -21,6 +21,13 @@ impl FieldError {
     }
 }
 
+/// Characters SQS accepts in a message body: tab, line feed, carriage return, and U+0020 to
+/// U+10FFFF except U+FFFE and U+FFFF (Rust strings cannot hold surrogates). A value that travels in
+/// a message must not contain anything else, or the bus refuses the message.
+pub fn bus_safe(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+}
+
 /// A customer's display name: trimmed, 1 to 200 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -40,8 +47,11 @@ impl CustomerName {
                 format!("must be at most {} characters", Self::MAX_CHARS),
             ));
         }
-        if trimmed.chars().any(char::is_control) {
-            return Err(FieldError::new("name", "must not contain control characters"));
+        if trimmed.chars().any(|c| c.is_control() || !bus_safe(c)) {
+            return Err(FieldError::new(
+                "name",
+                "must not contain control characters or noncharacters",
+            ));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -90,8 +100,11 @@ impl Email {
         if candidate.chars().count() > Self::MAX_CHARS {
             return invalid("must be at most 254 characters");
         }
-        if candidate.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return invalid("must not contain spaces or control characters");
+        if candidate
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || !bus_safe(c))
+        {
+            return invalid("must not contain spaces, control characters or noncharacters");
         }
         let Some((local, domain)) = candidate.split_once('@') else {
             return invalid("must contain '@'");
@@ -141,6 +154,9 @@ mod tests {
         assert!(CustomerName::parse(&"x".repeat(201)).is_err());
         assert!(CustomerName::parse(&"é".repeat(200)).is_ok());
         assert!(CustomerName::parse("a\u{0}b").is_err());
+        assert!(CustomerName::parse("a\u{FFFF}").is_err());
+        assert!(Email::parse("a\u{FFFE}@b.co").is_err());
+        assert!(bus_safe('\n') && bus_safe('é') && bus_safe('\u{10FFFF}') && !bus_safe('\u{1}'));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! Wire form (JSON body):
 //! `{"message_id", "type", "schema_version", "correlation_id", "causation_id", "occurred_at",
 //!   "traceparent", "payload": {...}}`,
-//! plus SQS/SNS message attributes `type`, `schema_version` and `correlation_id` so that filter
-//! policies can route without reading bodies. Parsing never panics: any byte string gives an
+//! plus SQS/SNS message attributes `type` and `correlation_id` so that filter policies can route
+//! and operators can see what a message is without reading bodies. Parsing never panics: any byte string gives an
 //! [`Envelope`] or an [`EnvelopeError`] that says what is wrong.
 
 use crate::message::Message;

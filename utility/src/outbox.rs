@@ -38,9 +38,9 @@ pub async fn enqueue(conn: &mut AnyConnection, destination: Endpoint, envelope: 
     Ok(())
 }
 
-/// Number of rows not yet published (readiness, tests, operators).
+/// Number of rows not yet published and not set aside (readiness, tests, operators).
 pub async fn pending(pool: &AnyPool) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL")
+    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL")
         .fetch_one(pool)
         .await?
         .try_get("n")
@@ -54,10 +54,6 @@ pub enum RelayError {
     Bus(#[from] crate::bus::BusError),
     #[error("{unsent} outbox messages were not accepted by the bus")]
     Unsent { unsent: usize },
-    #[error("outbox row {id} names unknown destination `{destination}`")]
-    UnknownDestination { id: String, destination: String },
-    #[error(transparent)]
-    Topology(#[from] crate::topology::TopologyError),
 }
 
 /// Publishes pending outbox rows. Woken by [`Relay::signal`] right after a commit, and every
@@ -88,13 +84,18 @@ impl Relay {
     }
 
     /// Publishes everything pending now. Returns how many messages went out.
+    ///
+    /// Each destination is published and stamped on its own, so one unreachable queue neither
+    /// blocks nor re-publishes the others. Rows the bus refuses as the sender's fault, and rows
+    /// naming a destination this build does not know, are set aside (`failed_at`, `error`) and
+    /// logged as errors instead of being retried forever.
     #[tracing::instrument(skip_all, err)]
     pub async fn flush(&self) -> Result<usize, RelayError> {
         let mut published = 0;
         loop {
             let rows = sqlx::query(
                 "SELECT id, destination, message_type, correlation_id, body FROM outbox
-                 WHERE sent_at IS NULL ORDER BY created_at, id LIMIT $1",
+                 WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY created_at, id LIMIT $1",
             )
             .bind(PAGE)
             .fetch_all(&self.pool)
@@ -114,31 +115,78 @@ impl Relay {
                         body: row.try_get("body")?,
                     });
             }
-            let mut sent = Vec::with_capacity(rows.len());
+            let mut first_error = None;
+            let mut retry_later = 0;
             for (destination, messages) in &by_destination {
-                let endpoint = Endpoint::from_name(destination).ok_or_else(|| RelayError::UnknownDestination {
-                    id: messages[0].id.clone(),
-                    destination: destination.clone(),
-                })?;
-                let address = self.topology.address(endpoint)?;
-                let accepted = if endpoint.is_topic() {
-                    self.bus.publish_batch(address, messages).await?
-                } else {
-                    self.bus.send_batch(address, messages).await?
-                };
-                sent.extend(accepted);
+                match self.publish(destination, messages).await {
+                    Ok(outcome) => {
+                        published += outcome.sent.len();
+                        retry_later += outcome.failed.iter().filter(|f| !f.is_permanent()).count();
+                    }
+                    Err(err) => {
+                        tracing::warn!(%destination, error = %err, pending = messages.len(), "cannot publish to this destination; will retry");
+                        retry_later += messages.len();
+                        first_error.get_or_insert(err);
+                    }
+                }
             }
-            self.mark_sent(&sent).await?;
-            published += sent.len();
-            if sent.len() < rows.len() {
-                return Err(RelayError::Unsent {
-                    unsent: rows.len() - sent.len(),
-                });
+            if let Some(err) = first_error {
+                return Err(err);
+            }
+            if retry_later > 0 {
+                return Err(RelayError::Unsent { unsent: retry_later });
             }
         }
     }
 
+    /// Publishes one destination's rows and records the outcome of each.
+    async fn publish(&self, destination: &str, messages: &[Outgoing]) -> Result<crate::bus::BatchOutcome, RelayError> {
+        let address = match Endpoint::from_name(destination) {
+            Some(endpoint) => self.topology.address(endpoint).map(|a| (endpoint, a.to_owned())),
+            None => Err(crate::topology::TopologyError::NotResolved("unknown destination")),
+        };
+        let (endpoint, address) = match address {
+            Ok(found) => found,
+            Err(_) => {
+                let reason = format!("destination `{destination}` is not known to this service");
+                for message in messages {
+                    self.set_aside(&message.id, &reason).await?;
+                }
+                return Ok(crate::bus::BatchOutcome::default());
+            }
+        };
+        let outcome = if endpoint.is_topic() {
+            self.bus.publish_batch(&address, messages).await?
+        } else {
+            self.bus.send_batch(&address, messages).await?
+        };
+        self.mark_sent(&outcome.sent).await?;
+        for failure in &outcome.failed {
+            if failure.is_permanent() {
+                let reason = format!("{}: {}", failure.code, failure.message);
+                self.set_aside(&failure.id, &reason).await?;
+            } else {
+                tracing::warn!(id = %failure.id, code = %failure.code, message = %failure.message, "bus refused an entry for now; will retry");
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn set_aside(&self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+        tracing::error!(id, reason, "outbox message set aside: the bus will never accept it");
+        sqlx::query("UPDATE outbox SET failed_at = $1, error = $2 WHERE id = $3")
+            .bind(crate::now())
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn mark_sent(&self, ids: &[String]) -> Result<(), sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let now = crate::now();
         let mut tx = self.pool.begin().await?;
         for id in ids {

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 /// Shortest processed-id retention that still covers a redrive from a 14-day DLQ.
 pub const MIN_PROCESSED_RETENTION_DAYS: u64 = 15;
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// Rows per DELETE statement.
+const DELETE_BATCH: i64 = 500;
 
 pub struct RetentionSweeper {
     pool: AnyPool,
@@ -30,19 +32,41 @@ impl RetentionSweeper {
         }
     }
 
-    /// Deletes what is past its retention; returns (outbox rows, processed ids) deleted.
+    /// Deletes what is past its retention, a bounded batch per statement so the sweep never holds
+    /// the database for long; returns (outbox rows, processed ids) deleted.
     pub async fn sweep(&self) -> Result<(u64, u64), sqlx::Error> {
-        let outbox = sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
-            .bind(cutoff(self.outbox_keep))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        let processed = sqlx::query("DELETE FROM processed_messages WHERE processed_at < $1")
-            .bind(cutoff(self.processed_keep))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let outbox = self
+            .delete_in_batches(
+                "DELETE FROM outbox WHERE id IN
+                 (SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT $2)",
+                cutoff(self.outbox_keep),
+            )
+            .await?;
+        let processed = self
+            .delete_in_batches(
+                "DELETE FROM processed_messages WHERE message_id IN
+                 (SELECT message_id FROM processed_messages WHERE processed_at < $1 LIMIT $2)",
+                cutoff(self.processed_keep),
+            )
+            .await?;
         Ok((outbox, processed))
+    }
+
+    async fn delete_in_batches(&self, sql: &str, cutoff: String) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(sql)
+                .bind(&cutoff)
+                .bind(DELETE_BATCH)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < DELETE_BATCH as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {

@@ -65,41 +65,46 @@ pub async fn supervise(
     for (name, task) in back {
         back_set.spawn(async move { (name, task.await) });
     }
-    while let Some(joined) = front_set.join_next().await {
+    // Front and back tasks are both watched: a relay that dies early must stop the service too.
+    while !front_set.is_empty() {
+        let joined = tokio::select! {
+            Some(joined) = front_set.join_next() => joined,
+            Some(joined) = back_set.join_next() => joined,
+        };
         let early = !shutdown.is_cancelled();
-        match joined {
-            Ok((name, Ok(()))) if early => {
-                tracing::error!(task = name, "task ended before shutdown");
-                failed.get_or_insert_with(|| format!("{name} ended before shutdown"));
-            }
-            Ok((name, Ok(()))) => tracing::info!(task = name, "task stopped"),
-            Ok((name, Err(err))) => {
-                tracing::error!(task = name, error = format!("{err:#}"), "task failed");
-                failed.get_or_insert_with(|| format!("{name} failed: {err:#}"));
-            }
-            Err(join) => {
-                tracing::error!(error = %join, "task panicked or was aborted");
-                failed.get_or_insert_with(|| format!("a task panicked: {join}"));
-            }
-        }
+        record(joined, early, &mut failed);
         shutdown.cancel();
     }
     back_stop.cancel();
     while let Some(joined) = back_set.join_next().await {
-        match joined {
-            Ok((name, Ok(()))) => tracing::info!(task = name, "task stopped"),
-            Ok((name, Err(err))) => {
-                tracing::error!(task = name, error = format!("{err:#}"), "task failed");
-                failed.get_or_insert_with(|| format!("{name} failed: {err:#}"));
-            }
-            Err(join) => {
-                failed.get_or_insert_with(|| format!("a task panicked: {join}"));
-            }
-        }
+        record(joined, false, &mut failed);
     }
     match failed {
         None => Ok(()),
         Some(why) => Err(anyhow::anyhow!(why)),
+    }
+}
+
+/// Logs how a task ended; keeps the first failure. `early`: it ended before shutdown was asked.
+fn record(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+    early: bool,
+    failed: &mut Option<String>,
+) {
+    match joined {
+        Ok((name, Ok(()))) if early => {
+            tracing::error!(task = name, "task ended before shutdown");
+            failed.get_or_insert_with(|| format!("{name} ended before shutdown"));
+        }
+        Ok((name, Ok(()))) => tracing::info!(task = name, "task stopped"),
+        Ok((name, Err(err))) => {
+            tracing::error!(task = name, error = format!("{err:#}"), "task failed");
+            failed.get_or_insert_with(|| format!("{name} failed: {err:#}"));
+        }
+        Err(join) => {
+            tracing::error!(error = %join, "task panicked or was aborted");
+            failed.get_or_insert_with(|| format!("a task panicked: {join}"));
+        }
     }
 }
 
@@ -257,6 +262,8 @@ impl ServiceCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
     fn backoff_grows_to_its_cap_and_resets() {
@@ -273,13 +280,19 @@ mod tests {
         let shutdown = CancellationToken::new();
         let back_stop = CancellationToken::new();
         let (s, b) = (shutdown.clone(), back_stop.clone());
+        let front_done = Arc::new(AtomicBool::new(false));
+        let (done, seen) = (front_done.clone(), front_done.clone());
         let waits: Task = Box::pin(async move {
             s.cancelled().await;
+            // Slow to finish: the back task must still wait for it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            done.store(true, Ordering::SeqCst);
             Ok(())
         });
         let fails: Task = Box::pin(async { Err(anyhow::anyhow!("boom")) });
         let back: Task = Box::pin(async move {
             b.cancelled().await;
+            anyhow::ensure!(seen.load(Ordering::SeqCst), "back task stopped before the front tasks");
             Ok(())
         });
         let result = supervise(
@@ -291,5 +304,29 @@ mod tests {
         .await;
         assert_eq!(result.unwrap_err().to_string(), "fails failed: boom");
         assert!(shutdown.is_cancelled());
+        assert!(front_done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_back_task_that_ends_early_stops_the_service() {
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let front: Task = Box::pin(async move {
+            s.cancelled().await;
+            Ok(())
+        });
+        let back: Task = Box::pin(async { Ok(()) });
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            supervise(
+                vec![("front", front)],
+                vec![("relay", back)],
+                shutdown.clone(),
+                CancellationToken::new(),
+            ),
+        )
+        .await
+        .expect("the service stopped");
+        assert_eq!(result.unwrap_err().to_string(), "relay ended before shutdown");
     }
 }

@@ -203,10 +203,13 @@ pub async fn stack_outputs(bus: &Bus, stack: &str) -> Result<HashMap<String, Str
         });
     };
     let status = found.stack_status().map(|s| s.as_str().to_owned()).unwrap_or_default();
-    if !matches!(
-        status.as_str(),
-        "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "UPDATE_ROLLBACK_COMPLETE"
-    ) {
+    // An update in progress still has every resource and output; only stacks that failed to come
+    // into being, or are going away, are unusable.
+    let unusable = status.ends_with("_FAILED")
+        || status.starts_with("ROLLBACK_")
+        || status.starts_with("DELETE_")
+        || matches!(status.as_str(), "CREATE_IN_PROGRESS" | "REVIEW_IN_PROGRESS");
+    if unusable {
         return Err(TopologyError::StackNotReady {
             stack: stack.to_owned(),
             status,
