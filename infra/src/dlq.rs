@@ -330,9 +330,17 @@ pub fn table(queues: &[Resolved], letters: &[DeadLetter]) -> String {
             .iter()
             .filter(|l| l.dlq == queue.queue.name)
             .map(|l| {
+                // A `type` attribute on a body that is not an envelope must not pass for a
+                // valid message of that type.
+                let kind = match &l.error {
+                    Some(error) if !l.message_type.starts_with("<malformed") => {
+                        format!("{} <malformed: {error}>", l.message_type)
+                    }
+                    _ => l.message_type.clone(),
+                };
                 [
                     l.sqs_message_id.clone(),
-                    shorten(&l.message_type, 60),
+                    shorten(&kind, 60),
                     l.correlation_id.clone().unwrap_or_else(|| "-".to_owned()),
                     time(&l.sent_at),
                     time(&l.first_received_at),

@@ -124,6 +124,7 @@ fn table_has_one_block_per_queue() {
         lines[2].starts_with("  m-1") && lines[2].contains("2026-11-23 17:01:35"),
         "{text}"
     );
+    assert!(lines[2].contains("Enroll <malformed: body is not"), "{text}");
     assert_eq!(
         table(&queues, &[]),
         "customer-commands-dlq -> customer-commands: 0 messages\n"
