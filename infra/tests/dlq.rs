@@ -13,6 +13,7 @@ use utility::bus::{Bus, Outgoing};
 use utility::domain::{CustomerName, Email};
 use utility::envelope::Envelope;
 use utility::message::{CustomerEnrolled, Enroll, EnrollmentRejected, Message};
+use utility::topology::Endpoint;
 use uuid::Uuid;
 
 const DEADLINE: Duration = Duration::from_secs(45);
@@ -290,6 +291,13 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
     // Everything else goes back to its source queue.
     let report = dlq::redrive::all(&bus, &queues, DEADLINE).await.expect("redrive all");
     assert_eq!(report.total(), 3, "{report:?}");
+    let via = |dlq: &str| report.moved.iter().find(|m| m.dlq == dlq).map(|m| (m.moved, m.via));
+    assert_eq!(via("transaction-commands-dlq"), Some((1, dlq::redrive::MOVE_TASK)));
+    assert_eq!(via("gateway-events-dlq"), Some((1, dlq::redrive::MOVE_TASK)));
+    assert_eq!(
+        via("customer-events-subscription-dlq"),
+        Some((1, dlq::redrive::SEND_DELETE))
+    );
     assert!(dlq::list(&bus, &queues, 100).await.expect("list").is_empty());
     let back = drain(&bus, transactions, 1).await;
     assert_eq!(back.len(), 1);
@@ -307,4 +315,66 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
     let mut expected = vec![enrolled.correlation_id.to_string(), rejected.correlation_id.to_string()];
     expected.sort();
     assert_eq!(events, expected);
+}
+
+/// What SNS could not deliver (the gateway's queue was gone) waits in the subscription DLQ and,
+/// once the queue is back, goes to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_events_go_back_to_the_gateway_queue() {
+    let bus = bus().await;
+    let stack = TestStack::deploy(&bus).await;
+    let gateway_events = stack.url("GatewayEventsQueueUrl").to_owned();
+    bus.sqs()
+        .delete_queue()
+        .queue_url(&gateway_events)
+        .send()
+        .await
+        .expect("delete the gateway's queue");
+    let event = Envelope::new(
+        Message::CustomerEnrolled(CustomerEnrolled {
+            customer_id: Uuid::now_v7(),
+            name: name(),
+            email: email(),
+        }),
+        Uuid::now_v7(),
+    );
+    bus.publish_batch(stack.url("CustomerEventsTopicArn"), &[Outgoing::from(&event)])
+        .await
+        .expect("publish");
+
+    let queues = dlq::resolve(&stack.outputs, Some(Endpoint::GatewayEvents)).expect("DLQ outputs");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let letters = loop {
+        let letters = dlq::list(&bus, &queues, 100).await.expect("list");
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SNS never dead-lettered the event"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let [letter] = &letters[..] else {
+        panic!("one undeliverable event: {letters:#?}")
+    };
+    assert_eq!(letter.dlq, "customer-events-subscription-dlq");
+    assert_eq!(letter.message_type, "CustomerEnrolled");
+    assert_eq!(letter.correlation_id, Some(event.correlation_id.to_string()));
+
+    // The cause is fixed by hand: the queue exists again (same name, so the same URL and ARN).
+    bus.sqs()
+        .create_queue()
+        .queue_name(utility::bus::queue_name(&gateway_events))
+        .send()
+        .await
+        .expect("recreate the gateway's queue");
+    let report = dlq::redrive::all(&bus, &queues, DEADLINE).await.expect("redrive");
+    assert_eq!(report.total(), 1, "{report:?}");
+    // The recreated queue has no redrive policy, so SQS no longer counts gateway-events-dlq as a
+    // dead-letter queue and refuses a message-move task for it: the tool moves it by itself.
+    let gateway_dlq = report.moved.iter().find(|m| m.dlq == "gateway-events-dlq");
+    assert_eq!(gateway_dlq.map(|m| m.via), Some(dlq::redrive::SEND_DELETE));
+    let back = drain(&bus, &gateway_events, 1).await;
+    assert_eq!(back, [(event.to_json(), Some("CustomerEnrolled".to_owned()))]);
 }

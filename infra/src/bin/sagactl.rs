@@ -156,7 +156,10 @@ async fn dlq(command: DlqCommand, bus: utility::bus::Bus) -> anyhow::Result<()> 
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 for moved in &report.moved {
-                    println!("{} -> {}: {} moved", moved.dlq, moved.source, moved.moved);
+                    println!(
+                        "{} -> {}: {} moved ({})",
+                        moved.dlq, moved.source, moved.moved, moved.via
+                    );
                 }
                 println!("{} message(s) moved", report.total());
             }

@@ -6,7 +6,8 @@
 //!   and message attributes, then `DeleteMessageBatch` them from the DLQ;
 //! - everything: an SQS message-move task (`StartMessageMoveTask`) for the DLQs that SQS filled
 //!   itself, followed until it ends; the same receive/send/delete loop for the SNS subscription
-//!   DLQs, which SQS does not know as dead-letter queues of anything.
+//!   DLQs, which SQS does not know as dead-letter queues of anything, and whenever SQS refuses
+//!   to start a task.
 
 use super::{DlqError, Resolved, hold, release, unwrap_sns};
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
@@ -25,7 +26,12 @@ pub struct Moved {
     pub dlq: &'static str,
     pub source: &'static str,
     pub moved: u64,
+    /// [`MOVE_TASK`] or [`SEND_DELETE`].
+    pub via: &'static str,
 }
+
+pub const MOVE_TASK: &str = "message-move task";
+pub const SEND_DELETE: &str = "send then delete";
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -68,6 +74,7 @@ pub async fn selected(bus: &Bus, queues: &[Resolved], ids: &[String]) -> Result<
                 dlq: queue.queue.name,
                 source: queue.queue.source.name(),
                 moved,
+                via: SEND_DELETE,
             });
         }
     }
@@ -81,25 +88,35 @@ pub async fn selected(bus: &Bus, queues: &[Resolved], ids: &[String]) -> Result<
 pub async fn all(bus: &Bus, queues: &[Resolved], wait: Duration) -> Result<Report, DlqError> {
     let mut report = Report::default();
     for queue in queues {
-        let moved = if queue.queue.of_queue {
+        let task = if queue.queue.of_queue {
             move_task(bus, queue, wait).await?
         } else {
-            let mut moved = 0;
-            loop {
-                let batch = hold(bus, &queue.url, 10, |_| false).await?;
-                if batch.is_empty() {
-                    break moved;
-                }
-                moved += send_back(bus, queue, &batch).await?;
-            }
+            None
+        };
+        let (moved, via) = match task {
+            Some(moved) => (moved, MOVE_TASK),
+            None => (send_all(bus, queue).await?, SEND_DELETE),
         };
         report.moved.push(Moved {
             dlq: queue.queue.name,
             source: queue.queue.source.name(),
             moved,
+            via,
         });
     }
     Ok(report)
+}
+
+/// Moves every message of a DLQ, ten at a time.
+async fn send_all(bus: &Bus, queue: &Resolved) -> Result<u64, DlqError> {
+    let mut moved = 0;
+    loop {
+        let batch = hold(bus, &queue.url, 10, |_| false).await?;
+        if batch.is_empty() {
+            return Ok(moved);
+        }
+        moved += send_back(bus, queue, &batch).await?;
+    }
 }
 
 /// Sends held messages to the source queue and deletes from the DLQ those it accepted. Entries
@@ -200,7 +217,10 @@ fn entry(index: usize, message: &Message) -> Result<SendMessageBatchRequestEntry
 }
 
 /// Starts an SQS message-move task from the DLQ to its source queue and follows it to the end.
-async fn move_task(bus: &Bus, queue: &Resolved, wait: Duration) -> Result<u64, DlqError> {
+/// `None` when SQS refuses to start one: it only moves from a queue that some queue's redrive
+/// policy names, which stops being true when, say, the source queue was deleted and recreated
+/// by hand. The caller then moves the messages itself.
+async fn move_task(bus: &Bus, queue: &Resolved, wait: Duration) -> Result<Option<u64>, DlqError> {
     let failed = |reason: String| DlqError::Move {
         dlq: queue.queue.name.to_owned(),
         reason,
@@ -218,15 +238,21 @@ async fn move_task(bus: &Bus, queue: &Resolved, wait: Duration) -> Result<u64, D
         .and_then(|a| a.get(&QueueAttributeName::QueueArn))
         .cloned()
         .ok_or_else(|| failed("SQS did not tell the DLQ's ARN".to_owned()))?;
-    let handle = bus
+    let started = bus
         .sqs()
         .start_message_move_task()
         .source_arn(&dlq_arn)
         .destination_arn(&queue.source_arn)
         .send()
-        .await
-        .map_err(|e| BusError::from_sdk("StartMessageMoveTask", e))?
-        .task_handle;
+        .await;
+    let handle = match started {
+        Ok(output) => output.task_handle,
+        Err(err) => {
+            let err = BusError::from_sdk("StartMessageMoveTask", err);
+            tracing::warn!(dlq = queue.queue.name, error = %err, "SQS refused a message-move task; moving the messages one by one");
+            return Ok(None);
+        }
+    };
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let tasks = bus
@@ -243,7 +269,11 @@ async fn move_task(bus: &Bus, queue: &Resolved, wait: Duration) -> Result<u64, D
             .find(|t| t.task_handle().is_some() && t.task_handle() == handle.as_deref())
             .or_else(|| results.first());
         match task.and_then(|t| t.status()) {
-            Some("COMPLETED") => return Ok(task.map(|t| t.approximate_number_of_messages_moved()).unwrap_or(0) as u64),
+            Some("COMPLETED") => {
+                return Ok(Some(
+                    task.map(|t| t.approximate_number_of_messages_moved()).unwrap_or(0) as u64,
+                ));
+            }
             Some(status @ ("FAILED" | "CANCELLED")) => {
                 let reason = task.and_then(|t| t.failure_reason()).unwrap_or("no reason given");
                 return Err(failed(format!("message-move task {status}: {reason}")));
