@@ -1,11 +1,11 @@
 //! Read-only HTTP API over the customer database (the gateway proxies it).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
-use utility::problem::Problem;
+use utility::problem::{Problem, ProblemPath};
 use uuid::Uuid;
 
 #[derive(Serialize)]
@@ -29,7 +29,10 @@ pub fn routes(pool: AnyPool) -> Router {
         .with_state(pool)
 }
 
-async fn customer(State(pool): State<AnyPool>, Path(id): Path<String>) -> Result<Json<Customer>, Problem> {
+async fn customer(
+    State(pool): State<AnyPool>,
+    ProblemPath(id): ProblemPath<String>,
+) -> Result<Json<Customer>, Problem> {
     let id = Uuid::parse_str(&id).map_err(|_| Problem::bad_request("customer id must be a UUID"))?;
     let row = sqlx::query(
         "SELECT id, enrollment_id, name, email, status, enrolled_at, unenrolled_at, unenroll_reason

@@ -3,7 +3,7 @@
 
 use crate::store::{self, NewEnrollment};
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use sqlx::AnyPool;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use utility::domain::{CustomerName, Email, FieldError};
-use utility::problem::{Problem, ProblemJson, method_not_allowed};
+use utility::problem::{Problem, ProblemJson, ProblemPath, RequestLimits, enforce_limits, method_not_allowed};
 use uuid::Uuid;
 
 /// Longest accepted `Idempotency-Key`.
@@ -37,6 +37,10 @@ pub fn routes(state: AppState, max_body_bytes: usize) -> Router {
         .route("/api/customers/{id}", get(customer).fallback(method_not_allowed))
         .route("/api/customers/{id}/points", get(points).fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            RequestLimits::new(max_body_bytes),
+            enforce_limits,
+        ))
         .with_state(state)
 }
 
@@ -88,7 +92,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && !k.bytes().any(|b| b.is_ascii_control()))
         .ok_or_else(|| {
             Problem::bad_request(format!(
                 "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
@@ -174,7 +178,10 @@ fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id).map_err(|_| Problem::bad_request(format!("{what} id must be a UUID")))
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<store::EnrollmentView>, Problem> {
+async fn show(
+    State(state): State<AppState>,
+    ProblemPath(id): ProblemPath<String>,
+) -> Result<Json<store::EnrollmentView>, Problem> {
     let id = parse_id(&id, "enrollment")?;
     store::view(&state.pool, id, &crate::stalls::cutoff(state.stall_after))
         .await
@@ -194,7 +201,7 @@ async fn stalled(State(state): State<AppState>) -> Result<Json<Value>, Problem> 
     })))
 }
 
-async fn customer(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn customer(State(state): State<AppState>, ProblemPath(id): ProblemPath<String>) -> Result<Response, Problem> {
     let id = parse_id(&id, "customer")?;
     proxy(
         &state.http,
@@ -204,7 +211,7 @@ async fn customer(State(state): State<AppState>, Path(id): Path<String>) -> Resu
     .await
 }
 
-async fn points(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn points(State(state): State<AppState>, ProblemPath(id): ProblemPath<String>) -> Result<Response, Problem> {
     let id = parse_id(&id, "customer")?;
     proxy(
         &state.http,

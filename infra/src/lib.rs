@@ -2,6 +2,8 @@
 //! stack, waits for it to settle, and removes it. The same code serves `make topology`, the test
 //! suites (one isolated stack per test, by name prefix) and AWS.
 
+pub mod dlq;
+
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_cloudformation::types::{Parameter, StackStatus};

@@ -1,11 +1,11 @@
 //! Read-only HTTP API over the ledger (the gateway proxies it).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
-use utility::problem::Problem;
+use utility::problem::{Problem, ProblemPath};
 use uuid::Uuid;
 
 #[derive(Serialize)]
@@ -34,7 +34,7 @@ pub fn routes(pool: AnyPool) -> Router {
 }
 
 /// A customer the ledger has never seen has a zero balance and an empty ledger.
-async fn points(State(pool): State<AnyPool>, Path(id): Path<String>) -> Result<Json<Points>, Problem> {
+async fn points(State(pool): State<AnyPool>, ProblemPath(id): ProblemPath<String>) -> Result<Json<Points>, Problem> {
     let id = Uuid::parse_str(&id).map_err(|_| Problem::bad_request("customer id must be a UUID"))?;
     let read = async {
         let balance: i64 = sqlx::query("SELECT points FROM balances WHERE customer_id = $1")

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use infra::MessagingParams;
 use serde_json::{Value, json};
 use sqlx::{AnyPool, Connection, Row};

@@ -37,6 +37,48 @@ enum Command {
         #[arg(long, env = "TOPOLOGY_STACK", default_value = "saga-messaging")]
         stack: String,
     },
+    /// Inspect the dead-letter queues and move messages back to their source queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List what sits in each DLQ, without consuming it.
+    List {
+        #[arg(long, env = "TOPOLOGY_STACK", default_value = "saga-messaging")]
+        stack: String,
+        /// Only the DLQs of this queue: customer-commands, transaction-commands or gateway-events.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Most messages shown per DLQ.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move messages back to their source queue (once the cause is fixed).
+    Redrive {
+        #[arg(long, env = "TOPOLOGY_STACK", default_value = "saga-messaging")]
+        stack: String,
+        /// Only the DLQs of this queue: customer-commands, transaction-commands or gateway-events.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Every message.
+        #[arg(long, conflicts_with = "message_id", required_unless_present = "message_id")]
+        all: bool,
+        /// SQS message ids as `dlq list` shows them (repeatable).
+        #[arg(long = "message-id", value_name = "ID")]
+        message_id: Vec<String>,
+        /// How long to wait for each SQS message-move task.
+        #[arg(long, default_value_t = 300)]
+        wait_seconds: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -63,6 +105,68 @@ async fn main() -> anyhow::Result<()> {
             println!("stack {stack} is deleted");
         }
         Command::Outputs { stack } => print_outputs(infra::outputs(&client, &stack).await?),
+        Command::Dlq { command } => dlq(command, utility::bus::Bus::new(&sdk)).await?,
+    }
+    Ok(())
+}
+
+async fn dlq(command: DlqCommand, bus: utility::bus::Bus) -> anyhow::Result<()> {
+    use infra::dlq;
+    let queues = |stack: &str, queue: Option<String>| {
+        let bus = bus.clone();
+        let stack = stack.to_owned();
+        async move {
+            let only = queue.as_deref().map(dlq::source_queue).transpose()?;
+            let outputs = infra::outputs(bus.cloudformation(), &stack)
+                .await
+                .with_context(|| format!("reading the outputs of stack {stack}"))?;
+            anyhow::Ok(dlq::resolve(&outputs, only).with_context(|| format!("stack {stack}"))?)
+        }
+    };
+    match command {
+        DlqCommand::List {
+            stack,
+            queue,
+            limit,
+            json,
+        } => {
+            let queues = queues(&stack, queue).await?;
+            let letters = dlq::list(&bus, &queues, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else {
+                print!("{}", dlq::table(&queues, &letters));
+            }
+        }
+        DlqCommand::Redrive {
+            stack,
+            queue,
+            all,
+            message_id,
+            wait_seconds,
+            json,
+        } => {
+            let queues = queues(&stack, queue).await?;
+            let report = if all {
+                dlq::redrive::all(&bus, &queues, std::time::Duration::from_secs(wait_seconds)).await?
+            } else {
+                dlq::redrive::selected(&bus, &queues, &message_id).await?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for moved in &report.moved {
+                    println!(
+                        "{} -> {}: {} moved ({})",
+                        moved.dlq, moved.source, moved.moved, moved.via
+                    );
+                }
+                println!("{} message(s) moved", report.total());
+            }
+            if !report.not_found.is_empty() {
+                anyhow::bail!("not found in any DLQ looked at: {}", report.not_found.join(", "));
+            }
+        }
     }
     Ok(())
 }
