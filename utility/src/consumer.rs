@@ -65,7 +65,10 @@ enum Outcome {
     Handled,
     Duplicate,
     Rejected,
+    /// A transient conflict: try again later.
     Retry,
+    /// The database failed: try again later, and pause receiving until it answers.
+    DatabaseFailed,
 }
 
 pub struct Consumer<H> {
@@ -176,7 +179,14 @@ impl<H: Handler> Consumer<H> {
         let work = async {
             let mut outcomes = Vec::with_capacity(messages.len());
             for message in &messages {
-                outcomes.push(self.process(message).await);
+                // Once the database has failed, hand the rest back untried instead of waiting out
+                // the pool's acquire timeout once per message.
+                let outcome = if outcomes.iter().any(|o| matches!(o, Outcome::DatabaseFailed)) {
+                    Outcome::DatabaseFailed
+                } else {
+                    self.process(message).await
+                };
+                outcomes.push(outcome);
             }
             outcomes
         };
@@ -201,7 +211,7 @@ impl<H: Handler> Consumer<H> {
                     // Visible again at once: the redrive policy counts receives, not time.
                     visibility.push((message.receipt_handle.as_str(), 0));
                 }
-                Outcome::Retry => {
+                Outcome::Retry | Outcome::DatabaseFailed => {
                     report.retried += 1;
                     visibility.push((
                         message.receipt_handle.as_str(),
@@ -294,7 +304,7 @@ impl<H: Handler> Consumer<H> {
                 }
                 Err(HandlerError::Database(err)) => {
                     tracing::warn!(error = %err, "database error; message will be retried");
-                    Outcome::Retry
+                    Outcome::DatabaseFailed
                 }
                 Err(HandlerError::Conflict(reason)) => {
                     tracing::warn!(%reason, "concurrent change; message will be retried");
