@@ -362,11 +362,16 @@ async fn bus_outage(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
 async fn db_outage(ctx: &mut Context, report: &mut Report) -> anyhow::Result<()> {
     anyhow::ensure!(ctx.postgres.is_some(), "the database outage needs --backend postgres");
     let system = ctx.system(Fault::DbOutage, &ctx.endpoint, ctx.enrollments).await?;
-    let load = ctx.start_load(&system, ctx.enrollments, ctx.spread, "db");
-    tokio::time::sleep(ctx.spread / 4).await;
+    // A burst first, so the queues hold work when the database goes: the consumers must then
+    // fail, leave those messages undeleted, and handle them once it is back.
+    let burst = ctx
+        .start_load(&system, ctx.enrollments / 2, Duration::from_secs(1), "burst")
+        .await?;
     let postgres = ctx.postgres.as_mut().expect("checked above");
     let outage_start = Instant::now();
     postgres.stop().await?;
+    // The rest arrives during the outage: the gateway cannot commit (5xx), the client retries.
+    let load = ctx.start_load(&system, ctx.enrollments - ctx.enrollments / 2, ctx.outage, "db");
     match wait_all_ready_status(&system, 503, ctx.outage).await {
         Ok(took) => report.notes.push(format!(
             "all services reported not ready {:.1} s into the outage",
@@ -378,16 +383,39 @@ async fn db_outage(ctx: &mut Context, report: &mut Report) -> anyhow::Result<()>
             .push(format!("readiness during the database outage: {err:#}")),
     }
     tokio::time::sleep(ctx.outage.saturating_sub(outage_start.elapsed())).await;
+    let postgres = ctx.postgres.as_mut().expect("checked above");
     postgres.start().await?;
     report.notes.push(format!(
         "database down for {:.1} s",
         outage_start.elapsed().as_secs_f64()
     ));
-    let loaded = load.await?;
+    let mut loaded = load.await?;
     let fault_end = Instant::now();
+    loaded.accepted.extend(burst.accepted);
+    loaded.refused.extend(burst.refused);
     let ids = accepted_ids(&loaded, report);
     check::wait_terminal(&system, &ids, ctx.terminal_limit).await?;
     report.recover = Some(fault_end.elapsed());
+    report.notes.push(format!(
+        "{} consumer database errors, each message left for a retry",
+        log_lines(&system, "database error; message will be retried")
+    ));
     check_dlqs_empty(&system, report).await?;
     finish(system, &loaded.accepted, report).await
+}
+
+/// Lines of the services' JSON logs whose message is `message`.
+fn log_lines(system: &System, message: &str) -> usize {
+    system
+        .services
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(&s.log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["message"] == message)
+                .count()
+        })
+        .sum()
 }
