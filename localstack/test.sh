@@ -29,4 +29,12 @@ status=0
 cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+if ((status == 0)); then
+  # The fault-injection suite, short profile: the real binaries under kill -9, SIGTERM,
+  # duplicated deliveries and poison on SQLite, and a database outage on PostgreSQL.
+  echo "test: fault-test --profile short" >&2
+  cargo build --quiet --bins
+  target/debug/fault-test --profile short || status=$?
+  if ((status == 0)); then target/debug/fault-test --profile short --backend postgres || status=$?; fi
+fi
 exit "$status"
