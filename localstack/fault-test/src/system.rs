@@ -204,10 +204,10 @@ impl Drop for System {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
-            let _ = rt.block_on(tokio::time::timeout(
-                Duration::from_secs(60),
-                infra::delete(&client, &stack),
-            ));
+            // The timer must be created inside the runtime.
+            let _ = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(60), infra::delete(&client, &stack)).await
+            });
         })
         .join();
     }
