@@ -103,6 +103,24 @@ pub async fn queue_depths(system: &System, keys: &[&str]) -> anyhow::Result<Hash
     Ok(depths)
 }
 
+/// Messages received from the queue and not yet deleted (held by a consumer).
+pub async fn in_flight(system: &System, key: &str) -> anyhow::Result<i64> {
+    let attributes = system
+        .bus
+        .sqs()
+        .get_queue_attributes()
+        .queue_url(system.output(key)?)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .with_context(|| format!("GetQueueAttributes {key}"))?;
+    Ok(attributes
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
 pub const WORK_QUEUES: [&str; 3] = [
     "CustomerCommandsQueueUrl",
     "TransactionCommandsQueueUrl",

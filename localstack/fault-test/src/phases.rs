@@ -119,12 +119,14 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
         Fault::Kill9 => {
             for i in [GATEWAY, CUSTOMER, TRANSACTION] {
                 tokio::time::sleep(step).await;
+                let holding = wait_until_holding(&system, i, step).await?;
                 system.services[i].kill9().await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let ready = system.restart(i).await?;
                 report.notes.push(format!(
-                    "{} killed, ready again {:.1} s after restart",
+                    "{} killed {}, ready again {:.1} s after restart",
                     NAMES[i],
+                    holding_text(holding),
                     ready.as_secs_f64()
                 ));
             }
@@ -132,10 +134,12 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
         Fault::Sigterm => {
             for i in [GATEWAY, CUSTOMER, TRANSACTION] {
                 tokio::time::sleep(step).await;
+                let holding = wait_until_holding(&system, i, step).await?;
                 match system.services[i].terminate(TERM_LIMIT).await {
                     Ok(took) => report.notes.push(format!(
-                        "{} exited 0 {:.1} s after SIGTERM",
+                        "{} stopped {}, exited 0 {:.1} s after SIGTERM",
                         NAMES[i],
+                        holding_text(holding),
                         took.as_secs_f64()
                     )),
                     Err(err) => report.tally.violations.push(format!("{}: {err:#}", NAMES[i])),
@@ -180,12 +184,50 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
             "{resent} envelopes re-sent (each published one at least twice more)"
         ));
     }
+    if matches!(fault, Fault::Kill9 | Fault::Sigterm) {
+        report.notes.push(format!(
+            "{} messages were delivered more than once and handled once",
+            log_count(&system, |v| {
+                v["span"]["receive_count"].as_u64().is_some_and(|n| n > 1)
+                    && (v["message"] == "message handled"
+                        || v["message"] == "duplicate delivery; effect already committed")
+            })
+        ));
+    }
     if fault == Fault::Poison {
         check_poison(&system, &poison, ctx.terminal_limit, report).await?;
     } else {
         check_dlqs_empty(&system, report).await?;
     }
     finish(system, &loaded.accepted, report).await
+}
+
+/// The work queue each service consumes, by service index.
+const CONSUMES: [&str; 3] = [
+    "GatewayEventsQueueUrl",
+    "CustomerCommandsQueueUrl",
+    "TransactionCommandsQueueUrl",
+];
+
+/// Waits (up to `limit`) until service `i` holds received, undeleted messages, so the fault
+/// lands mid-batch. Returns how many it held, 0 if it never held any in time.
+async fn wait_until_holding(system: &System, i: usize, limit: Duration) -> anyhow::Result<i64> {
+    let started = Instant::now();
+    loop {
+        let held = inject::in_flight(system, CONSUMES[i]).await?;
+        if held > 0 || started.elapsed() > limit {
+            return Ok(held);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn holding_text(held: i64) -> String {
+    if held > 0 {
+        format!("holding {held} received messages")
+    } else {
+        "while idle (no message in flight)".to_owned()
+    }
 }
 
 /// Ids of what the gateway accepted; requests never accepted are violations.
@@ -406,6 +448,11 @@ async fn db_outage(ctx: &mut Context, report: &mut Report) -> anyhow::Result<()>
 
 /// Lines of the services' JSON logs whose message is `message`.
 fn log_lines(system: &System, message: &str) -> usize {
+    log_count(system, |v| v["message"] == message)
+}
+
+/// Lines of the services' JSON logs that match.
+fn log_count(system: &System, matches: impl Fn(&serde_json::Value) -> bool) -> usize {
     system
         .services
         .iter()
@@ -414,7 +461,7 @@ fn log_lines(system: &System, message: &str) -> usize {
                 .unwrap_or_default()
                 .lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["message"] == message)
+                .filter(|v| matches(v))
                 .count()
         })
         .sum()
