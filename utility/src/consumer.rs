@@ -105,7 +105,14 @@ impl<H: Handler> Consumer<H> {
                 Err(err) => Err(err),
             };
             match result {
-                Ok(_) => backoff.reset(),
+                Ok(report) => {
+                    backoff.reset();
+                    if report.retried > 0 {
+                        // Receiving more while the database is down would only spend receives
+                        // toward the dead-letter queue: pause until it answers again.
+                        self.wait_for_database(&stop).await;
+                    }
+                }
                 Err(err) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "consumer cannot reach the bus; will retry");
@@ -118,6 +125,26 @@ impl<H: Handler> Consumer<H> {
         }
         tracing::info!(queue = queue_name(&self.queue_url), "consumer stopped");
         Ok(())
+    }
+
+    /// Returns once the database answers (or `stop` fires), probing with back-off.
+    async fn wait_for_database(&self, stop: &CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            let probe = tokio::time::timeout(Duration::from_secs(3), sqlx::query("SELECT 1").execute(&self.pool)).await;
+            if matches!(probe, Ok(Ok(_))) {
+                return;
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                retry_in_ms = delay.as_millis() as u64,
+                "database unreachable; consumer paused"
+            );
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
     }
 
     /// One receive and the handling of what it returned.
@@ -137,6 +164,16 @@ impl<H: Handler> Consumer<H> {
         let mut delete = Vec::new();
         let mut visibility = Vec::new();
         for message in &messages {
+            if report.retried > 0 {
+                // The database just failed: give the rest back untried rather than wait out
+                // the pool's acquire timeout once per message.
+                report.retried += 1;
+                visibility.push((
+                    message.receipt_handle.as_str(),
+                    retry_delay_seconds(message.receive_count),
+                ));
+                continue;
+            }
             match self.process(message).await {
                 Outcome::Handled => {
                     report.handled += 1;
