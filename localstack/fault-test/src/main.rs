@@ -61,9 +61,10 @@ struct Args {
     /// Visibility timeout of the work queues: how soon a message held by a killed service returns.
     #[arg(long, default_value_t = 5)]
     visibility_timeout: u32,
-    /// Seconds each outage (bus, database) lasts.
-    #[arg(long, default_value_t = 12)]
-    outage_seconds: u64,
+    /// Seconds each outage (bus, database) lasts (default: 12 short, 75 full, beyond the
+    /// minute after which retried messages used to reach the DLQ).
+    #[arg(long)]
+    outage_seconds: Option<u64>,
     /// Seconds every accepted enrollment has to reach a terminal state after the fault.
     #[arg(long, default_value_t = 150)]
     deadline_seconds: u64,
@@ -165,7 +166,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         // Slow enough that every fault lands while requests are still arriving.
         spread: Duration::from_millis((enrollments as u64 * 50).clamp(8_000, 30_000)),
         terminal_limit: Duration::from_secs(args.deadline_seconds),
-        outage: Duration::from_secs(args.outage_seconds),
+        outage: Duration::from_secs(args.outage_seconds.unwrap_or(match args.profile {
+            Profile::Short => 12,
+            Profile::Full => 75,
+        })),
         postgres,
     };
     eprintln!(
