@@ -209,14 +209,21 @@ const CONSUMES: [&str; 3] = [
     "TransactionCommandsQueueUrl",
 ];
 
-/// Waits (up to `limit`) until service `i` holds received, undeleted messages, so the fault
-/// lands mid-batch. Returns how many it held, 0 if it never held any in time.
+/// Catches service `i` mid-batch: freezes it (SIGSTOP) and looks at its queue; if it holds
+/// received, undeleted messages it is left frozen for the fault that follows, otherwise it is
+/// resumed and tried again, up to `limit`. Returns how many it held (0: never caught, running).
 async fn wait_until_holding(system: &System, i: usize, limit: Duration) -> anyhow::Result<i64> {
     let started = Instant::now();
+    let service = &system.services[i];
     loop {
-        let held = inject::in_flight(system, CONSUMES[i]).await?;
-        if held > 0 || started.elapsed() > limit {
-            return Ok(held);
+        service.freeze(true)?;
+        let held = inject::in_flight(system, CONSUMES[i]).await;
+        if matches!(held, Ok(n) if n > 0) {
+            return held;
+        }
+        service.freeze(false)?;
+        if started.elapsed() > limit {
+            return held;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

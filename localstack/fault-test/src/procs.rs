@@ -106,6 +106,12 @@ impl Service {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): freezes the process without it noticing.
+    pub fn freeze(&self, frozen: bool) -> anyhow::Result<()> {
+        let pid = self.pid().with_context(|| format!("{} is not running", self.name))?;
+        signal(pid, if frozen { "STOP" } else { "CONT" }, false)
+    }
+
     /// `kill -9`: no chance to finish anything.
     pub async fn kill9(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -126,6 +132,8 @@ impl Service {
         };
         let started = Instant::now();
         signal(pid, "TERM", false)?;
+        // It may have been frozen (SIGSTOP) to be caught mid-batch: let it handle the signal.
+        signal(pid, "CONT", false)?;
         let child = self.child.as_mut().context("child vanished")?;
         match tokio::time::timeout(limit, child.wait()).await {
             Ok(Ok(status)) => {
