@@ -9,6 +9,7 @@
 mod check;
 mod inject;
 mod load;
+mod outage;
 mod phases;
 mod procs;
 mod servers;
