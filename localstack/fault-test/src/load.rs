@@ -117,3 +117,26 @@ async fn submit(http: &reqwest::Client, gateway: &str, name: &str, email: &str) 
         SUBMIT_LIMIT.as_secs()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::emails;
+    use std::collections::HashSet;
+
+    #[test]
+    fn duplicates_reuse_earlier_addresses_only() {
+        let all = emails(400, "t");
+        assert_eq!(all.len(), 400);
+        let unique: HashSet<&String> = all.iter().collect();
+        assert!(
+            unique.len() < all.len(),
+            "some e-mails must repeat so that `rejected` occurs"
+        );
+        assert!(unique.len() > all.len() * 3 / 4, "most e-mails are unique");
+        for (i, email) in all.iter().enumerate() {
+            assert!(all[..=i].contains(email));
+            let n: usize = email[1..email.find('.').unwrap()].parse().unwrap();
+            assert!(n <= i, "{email} at {i} refers to a later request");
+        }
+    }
+}

@@ -242,3 +242,27 @@ fn print_table(reports: &[Report]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_endpoints_are_accepted() {
+        assert!(local_only("http://127.0.0.1:4566").is_ok());
+        assert!(local_only("http://localhost:4566/").is_ok());
+        assert!(local_only("https://sqs.us-east-1.amazonaws.com").is_err());
+        assert!(local_only("http://127.0.0.1.example.com:4566").is_err());
+        assert!(local_only("not a url").is_err());
+    }
+
+    #[test]
+    fn the_short_profile_covers_what_ci_needs() {
+        let sqlite = default_faults(Profile::Short, Backend::Sqlite);
+        for fault in [Fault::Kill9, Fault::Sigterm, Fault::Duplicates, Fault::Poison] {
+            assert!(sqlite.contains(&fault), "{fault:?} missing");
+        }
+        assert_eq!(default_faults(Profile::Short, Backend::Postgres), [Fault::DbOutage]);
+        assert!(!default_faults(Profile::Full, Backend::Sqlite).contains(&Fault::DbOutage));
+    }
+}
