@@ -1,5 +1,5 @@
 # The two commands README.md opens with: `make up` and `make test`.
-.PHONY: up test topology bench lint fmt localstack-start localstack-stop
+.PHONY: up test topology bench lint fmt localstack-start localstack-stop fault-test
 
 up: ## Run LocalStack, the topology, the three services and a sample enrollment (foreground).
 	@localstack/up.sh
@@ -26,3 +26,7 @@ localstack-start:
 
 localstack-stop:
 	@localstack/localstack.sh stop
+
+fault-test: ## Fault-injection suite, full profile, on SQLite then PostgreSQL (FAULT_TEST_ARGS adds options).
+	@localstack/fault-test.sh --profile full $(FAULT_TEST_ARGS)
+	@localstack/fault-test.sh --profile full --backend postgres $(FAULT_TEST_ARGS)

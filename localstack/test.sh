@@ -30,6 +30,24 @@ log=$(mktemp)
 trap 'rm -f "$log"; cleanup' EXIT
 status=0
 cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
-# One closing line for the whole suite (cargo prints one per test binary).
-awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+fault_passed=0
+fault_failed=0
+if ((status == 0)); then
+  # The fault-injection suite, short profile: the real binaries under kill -9, SIGTERM,
+  # duplicated deliveries and poison on SQLite, and a database outage on PostgreSQL.
+  echo "test: fault-test --profile short" >&2
+  cargo build --quiet --bins
+  for backend in sqlite postgres; do
+    if target/debug/fault-test --profile short --backend "$backend"; then
+      fault_passed=$((fault_passed + 1))
+    else
+      status=1
+      fault_failed=$((fault_failed + 1))
+    fi
+  done
+fi
+# One closing line for the whole suite (cargo prints one per test binary; each fault-test run
+# counts as one test).
+awk -v fp="$fault_passed" -v ff="$fault_failed" \
+  '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p + fp, f + ff }' "$log"
 exit "$status"

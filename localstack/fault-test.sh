@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# `make fault-test` and the short run in `make test`: builds the service binaries and the suite,
+# makes sure the shared LocalStack answers (starting one when none does, stopping it afterwards),
+# and runs `fault-test` with the arguments given. See README.md ("Fault injection").
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+# shellcheck source=localstack/env.sh
+source localstack/env.sh
+
+started_localstack=0
+cleanup() {
+  if ((started_localstack)); then localstack/localstack.sh stop; fi
+}
+trap cleanup EXIT
+case "$(localstack/localstack.sh start)" in
+  started*) started_localstack=1 ;;
+  *) ;;
+esac
+
+cargo build --quiet --bins
+target/debug/fault-test "$@"

@@ -1,0 +1,276 @@
+//! The promises, checked after each phase against the gateway's API and the three databases:
+//! every accepted enrollment reaches exactly one terminal state; no e-mail has two active
+//! customers; no enrollment has two customers or two bonus rows; completed means an active
+//! customer with its bonus posted; rolled back means an unenrolled customer without points;
+//! rejected means no customer and no bonus; the campaign never grants more than its budget.
+
+use crate::load::Accepted;
+use crate::system::{CUSTOMER, GATEWAY, System, TRANSACTION};
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub const TERMINAL: [&str; 3] = ["completed", "rejected", "rolled_back"];
+
+/// What one phase's enrollments ended as.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub submitted: usize,
+    pub terminal: usize,
+    /// Accepted but not terminal by the deadline (or unknown to the gateway).
+    pub lost: Vec<String>,
+    /// An effect applied twice: two terminal entries, two customers, two bonuses.
+    pub duplicated: Vec<String>,
+    /// Every broken promise, each naming the enrollment(s).
+    pub violations: Vec<String>,
+    /// Terminal states reached, by name.
+    pub by_status: BTreeMap<String, usize>,
+}
+
+/// Polls the gateway's database until every id is terminal or `limit` passes. Returns how many
+/// are terminal and when the last one got there (measured from the call).
+pub async fn wait_terminal(system: &System, ids: &[String], limit: Duration) -> anyhow::Result<(usize, Duration)> {
+    let started = Instant::now();
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    loop {
+        let pool = system.pool(GATEWAY).await;
+        let done = match &pool {
+            Ok(pool) => sqlx::query("SELECT id, status FROM enrollments")
+                .fetch_all(pool)
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .filter(|r| {
+                            let id: String = r.try_get("id").unwrap_or_default();
+                            let status: String = r.try_get("status").unwrap_or_default();
+                            wanted.contains(id.as_str()) && TERMINAL.contains(&status.as_str())
+                        })
+                        .count()
+                })
+                .ok(),
+            Err(_) => None,
+        };
+        if let Ok(pool) = pool {
+            pool.close().await;
+        }
+        let done = done.unwrap_or(0);
+        if done == wanted.len() || started.elapsed() > limit {
+            return Ok((done, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+struct Enrollment {
+    status: String,
+    customer_id: Option<String>,
+    bonus_points: Option<i64>,
+}
+
+/// Runs every check. `accepted` are the enrollments the gateway answered 202 for.
+pub async fn invariants(system: &System, accepted: &[Accepted]) -> anyhow::Result<Tally> {
+    let mut tally = Tally {
+        submitted: accepted.len(),
+        ..Tally::default()
+    };
+    let gateway = system.pool(GATEWAY).await?;
+    let customers = system.pool(CUSTOMER).await?;
+    let ledger = system.pool(TRANSACTION).await?;
+
+    let mut enrollments = HashMap::new();
+    for row in sqlx::query("SELECT id, status, customer_id, bonus_points FROM enrollments")
+        .fetch_all(&gateway)
+        .await?
+    {
+        let id: String = row.try_get("id")?;
+        enrollments.insert(
+            id,
+            Enrollment {
+                status: row.try_get("status")?,
+                customer_id: row.try_get("customer_id")?,
+                bonus_points: row.try_get("bonus_points")?,
+            },
+        );
+    }
+    let mut history: HashMap<String, Vec<String>> = HashMap::new();
+    for row in sqlx::query("SELECT enrollment_id, status FROM enrollment_history")
+        .fetch_all(&gateway)
+        .await?
+    {
+        history
+            .entry(row.try_get("enrollment_id")?)
+            .or_default()
+            .push(row.try_get("status")?);
+    }
+    // customer rows by enrollment: (customer id, e-mail, status)
+    let mut customer_rows: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
+    for row in sqlx::query("SELECT id, enrollment_id, email, status FROM customers")
+        .fetch_all(&customers)
+        .await?
+    {
+        customer_rows.entry(row.try_get("enrollment_id")?).or_default().push((
+            row.try_get("id")?,
+            row.try_get("email")?,
+            row.try_get("status")?,
+        ));
+    }
+    let mut bonus_rows: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    for row in sqlx::query("SELECT enrollment_id, customer_id, points FROM ledger")
+        .fetch_all(&ledger)
+        .await?
+    {
+        bonus_rows
+            .entry(row.try_get("enrollment_id")?)
+            .or_default()
+            .push((row.try_get("customer_id")?, row.try_get("points")?));
+    }
+    let mut balances: HashMap<String, i64> = HashMap::new();
+    for row in sqlx::query("SELECT customer_id, points FROM balances")
+        .fetch_all(&ledger)
+        .await?
+    {
+        balances.insert(row.try_get("customer_id")?, row.try_get("points")?);
+    }
+    let granted: i64 = sqlx::query("SELECT granted_points FROM campaigns")
+        .fetch_one(&ledger)
+        .await?
+        .try_get("granted_points")?;
+    for pool in [gateway, customers, ledger] {
+        pool.close().await;
+    }
+
+    let mut violate = |what: String| tally.violations.push(what);
+    let accepted_ids: HashSet<&str> = accepted.iter().map(|a| a.id.as_str()).collect();
+    for Accepted { id, email } in accepted {
+        let Some(enrollment) = enrollments.get(id) else {
+            violate(format!("{id}: accepted (202) but unknown to the gateway's database"));
+            tally.lost.push(id.clone());
+            continue;
+        };
+        let steps = history.get(id).cloned().unwrap_or_default();
+        let terminal_steps = steps.iter().filter(|s| TERMINAL.contains(&s.as_str())).count();
+        let customers_of = customer_rows.get(id).cloned().unwrap_or_default();
+        let bonuses = bonus_rows.get(id).cloned().unwrap_or_default();
+        let mut repeated: BTreeMap<&str, usize> = BTreeMap::new();
+        for step in &steps {
+            *repeated.entry(step.as_str()).or_default() += 1;
+        }
+        if terminal_steps > 1 || repeated.values().any(|&n| n > 1) || customers_of.len() > 1 || bonuses.len() > 1 {
+            tally.duplicated.push(id.clone());
+            violate(format!(
+                "{id}: effect applied twice (history {steps:?}, {} customers, {} bonus rows)",
+                customers_of.len(),
+                bonuses.len()
+            ));
+        }
+        if !TERMINAL.contains(&enrollment.status.as_str()) {
+            tally.lost.push(id.clone());
+            violate(format!("{id} ({email}): still `{}` at the deadline", enrollment.status));
+            continue;
+        }
+        tally.terminal += 1;
+        *tally.by_status.entry(enrollment.status.clone()).or_default() += 1;
+        let customer = customers_of.first();
+        match enrollment.status.as_str() {
+            "completed" => {
+                let active = customer.is_some_and(|(cid, _, status)| {
+                    status == "active" && enrollment.customer_id.as_deref() == Some(cid.as_str())
+                });
+                if !active {
+                    violate(format!("{id}: completed but its customer is not active ({customer:?})"));
+                }
+                match bonuses.first() {
+                    Some((_, points)) if Some(*points) == enrollment.bonus_points => {}
+                    other => violate(format!(
+                        "{id}: completed with {:?} points but the ledger has {other:?}",
+                        enrollment.bonus_points
+                    )),
+                }
+            }
+            "rolled_back" => {
+                match customer {
+                    Some((_, _, status)) if status == "unenrolled" => {}
+                    other => violate(format!("{id}: rolled back but its customer is {other:?}")),
+                }
+                if !bonuses.is_empty() {
+                    violate(format!("{id}: rolled back but has a bonus row {bonuses:?}"));
+                }
+                let balance = customer.and_then(|(cid, _, _)| balances.get(cid)).copied().unwrap_or(0);
+                if balance != 0 {
+                    violate(format!("{id}: rolled back but its customer holds {balance} points"));
+                }
+            }
+            _ => {
+                if customer.is_some() || !bonuses.is_empty() {
+                    violate(format!(
+                        "{id}: rejected but has a customer {customer:?} or bonus {bonuses:?}"
+                    ));
+                }
+            }
+        }
+    }
+    let mut active_by_email: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (enrollment_id, rows) in &customer_rows {
+        for (_, email, status) in rows {
+            if status == "active" {
+                active_by_email.entry(email).or_default().push(enrollment_id);
+            }
+        }
+    }
+    for (email, ids) in active_by_email.iter().filter(|(_, ids)| ids.len() > 1) {
+        violate(format!("{email}: {} active customers (enrollments {ids:?})", ids.len()));
+    }
+    for enrollment_id in bonus_rows.keys().filter(|id| !accepted_ids.contains(id.as_str())) {
+        violate(format!(
+            "{enrollment_id}: bonus posted for an enrollment nobody submitted"
+        ));
+    }
+    let posted: i64 = bonus_rows.values().flatten().map(|(_, p)| p).sum();
+    if posted != granted || granted > system.budget_points {
+        violate(format!(
+            "campaign: granted {granted}, ledger holds {posted}, budget {}",
+            system.budget_points
+        ));
+    }
+    compare_api(system, accepted, &enrollments, &mut tally).await;
+    Ok(tally)
+}
+
+/// What clients see must match the database: `GET /api/enrollments/{id}` for every enrollment.
+async fn compare_api(
+    system: &System,
+    accepted: &[Accepted],
+    enrollments: &HashMap<String, Enrollment>,
+    tally: &mut Tally,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut tasks = tokio::task::JoinSet::new();
+    for Accepted { id, .. } in accepted {
+        let (http, url, id) = (
+            system.http.clone(),
+            format!("{}/api/enrollments/{id}", system.gateway_url()),
+            id.clone(),
+        );
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let status = async {
+                let response = http.get(&url).send().await.ok()?;
+                let body: serde_json::Value = response.json().await.ok()?;
+                body["status"].as_str().map(str::to_owned)
+            }
+            .await;
+            (id, status)
+        });
+    }
+    while let Some(Ok((id, status))) = tasks.join_next().await {
+        let stored = enrollments.get(&id).map(|e| e.status.as_str());
+        if status.as_deref() != stored {
+            tally
+                .violations
+                .push(format!("{id}: the API says {status:?}, the database {stored:?}"));
+        }
+    }
+}

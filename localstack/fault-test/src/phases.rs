@@ -1,0 +1,344 @@
+//! The fault phases. Each starts a system of its own, drives load through the gateway while it
+//! injects its fault, waits for every accepted enrollment to reach a terminal state, and checks
+//! the invariants. "Time to recover" is measured from the end of the last fault (the restart,
+//! the server back) until every accepted enrollment is terminal.
+
+use crate::check::{self, Tally};
+use crate::inject;
+use crate::load::{self, Accepted, LoadResult};
+use crate::outage;
+use crate::servers::OwnPostgres;
+use crate::system::{BONUS_POINTS, CUSTOMER, GATEWAY, NAMES, Settings, Storage, System, TRANSACTION};
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a service may take to exit after SIGTERM.
+pub(crate) const TERM_LIMIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// No fault: the baseline.
+    None,
+    /// kill -9 of each service in turn, mid-load, then restart.
+    Kill9,
+    /// SIGTERM of each service in turn under load: exit 0 within 15 s, then restart.
+    Sigterm,
+    /// Published envelopes re-sent, shuffled, during and after the load.
+    Duplicates,
+    /// Poison messages on every work queue while the load runs.
+    Poison,
+    /// The suite's own LocalStack stopped and started again (queues drained first).
+    BusOutage,
+    /// The suite's own PostgreSQL stopped and started again (PostgreSQL backend only).
+    DbOutage,
+}
+
+impl Fault {
+    /// The name on the command line and in the table.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The environment phases run in.
+pub struct Context {
+    pub settings: Settings,
+    pub storage: Storage,
+    pub endpoint: String,
+    pub enrollments: usize,
+    pub spread: Duration,
+    pub terminal_limit: Duration,
+    pub outage: Duration,
+    pub postgres: Option<OwnPostgres>,
+}
+
+/// One line of the table, plus what the phase noticed.
+#[derive(Default)]
+pub struct Report {
+    pub fault: String,
+    pub tally: Tally,
+    pub recover: Option<Duration>,
+    pub notes: Vec<String>,
+}
+
+impl Context {
+    /// A budget that covers about 70 % of the enrollments, so the rest roll back.
+    pub(crate) fn budget(&self, enrollments: usize) -> i64 {
+        BONUS_POINTS * (enrollments as i64 * 7 / 10).max(1)
+    }
+
+    pub(crate) async fn system(&self, fault: Fault, endpoint: &str, enrollments: usize) -> anyhow::Result<System> {
+        System::start(
+            &self.settings,
+            &fault.name(),
+            endpoint,
+            &self.storage,
+            self.budget(enrollments),
+        )
+        .await
+    }
+
+    pub(crate) fn start_load(
+        &self,
+        system: &System,
+        count: usize,
+        spread: Duration,
+        tag: &str,
+    ) -> tokio::task::JoinHandle<LoadResult> {
+        let tag = format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        tokio::spawn(load::run(system.http.clone(), system.gateway_url(), count, spread, tag))
+    }
+}
+
+pub async fn run(ctx: &mut Context, fault: Fault) -> anyhow::Result<Report> {
+    let mut report = Report {
+        fault: fault.name(),
+        ..Report::default()
+    };
+    match fault {
+        Fault::BusOutage => outage::bus(ctx, &mut report).await?,
+        Fault::DbOutage => outage::database(ctx, &mut report).await?,
+        _ => under_load(ctx, fault, &mut report).await?,
+    }
+    Ok(report)
+}
+
+/// Load, the fault while it runs, then the checks. Covers every fault that does not need a
+/// server of the suite's own.
+async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow::Result<()> {
+    let mut system = ctx.system(fault, &ctx.endpoint, ctx.enrollments).await?;
+    let load = ctx.start_load(&system, ctx.enrollments, ctx.spread, &report.fault);
+    let step = ctx.spread / 5;
+    let mut poison = Vec::new();
+    let mut replayed = HashSet::new();
+    let mut resent = 0;
+    match fault {
+        Fault::Kill9 => {
+            for i in [GATEWAY, CUSTOMER, TRANSACTION] {
+                tokio::time::sleep(step).await;
+                let holding = wait_until_holding(&system, i, step).await?;
+                system.services[i].kill9().await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let ready = system.restart(i).await?;
+                report.notes.push(format!(
+                    "{} killed {}, ready again {:.1} s after restart",
+                    NAMES[i],
+                    holding_text(holding),
+                    ready.as_secs_f64()
+                ));
+            }
+        }
+        Fault::Sigterm => {
+            for i in [GATEWAY, CUSTOMER, TRANSACTION] {
+                tokio::time::sleep(step).await;
+                let holding = wait_until_holding(&system, i, step).await?;
+                match system.services[i].terminate(TERM_LIMIT).await {
+                    Ok(took) => report.notes.push(format!(
+                        "{} stopped {}, exited 0 {:.1} s after SIGTERM",
+                        NAMES[i],
+                        holding_text(holding),
+                        took.as_secs_f64()
+                    )),
+                    Err(err) => report.tally.violations.push(format!("{}: {err:#}", NAMES[i])),
+                }
+                let unsent = unsent_outbox_rows(&system, i).await?;
+                if unsent > 0 {
+                    report
+                        .tally
+                        .violations
+                        .push(format!("{} stopped with {unsent} outbox rows unsent", NAMES[i]));
+                }
+                system.restart(i).await?;
+            }
+        }
+        Fault::Duplicates => {
+            while !load.is_finished() {
+                resent += inject::resend_new(&system, &mut replayed).await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Fault::Poison => {
+            let (sent, oversize) = inject::send_poison(&system).await?;
+            poison = sent;
+            if !oversize.is_empty() {
+                report.notes.push(oversize);
+            }
+        }
+        Fault::None | Fault::BusOutage | Fault::DbOutage => {}
+    }
+    let loaded = load.await?;
+    // Recovery counts from when both the last fault and the load are over.
+    let fault_end = Instant::now();
+    let ids = accepted_ids(&loaded, report);
+    let (_, _) = check::wait_terminal(&system, &ids, ctx.terminal_limit).await?;
+    report.recover = Some(fault_end.elapsed());
+    if fault == Fault::Duplicates {
+        // Late copies: everything again (the second or third delivery of each), shuffled.
+        resent += inject::resend_new(&system, &mut replayed).await?;
+        resent += inject::resend(&system, inject::sent_envelopes(&system).await?).await?;
+        inject::drain(&system, ctx.terminal_limit).await?;
+        report.notes.push(format!(
+            "{resent} envelopes re-sent (each published one at least twice more)"
+        ));
+    }
+    if matches!(fault, Fault::Kill9 | Fault::Sigterm) {
+        report.notes.push(format!(
+            "{} messages were delivered more than once and handled once",
+            log_count(&system, |v| {
+                v["span"]["receive_count"].as_u64().is_some_and(|n| n > 1)
+                    && (v["message"] == "message handled"
+                        || v["message"] == "duplicate delivery; effect already committed")
+            })
+        ));
+    }
+    if fault == Fault::Poison {
+        check_poison(&system, &poison, ctx.terminal_limit, report).await?;
+    } else {
+        check_dlqs_empty(&system, report).await?;
+    }
+    finish(system, &loaded.accepted, report).await
+}
+
+/// The work queue each service consumes, by service index.
+const CONSUMES: [&str; 3] = [
+    "GatewayEventsQueueUrl",
+    "CustomerCommandsQueueUrl",
+    "TransactionCommandsQueueUrl",
+];
+
+/// Catches service `i` mid-batch: freezes it (SIGSTOP) and looks at its queue; if it holds
+/// received, undeleted messages it is left frozen for the fault that follows, otherwise it is
+/// resumed and tried again, up to `limit`. Returns how many it held (0: never caught, running).
+async fn wait_until_holding(system: &System, i: usize, limit: Duration) -> anyhow::Result<i64> {
+    let started = Instant::now();
+    let service = &system.services[i];
+    loop {
+        service.freeze(true)?;
+        let held = inject::in_flight(system, CONSUMES[i]).await;
+        if matches!(held, Ok(n) if n > 0) {
+            return held;
+        }
+        service.freeze(false)?;
+        if started.elapsed() > limit {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn holding_text(held: i64) -> String {
+    if held > 0 {
+        format!("holding {held} received messages")
+    } else {
+        "while idle (no message in flight)".to_owned()
+    }
+}
+
+/// Ids of what the gateway accepted; requests never accepted are violations.
+pub(crate) fn accepted_ids(loaded: &LoadResult, report: &mut Report) -> Vec<String> {
+    for refused in &loaded.refused {
+        report
+            .tally
+            .violations
+            .push(format!("request never accepted: {refused}"));
+    }
+    if loaded.retried > 0 {
+        report.notes.push(format!(
+            "{} requests needed a retry (same Idempotency-Key)",
+            loaded.retried
+        ));
+    }
+    loaded.accepted.iter().map(|a| a.id.clone()).collect()
+}
+
+/// Runs the invariants, merges them into the report, and tears the system down.
+pub(crate) async fn finish(system: System, accepted: &[Accepted], report: &mut Report) -> anyhow::Result<()> {
+    let tally = check::invariants(&system, accepted).await?;
+    report.notes.push(format!("terminal states {:?}", tally.by_status));
+    let violations = std::mem::take(&mut report.tally.violations);
+    report.tally = tally;
+    report.tally.violations.extend(violations);
+    system.teardown().await
+}
+
+async fn unsent_outbox_rows(system: &System, i: usize) -> anyhow::Result<i64> {
+    use sqlx::Row;
+    let pool = system.pool(i).await?;
+    let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(&pool)
+        .await?
+        .try_get("n")?;
+    pool.close().await;
+    Ok(count)
+}
+
+pub(crate) async fn check_dlqs_empty(system: &System, report: &mut Report) -> anyhow::Result<()> {
+    let depths = inject::queue_depths(system, &inject::DEAD_LETTER_QUEUES).await?;
+    for (queue, depth) in depths.into_iter().filter(|(_, d)| *d > 0) {
+        report
+            .tally
+            .violations
+            .push(format!("{queue}: {depth} messages dead-lettered"));
+    }
+    Ok(())
+}
+
+async fn check_poison(
+    system: &System,
+    poison: &[inject::Poison],
+    limit: Duration,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let found = inject::find_in_dlqs(system, poison, limit).await?;
+    let warns = inject::warn_lines(system, poison);
+    for p in poison {
+        if !found.contains(&p.marker) {
+            report
+                .tally
+                .violations
+                .push(format!("poison `{}` on {} never reached its DLQ", p.kind, p.queue_key));
+        }
+        let lines = warns.get(&p.sqs_message_id).copied().unwrap_or(0);
+        if lines != inject::EXPECTED_WARNS {
+            report.tally.violations.push(format!(
+                "poison `{}` on {} (SQS id {}): {lines} WARN log lines, expected one per receive ({})",
+                p.kind,
+                p.queue_key,
+                p.sqs_message_id,
+                inject::EXPECTED_WARNS
+            ));
+        }
+    }
+    report.notes.push(format!(
+        "{}/{} poison messages in their DLQ, {} WARN lines each expected",
+        found.len(),
+        poison.len(),
+        inject::EXPECTED_WARNS
+    ));
+    Ok(())
+}
+
+/// Lines of the services' JSON logs whose message is `message`.
+pub(crate) fn log_lines(system: &System, message: &str) -> usize {
+    log_count(system, |v| v["message"] == message)
+}
+
+/// Lines of the services' JSON logs that match.
+pub(crate) fn log_count(system: &System, matches: impl Fn(&serde_json::Value) -> bool) -> usize {
+    system
+        .services
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(&s.log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| matches(v))
+                .count()
+        })
+        .sum()
+}
