@@ -35,6 +35,15 @@ async fn enroll(
     enrollment_id: Uuid,
     command: &Enroll,
 ) -> Result<Option<Message>, HandlerError> {
+    let rejected_before = sqlx::query("SELECT reason FROM rejected_enrollments WHERE enrollment_id = $1")
+        .bind(enrollment_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if rejected_before.is_some() {
+        // The same enrollment arrived under a new message id; its rejection already went out.
+        tracing::info!("enrollment already rejected; nothing to do");
+        return Ok(None);
+    }
     let customer_id = Uuid::now_v7();
     // Both unique constraints (one enrollment per saga, one active customer per e-mail) are
     // handled by the conflict clause, so a race between two instances cannot fail the transaction.
@@ -68,9 +77,20 @@ async fn enroll(
         return Ok(None);
     }
     tracing::info!("e-mail already enrolled; rejecting");
+    let reason = format!("a customer with e-mail {} is already enrolled", command.email);
+    sqlx::query(
+        "INSERT INTO rejected_enrollments (enrollment_id, email, reason, rejected_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(enrollment_id.to_string())
+    .bind(command.email.as_str())
+    .bind(&reason)
+    .bind(utility::now())
+    .execute(&mut *tx)
+    .await?;
     Ok(Some(Message::EnrollmentRejected(EnrollmentRejected {
         email: command.email.clone(),
-        reason: format!("a customer with e-mail {} is already enrolled", command.email),
+        reason,
     })))
 }
 

@@ -153,6 +153,12 @@ async fn create(
                 Problem::internal(anyhow::anyhow!("idempotency key {key} conflicted but is not stored"))
             });
         }
+        Err(err) if utility::db::is_unavailable(&err) => {
+            tracing::warn!(error = %err, "database unavailable; enrollment not accepted");
+            return Err(Problem::unavailable(
+                "the enrollment could not be stored; retry shortly",
+            ));
+        }
         Err(err) => return Err(Problem::internal(err)),
     }
     state.outbox_signal.notify_one();

@@ -14,6 +14,7 @@ on_both_backends!(
     malformed_messages_reach_the_dead_letter_queue_while_the_service_keeps_serving,
     stalled_saga_is_visible_and_completes_when_the_service_returns,
     late_bonus_after_a_rollback_is_reversed,
+    a_rejected_enrollment_never_gains_a_customer,
 );
 
 fn unique_email(tag: &str) -> String {
@@ -374,5 +375,67 @@ async fn late_bonus_after_a_rollback_is_reversed(backend: Backend) {
     assert_eq!(movements, [500, -500]);
     let (_, customer) = system.get_json(&format!("/api/customers/{customer_id}")).await;
     assert_eq!(customer["status"], "unenrolled");
+    system.stop().await;
+}
+
+/// A rejected enrollment's `Enroll`, arriving again under a new message id after the e-mail was
+/// freed, must not create a customer for the rejected saga.
+async fn a_rejected_enrollment_never_gains_a_customer(backend: Backend) {
+    let system = System::start(backend, Options::default()).await;
+    let email = unique_email("freed");
+    let first = system.submit("First", &email).await;
+    let done = system.wait_for_status(&first, &support::TERMINAL).await;
+    assert_eq!(done["status"], "completed");
+    let second = system.submit("Second", &email).await;
+    assert_eq!(
+        system.wait_for_status(&second, &support::TERMINAL).await["status"],
+        "rejected"
+    );
+
+    // Free the e-mail: unenroll the first customer (as a compensation would).
+    let unenroll = serde_json::json!({
+        "message_id": uuid::Uuid::now_v7(), "type": "Unenroll", "schema_version": 1,
+        "correlation_id": first, "causation_id": null, "occurred_at": "2026-01-01T00:00:00Z",
+        "payload": {"customer_id": done["customer_id"], "reason": "test frees the e-mail"},
+    });
+    system.send_raw("CustomerCommandsQueueUrl", &unenroll.to_string()).await;
+    let customer_pool = system.customer.as_ref().unwrap().pool.clone();
+    let freed = support::eventually("the first customer to be unenrolled", || async {
+        let active = scalar_i64(
+            &customer_pool,
+            "SELECT COUNT(*) FROM customers WHERE email = $1 AND status = 'active'",
+            &email,
+        )
+        .await;
+        (active == 0).then_some(())
+    })
+    .await;
+    assert!(freed.is_some());
+
+    // The rejected enrollment's command again, with a new message id.
+    let body: String =
+        sqlx::query_scalar("SELECT body FROM outbox WHERE correlation_id = $1 AND message_type = 'Enroll'")
+            .bind(&second)
+            .fetch_one(&system.gateway().pool)
+            .await
+            .unwrap();
+    let mut again: Value = serde_json::from_str(&body).unwrap();
+    again["message_id"] = uuid::Uuid::now_v7().to_string().into();
+    system.send_raw("CustomerCommandsQueueUrl", &again.to_string()).await;
+    let drained = support::eventually("the command to be handled", || async {
+        (system.queue_depth("CustomerCommandsQueueUrl").await == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some());
+    assert_eq!(system.queue_depth("CustomerCommandsDlqUrl").await, 0);
+    let customers = scalar_i64(
+        &customer_pool,
+        "SELECT COUNT(*) FROM customers WHERE enrollment_id = $1",
+        &second,
+    )
+    .await;
+    assert_eq!(customers, 0, "the rejected enrollment gained a customer");
+    let (_, view) = system.get_json(&format!("/api/enrollments/{second}")).await;
+    assert_eq!(view["status"], "rejected");
     system.stop().await;
 }

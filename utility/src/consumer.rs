@@ -108,9 +108,12 @@ impl<H: Handler> Consumer<H> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         tracing::info!(queue = queue_name(&self.queue_url), "consumer started");
         while !stop.is_cancelled() {
+            // `biased`: a receive that has already returned messages is handled, never dropped in
+            // favour of the stop signal.
             let received = tokio::select! {
-                () = stop.cancelled() => break,
+                biased;
                 received = self.bus.receive(&self.queue_url, self.wait_seconds) => received,
+                () = stop.cancelled() => break,
             };
             let result = match received {
                 Ok(messages) => self.process_batch(messages).await,

@@ -120,6 +120,15 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// True when the database could not be reached at all (down, pool exhausted): worth a retry later,
+/// unlike an error in the statement itself.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
+    )
+}
+
 /// True when the error is a unique-constraint violation (both backends).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|e| e.is_unique_violation())

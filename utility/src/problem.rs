@@ -78,6 +78,12 @@ impl Problem {
         }
     }
 
+    /// A dependency (the database) is down; the client should retry later. The response carries
+    /// `Retry-After`.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", detail)
+    }
+
     pub fn bad_gateway(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "Bad Gateway", detail)
     }
@@ -101,6 +107,11 @@ impl IntoResponse for Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
         response
     }
 }
