@@ -92,6 +92,8 @@ pub struct Deployment {
     pub stacks: Stacks,
     pub bucket: String,
     pub release_id: String,
+    /// False when the application went into an existing VPC.
+    pub network_created: bool,
     pub gateway_url: String,
     pub app_outputs: HashMap<String, String>,
 }
@@ -168,6 +170,7 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
         stacks,
         bucket,
         release_id,
+        network_created: !existing_vpc,
         gateway_url,
         app_outputs,
     })

@@ -315,6 +315,7 @@ async fn deploy_app_end_to_end_on_moto() {
 
     // First run: everything is created.
     let first = app::deploy(&clients, &options).await.expect("first deploy");
+    assert!(first.network_created);
     let stacks = first.stacks.clone();
     let all_stacks = [&stacks.artifacts, &stacks.messaging, &stacks.network, &stacks.app];
     for stack in all_stacks {
@@ -438,4 +439,53 @@ async fn deploy_app_end_to_end_on_moto() {
             "role {role} still exists"
         );
     }
+}
+
+/// With `VpcId` and the subnets given, the application goes into that VPC: no network stack is
+/// created, and destroy (which then has nothing to do for the network) completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_app_into_an_existing_vpc() {
+    let moto = Moto::start().await;
+    let sdk = moto.sdk().await;
+    let clients = Clients::new(&sdk);
+    let cfn = &clients.cloudformation;
+    let prefix = format!("own{}", std::process::id());
+    let existing = format!("{prefix}-existing-network");
+    let parameters = [("NamePrefix".to_owned(), prefix.clone())];
+    let network = infra::deploy_stack(cfn, &existing, app::NETWORK_TEMPLATE, &parameters)
+        .await
+        .expect("existing network");
+    let bins = tempfile::tempdir().unwrap();
+    fake_binaries(bins.path(), "v1");
+    let options = AppOptions {
+        name_prefix: prefix.clone(),
+        release: ReleaseSource::Build(bins.path().to_owned()),
+        instances: [1, 1, 1],
+        overrides: app::NETWORK_INPUTS
+            .iter()
+            .map(|k| (k.to_string(), network[*k].clone()))
+            .collect(),
+    };
+    let deployment = app::deploy(&clients, &options).await.expect("deploy into existing VPC");
+    assert!(!deployment.network_created);
+    let stacks = deployment.stacks;
+    assert_eq!(stack_status(cfn, &stacks.app).await.as_deref(), Some("CREATE_COMPLETE"));
+    assert_eq!(
+        stack_status(cfn, &stacks.network).await,
+        None,
+        "a network stack was created"
+    );
+    let groups = resources(cfn, &stacks.app).await;
+    assert_eq!(groups["AWS::AutoScaling::AutoScalingGroup"].len(), 3);
+
+    app::destroy(&clients, &prefix).await.expect("destroy");
+    for stack in [&stacks.artifacts, &stacks.messaging, &stacks.app] {
+        assert_eq!(stack_status(cfn, stack).await, None, "{stack} still exists");
+    }
+    assert!(
+        stack_status(cfn, &existing).await.is_some(),
+        "destroy touched a network it did not create"
+    );
+    // Destroying what is already gone is fine (an interrupted destroy can be re-run).
+    app::destroy(&clients, &prefix).await.expect("second destroy");
 }

@@ -123,10 +123,19 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("deploying the application")?;
             println!("release {} is deployed", deployment.release_id);
-            println!(
-                "stacks: {}, {}, {}",
-                deployment.stacks.artifacts, deployment.stacks.messaging, deployment.stacks.app
-            );
+            let stacks = &deployment.stacks;
+            let network = deployment.network_created.then_some(&stacks.network);
+            let names: Vec<&str> = [
+                Some(&stacks.artifacts),
+                Some(&stacks.messaging),
+                network,
+                Some(&stacks.app),
+            ]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+            println!("stacks: {}", names.join(", "));
             println!("gateway: {}", deployment.gateway_url);
         }
         Command::DestroyApp { prefix } => {
