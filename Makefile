@@ -1,5 +1,5 @@
 # The two commands README.md opens with: `make up` and `make test`.
-.PHONY: up test topology lint fmt localstack-start localstack-stop
+.PHONY: up test topology lint fmt localstack-start localstack-stop deploy destroy
 
 up: ## Run LocalStack, the topology, the three services and a sample enrollment (foreground).
 	@localstack/up.sh
@@ -23,3 +23,11 @@ localstack-start:
 
 localstack-stop:
 	@localstack/localstack.sh stop
+
+deploy: ## Build release binaries and deploy everything to AWS (or $$AWS_ENDPOINT_URL); see DEPLOY.md.
+	cargo build --release --bins
+	target/release/sagactl deploy-app --bin-dir target/release $(DEPLOY_ARGS)
+
+destroy: ## Remove everything `make deploy` created (stacks, databases, the artifact bucket).
+	cargo build --release -p infra --bin sagactl
+	target/release/sagactl destroy-app

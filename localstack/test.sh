@@ -22,6 +22,11 @@ esac
 echo "test: cfn-lint infra/*.yaml" >&2
 localstack/.venv/bin/cfn-lint infra/*.yaml
 
+echo "test: shellcheck and systemd-analyze on infra/ec2" >&2
+infra/ec2/check.sh
+# The EC2 deployment test runs against moto (infra/tests/deploy_moto.rs); install it up front.
+infra/moto/moto.sh install >/dev/null
+
 echo "test: cargo test --workspace" >&2
 log=$(mktemp)
 trap 'rm -f "$log"; cleanup' EXIT
