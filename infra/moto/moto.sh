@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# moto in server mode, from a virtual environment this script creates (infra/moto/.venv).
+# moto in server mode, from a virtual environment this script creates (infra/moto/.venv) with
+# the pinned versions of requirements.txt and constraints.txt.
 #   moto.sh install   create/refresh the venv from requirements.txt; prints the moto_server path
 #   moto.sh path      print the moto_server path (installing first when needed)
 # The deploy test starts its own moto_server on a free port with that executable.
@@ -11,11 +12,12 @@ python="${PYTHON:-python3}"
 
 install() {
   local stamp="$venv/.installed" want
-  want=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)
+  want=$(cat "$here/requirements.txt" "$here/constraints.txt" | sha256sum | cut -d' ' -f1)
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
   echo "moto: creating virtual environment in $venv (about a minute)" >&2
   "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    -r "$here/requirements.txt" -c "$here/constraints.txt"
   echo "$want" >"$stamp"
 }
 
