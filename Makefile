@@ -1,5 +1,5 @@
 # The two commands README.md opens with: `make up` and `make test`.
-.PHONY: up test topology bench lint fmt localstack-start localstack-stop fault-test
+.PHONY: up test topology bench lint fmt localstack-start localstack-stop fault-test deploy destroy
 
 up: ## Run LocalStack, the topology, the three services and a sample enrollment (foreground).
 	@localstack/up.sh
@@ -30,3 +30,11 @@ localstack-stop:
 fault-test: ## Fault-injection suite, full profile, on SQLite then PostgreSQL (FAULT_TEST_ARGS adds options).
 	@localstack/fault-test.sh --profile full $(FAULT_TEST_ARGS)
 	@localstack/fault-test.sh --profile full --backend postgres $(FAULT_TEST_ARGS)
+
+deploy: ## Build release binaries and deploy everything to AWS (or $$AWS_ENDPOINT_URL); see DEPLOY.md.
+	cargo build --release --bins
+	target/release/sagactl deploy-app --bin-dir target/release $(DEPLOY_ARGS)
+
+destroy: ## Remove everything `make deploy` created (stacks, databases, the artifact bucket).
+	cargo build --release -p infra --bin sagactl
+	target/release/sagactl destroy-app

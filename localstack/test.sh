@@ -14,6 +14,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The venv also provides cfn-lint, so it is needed even when another LocalStack is reused.
+localstack/localstack.sh install
 # Own LocalStack from before it starts, so an interrupt during start-up still stops it.
 if localstack/localstack.sh status; then
   echo "test: reusing the LocalStack already running" >&2
@@ -24,6 +26,11 @@ fi
 
 echo "test: cfn-lint infra/*.yaml" >&2
 localstack/.venv/bin/cfn-lint infra/*.yaml
+
+echo "test: shellcheck and systemd-analyze on infra/ec2" >&2
+infra/ec2/check.sh
+# The EC2 deployment test runs against moto (infra/tests/deploy_moto.rs); install it up front.
+infra/moto/moto.sh install >/dev/null
 
 echo "test: cargo test --workspace" >&2
 log=$(mktemp)

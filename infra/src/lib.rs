@@ -1,12 +1,16 @@
 //! Deploys the messaging topology (`messaging.yaml`, embedded at build time) as a CloudFormation
 //! stack, waits for it to settle, and removes it. The same code serves `make topology`, the test
-//! suites (one isolated stack per test, by name prefix) and AWS.
+//! suites (one isolated stack per test, by name prefix) and AWS. [`app`] and [`release`] add the
+//! EC2 deployment (`sagactl deploy-app`) on top of the same stack functions.
+
+pub mod app;
+pub mod release;
 
 pub mod dlq;
 
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_cloudformation::types::{Parameter, StackStatus};
+use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -63,26 +67,41 @@ impl MessagingParams {
         format!("{}-messaging", self.name_prefix)
     }
 
-    fn parameters(&self) -> Vec<Parameter> {
-        [
-            ("NamePrefix", self.name_prefix.clone()),
-            ("MaxReceiveCount", self.max_receive_count.to_string()),
-            ("VisibilityTimeoutSeconds", self.visibility_timeout_seconds.to_string()),
+    fn parameters(&self) -> Vec<(String, String)> {
+        vec![
+            ("NamePrefix".to_owned(), self.name_prefix.clone()),
+            ("MaxReceiveCount".to_owned(), self.max_receive_count.to_string()),
+            (
+                "VisibilityTimeoutSeconds".to_owned(),
+                self.visibility_timeout_seconds.to_string(),
+            ),
         ]
-        .into_iter()
-        .map(|(k, v)| Parameter::builder().parameter_key(k).parameter_value(v).build())
-        .collect()
     }
 }
 
-/// Creates the stack, or updates it when it exists; waits until it is complete and returns its
-/// outputs. Running it twice with the same parameters is a no-op.
-#[tracing::instrument(skip_all, fields(stack = stack), err)]
+/// Creates or updates the messaging stack (see [`deploy_stack`]).
 pub async fn deploy_messaging(
     client: &Client,
     stack: &str,
     params: &MessagingParams,
 ) -> Result<HashMap<String, String>, InfraError> {
+    deploy_stack(client, stack, MESSAGING_TEMPLATE, &params.parameters()).await
+}
+
+/// Creates the stack from `template`, or updates it when it exists; waits until it is complete
+/// and returns its outputs. Running it twice with the same template and parameters is a no-op.
+/// IAM resources are acknowledged (`CAPABILITY_IAM`): the application template has roles.
+#[tracing::instrument(skip_all, fields(stack = stack), err)]
+pub async fn deploy_stack(
+    client: &Client,
+    stack: &str,
+    template: &str,
+    parameters: &[(String, String)],
+) -> Result<HashMap<String, String>, InfraError> {
+    let cfn_parameters: Vec<Parameter> = parameters
+        .iter()
+        .map(|(k, v)| Parameter::builder().parameter_key(k).parameter_value(v).build())
+        .collect();
     let api = |operation: &'static str| {
         let stack = stack.to_owned();
         move |detail: String| InfraError::Api {
@@ -96,8 +115,9 @@ pub async fn deploy_messaging(
             client
                 .create_stack()
                 .stack_name(stack)
-                .template_body(MESSAGING_TEMPLATE)
-                .set_parameters(Some(params.parameters()))
+                .template_body(template)
+                .set_parameters(Some(cfn_parameters.clone()))
+                .capabilities(Capability::CapabilityIam)
                 .send()
                 .await
                 .map_err(|e| api("CreateStack")(DisplayErrorContext(&e).to_string()))?;
@@ -105,14 +125,15 @@ pub async fn deploy_messaging(
         Some(StackStatus::RollbackComplete) => {
             // A failed first creation cannot be updated: remove it and start over.
             delete(client, stack).await?;
-            return Box::pin(deploy_messaging(client, stack, params)).await;
+            return Box::pin(deploy_stack(client, stack, template, parameters)).await;
         }
         Some(_) => {
             let updated = client
                 .update_stack()
                 .stack_name(stack)
-                .template_body(MESSAGING_TEMPLATE)
-                .set_parameters(Some(params.parameters()))
+                .template_body(template)
+                .set_parameters(Some(cfn_parameters))
+                .capabilities(Capability::CapabilityIam)
                 .send()
                 .await;
             if let Err(err) = updated {

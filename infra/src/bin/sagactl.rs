@@ -1,14 +1,19 @@
-//! `sagactl`: operate the saga's messaging topology.
+//! `sagactl`: operate the saga's messaging topology, its dead-letter queues and its EC2 deployment.
 //!
-//! Uses the standard AWS configuration: `AWS_ENDPOINT_URL` points it at LocalStack, otherwise it
-//! talks to AWS with the usual credential chain and `AWS_REGION`.
+//! Uses the standard AWS configuration: `AWS_ENDPOINT_URL` points it at LocalStack (or another
+//! emulator), otherwise it talks to AWS with the usual credential chain and `AWS_REGION`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use infra::MessagingParams;
+use infra::app::{self, AppOptions, ReleaseSource};
+use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(version, about = "Operate the enrollment saga's messaging topology")]
+#[command(
+    version,
+    about = "Operate the enrollment saga's messaging topology, dead-letter queues and EC2 deployment"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +41,32 @@ enum Command {
     Outputs {
         #[arg(long, env = "TOPOLOGY_STACK", default_value = "saga-messaging")]
         stack: String,
+    },
+    /// Deploy everything to EC2 (see DEPLOY.md): artifact bucket, release upload, messaging and
+    /// application stacks. Creates or updates; prints the gateway's URL.
+    DeployApp {
+        #[arg(long, env = "NAME_PREFIX", default_value = "saga")]
+        prefix: String,
+        /// Directory holding the gateway, customer-api and transaction-api binaries.
+        #[arg(long, default_value = "target/release", conflicts_with = "release")]
+        bin_dir: PathBuf,
+        /// Run a release uploaded before (its id, as printed by an earlier deploy): roll back.
+        #[arg(long)]
+        release: Option<String>,
+        #[arg(long, env = "GATEWAY_INSTANCES", default_value_t = 1)]
+        gateway_instances: u32,
+        #[arg(long, env = "CUSTOMER_API_INSTANCES", default_value_t = 1)]
+        customer_api_instances: u32,
+        #[arg(long, env = "TRANSACTION_API_INSTANCES", default_value_t = 1)]
+        transaction_api_instances: u32,
+        /// Any other template parameter, e.g. --parameter InstanceType=t3.small (repeatable).
+        #[arg(long = "parameter", value_name = "KEY=VALUE", value_parser = parse_parameter)]
+        parameters: Vec<(String, String)>,
+    },
+    /// Remove the application, the messaging stack and the artifact bucket with every release.
+    DestroyApp {
+        #[arg(long, env = "NAME_PREFIX", default_value = "saga")]
+        prefix: String,
     },
     /// Inspect the dead-letter queues and move messages back to their source queue.
     Dlq {
@@ -81,6 +112,13 @@ enum DlqCommand {
     },
 }
 
+fn parse_parameter(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{raw}` is not KEY=VALUE")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     utility::telemetry::init(utility::telemetry::LogFormat::Text);
@@ -105,6 +143,49 @@ async fn main() -> anyhow::Result<()> {
             println!("stack {stack} is deleted");
         }
         Command::Outputs { stack } => print_outputs(infra::outputs(&client, &stack).await?),
+        Command::DeployApp {
+            prefix,
+            bin_dir,
+            release,
+            gateway_instances,
+            customer_api_instances,
+            transaction_api_instances,
+            parameters,
+        } => {
+            let options = AppOptions {
+                name_prefix: prefix,
+                release: match release {
+                    Some(id) => ReleaseSource::Existing(id),
+                    None => ReleaseSource::Build(bin_dir),
+                },
+                instances: [gateway_instances, customer_api_instances, transaction_api_instances],
+                overrides: parameters,
+            };
+            let deployment = app::deploy(&app::Clients::new(&sdk), &options)
+                .await
+                .context("deploying the application")?;
+            println!("release {} is deployed", deployment.release_id);
+            let stacks = &deployment.stacks;
+            let network = deployment.network_created.then_some(&stacks.network);
+            let names: Vec<&str> = [
+                Some(&stacks.artifacts),
+                Some(&stacks.messaging),
+                network,
+                Some(&stacks.app),
+            ]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+            println!("stacks: {}", names.join(", "));
+            println!("gateway: {}", deployment.gateway_url);
+        }
+        Command::DestroyApp { prefix } => {
+            app::destroy(&app::Clients::new(&sdk), &prefix)
+                .await
+                .context("destroying the application")?;
+            println!("deployment {prefix} is deleted");
+        }
         Command::Dlq { command } => dlq(command, utility::bus::Bus::new(&sdk)).await?,
     }
     Ok(())

@@ -1,0 +1,249 @@
+//! The whole EC2 deployment as one operation (`sagactl deploy-app` / `destroy-app`): the
+//! artifact bucket (`artifacts.yaml`), the release uploaded into it, the messaging topology
+//! (`messaging.yaml`), the network (`network.yaml`, unless an existing VPC is given) and the
+//! application (`app.yaml`), each a CloudFormation stack named `<prefix>-artifacts`,
+//! `<prefix>-messaging`, `<prefix>-network`, `<prefix>-app`. The messaging outputs become the
+//! application's parameters, so instances are told their queue URLs and topic ARNs and need no
+//! CloudFormation permission. Every step is create-or-update, so running it again is safe.
+
+use crate::release::{self, Release, ReleaseError};
+use crate::{InfraError, MessagingParams};
+use aws_config::SdkConfig;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub const ARTIFACTS_TEMPLATE: &str = include_str!("../artifacts.yaml");
+pub const NETWORK_TEMPLATE: &str = include_str!("../network.yaml");
+pub const APP_TEMPLATE: &str = include_str!("../app.yaml");
+
+/// Network outputs the application template takes as parameters of the same name. Passing
+/// `VpcId` yourself (with the subnets) skips the network stack: the application goes into that VPC.
+pub const NETWORK_INPUTS: [&str; 3] = ["VpcId", "PublicSubnetIds", "PrivateSubnetIds"];
+
+/// Messaging outputs the application template takes as parameters of the same name.
+pub const MESSAGING_INPUTS: [&str; 13] = [
+    "CustomerCommandsQueueUrl",
+    "CustomerCommandsQueueArn",
+    "TransactionCommandsQueueUrl",
+    "TransactionCommandsQueueArn",
+    "GatewayEventsQueueUrl",
+    "GatewayEventsQueueArn",
+    "CustomerEventsTopicArn",
+    "TransactionEventsTopicArn",
+    "CustomerCommandsDlqName",
+    "TransactionCommandsDlqName",
+    "GatewayEventsDlqName",
+    "CustomerEventsSubscriptionDlqName",
+    "TransactionEventsSubscriptionDlqName",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Stack(#[from] InfraError),
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error("stack `{stack}` has no output `{key}`; is it an older version of the template?")]
+    MissingOutput { stack: String, key: &'static str },
+}
+
+/// What to run: a fresh release built from a directory of binaries, or one uploaded before (a
+/// roll-back, or a re-deploy with other parameters).
+#[derive(Debug, Clone)]
+pub enum ReleaseSource {
+    Build(PathBuf),
+    Existing(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub name_prefix: String,
+    pub release: ReleaseSource,
+    /// Desired instances of gateway, customer-api, transaction-api.
+    pub instances: [u32; 3],
+    /// Further template parameters (`InstanceType`, `DatabaseInstanceClass`, `BonusBudgetPoints`,
+    /// `AllowedCidr`, `AlarmTopicArn`, ...), passed through unchanged.
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Stack names of a deployment.
+#[derive(Debug, Clone)]
+pub struct Stacks {
+    pub artifacts: String,
+    pub messaging: String,
+    pub network: String,
+    pub app: String,
+}
+
+impl Stacks {
+    pub fn for_prefix(prefix: &str) -> Self {
+        Self {
+            artifacts: format!("{prefix}-artifacts"),
+            messaging: MessagingParams::new(prefix).stack_name(),
+            network: format!("{prefix}-network"),
+            app: format!("{prefix}-app"),
+        }
+    }
+}
+
+/// What a deployment produced.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub stacks: Stacks,
+    pub bucket: String,
+    pub release_id: String,
+    /// False when the application went into an existing VPC.
+    pub network_created: bool,
+    pub gateway_url: String,
+    pub app_outputs: HashMap<String, String>,
+}
+
+/// Clients for one AWS endpoint (real AWS, or an emulator through `AWS_ENDPOINT_URL`).
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub cloudformation: aws_sdk_cloudformation::Client,
+    pub s3: aws_sdk_s3::Client,
+}
+
+impl Clients {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        // Emulators answer on one host name, so bucket names go in the path there.
+        let s3 = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(sdk.endpoint_url().is_some())
+            .build();
+        Self {
+            cloudformation: aws_sdk_cloudformation::Client::new(sdk),
+            s3: aws_sdk_s3::Client::from_conf(s3),
+        }
+    }
+}
+
+/// Creates or updates everything and returns the gateway's URL.
+#[tracing::instrument(skip_all, fields(prefix = %options.name_prefix), err)]
+pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deployment, DeployError> {
+    let stacks = Stacks::for_prefix(&options.name_prefix);
+    let cfn = &clients.cloudformation;
+
+    let artifacts = crate::deploy_stack(cfn, &stacks.artifacts, ARTIFACTS_TEMPLATE, &[]).await?;
+    let bucket = output(&artifacts, &stacks.artifacts, "BucketName")?;
+    let release_id = match &options.release {
+        ReleaseSource::Build(dir) => {
+            let release = Release::collect(dir)?;
+            release.upload(&clients.s3, &bucket).await?;
+            release.id().to_owned()
+        }
+        ReleaseSource::Existing(id) => {
+            release::verify_uploaded(&clients.s3, &bucket, id).await?;
+            id.clone()
+        }
+    };
+    tracing::info!(release = %release_id, %bucket, "release in place");
+
+    let messaging =
+        crate::deploy_messaging(cfn, &stacks.messaging, &MessagingParams::new(&options.name_prefix)).await?;
+    let mut parameters = vec![
+        ("NamePrefix".to_owned(), options.name_prefix.clone()),
+        ("ArtifactBucket".to_owned(), bucket.clone()),
+        ("ReleasePrefix".to_owned(), release::prefix(&release_id)),
+        ("GatewayInstances".to_owned(), options.instances[0].to_string()),
+        ("CustomerApiInstances".to_owned(), options.instances[1].to_string()),
+        ("TransactionApiInstances".to_owned(), options.instances[2].to_string()),
+    ];
+    for key in MESSAGING_INPUTS {
+        parameters.push((key.to_owned(), output(&messaging, &stacks.messaging, key)?));
+    }
+    let existing_vpc = options.overrides.iter().any(|(k, _)| k == "VpcId");
+    if !existing_vpc {
+        let network_parameters = [("NamePrefix".to_owned(), options.name_prefix.clone())];
+        let network = crate::deploy_stack(cfn, &stacks.network, NETWORK_TEMPLATE, &network_parameters).await?;
+        for key in NETWORK_INPUTS {
+            parameters.push((key.to_owned(), output(&network, &stacks.network, key)?));
+        }
+    }
+    for (key, value) in &options.overrides {
+        parameters.retain(|(k, _)| k != key);
+        parameters.push((key.clone(), value.clone()));
+    }
+    let app_outputs = crate::deploy_stack(cfn, &stacks.app, APP_TEMPLATE, &parameters).await?;
+    let gateway_url = output(&app_outputs, &stacks.app, "GatewayUrl")?;
+    Ok(Deployment {
+        stacks,
+        bucket,
+        release_id,
+        network_created: !existing_vpc,
+        gateway_url,
+        app_outputs,
+    })
+}
+
+/// Removes the application, the messaging topology, the artifact bucket (emptied first) and
+/// the network. Parts already gone are skipped, so an interrupted destroy can simply be run again.
+#[tracing::instrument(skip_all, fields(prefix = prefix), err)]
+pub async fn destroy(clients: &Clients, prefix: &str) -> Result<(), DeployError> {
+    let stacks = Stacks::for_prefix(prefix);
+    let cfn = &clients.cloudformation;
+    crate::delete(cfn, &stacks.app).await?;
+    crate::delete(cfn, &stacks.messaging).await?;
+    let artifacts = match crate::outputs(cfn, &stacks.artifacts).await {
+        Ok(outputs) => outputs,
+        Err(InfraError::Api { detail, .. }) if detail.contains("does not exist") => HashMap::new(),
+        Err(err) => return Err(err.into()),
+    };
+    if let Some(bucket) = artifacts.get("BucketName") {
+        let removed = release::empty_bucket(&clients.s3, bucket).await?;
+        tracing::info!(%bucket, removed, "artifact bucket emptied");
+    }
+    crate::delete(cfn, &stacks.artifacts).await?;
+    crate::delete(cfn, &stacks.network).await?;
+    Ok(())
+}
+
+fn output(outputs: &HashMap<String, String>, stack: &str, key: &'static str) -> Result<String, DeployError> {
+    outputs.get(key).cloned().ok_or_else(|| DeployError::MissingOutput {
+        stack: stack.to_owned(),
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every messaging output the application needs exists in messaging.yaml, is a parameter of
+    /// app.yaml, and each dead-letter queue has a depth alarm there.
+    #[test]
+    fn the_templates_agree() {
+        let messaging = crate::MESSAGING_TEMPLATE;
+        for key in NETWORK_INPUTS {
+            assert!(
+                NETWORK_TEMPLATE.contains(&format!("\n  {key}:\n")),
+                "network.yaml lacks output {key}"
+            );
+            assert!(
+                APP_TEMPLATE.contains(&format!("\n  {key}:\n")),
+                "app.yaml lacks parameter {key}"
+            );
+        }
+        for key in MESSAGING_INPUTS {
+            assert!(
+                messaging.contains(&format!("\n  {key}:\n")),
+                "messaging.yaml lacks output {key}"
+            );
+            assert!(
+                APP_TEMPLATE.contains(&format!("\n  {key}:\n")),
+                "app.yaml lacks parameter {key}"
+            );
+        }
+        let dlq_names: Vec<&str> = MESSAGING_INPUTS
+            .iter()
+            .copied()
+            .filter(|k| k.ends_with("DlqName"))
+            .collect();
+        assert_eq!(dlq_names.len(), 5);
+        for key in dlq_names {
+            let dimension = format!("Dimensions: [{{ Name: QueueName, Value: !Ref {key} }}]");
+            assert!(APP_TEMPLATE.contains(&dimension), "no alarm on {key}");
+        }
+        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 5);
+    }
+}
