@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts here: standard AWS settings pointing at the local LocalStack, unless the
 # caller already set them (then theirs win, so the same scripts can target another endpoint).
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"

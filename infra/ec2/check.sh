@@ -7,7 +7,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-shellcheck "$here/bootstrap.sh" "$here/check.sh" "$root/infra/moto/moto.sh"
+shellcheck "$here/bootstrap.sh" "$here/check.sh" "$root/infra/moto/moto.sh" \
+  "$root"/localstack/*.sh "$root/.ci/run"
 echo "ec2-check: shellcheck clean" >&2
 
 if ! command -v systemd-analyze >/dev/null 2>&1 || [[ ! -d /usr/lib/systemd/system ]]; then
