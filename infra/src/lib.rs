@@ -110,7 +110,13 @@ pub async fn deploy_stack(
             detail,
         }
     };
-    match current_status(client, stack).await? {
+    // Another deploy may be running: let it finish before deciding what to do.
+    let mut current = current_status(client, stack).await?;
+    if current.as_ref().is_some_and(|s| s.as_str().ends_with("_IN_PROGRESS")) {
+        current = settle(client, stack).await?;
+    }
+    let mut nothing_to_do = false;
+    match current {
         None => {
             client
                 .create_stack()
@@ -137,7 +143,7 @@ pub async fn deploy_stack(
                 .send()
                 .await;
             if let Err(err) = updated {
-                let nothing_to_do = err
+                nothing_to_do = err
                     .message()
                     .is_some_and(|m| m.contains("No updates are to be performed"));
                 if !nothing_to_do {
@@ -149,6 +155,8 @@ pub async fn deploy_stack(
     let status = settle(client, stack).await?;
     match status {
         Some(StackStatus::CreateComplete | StackStatus::UpdateComplete) => outputs(client, stack).await,
+        // Nothing changed, and the stack is usable as it stands (its last update rolled back).
+        Some(StackStatus::UpdateRollbackComplete) if nothing_to_do => outputs(client, stack).await,
         other => Err(InfraError::Failed {
             stack: stack.to_owned(),
             status: other
