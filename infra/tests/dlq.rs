@@ -19,17 +19,11 @@ use uuid::Uuid;
 const DEADLINE: Duration = Duration::from_secs(45);
 
 fn endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
+    utility::bus::emulator_endpoint()
 }
 
 async fn bus() -> Bus {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint())
-        .region(aws_config::Region::new("us-east-1"))
-        .test_credentials()
-        .load()
-        .await;
-    Bus::new(&sdk)
+    Bus::for_emulator(&endpoint()).await
 }
 
 /// An isolated messaging stack, deleted on drop (so also when an assertion fails).

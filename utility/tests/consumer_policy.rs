@@ -18,17 +18,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const MAX_RECEIVES: u32 = 3;
 
 async fn bus_at(endpoint: &str) -> Bus {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .test_credentials()
-        .load()
-        .await;
-    Bus::new(&sdk)
+    Bus::for_emulator(endpoint).await
 }
 
 async fn localstack() -> Bus {
-    bus_at(&std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())).await
+    Bus::for_emulator(&utility::bus::emulator_endpoint()).await
 }
 
 /// A work queue with its DLQ; both deleted on drop.

@@ -54,14 +54,7 @@ pub fn init_logs() {
 }
 
 pub async fn bus() -> Bus {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .test_credentials()
-        .load()
-        .await;
-    Bus::new(&sdk)
+    Bus::for_emulator(&utility::bus::emulator_endpoint()).await
 }
 
 /// A fresh database: a SQLite file in a temporary directory, or a new PostgreSQL database.

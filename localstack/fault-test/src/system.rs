@@ -41,15 +41,9 @@ pub struct Settings {
     pub receive_wait: u32,
 }
 
-/// An AWS client configuration for `endpoint` with LocalStack's test credentials.
+/// A bus on the suite's emulator at `endpoint`.
 pub async fn bus_for(endpoint: &str) -> Bus {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .test_credentials()
-        .load()
-        .await;
-    Bus::new(&sdk)
+    Bus::for_emulator(endpoint).await
 }
 
 pub struct System {
