@@ -4,7 +4,6 @@
 //!
 //! Environment: `AWS_ENDPOINT_URL` (default `http://127.0.0.1:4566`).
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use infra::MessagingParams;
 use infra::dlq::{self, DeadLetter};
 use std::collections::HashMap;
@@ -82,19 +81,7 @@ fn email() -> Email {
 }
 
 async fn visible(bus: &Bus, url: &str) -> i64 {
-    let attrs = bus
-        .sqs()
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .send()
-        .await
-        .expect("queue attributes");
-    attrs
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    bus.queue_depth(url).await.expect("queue attributes").waiting
 }
 
 /// Receives a message from `work` without deleting it, as a consumer that keeps failing would,

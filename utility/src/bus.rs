@@ -58,6 +58,19 @@ fn aws_smithy_types_display(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Messages in a queue: visible and waiting, and received but not yet deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub waiting: i64,
+    pub in_flight: i64,
+}
+
+impl QueueDepth {
+    pub fn total(self) -> i64 {
+        self.waiting + self.in_flight
+    }
+}
+
 /// A message as received from SQS.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -378,6 +391,31 @@ impl Bus {
                 .extend(output.successful().iter().filter_map(|s| s.id.clone()));
         }
         Ok(outcome)
+    }
+
+    /// How many messages a queue holds, waiting and in flight (SQS's approximate counts).
+    pub async fn queue_depth(&self, queue_url: &str) -> Result<QueueDepth, BusError> {
+        use aws_sdk_sqs::types::QueueAttributeName as Name;
+        let output = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(Name::ApproximateNumberOfMessages)
+            .attribute_names(Name::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(BusError::sdk("GetQueueAttributes"))?;
+        let count = |name: Name| {
+            output
+                .attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(QueueDepth {
+            waiting: count(Name::ApproximateNumberOfMessages),
+            in_flight: count(Name::ApproximateNumberOfMessagesNotVisible),
+        })
     }
 
     /// Cheap reachability check of one queue, for readiness probes.

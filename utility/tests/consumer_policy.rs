@@ -78,24 +78,8 @@ impl Queues {
     }
 
     async fn depth(&self, url: &str) -> usize {
-        let attrs = self
-            .bus
-            .sqs()
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .unwrap();
-        let map = attrs.attributes.unwrap_or_default();
-        [
-            QueueAttributeName::ApproximateNumberOfMessages,
-            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        ]
-        .iter()
-        .filter_map(|k| map.get(k)?.parse::<usize>().ok())
-        .sum()
+        let depth = self.bus.queue_depth(url).await.unwrap();
+        usize::try_from(depth.total()).unwrap_or(0)
     }
 }
 

@@ -386,25 +386,11 @@ impl System {
 
     /// Messages in a queue, visible and in flight.
     pub async fn queue_depth(&self, output: &str) -> i64 {
-        use aws_sdk_sqs::types::QueueAttributeName as A;
-        let attrs = self
-            .bus
-            .sqs()
-            .get_queue_attributes()
-            .queue_url(self.queue_url(output))
-            .attribute_names(A::ApproximateNumberOfMessages)
-            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-            .send()
+        self.bus
+            .queue_depth(&self.queue_url(output))
             .await
-            .expect("queue attributes");
-        let get = |a: A| {
-            attrs
-                .attributes()
-                .and_then(|m| m.get(&a))
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
-        get(A::ApproximateNumberOfMessages) + get(A::ApproximateNumberOfMessagesNotVisible)
+            .expect("queue attributes")
+            .total()
     }
 
     /// Sends raw bodies to a queue, as a misbehaving producer would.

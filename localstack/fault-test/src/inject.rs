@@ -3,7 +3,6 @@
 
 use crate::system::{MAX_RECEIVE_COUNT, NAMES, System};
 use anyhow::Context;
-use aws_sdk_sqs::types::QueueAttributeName;
 use rand::seq::SliceRandom;
 use serde_json::json;
 use sqlx::Row;
@@ -76,49 +75,24 @@ pub async fn resend_new(system: &System, done: &mut HashSet<String>) -> anyhow::
 pub async fn queue_depths(system: &System, keys: &[&str]) -> anyhow::Result<HashMap<String, i64>> {
     let mut depths = HashMap::new();
     for key in keys {
-        let url = system.output(key)?;
-        let attributes = system
+        let depth = system
             .bus
-            .sqs()
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
+            .queue_depth(system.output(key)?)
             .await
-            .with_context(|| format!("GetQueueAttributes {key}"))?;
-        let count = |name| {
-            attributes
-                .attributes()
-                .and_then(|a| a.get(&name))
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
-        depths.insert(
-            (*key).to_owned(),
-            count(QueueAttributeName::ApproximateNumberOfMessages)
-                + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        );
+            .with_context(|| format!("queue depth of {key}"))?;
+        depths.insert((*key).to_owned(), depth.total());
     }
     Ok(depths)
 }
 
 /// Messages received from the queue and not yet deleted (held by a consumer).
 pub async fn in_flight(system: &System, key: &str) -> anyhow::Result<i64> {
-    let attributes = system
+    let depth = system
         .bus
-        .sqs()
-        .get_queue_attributes()
-        .queue_url(system.output(key)?)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
+        .queue_depth(system.output(key)?)
         .await
-        .with_context(|| format!("GetQueueAttributes {key}"))?;
-    Ok(attributes
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0))
+        .with_context(|| format!("queue depth of {key}"))?;
+    Ok(depth.in_flight)
 }
 
 pub const WORK_QUEUES: [&str; 3] = [
