@@ -6,7 +6,6 @@
 
 use infra::MessagingParams;
 use infra::dlq::{self, DeadLetter};
-use std::collections::HashMap;
 use std::time::Duration;
 use utility::bus::{Bus, Outgoing};
 use utility::domain::{CustomerName, Email};
@@ -26,11 +25,7 @@ async fn bus() -> Bus {
 }
 
 /// An isolated messaging stack, deleted on drop (so also when an assertion fails).
-struct TestStack {
-    name: String,
-    outputs: HashMap<String, String>,
-    bus: Bus,
-}
+struct TestStack(infra::EphemeralStack);
 
 impl TestStack {
     async fn deploy(bus: &Bus) -> Self {
@@ -39,36 +34,16 @@ impl TestStack {
             visibility_timeout_seconds: 10,
             ..MessagingParams::new(format!("d{}", &Uuid::new_v4().simple().to_string()[..12]))
         };
-        let name = params.stack_name();
-        let outputs = infra::deploy_messaging(bus.cloudformation(), &name, &params)
+        let stack = infra::EphemeralStack::deploy(bus.cloudformation(), &params)
             .await
             .unwrap_or_else(|e| panic!("deploying the test stack failed (is LocalStack running?): {e}"));
-        Self {
-            name,
-            outputs,
-            bus: bus.clone(),
-        }
+        Self(stack)
     }
 
     fn url(&self, key: &str) -> &str {
-        self.outputs
-            .get(key)
+        self.0
+            .output(key)
             .unwrap_or_else(|| panic!("stack output {key} missing"))
-    }
-}
-
-impl Drop for TestStack {
-    fn drop(&mut self) {
-        let (bus, name) = (self.bus.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async {
-                let _ = infra::delete(bus.cloudformation(), &name).await;
-            });
-        })
-        .join();
     }
 }
 
@@ -197,7 +172,7 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
     .await
     .expect("send");
 
-    let queues = dlq::resolve(&stack.outputs, None).expect("the stack has every DLQ output");
+    let queues = dlq::resolve(&stack.0.outputs, None).expect("the stack has every DLQ output");
     let first = dlq::list(&bus, &queues, 100).await.expect("list");
     assert_eq!(first.len(), 4, "{first:#?}");
     let [enroll_letter] = by_dlq(&first, "customer-commands-dlq")[..] else {
@@ -232,7 +207,7 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
     let output = tokio::time::timeout(
         DEADLINE,
         tokio::process::Command::new(env!("CARGO_BIN_EXE_sagactl"))
-            .args(["dlq", "list", "--json", "--stack", &stack.name])
+            .args(["dlq", "list", "--json", "--stack", &stack.0.name])
             .env("AWS_ENDPOINT_URL", endpoint())
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "test")
@@ -323,7 +298,7 @@ async fn undeliverable_events_go_back_to_the_gateway_queue() {
         .await
         .expect("publish");
 
-    let queues = dlq::resolve(&stack.outputs, Some(Endpoint::GatewayEvents)).expect("DLQ outputs");
+    let queues = dlq::resolve(&stack.0.outputs, Some(Endpoint::GatewayEvents)).expect("DLQ outputs");
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let letters = loop {
         let letters = dlq::list(&bus, &queues, 100).await.expect("list");

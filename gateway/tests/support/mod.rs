@@ -12,7 +12,6 @@ pub mod raw;
 use infra::MessagingParams;
 use serde_json::{Value, json};
 use sqlx::{AnyPool, Connection, Row};
-use std::collections::HashMap;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -124,8 +123,7 @@ impl Drop for TestDb {
 /// An isolated copy of the messaging stack, deleted on drop.
 pub struct TestStack {
     pub name: String,
-    pub outputs: HashMap<String, String>,
-    bus: Bus,
+    stack: infra::EphemeralStack,
 }
 
 impl TestStack {
@@ -135,36 +133,19 @@ impl TestStack {
             visibility_timeout_seconds: 10,
             ..MessagingParams::new(prefix)
         };
-        let name = params.stack_name();
-        let outputs = infra::deploy_messaging(bus.cloudformation(), &name, &params)
+        let stack = infra::EphemeralStack::deploy(bus.cloudformation(), &params)
             .await
             .unwrap_or_else(|e| panic!("deploying the test stack failed (is LocalStack running?): {e}"));
         Self {
-            name,
-            outputs,
-            bus: bus.clone(),
+            name: stack.name.clone(),
+            stack,
         }
     }
 
     pub fn output(&self, key: &str) -> &str {
-        self.outputs
-            .get(key)
+        self.stack
+            .output(key)
             .unwrap_or_else(|| panic!("stack output {key} missing"))
-    }
-}
-
-impl Drop for TestStack {
-    fn drop(&mut self) {
-        let (bus, name) = (self.bus.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async {
-                let _ = infra::delete(bus.cloudformation(), &name).await;
-            });
-        })
-        .join();
     }
 }
 
