@@ -13,10 +13,12 @@ cleanup() {
   if ((started_localstack)); then localstack/localstack.sh stop; fi
 }
 trap cleanup EXIT
-case "$(localstack/localstack.sh start)" in
-  started*) started_localstack=1 ;;
-  *) ;;
-esac
+# Own LocalStack from before it starts, so a failed start stops the script and an interrupt during
+# start-up still stops it (same as test.sh and up.sh).
+if ! localstack/localstack.sh status; then
+  started_localstack=1
+  localstack/localstack.sh start >/dev/null
+fi
 
 cargo build --quiet --bins
 target/debug/fault-test "$@"
