@@ -1,12 +1,14 @@
 //! Customer state changes, each applied inside the consumer's transaction together with the
 //! event it causes (written to the outbox).
 
-use sqlx::{AnyConnection, Row};
-use utility::consumer::{Handler, HandlerError};
-use utility::envelope::Envelope;
-use utility::message::{CustomerEnrolled, CustomerUnenrolled, Enroll, EnrollmentRejected, Message, Unenroll};
-use utility::outbox;
-use utility::topology::Endpoint;
+use sqlx::AnyConnection;
+use utility::messaging::Endpoint;
+use utility::messaging::consumer::{Handler, HandlerError};
+use utility::messaging::envelope::Envelope;
+use utility::messaging::message::{
+    CustomerEnrolled, CustomerUnenrolled, Enroll, EnrollmentRejected, Message, Unenroll,
+};
+use utility::messaging::outbox;
 use uuid::Uuid;
 
 pub struct CustomerHandler;
@@ -55,7 +57,7 @@ async fn enroll(
     .bind(enrollment_id.to_string())
     .bind(command.name.as_str())
     .bind(command.email.as_str())
-    .bind(utility::now())
+    .bind(utility::storage::now())
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -85,7 +87,7 @@ async fn enroll(
     .bind(enrollment_id.to_string())
     .bind(command.email.as_str())
     .bind(&reason)
-    .bind(utility::now())
+    .bind(utility::storage::now())
     .execute(&mut *tx)
     .await?;
     Ok(Some(Message::EnrollmentRejected(EnrollmentRejected {
@@ -99,24 +101,21 @@ async fn unenroll(tx: &mut AnyConnection, command: &Unenroll) -> Result<Option<M
         "UPDATE customers SET status = 'unenrolled', unenrolled_at = $1, unenroll_reason = $2
          WHERE id = $3 AND status = 'active'",
     )
-    .bind(utility::now())
+    .bind(utility::storage::now())
     .bind(&command.reason)
     .bind(command.customer_id.to_string())
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if updated == 0 {
-        let exists = sqlx::query("SELECT status FROM customers WHERE id = $1")
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM customers WHERE id = $1")
             .bind(command.customer_id.to_string())
             .fetch_optional(&mut *tx)
             .await?;
-        match exists {
+        match status {
             None => return Err(HandlerError::Refused(format!("no customer {}", command.customer_id))),
             // Already rolled back: confirm again so the saga can finish.
-            Some(row) => tracing::info!(
-                status = row.try_get::<String, _>("status")?,
-                "customer already unenrolled"
-            ),
+            Some(status) => tracing::info!(%status, "customer already unenrolled"),
         }
     } else {
         tracing::info!(customer_id = %command.customer_id, reason = %command.reason, "customer unenrolled");

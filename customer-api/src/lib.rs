@@ -8,10 +8,10 @@ mod http;
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
-use utility::config::CommonConfig;
-use utility::consumer::Consumer;
-use utility::service::ServiceCore;
-use utility::topology::Endpoint;
+use utility::messaging::Endpoint;
+use utility::messaging::consumer::Consumer;
+use utility::runtime::ServiceCore;
+use utility::runtime::config::CommonConfig;
 
 pub use customers::CustomerHandler;
 
@@ -32,14 +32,25 @@ impl Default for Config {
 /// Consumed queue first, then what the service publishes to.
 pub const ENDPOINTS: [Endpoint; 2] = [Endpoint::CustomerCommands, Endpoint::CustomerEvents];
 
+/// The HTTP API as it is served, less `/health` and `/ready` (which need the bus).
+pub fn router(pool: AnyPool) -> axum::Router {
+    utility::http::finish(http::routes(pool), utility::http::RequestLimits::default())
+}
+
+/// This service's own migrations (the shared outbox and processed-message tables come with
+/// [`utility::storage::connect`]).
+pub fn migrations() -> sqlx::migrate::Migrator {
+    sqlx::migrate!()
+}
+
 pub struct Application {
     core: ServiceCore,
     consumer: Consumer<CustomerHandler>,
 }
 
 impl Application {
-    pub async fn build(config: Config, bus: utility::bus::Bus) -> anyhow::Result<Self> {
-        let core = ServiceCore::build(config.common, sqlx::migrate!(), &ENDPOINTS, bus).await?;
+    pub async fn build(config: Config, bus: utility::messaging::bus::Bus) -> anyhow::Result<Self> {
+        let core = ServiceCore::build(config.common, migrations(), &ENDPOINTS, bus).await?;
         let consumer = core.consumer(Endpoint::CustomerCommands, CustomerHandler)?;
         Ok(Self { core, consumer })
     }
@@ -53,7 +64,8 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let limits = utility::http::RequestLimits::default();
         let router = http::routes(self.core.pool.clone()).merge(self.core.health_routes(Endpoint::CustomerCommands)?);
-        self.core.run(router, self.consumer, Vec::new(), shutdown).await
+        self.core.run(router, limits, self.consumer, Vec::new(), shutdown).await
     }
 }

@@ -18,10 +18,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Backend, Options, System};
-use utility::bus::{Bus, Outgoing};
-use utility::consumer::{Consumer, Handler, HandlerError};
-use utility::db::AnyConnection;
-use utility::envelope::Envelope;
+use utility::messaging::bus::{Bus, Outgoing};
+use utility::messaging::consumer::{Consumer, Handler, HandlerError};
+use utility::messaging::envelope::Envelope;
+use utility::storage::AnyConnection;
 
 fn size(var: &str, default: usize) -> usize {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -30,9 +30,10 @@ fn size(var: &str, default: usize) -> usize {
 fn envelopes(n: usize) -> Vec<Outgoing> {
     (0..n)
         .map(|i| {
-            let message = utility::message::Message::PostBonusPoints(utility::message::PostBonusPoints {
-                customer_id: uuid::Uuid::now_v7(),
-            });
+            let message =
+                utility::messaging::message::Message::PostBonusPoints(utility::messaging::message::PostBonusPoints {
+                    customer_id: uuid::Uuid::now_v7(),
+                });
             let mut envelope = Envelope::new(message, uuid::Uuid::now_v7());
             envelope.traceparent = Some(format!("bench-{i}"));
             Outgoing::from(&envelope)
@@ -110,7 +111,7 @@ async fn main() {
     // 2. The consumer loop on SQLite, same queue, same volume.
     send_all(&bus, &queue, &envelopes(messages)).await;
     let db = support::TestDb::new(Backend::Sqlite, "bench").await;
-    let pool = utility::db::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
+    let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
         .await
         .expect("db");
     let consumer = Consumer::new(

@@ -3,7 +3,7 @@
 
 use crate::store::{self, NewEnrollment};
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,8 @@ use sqlx::AnyPool;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use utility::domain::{CustomerName, Email, FieldError};
-use utility::problem::{Problem, ProblemJson, ProblemPath, RequestLimits, enforce_limits, method_not_allowed};
+use utility::http::problem::method_not_allowed;
+use utility::http::{Problem, ProblemJson, ProblemPath};
 use uuid::Uuid;
 
 /// Longest accepted `Idempotency-Key`.
@@ -29,18 +30,14 @@ pub struct AppState {
     pub stall_after: std::time::Duration,
 }
 
-pub fn routes(state: AppState, max_body_bytes: usize) -> Router {
+/// The gateway's routes; [`utility::http::finish`] adds the fallback and the request limits.
+pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/api/enrollments", post(create).fallback(method_not_allowed))
         .route("/api/enrollments/stalled", get(stalled).fallback(method_not_allowed))
         .route("/api/enrollments/{id}", get(show).fallback(method_not_allowed))
         .route("/api/customers/{id}", get(customer).fallback(method_not_allowed))
         .route("/api/customers/{id}/points", get(points).fallback(method_not_allowed))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            RequestLimits::new(max_body_bytes),
-            enforce_limits,
-        ))
         .with_state(state)
 }
 
@@ -108,12 +105,16 @@ fn traceparent(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() == 55 && v.split('-').count() == 4 && v.is_ascii())
         .map(str::to_owned)
-        .unwrap_or_else(utility::envelope::new_traceparent)
+        .unwrap_or_else(utility::messaging::envelope::new_traceparent)
 }
 
-fn accepted(id: Uuid, status: &str) -> Response {
+fn accepted(id: impl std::fmt::Display, status: &str) -> Response {
     let location = format!("/api/enrollments/{id}");
-    let mut response = (StatusCode::ACCEPTED, Json(json!({"id": id, "status": status}))).into_response();
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id.to_string(), "status": status})),
+    )
+        .into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
@@ -147,19 +148,13 @@ async fn create(
     match store::accept(&state.pool, &new).await {
         Ok(()) => {}
         // Another request with the same key won the race: answer as a replay of it.
-        Err(err) if utility::db::is_unique_violation(&err) && key.is_some() => {
+        Err(err) if utility::storage::is_unique_violation(&err) && key.is_some() => {
             let key = key.as_deref().unwrap_or_default();
             return replay(&state.pool, key, &fingerprint).await?.ok_or_else(|| {
                 Problem::internal(anyhow::anyhow!("idempotency key {key} conflicted but is not stored"))
             });
         }
-        Err(err) if utility::db::is_unavailable(&err) => {
-            tracing::warn!(error = %err, "database unavailable; enrollment not accepted");
-            return Err(Problem::unavailable(
-                "the enrollment could not be stored; retry shortly",
-            ));
-        }
-        Err(err) => return Err(Problem::internal(err)),
+        Err(err) => return Err(err.into()),
     }
     state.outbox_signal.notify_one();
     tracing::info!("enrollment accepted");
@@ -168,7 +163,7 @@ async fn create(
 
 /// The answer to a repeated `Idempotency-Key`: the same enrollment, or 409 if the body differs.
 async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<Response>, Problem> {
-    let Some(existing) = store::find_by_key(pool, key).await.map_err(Problem::internal)? else {
+    let Some(existing) = store::find_by_key(pool, key).await? else {
         return Ok(None);
     };
     if existing.fingerprint != fingerprint {
@@ -189,18 +184,15 @@ async fn show(
     ProblemPath(id): ProblemPath<String>,
 ) -> Result<Json<store::EnrollmentView>, Problem> {
     let id = parse_id(&id, "enrollment")?;
-    store::view(&state.pool, id, &crate::stalls::cutoff(state.stall_after))
-        .await
-        .map_err(Problem::internal)?
+    store::view(&state.pool, id, &utility::storage::cutoff(state.stall_after))
+        .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("no enrollment {id}")))
 }
 
 /// Sagas that have not moved for the stall deadline, oldest first.
 async fn stalled(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
-    let stalled = crate::stalls::list(&state.pool, &crate::stalls::cutoff(state.stall_after))
-        .await
-        .map_err(Problem::internal)?;
+    let stalled = crate::stalls::list(&state.pool, &utility::storage::cutoff(state.stall_after)).await?;
     Ok(Json(json!({
         "stall_after_seconds": state.stall_after.as_secs(),
         "stalled": stalled,
@@ -227,26 +219,28 @@ async fn points(State(state): State<AppState>, ProblemPath(id): ProblemPath<Stri
     .await
 }
 
-/// Forwards a GET and passes status, content type and body back unchanged.
+/// Forwards a GET and passes status, content type, `Retry-After` and body back unchanged.
 async fn proxy(http: &reqwest::Client, url: String, service: &str) -> Result<Response, Problem> {
     let upstream = http.get(&url).send().await.map_err(|err| {
         tracing::warn!(error = %err, %url, "upstream request failed");
         Problem::bad_gateway(format!("the {service} did not answer"))
     })?;
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = upstream
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+    // What the client needs to read the answer and to know when to come back.
+    let passed: Vec<(header::HeaderName, HeaderValue)> = [header::CONTENT_TYPE, header::RETRY_AFTER]
+        .into_iter()
+        .filter_map(|name| {
+            let value = upstream.headers().get(name.as_str())?;
+            Some((name, HeaderValue::from_bytes(value.as_bytes()).ok()?))
+        })
+        .collect();
     let body = upstream.bytes().await.map_err(|err| {
         tracing::warn!(error = %err, %url, "upstream body failed");
         Problem::bad_gateway(format!("the {service} answer was cut off"))
     })?;
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
-    if let Some(content_type) = content_type {
-        response.headers_mut().insert(header::CONTENT_TYPE, content_type);
-    }
+    response.headers_mut().extend(passed);
     Ok(response)
 }
 

@@ -9,12 +9,15 @@ mod store;
 
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use utility::config::CommonConfig;
-use utility::consumer::Consumer;
-use utility::service::ServiceCore;
-use utility::topology::Endpoint;
+use utility::http::RequestLimits;
+use utility::messaging::Endpoint;
+use utility::messaging::consumer::Consumer;
+use utility::runtime::ServiceCore;
+use utility::runtime::config::CommonConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -42,6 +45,31 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    pub fn limits(&self) -> RequestLimits {
+        RequestLimits::new(self.max_body_bytes)
+    }
+
+    fn api_state(&self, pool: AnyPool, outbox_signal: Arc<Notify>) -> anyhow::Result<http::AppState> {
+        Ok(http::AppState {
+            pool,
+            outbox_signal,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            customer_api_url: self.customer_api_url.trim_end_matches('/').to_owned(),
+            transaction_api_url: self.transaction_api_url.trim_end_matches('/').to_owned(),
+            stall_after: Duration::from_secs(self.stall_after_seconds),
+        })
+    }
+}
+
+/// The gateway's HTTP API as it is served, less `/health` and `/ready` (which need the bus): a
+/// database is all it takes, so the HTTP contract is tested in process against this router.
+/// Accepted enrollments wait in the outbox; `outbox_signal` is notified on each.
+pub fn router(config: &Config, pool: AnyPool, outbox_signal: Arc<Notify>) -> anyhow::Result<axum::Router> {
+    let state = config.api_state(pool, outbox_signal)?;
+    Ok(utility::http::finish(http::routes(state), config.limits()))
+}
+
 /// Consumed queue first, then the command queues it routes to.
 pub const ENDPOINTS: [Endpoint; 3] = [
     Endpoint::GatewayEvents,
@@ -49,16 +77,22 @@ pub const ENDPOINTS: [Endpoint; 3] = [
     Endpoint::TransactionCommands,
 ];
 
+/// This service's own migrations (the shared outbox and processed-message tables come with
+/// [`utility::storage::connect`]).
+pub fn migrations() -> sqlx::migrate::Migrator {
+    sqlx::migrate!()
+}
+
 pub struct Application {
     core: ServiceCore,
-    consumer: Consumer<store::SagaHandler>,
+    consumer: Consumer<saga::SagaHandler>,
     config: Config,
 }
 
 impl Application {
-    pub async fn build(config: Config, bus: utility::bus::Bus) -> anyhow::Result<Self> {
-        let core = ServiceCore::build(config.common.clone(), sqlx::migrate!(), &ENDPOINTS, bus).await?;
-        let consumer = core.consumer(Endpoint::GatewayEvents, store::SagaHandler)?;
+    pub async fn build(config: Config, bus: utility::messaging::bus::Bus) -> anyhow::Result<Self> {
+        let core = ServiceCore::build(config.common.clone(), migrations(), &ENDPOINTS, bus).await?;
+        let consumer = core.consumer(Endpoint::GatewayEvents, saga::SagaHandler)?;
         Ok(Self { core, consumer, config })
     }
 
@@ -71,21 +105,21 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-        let state = http::AppState {
-            pool: self.core.pool.clone(),
-            outbox_signal: self.core.relay.signal(),
-            http,
-            customer_api_url: self.config.customer_api_url.trim_end_matches('/').to_owned(),
-            transaction_api_url: self.config.transaction_api_url.trim_end_matches('/').to_owned(),
-            stall_after: Duration::from_secs(self.config.stall_after_seconds),
-        };
+        let state = self
+            .config
+            .api_state(self.core.pool.clone(), self.core.relay.signal())?;
         let watch = stalls::StallWatch::new(self.core.pool.clone(), state.stall_after);
-        let sweeper: utility::service::Task = Box::pin(watch.run(shutdown.clone()));
-        let router =
-            http::routes(state, self.config.max_body_bytes).merge(self.core.health_routes(Endpoint::GatewayEvents)?);
+        let sweeper: utility::runtime::Task = Box::pin(watch.run(shutdown.clone()));
+        let router = http::routes(state).merge(self.core.health_routes(Endpoint::GatewayEvents)?);
+        let limits = self.config.limits();
         self.core
-            .run(router, self.consumer, vec![("stall sweeper", sweeper)], shutdown)
+            .run(
+                router,
+                limits,
+                self.consumer,
+                vec![("stall sweeper", sweeper)],
+                shutdown,
+            )
             .await
     }
 }

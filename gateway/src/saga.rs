@@ -15,14 +15,31 @@
 //! stays, and a `ReverseBonusPoints` command takes the points back, so an unenrolled customer
 //! never keeps them. Its confirmation, `BonusPointsReversed`, is recorded in the history.
 
+mod handler;
+
+pub use handler::SagaHandler;
+
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use utility::message::{Message, PostBonusPoints, ReverseBonusPoints, Unenroll};
-use utility::topology::Endpoint;
+use utility::messaging::Endpoint;
+use utility::messaging::message::{Message, MessageType, PostBonusPoints, ReverseBonusPoints, Unenroll};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The saga's statuses; the snake-case names are what the API shows and the database stores.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Status {
     Pending,
     Enrolled,
@@ -33,28 +50,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Enrolled => "enrolled",
-            Self::Completed => "completed",
-            Self::Rejected => "rejected",
-            Self::Compensating => "compensating",
-            Self::RolledBack => "rolled_back",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Enrolled,
-            Self::Completed,
-            Self::Rejected,
-            Self::Compensating,
-            Self::RolledBack,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+    pub fn name(self) -> &'static str {
+        self.into()
     }
 
     pub fn is_terminal(self) -> bool {
@@ -62,11 +59,16 @@ impl Status {
     }
 }
 
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The event types [`route`] has rows for. The gateway's SNS subscriptions in
+/// `infra/messaging.yaml` filter on exactly these (a test parses the template to hold it so).
+pub const ROUTED_EVENTS: [MessageType; 6] = [
+    MessageType::CustomerEnrolled,
+    MessageType::EnrollmentRejected,
+    MessageType::CustomerUnenrolled,
+    MessageType::BonusPointsPosted,
+    MessageType::BonusPointsFailed,
+    MessageType::BonusPointsReversed,
+];
 
 /// What an event does to a saga.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +146,7 @@ pub fn route(status: Status, event: &Message) -> Option<Step> {
 mod tests {
     use super::*;
     use utility::domain::{CustomerName, Email};
-    use utility::message::*;
+    use utility::messaging::message::*;
 
     fn events(customer_id: Uuid) -> Vec<Message> {
         let email = Email::parse("a@b.co").unwrap();
@@ -239,16 +241,81 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_their_names() {
-        for name in [
-            "pending",
-            "enrolled",
-            "completed",
-            "rejected",
-            "compensating",
-            "rolled_back",
-        ] {
-            assert_eq!(Status::parse(name).unwrap().as_str(), name);
+        use strum::VariantArray;
+        let names: Vec<&str> = Status::VARIANTS.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "pending",
+                "enrolled",
+                "completed",
+                "rejected",
+                "compensating",
+                "rolled_back"
+            ]
+        );
+        for status in Status::VARIANTS {
+            assert_eq!(status.name().parse::<Status>().unwrap(), *status);
+            assert_eq!(serde_json::to_value(status).unwrap(), status.name());
         }
-        assert_eq!(Status::parse("done"), None);
+        assert!("done".parse::<Status>().is_err());
+    }
+
+    /// One message of each type, whatever its payload.
+    fn sample(message_type: MessageType) -> Message {
+        let id = Uuid::now_v7();
+        let name = CustomerName::parse("A").unwrap();
+        let email = Email::parse("a@b.co").unwrap();
+        let reason = String::from("r");
+        match message_type {
+            MessageType::Enroll => Message::Enroll(Enroll { name, email }),
+            MessageType::Unenroll => Message::Unenroll(Unenroll {
+                customer_id: id,
+                reason,
+            }),
+            MessageType::PostBonusPoints => Message::PostBonusPoints(PostBonusPoints { customer_id: id }),
+            MessageType::ReverseBonusPoints => Message::ReverseBonusPoints(ReverseBonusPoints {
+                customer_id: id,
+                reason,
+            }),
+            MessageType::CustomerEnrolled => Message::CustomerEnrolled(CustomerEnrolled {
+                customer_id: id,
+                name,
+                email,
+            }),
+            MessageType::EnrollmentRejected => Message::EnrollmentRejected(EnrollmentRejected { email, reason }),
+            MessageType::CustomerUnenrolled => Message::CustomerUnenrolled(CustomerUnenrolled {
+                customer_id: id,
+                reason,
+            }),
+            MessageType::BonusPointsPosted => Message::BonusPointsPosted(BonusPointsPosted {
+                customer_id: id,
+                points: 1,
+                balance: 1,
+            }),
+            MessageType::BonusPointsFailed => Message::BonusPointsFailed(BonusPointsFailed {
+                customer_id: id,
+                reason,
+            }),
+            MessageType::BonusPointsReversed => Message::BonusPointsReversed(BonusPointsReversed {
+                customer_id: id,
+                points: 1,
+                balance: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn routed_events_are_exactly_the_types_the_table_has_rows_for() {
+        use strum::VariantArray;
+        for message_type in MessageType::VARIANTS {
+            let message = sample(*message_type);
+            let routed = Status::VARIANTS.iter().any(|status| route(*status, &message).is_some());
+            assert_eq!(
+                routed,
+                ROUTED_EVENTS.contains(message_type),
+                "{message_type}: the table and ROUTED_EVENTS disagree"
+            );
+        }
     }
 }

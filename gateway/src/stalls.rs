@@ -6,7 +6,7 @@
 
 use crate::saga::Status;
 use serde::Serialize;
-use sqlx::{AnyPool, Row};
+use sqlx::AnyPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -30,25 +30,23 @@ pub struct StalledSaga {
     pub waiting_for: &'static str,
 }
 
+/// An open saga as read from the database.
+#[derive(sqlx::FromRow)]
+struct OpenRow {
+    id: String,
+    status: String,
+    updated_at: String,
+}
+
 fn waiting_for(status: &str) -> &'static str {
     OPEN.iter()
-        .find(|(s, _)| s.as_str() == status)
+        .find(|(s, _)| s.name() == status)
         .map(|(_, who)| *who)
         .unwrap_or("nothing")
 }
 
-/// The stored-timestamp form of "now minus `after`": anything updated before it is stalled.
-pub fn cutoff(after: Duration) -> String {
-    let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-    utility::timestamp(
-        chrono::Utc::now()
-            .checked_sub_signed(after)
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
-    )
-}
-
 pub async fn list(pool: &AnyPool, cutoff: &str) -> Result<Vec<StalledSaga>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    let rows: Vec<OpenRow> = sqlx::query_as(&format!(
         "SELECT id, status, updated_at FROM enrollments WHERE {OPEN_SQL} AND updated_at < $1
          ORDER BY updated_at, id LIMIT $2"
     ))
@@ -56,17 +54,15 @@ pub async fn list(pool: &AnyPool, cutoff: &str) -> Result<Vec<StalledSaga>, sqlx
     .bind(LIST_LIMIT)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let status: String = row.try_get("status")?;
-            Ok(StalledSaga {
-                id: row.try_get("id")?,
-                waiting_for: waiting_for(&status),
-                status,
-                updated_at: row.try_get("updated_at")?,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|row| StalledSaga {
+            waiting_for: waiting_for(&row.status),
+            id: row.id,
+            status: row.status,
+            updated_at: row.updated_at,
         })
-        .collect()
+        .collect())
 }
 
 /// Logs newly stalled sagas, once each.
@@ -98,8 +94,8 @@ impl StallWatch {
     }
 
     async fn sweep(&self) -> Result<(), sqlx::Error> {
-        let cutoff = cutoff(self.after);
-        let rows = sqlx::query(&format!(
+        let cutoff = utility::storage::cutoff(self.after);
+        let rows: Vec<OpenRow> = sqlx::query_as(&format!(
             "SELECT id, status, updated_at FROM enrollments
              WHERE {OPEN_SQL} AND updated_at < $1 AND stall_reported_at IS NULL
              ORDER BY updated_at LIMIT $2"
@@ -108,23 +104,20 @@ impl StallWatch {
         .bind(LIST_LIMIT)
         .fetch_all(&self.pool)
         .await?;
-        let now = utility::now();
+        let now = utility::storage::now();
         for row in rows {
-            let id: String = row.try_get("id")?;
-            let status: String = row.try_get("status")?;
-            let updated_at: String = row.try_get("updated_at")?;
             tracing::warn!(
-                enrollment_id = %id,
-                %status,
-                since = %updated_at,
-                waiting_for = waiting_for(&status),
+                enrollment_id = %row.id,
+                status = %row.status,
+                since = %row.updated_at,
+                waiting_for = waiting_for(&row.status),
                 "saga stalled"
             );
             // Only if it has not moved meanwhile; a saga that moved is no longer stalled.
             sqlx::query("UPDATE enrollments SET stall_reported_at = $1 WHERE id = $2 AND updated_at = $3")
                 .bind(&now)
-                .bind(&id)
-                .bind(&updated_at)
+                .bind(&row.id)
+                .bind(&row.updated_at)
                 .execute(&self.pool)
                 .await?;
         }
@@ -138,18 +131,11 @@ mod tests {
 
     #[test]
     fn every_open_status_names_what_it_waits_for() {
-        for status in [Status::Pending, Status::Enrolled, Status::Compensating] {
-            assert!(!status.is_terminal());
-            assert_ne!(waiting_for(status.as_str()), "nothing");
-            assert!(OPEN_SQL.contains(&format!("'{}'", status.as_str())));
+        use strum::VariantArray;
+        for status in Status::VARIANTS.iter().filter(|s| !s.is_terminal()) {
+            assert_ne!(waiting_for(status.name()), "nothing");
+            assert!(OPEN_SQL.contains(&format!("'{}'", status.name())));
         }
-    }
-
-    #[test]
-    fn cutoff_is_in_the_past_and_sortable() {
-        let now = utility::now();
-        let cut = cutoff(Duration::from_secs(60));
-        assert!(cut < now, "{cut} !< {now}");
-        assert_eq!(cut.len(), now.len());
+        assert_eq!(OPEN.len(), Status::VARIANTS.iter().filter(|s| !s.is_terminal()).count());
     }
 }

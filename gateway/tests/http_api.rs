@@ -128,7 +128,12 @@ async fn bad_input_gets_problem_details(backend: Backend) {
     problem(http.delete(&enrollments).send().await.unwrap(), 405).await;
 
     // None of it reached the bus: nothing was accepted.
-    assert_eq!(utility::outbox::pending(&system.gateway().pool).await.unwrap(), 0);
+    assert_eq!(
+        utility::messaging::outbox::pending(&system.gateway().pool)
+            .await
+            .unwrap(),
+        0
+    );
     let accepted = support::scalar_i64(
         &system.gateway().pool,
         "SELECT COUNT(*) FROM enrollments WHERE id <> $1",
@@ -193,7 +198,7 @@ async fn services_refuse_to_start_without_their_topology() {
     support::init_logs();
     let bus = support::bus().await;
     let db = support::TestDb::new(Backend::Sqlite, "customer").await;
-    let mut common = utility::config::CommonConfig::new(([127, 0, 0, 1], 0).into(), db.url.clone());
+    let mut common = utility::runtime::config::CommonConfig::new(([127, 0, 0, 1], 0).into(), db.url.clone());
     common.topology.topology_stack = format!("missing-{}", uuid::Uuid::new_v4().simple());
     let err = customer_api::Application::build(customer_api::Config { common: common.clone() }, bus.clone())
         .await

@@ -187,7 +187,12 @@ async fn outbox_row_written_before_a_crash_is_published_after_restart(backend: B
     let mut system = System::start(backend, options).await;
     let email = unique_email("crash");
     let id = system.submit("Barbara", &email).await;
-    assert_eq!(utility::outbox::pending(&system.gateway().pool).await.unwrap(), 1);
+    assert_eq!(
+        utility::messaging::outbox::pending(&system.gateway().pool)
+            .await
+            .unwrap(),
+        1
+    );
 
     system.gateway.take().unwrap().crash().await;
     let customer_pool = system.customer.as_ref().unwrap().pool.clone();
@@ -205,7 +210,12 @@ async fn outbox_row_written_before_a_crash_is_published_after_restart(backend: B
     system.start_gateway(true).await;
     let done = system.wait_for_status(&id, &support::TERMINAL).await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(utility::outbox::pending(&system.gateway().pool).await.unwrap(), 0);
+    assert_eq!(
+        utility::messaging::outbox::pending(&system.gateway().pool)
+            .await
+            .unwrap(),
+        0
+    );
     system.stop().await;
 }
 

@@ -11,6 +11,7 @@ use crate::{InfraError, MessagingParams};
 use aws_config::SdkConfig;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use utility::messaging::Endpoint;
 
 pub const ARTIFACTS_TEMPLATE: &str = include_str!("../artifacts.yaml");
 pub const NETWORK_TEMPLATE: &str = include_str!("../network.yaml");
@@ -20,22 +21,21 @@ pub const APP_TEMPLATE: &str = include_str!("../app.yaml");
 /// `VpcId` yourself (with the subnets) skips the network stack: the application goes into that VPC.
 pub const NETWORK_INPUTS: [&str; 3] = ["VpcId", "PublicSubnetIds", "PrivateSubnetIds"];
 
-/// Messaging outputs the application template takes as parameters of the same name.
-pub const MESSAGING_INPUTS: [&str; 13] = [
-    "CustomerCommandsQueueUrl",
-    "CustomerCommandsQueueArn",
-    "TransactionCommandsQueueUrl",
-    "TransactionCommandsQueueArn",
-    "GatewayEventsQueueUrl",
-    "GatewayEventsQueueArn",
-    "CustomerEventsTopicArn",
-    "TransactionEventsTopicArn",
-    "CustomerCommandsDlqName",
-    "TransactionCommandsDlqName",
-    "GatewayEventsDlqName",
-    "CustomerEventsSubscriptionDlqName",
-    "TransactionEventsSubscriptionDlqName",
-];
+/// Messaging outputs the application template takes as parameters of the same name, from the
+/// endpoint table: every queue's URL and ARN, every topic's ARN, and every DLQ's name (the
+/// dimension of its alarm).
+pub fn messaging_inputs() -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    for endpoint in <Endpoint as strum::VariantArray>::VARIANTS {
+        let outputs = endpoint.outputs();
+        for key in [outputs.address, outputs.arn, outputs.dead_letter.queue_name] {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -149,7 +149,7 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
         ("CustomerApiInstances".to_owned(), options.instances[1].to_string()),
         ("TransactionApiInstances".to_owned(), options.instances[2].to_string()),
     ];
-    for key in MESSAGING_INPUTS {
+    for key in messaging_inputs() {
         parameters.push((key.to_owned(), output(&messaging, &stacks.messaging, key)?));
     }
     let existing_vpc = options.overrides.iter().any(|(k, _)| k == "VpcId");
@@ -184,11 +184,7 @@ pub async fn destroy(clients: &Clients, prefix: &str) -> Result<(), DeployError>
     let cfn = &clients.cloudformation;
     crate::delete(cfn, &stacks.app).await?;
     crate::delete(cfn, &stacks.messaging).await?;
-    let artifacts = match crate::outputs(cfn, &stacks.artifacts).await {
-        Ok(outputs) => outputs,
-        Err(InfraError::Api { detail, .. }) if detail.contains("does not exist") => HashMap::new(),
-        Err(err) => return Err(err.into()),
-    };
+    let artifacts = crate::outputs(cfn, &stacks.artifacts).await?.unwrap_or_default();
     if let Some(bucket) = artifacts.get("BucketName") {
         let removed = release::empty_bucket(&clients.s3, bucket).await?;
         tracing::info!(%bucket, removed, "artifact bucket emptied");
@@ -224,7 +220,9 @@ mod tests {
                 "app.yaml lacks parameter {key}"
             );
         }
-        for key in MESSAGING_INPUTS {
+        let inputs = messaging_inputs();
+        assert_eq!(inputs.len(), 13);
+        for key in &inputs {
             assert!(
                 messaging.contains(&format!("\n  {key}:\n")),
                 "messaging.yaml lacks output {key}"
@@ -234,11 +232,7 @@ mod tests {
                 "app.yaml lacks parameter {key}"
             );
         }
-        let dlq_names: Vec<&str> = MESSAGING_INPUTS
-            .iter()
-            .copied()
-            .filter(|k| k.ends_with("DlqName"))
-            .collect();
+        let dlq_names: Vec<&str> = inputs.iter().copied().filter(|k| k.ends_with("DlqName")).collect();
         assert_eq!(dlq_names.len(), 5);
         for key in dlq_names {
             let dimension = format!("Dimensions: [{{ Name: QueueName, Value: !Ref {key} }}]");

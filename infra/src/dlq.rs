@@ -12,15 +12,17 @@ use aws_sdk_sqs::types::{Message, MessageSystemAttributeName as Attr};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
-use utility::bus::{Bus, BusError};
-use utility::envelope::Envelope;
-use utility::topology::Endpoint;
+use strum::VariantArray;
+use utility::messaging::Endpoint;
+use utility::messaging::bus::{Bus, BusError};
+use utility::messaging::envelope::Envelope;
 
 /// How long a message stays hidden while it is inspected or redriven. Long enough for one pass
 /// over a queue, short enough that a crash of this tool delays nothing for long.
 const HOLD_SECONDS: i32 = 30;
 
-/// A dead-letter queue of the messaging template and the queue its messages belong back in.
+/// A dead-letter queue of the messaging template and the queue its messages belong back in,
+/// read from the endpoint table ([`Endpoint::outputs`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadLetterQueue {
     /// The queue name without the stack's prefix, e.g. `customer-commands-dlq`.
@@ -35,46 +37,28 @@ pub struct DeadLetterQueue {
     pub of_queue: bool,
 }
 
-/// Every DLQ of `infra/messaging.yaml` (outputs `*DlqUrl`).
-pub const DEAD_LETTER_QUEUES: [DeadLetterQueue; 5] = [
-    DeadLetterQueue {
-        name: "customer-commands-dlq",
-        url_output: "CustomerCommandsDlqUrl",
-        source: Endpoint::CustomerCommands,
-        of_queue: true,
-    },
-    DeadLetterQueue {
-        name: "transaction-commands-dlq",
-        url_output: "TransactionCommandsDlqUrl",
-        source: Endpoint::TransactionCommands,
-        of_queue: true,
-    },
-    DeadLetterQueue {
-        name: "gateway-events-dlq",
-        url_output: "GatewayEventsDlqUrl",
-        source: Endpoint::GatewayEvents,
-        of_queue: true,
-    },
-    DeadLetterQueue {
-        name: "customer-events-subscription-dlq",
-        url_output: "CustomerEventsSubscriptionDlqUrl",
-        source: Endpoint::GatewayEvents,
-        of_queue: false,
-    },
-    DeadLetterQueue {
-        name: "transaction-events-subscription-dlq",
-        url_output: "TransactionEventsSubscriptionDlqUrl",
-        source: Endpoint::GatewayEvents,
-        of_queue: false,
-    },
-];
+impl DeadLetterQueue {
+    /// The DLQ that catches what `endpoint` could not deliver.
+    pub fn of(endpoint: Endpoint) -> Self {
+        let dead_letter = endpoint.outputs().dead_letter;
+        Self {
+            name: dead_letter.name,
+            url_output: dead_letter.url,
+            source: endpoint.redrive_target(),
+            of_queue: !endpoint.is_topic(),
+        }
+    }
+}
+
+/// Every DLQ of `infra/messaging.yaml`, one per endpoint.
+pub fn dead_letter_queues() -> Vec<DeadLetterQueue> {
+    Endpoint::VARIANTS.iter().map(|&e| DeadLetterQueue::of(e)).collect()
+}
 
 /// The queues a redrive may target (the sources of the DLQs).
-pub const SOURCE_QUEUES: [Endpoint; 3] = [
-    Endpoint::CustomerCommands,
-    Endpoint::TransactionCommands,
-    Endpoint::GatewayEvents,
-];
+pub fn source_queues() -> impl Iterator<Item = Endpoint> {
+    Endpoint::VARIANTS.iter().copied().filter(|e| !e.is_topic())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -102,15 +86,15 @@ pub struct Resolved {
 /// The DLQs of a stack from its outputs, optionally only those whose source is `only`.
 pub fn resolve(outputs: &HashMap<String, String>, only: Option<Endpoint>) -> Result<Vec<Resolved>, DlqError> {
     let get = |key: &'static str| outputs.get(key).cloned().ok_or(DlqError::MissingOutput(key));
-    DEAD_LETTER_QUEUES
-        .iter()
+    dead_letter_queues()
+        .into_iter()
         .filter(|q| only.is_none_or(|source| q.source == source))
-        .map(|&queue| {
-            let source_key = queue.source.output_key();
+        .map(|queue| {
+            let source = queue.source.outputs();
             Ok(Resolved {
                 url: get(queue.url_output)?,
-                source_url: get(source_key)?,
-                source_arn: get(arn_output(queue.source))?,
+                source_url: get(source.address)?,
+                source_arn: get(source.arn)?,
                 queue,
             })
         })
@@ -119,17 +103,10 @@ pub fn resolve(outputs: &HashMap<String, String>, only: Option<Endpoint>) -> Res
 
 /// Parses a `--queue` argument: one of the three source queues.
 pub fn source_queue(name: &str) -> Result<Endpoint, DlqError> {
-    Endpoint::from_name(name)
-        .filter(|e| SOURCE_QUEUES.contains(e))
+    name.parse::<Endpoint>()
+        .ok()
+        .filter(|e| !e.is_topic())
         .ok_or_else(|| DlqError::NotASource(name.to_owned()))
-}
-
-fn arn_output(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::CustomerCommands => "CustomerCommandsQueueArn",
-        Endpoint::TransactionCommands => "TransactionCommandsQueueArn",
-        _ => "GatewayEventsQueueArn",
-    }
 }
 
 /// One message sitting in a DLQ, as an operator needs to judge it.

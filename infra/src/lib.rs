@@ -15,6 +15,7 @@ use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
 use std::collections::HashMap;
 use std::time::Duration;
+use utility::messaging::topology::{StackDescription, describe_stack};
 
 /// The messaging template: topics, queues, dead-letter queues, policies, subscriptions.
 pub const MESSAGING_TEMPLATE: &str = include_str!("../messaging.yaml");
@@ -156,9 +157,9 @@ pub async fn deploy_stack(
     }
     let status = settle(client, stack).await?;
     match status {
-        Some(StackStatus::CreateComplete | StackStatus::UpdateComplete) => outputs(client, stack).await,
+        Some(StackStatus::CreateComplete | StackStatus::UpdateComplete) => existing_outputs(client, stack).await,
         // Nothing changed, and the stack is usable as it stands (its last update rolled back).
-        Some(StackStatus::UpdateRollbackComplete) if nothing_to_do => outputs(client, stack).await,
+        Some(StackStatus::UpdateRollbackComplete) if nothing_to_do => existing_outputs(client, stack).await,
         other => Err(InfraError::Failed {
             stack: stack.to_owned(),
             status: other
@@ -195,45 +196,34 @@ pub async fn delete(client: &Client, stack: &str) -> Result<(), InfraError> {
     }
 }
 
-/// The stack's outputs by key.
-pub async fn outputs(client: &Client, stack: &str) -> Result<HashMap<String, String>, InfraError> {
-    let described = client
-        .describe_stacks()
-        .stack_name(stack)
-        .send()
-        .await
-        .map_err(|e| InfraError::Api {
-            operation: "DescribeStacks",
-            stack: stack.to_owned(),
-            detail: DisplayErrorContext(&e).to_string(),
-        })?;
-    Ok(described
-        .stacks()
-        .first()
-        .map(|s| {
-            s.outputs()
-                .iter()
-                .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default())
+/// The stack's outputs by key; `None` when there is no such stack. Read through the one stack
+/// reader the services use too ([`describe_stack`]).
+pub async fn outputs(client: &Client, stack: &str) -> Result<Option<HashMap<String, String>>, InfraError> {
+    Ok(describe(client, stack).await?.map(|s| s.outputs))
+}
+
+/// The outputs of a stack that must exist.
+pub async fn existing_outputs(client: &Client, stack: &str) -> Result<HashMap<String, String>, InfraError> {
+    outputs(client, stack).await?.ok_or_else(|| InfraError::Api {
+        operation: "DescribeStacks",
+        stack: stack.to_owned(),
+        detail: "no such stack".to_owned(),
+    })
+}
+
+async fn describe(client: &Client, stack: &str) -> Result<Option<StackDescription>, InfraError> {
+    describe_stack(client, stack).await.map_err(|err| InfraError::Api {
+        operation: "DescribeStacks",
+        stack: stack.to_owned(),
+        detail: err.detail,
+    })
 }
 
 /// `None` when the stack does not exist (or is deleted).
 async fn current_status(client: &Client, stack: &str) -> Result<Option<StackStatus>, InfraError> {
-    match client.describe_stacks().stack_name(stack).send().await {
-        Ok(out) => Ok(out
-            .stacks()
-            .first()
-            .and_then(|s| s.stack_status().cloned())
-            .filter(|s| *s != StackStatus::DeleteComplete)),
-        Err(err) if err.message().is_some_and(|m| m.contains("does not exist")) => Ok(None),
-        Err(err) => Err(InfraError::Api {
-            operation: "DescribeStacks",
-            stack: stack.to_owned(),
-            detail: DisplayErrorContext(&err).to_string(),
-        }),
-    }
+    Ok(describe(client, stack)
+        .await?
+        .map(|s| StackStatus::from(s.status.as_str())))
 }
 
 /// Polls until the stack leaves every `*_IN_PROGRESS` state.
@@ -272,5 +262,26 @@ async fn failure_reasons(client: &Client, stack: &str) -> String {
         "no reason given".to_owned()
     } else {
         reasons.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_norway::Value;
+    use std::collections::BTreeSet;
+
+    /// The messaging template has exactly the outputs of the endpoint table, so the services,
+    /// `sagactl`, the DLQ tooling and the EC2 deployment find what they look for.
+    #[test]
+    fn the_template_has_exactly_the_outputs_of_the_endpoint_table() {
+        let template: Value = serde_norway::from_str(super::MESSAGING_TEMPLATE).expect("messaging.yaml parses");
+        let outputs: BTreeSet<&str> = template["Outputs"]
+            .as_mapping()
+            .expect("Outputs")
+            .keys()
+            .filter_map(Value::as_str)
+            .collect();
+        let table: BTreeSet<&str> = utility::messaging::endpoint::stack_output_keys().into_iter().collect();
+        assert_eq!(outputs, table);
     }
 }

@@ -7,17 +7,17 @@
 use infra::MessagingParams;
 use infra::dlq::{self, DeadLetter};
 use std::time::Duration;
-use utility::bus::{Bus, Outgoing};
 use utility::domain::{CustomerName, Email};
-use utility::envelope::Envelope;
-use utility::message::{CustomerEnrolled, Enroll, EnrollmentRejected, Message};
-use utility::topology::Endpoint;
+use utility::messaging::Endpoint;
+use utility::messaging::bus::{Bus, Outgoing};
+use utility::messaging::envelope::Envelope;
+use utility::messaging::message::{CustomerEnrolled, Enroll, EnrollmentRejected, Message};
 use uuid::Uuid;
 
 const DEADLINE: Duration = Duration::from_secs(45);
 
 fn endpoint() -> String {
-    utility::bus::emulator_endpoint()
+    utility::messaging::bus::emulator_endpoint()
 }
 
 async fn bus() -> Bus {
@@ -321,7 +321,7 @@ async fn undeliverable_events_go_back_to_the_gateway_queue() {
     // The cause is fixed by hand: the queue exists again (same name, so the same URL and ARN).
     bus.sqs()
         .create_queue()
-        .queue_name(utility::bus::queue_name(&gateway_events))
+        .queue_name(utility::messaging::bus::queue_name(&gateway_events))
         .send()
         .await
         .expect("recreate the gateway's queue");

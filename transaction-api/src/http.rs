@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use sqlx::{AnyPool, Row};
-use utility::problem::{Problem, ProblemPath};
+use sqlx::AnyPool;
+use utility::http::{Problem, ProblemPath};
 use uuid::Uuid;
 
 #[derive(Serialize)]
@@ -15,7 +15,7 @@ struct Points {
     ledger: Vec<Entry>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, sqlx::FromRow)]
 struct Entry {
     id: String,
     enrollment_id: String,
@@ -28,7 +28,7 @@ pub fn routes(pool: AnyPool) -> Router {
     Router::new()
         .route(
             "/customers/{id}/points",
-            get(points).fallback(utility::problem::method_not_allowed),
+            get(points).fallback(utility::http::problem::method_not_allowed),
         )
         .with_state(pool)
 }
@@ -36,38 +36,20 @@ pub fn routes(pool: AnyPool) -> Router {
 /// A customer the ledger has never seen has a zero balance and an empty ledger.
 async fn points(State(pool): State<AnyPool>, ProblemPath(id): ProblemPath<String>) -> Result<Json<Points>, Problem> {
     let id = Uuid::parse_str(&id).map_err(|_| Problem::bad_request("customer id must be a UUID"))?;
-    let read = async {
-        let balance: i64 = sqlx::query("SELECT points FROM balances WHERE customer_id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&pool)
-            .await?
-            .map(|row| row.try_get("points"))
-            .transpose()?
-            .unwrap_or(0);
-        let rows = sqlx::query(
-            "SELECT id, enrollment_id, kind, points, posted_at FROM ledger
-             WHERE customer_id = $1 ORDER BY posted_at, id",
-        )
+    let balance: Option<i64> = sqlx::query_scalar("SELECT points FROM balances WHERE customer_id = $1")
         .bind(id.to_string())
-        .fetch_all(&pool)
+        .fetch_optional(&pool)
         .await?;
-        let ledger = rows
-            .iter()
-            .map(|row| {
-                Ok(Entry {
-                    id: row.try_get("id")?,
-                    enrollment_id: row.try_get("enrollment_id")?,
-                    kind: row.try_get("kind")?,
-                    points: row.try_get("points")?,
-                    posted_at: row.try_get("posted_at")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok::<_, sqlx::Error>(Points {
-            customer_id: id.to_string(),
-            balance,
-            ledger,
-        })
-    };
-    read.await.map(Json).map_err(Problem::internal)
+    let ledger: Vec<Entry> = sqlx::query_as(
+        "SELECT id, enrollment_id, kind, points, posted_at FROM ledger
+         WHERE customer_id = $1 ORDER BY posted_at, id",
+    )
+    .bind(id.to_string())
+    .fetch_all(&pool)
+    .await?;
+    Ok(Json(Points {
+        customer_id: id.to_string(),
+        balance: balance.unwrap_or(0),
+        ledger,
+    }))
 }

@@ -1,14 +1,14 @@
 //! Posting the enrollment bonus: budget check, ledger row, balance and the resulting event, all in
 //! the consumer's transaction.
 
-use sqlx::{AnyConnection, Row};
-use utility::consumer::{Handler, HandlerError};
-use utility::envelope::Envelope;
-use utility::message::{
+use sqlx::AnyConnection;
+use utility::messaging::Endpoint;
+use utility::messaging::consumer::{Handler, HandlerError};
+use utility::messaging::envelope::Envelope;
+use utility::messaging::message::{
     BonusPointsFailed, BonusPointsPosted, BonusPointsReversed, Message, PostBonusPoints, ReverseBonusPoints,
 };
-use utility::outbox;
-use utility::topology::Endpoint;
+use utility::messaging::outbox;
 use uuid::Uuid;
 
 const CAMPAIGN_ID: &str = "enrollment-bonus";
@@ -116,7 +116,7 @@ impl LedgerHandler {
         .bind(enrollment_id.to_string())
         .bind(BONUS_KIND)
         .bind(points)
-        .bind(utility::now())
+        .bind(utility::storage::now())
         .execute(&mut *tx)
         .await?;
         let balance = add_to_balance(tx, customer_id, points).await?;
@@ -137,7 +137,7 @@ async fn reverse_bonus(
     command: &ReverseBonusPoints,
 ) -> Result<Option<Message>, HandlerError> {
     let customer_id = command.customer_id;
-    let bonus = sqlx::query("SELECT points FROM ledger WHERE enrollment_id = $1 AND kind = $2")
+    let points: i64 = sqlx::query_scalar("SELECT points FROM ledger WHERE enrollment_id = $1 AND kind = $2")
         .bind(enrollment_id.to_string())
         .bind(BONUS_KIND)
         .fetch_optional(&mut *tx)
@@ -145,7 +145,6 @@ async fn reverse_bonus(
         .ok_or_else(|| {
             HandlerError::Refused(format!("no enrollment bonus was posted for enrollment {enrollment_id}"))
         })?;
-    let points: i64 = bonus.try_get("points")?;
     let inserted = sqlx::query(
         "INSERT INTO ledger (id, customer_id, enrollment_id, kind, points, posted_at)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -155,7 +154,7 @@ async fn reverse_bonus(
     .bind(enrollment_id.to_string())
     .bind(REVERSAL_KIND)
     .bind(-points)
-    .bind(utility::now())
+    .bind(utility::storage::now())
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -178,7 +177,7 @@ async fn reverse_bonus(
 }
 
 async fn add_to_balance(tx: &mut AnyConnection, customer_id: Uuid, points: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query(
+    sqlx::query_scalar(
         "INSERT INTO balances (customer_id, points) VALUES ($1, $2)
          ON CONFLICT (customer_id) DO UPDATE SET points = balances.points + excluded.points
          RETURNING points",
@@ -186,6 +185,5 @@ async fn add_to_balance(tx: &mut AnyConnection, customer_id: Uuid, points: i64) 
     .bind(customer_id.to_string())
     .bind(points)
     .fetch_one(tx)
-    .await?
-    .try_get("points")
+    .await
 }

@@ -8,10 +8,10 @@ mod ledger;
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
-use utility::config::CommonConfig;
-use utility::consumer::Consumer;
-use utility::service::ServiceCore;
-use utility::topology::Endpoint;
+use utility::messaging::Endpoint;
+use utility::messaging::consumer::Consumer;
+use utility::runtime::ServiceCore;
+use utility::runtime::config::CommonConfig;
 
 pub use ledger::{Campaign, LedgerHandler};
 
@@ -37,15 +37,26 @@ impl Default for Config {
 
 pub const ENDPOINTS: [Endpoint; 2] = [Endpoint::TransactionCommands, Endpoint::TransactionEvents];
 
+/// The HTTP API as it is served, less `/health` and `/ready` (which need the bus).
+pub fn router(pool: AnyPool) -> axum::Router {
+    utility::http::finish(http::routes(pool), utility::http::RequestLimits::default())
+}
+
+/// This service's own migrations (the shared outbox and processed-message tables come with
+/// [`utility::storage::connect`]).
+pub fn migrations() -> sqlx::migrate::Migrator {
+    sqlx::migrate!()
+}
+
 pub struct Application {
     core: ServiceCore,
     consumer: Consumer<LedgerHandler>,
 }
 
 impl Application {
-    pub async fn build(config: Config, bus: utility::bus::Bus) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, bus: utility::messaging::bus::Bus) -> anyhow::Result<Self> {
         let campaign = Campaign::new(config.bonus_points, config.bonus_budget_points)?;
-        let core = ServiceCore::build(config.common, sqlx::migrate!(), &ENDPOINTS, bus).await?;
+        let core = ServiceCore::build(config.common, migrations(), &ENDPOINTS, bus).await?;
         let consumer = core.consumer(Endpoint::TransactionCommands, LedgerHandler::new(campaign))?;
         Ok(Self { core, consumer })
     }
@@ -59,8 +70,9 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let limits = utility::http::RequestLimits::default();
         let router =
             http::routes(self.core.pool.clone()).merge(self.core.health_routes(Endpoint::TransactionCommands)?);
-        self.core.run(router, self.consumer, Vec::new(), shutdown).await
+        self.core.run(router, limits, self.consumer, Vec::new(), shutdown).await
     }
 }

@@ -3,10 +3,10 @@ use transaction_api::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = utility::config::load(Config::default()).context("invalid configuration")?;
-    utility::telemetry::init(config.common.log_format);
-    let shutdown = utility::service::shutdown_on_signal();
-    let bus = utility::bus::Bus::from_env().await;
+    let config = utility::runtime::config::load(Config::default()).context("invalid configuration")?;
+    utility::runtime::telemetry::init(config.common.log_format);
+    let shutdown = utility::runtime::shutdown_on_signal();
+    let bus = utility::messaging::bus::Bus::from_env().await;
     let app = Application::build(config, bus)
         .await
         .inspect_err(|err| tracing::error!(error = format!("{err:#}"), "start-up failed"))?;

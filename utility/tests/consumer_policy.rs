@@ -7,12 +7,12 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use utility::bus::Bus;
-use utility::consumer::{Consumer, Handler, HandlerError};
-use utility::db::AnyConnection;
 use utility::domain::{CustomerName, Email};
-use utility::envelope::Envelope;
-use utility::message::{Enroll, Message};
+use utility::messaging::bus::Bus;
+use utility::messaging::consumer::{Consumer, Handler, HandlerError};
+use utility::messaging::envelope::Envelope;
+use utility::messaging::message::{Enroll, Message};
+use utility::storage::AnyConnection;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const MAX_RECEIVES: u32 = 3;
@@ -22,7 +22,7 @@ async fn bus_at(endpoint: &str) -> Bus {
 }
 
 async fn localstack() -> Bus {
-    Bus::for_emulator(&utility::bus::emulator_endpoint()).await
+    Bus::for_emulator(&utility::messaging::bus::emulator_endpoint()).await
 }
 
 /// A work queue with its DLQ; both deleted on drop.
@@ -153,7 +153,7 @@ struct Running {
 async fn start(bus: &Bus, queue: &str, handler: Scripted) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}/policy.db", dir.path().display());
-    let pool = utility::db::connect(&url, sqlx::migrate::Migrator::DEFAULT)
+    let pool = utility::storage::connect(&url, sqlx::migrate::Migrator::DEFAULT)
         .await
         .unwrap();
     let consumer = Consumer::new(

@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use utility::bus::Bus;
-use utility::outbox::Relay;
-use utility::topology::{Endpoint, Topology};
+use utility::messaging::Endpoint;
+use utility::messaging::bus::Bus;
+use utility::messaging::outbox::Relay;
+use utility::messaging::topology::Topology;
 
 async fn localstack() -> Bus {
-    Bus::for_emulator(&utility::bus::emulator_endpoint()).await
+    Bus::for_emulator(&utility::messaging::bus::emulator_endpoint()).await
 }
 
 async fn insert(pool: &sqlx::AnyPool, id: &str, destination: &str, body: &str) {
@@ -20,7 +21,7 @@ async fn insert(pool: &sqlx::AnyPool, id: &str, destination: &str, body: &str) {
     .bind(id)
     .bind(destination)
     .bind(body)
-    .bind(utility::now())
+    .bind(utility::storage::now())
     .execute(pool)
     .await
     .unwrap();
@@ -40,7 +41,7 @@ async fn refused_rows_are_set_aside_and_do_not_block_the_others() {
         .queue_url
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let pool = utility::db::connect(
+    let pool = utility::storage::connect(
         &format!("sqlite:{}/r.db", dir.path().display()),
         sqlx::migrate::Migrator::DEFAULT,
     )
@@ -69,7 +70,7 @@ async fn refused_rows_are_set_aside_and_do_not_block_the_others() {
         "{rows:?}"
     );
     assert!(rows[2].1.is_some() && rows[2].2.is_none(), "good row sent: {rows:?}");
-    assert_eq!(utility::outbox::pending(&pool).await.unwrap(), 0);
+    assert_eq!(utility::messaging::outbox::pending(&pool).await.unwrap(), 0);
     // A second flush has nothing left to do and does not resend anything.
     assert_eq!(relay.flush().await.unwrap(), 0);
     let received = bus.receive(&queue, 1).await.unwrap();

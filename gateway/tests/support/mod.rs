@@ -15,8 +15,8 @@ use sqlx::{AnyPool, Connection, Row};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use utility::bus::Bus;
-use utility::config::CommonConfig;
+use utility::messaging::bus::Bus;
+use utility::runtime::config::CommonConfig;
 use uuid::Uuid;
 
 /// How long any eventual condition may take before a test fails.
@@ -48,12 +48,12 @@ macro_rules! on_both_backends {
 
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        utility::telemetry::init(utility::telemetry::LogFormat::Text);
+        utility::runtime::telemetry::init(utility::runtime::telemetry::LogFormat::Text);
     }
 }
 
 pub async fn bus() -> Bus {
-    Bus::for_emulator(&utility::bus::emulator_endpoint()).await
+    Bus::for_emulator(&utility::messaging::bus::emulator_endpoint()).await
 }
 
 /// A fresh database: a SQLite file in a temporary directory, or a new PostgreSQL database.

@@ -121,9 +121,9 @@ fn parse_parameter(raw: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    utility::telemetry::init(utility::telemetry::LogFormat::Text);
+    utility::runtime::telemetry::init(utility::runtime::telemetry::LogFormat::Text);
     let cli = Cli::parse();
-    let sdk = utility::bus::load_aws_config().await;
+    let sdk = utility::messaging::bus::load_aws_config().await;
     let client = aws_sdk_cloudformation::Client::new(&sdk);
     match cli.command {
         Command::Deploy { prefix, stack } => {
@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("deleting stack {stack}"))?;
             println!("stack {stack} is deleted");
         }
-        Command::Outputs { stack } => print_outputs(infra::outputs(&client, &stack).await?),
+        Command::Outputs { stack } => print_outputs(infra::existing_outputs(&client, &stack).await?),
         Command::DeployApp {
             prefix,
             bin_dir,
@@ -186,19 +186,19 @@ async fn main() -> anyhow::Result<()> {
                 .context("destroying the application")?;
             println!("deployment {prefix} is deleted");
         }
-        Command::Dlq { command } => dlq(command, utility::bus::Bus::new(&sdk)).await?,
+        Command::Dlq { command } => dlq(command, utility::messaging::bus::Bus::new(&sdk)).await?,
     }
     Ok(())
 }
 
-async fn dlq(command: DlqCommand, bus: utility::bus::Bus) -> anyhow::Result<()> {
+async fn dlq(command: DlqCommand, bus: utility::messaging::bus::Bus) -> anyhow::Result<()> {
     use infra::dlq;
     let queues = |stack: &str, queue: Option<String>| {
         let bus = bus.clone();
         let stack = stack.to_owned();
         async move {
             let only = queue.as_deref().map(dlq::source_queue).transpose()?;
-            let outputs = infra::outputs(bus.cloudformation(), &stack)
+            let outputs = infra::existing_outputs(bus.cloudformation(), &stack)
                 .await
                 .with_context(|| format!("reading the outputs of stack {stack}"))?;
             anyhow::Ok(dlq::resolve(&outputs, only).with_context(|| format!("stack {stack}"))?)

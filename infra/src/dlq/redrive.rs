@@ -14,7 +14,7 @@ use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName, Sen
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
-use utility::bus::{Bus, BusError};
+use utility::messaging::bus::{Bus, BusError};
 
 /// Most messages one selected redrive looks through per DLQ to find the ids it was given.
 const SCAN_LIMIT: usize = 10_000;
@@ -124,7 +124,7 @@ async fn send_all(bus: &Bus, queue: &Resolved) -> Result<u64, DlqError> {
 async fn send_back(bus: &Bus, queue: &Resolved, messages: &[Message]) -> Result<u64, DlqError> {
     let mut moved = 0u64;
     let mut refused = Vec::new();
-    for chunk in messages.chunks(utility::bus::MAX_BATCH) {
+    for chunk in messages.chunks(utility::messaging::bus::MAX_BATCH) {
         let entries = chunk
             .iter()
             .enumerate()

@@ -1,7 +1,7 @@
 use super::*;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use utility::domain::{CustomerName, Email};
-use utility::message::{Enroll, Message as Payload};
+use utility::messaging::message::{Enroll, Message as Payload};
 use uuid::Uuid;
 
 fn enroll() -> Envelope {
@@ -37,7 +37,7 @@ fn received(body: &str, type_attribute: Option<&str>) -> Message {
 #[test]
 fn describes_an_envelope() {
     let envelope = enroll();
-    let letter = describe(&DEAD_LETTER_QUEUES[0], &received(&envelope.to_json(), None));
+    let letter = describe(&dead_letter_queues()[0], &received(&envelope.to_json(), None));
     assert_eq!(letter.message_type, "Enroll");
     assert_eq!(letter.correlation_id, Some(envelope.correlation_id.to_string()));
     assert_eq!(letter.error, None);
@@ -48,7 +48,7 @@ fn describes_an_envelope() {
 
 #[test]
 fn describes_what_is_not_an_envelope() {
-    let letter = describe(&DEAD_LETTER_QUEUES[1], &received("{not json", None));
+    let letter = describe(&dead_letter_queues()[1], &received("{not json", None));
     assert!(
         letter
             .message_type
@@ -56,7 +56,7 @@ fn describes_what_is_not_an_envelope() {
         "{letter:?}"
     );
     assert!(letter.error.is_some());
-    let letter = describe(&DEAD_LETTER_QUEUES[1], &received("{not json", Some("Enroll")));
+    let letter = describe(&dead_letter_queues()[1], &received("{not json", Some("Enroll")));
     assert_eq!(letter.message_type, "Enroll");
     assert!(letter.error.is_some());
 }
@@ -73,7 +73,7 @@ fn unwraps_sns_notifications() {
     let unwrapped = unwrap_sns(&wrapped);
     assert_eq!(unwrapped.body, envelope.to_json());
     assert_eq!(unwrapped.sns_attributes.unwrap()["type"], "Enroll");
-    let letter = describe(&DEAD_LETTER_QUEUES[3], &received(&wrapped, None));
+    let letter = describe(&dead_letter_queues()[3], &received(&wrapped, None));
     assert_eq!(letter.message_type, "Enroll");
     assert_eq!(letter.source, "gateway-events");
     // Anything else is taken as it is.
@@ -86,11 +86,11 @@ fn unwraps_sns_notifications() {
 
 #[test]
 fn resolves_and_filters_by_source() {
-    let outputs: HashMap<String, String> = DEAD_LETTER_QUEUES
+    let outputs: HashMap<String, String> = dead_letter_queues()
         .iter()
         .map(|q| q.url_output)
-        .chain(SOURCE_QUEUES.iter().map(|e| e.output_key()))
-        .chain(SOURCE_QUEUES.iter().map(|&e| arn_output(e)))
+        .chain(source_queues().map(|e| e.outputs().address))
+        .chain(source_queues().map(|e| e.outputs().arn))
         .map(|k| (k.to_owned(), format!("value-of-{k}")))
         .collect();
     assert_eq!(resolve(&outputs, None).unwrap().len(), 5);
@@ -115,7 +115,7 @@ fn table_has_one_block_per_queue() {
         .map(|k| (k.to_owned(), k.to_owned())),
     );
     let queues = resolve(&outputs, Some(Endpoint::CustomerCommands)).unwrap();
-    let letter = describe(&DEAD_LETTER_QUEUES[0], &received("oops", Some("Enroll")));
+    let letter = describe(&dead_letter_queues()[0], &received("oops", Some("Enroll")));
     let text = table(&queues, &[letter]);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "customer-commands-dlq -> customer-commands: 1 message");

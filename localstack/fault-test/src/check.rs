@@ -6,7 +6,6 @@
 
 use crate::load::Accepted;
 use crate::system::{CUSTOMER, GATEWAY, System, TRANSACTION};
-use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,16 +36,12 @@ pub async fn wait_terminal(system: &System, ids: &[String], limit: Duration) -> 
     loop {
         let pool = system.pool(GATEWAY).await;
         let done = match &pool {
-            Ok(pool) => sqlx::query("SELECT id, status FROM enrollments")
+            Ok(pool) => sqlx::query_as::<_, (String, String)>("SELECT id, status FROM enrollments")
                 .fetch_all(pool)
                 .await
                 .map(|rows| {
                     rows.iter()
-                        .filter(|r| {
-                            let id: String = r.try_get("id").unwrap_or_default();
-                            let status: String = r.try_get("status").unwrap_or_default();
-                            wanted.contains(id.as_str()) && TERMINAL.contains(&status.as_str())
-                        })
+                        .filter(|(id, status)| wanted.contains(id.as_str()) && TERMINAL.contains(&status.as_str()))
                         .count()
                 })
                 .ok(),
@@ -63,7 +58,9 @@ pub async fn wait_terminal(system: &System, ids: &[String], limit: Duration) -> 
     }
 }
 
+#[derive(sqlx::FromRow)]
 struct Enrollment {
+    id: String,
     status: String,
     customer_id: Option<String>,
     bonus_points: Option<i64>,
@@ -79,64 +76,49 @@ pub async fn invariants(system: &System, accepted: &[Accepted]) -> anyhow::Resul
     let customers = system.pool(CUSTOMER).await?;
     let ledger = system.pool(TRANSACTION).await?;
 
-    let mut enrollments = HashMap::new();
-    for row in sqlx::query("SELECT id, status, customer_id, bonus_points FROM enrollments")
-        .fetch_all(&gateway)
-        .await?
-    {
-        let id: String = row.try_get("id")?;
-        enrollments.insert(
-            id,
-            Enrollment {
-                status: row.try_get("status")?,
-                customer_id: row.try_get("customer_id")?,
-                bonus_points: row.try_get("bonus_points")?,
-            },
-        );
-    }
+    let enrollments: HashMap<String, Enrollment> =
+        sqlx::query_as::<_, Enrollment>("SELECT id, status, customer_id, bonus_points FROM enrollments")
+            .fetch_all(&gateway)
+            .await?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
     let mut history: HashMap<String, Vec<String>> = HashMap::new();
-    for row in sqlx::query("SELECT enrollment_id, status FROM enrollment_history")
-        .fetch_all(&gateway)
-        .await?
+    for (enrollment_id, status) in
+        sqlx::query_as::<_, (String, String)>("SELECT enrollment_id, status FROM enrollment_history")
+            .fetch_all(&gateway)
+            .await?
     {
-        history
-            .entry(row.try_get("enrollment_id")?)
-            .or_default()
-            .push(row.try_get("status")?);
+        history.entry(enrollment_id).or_default().push(status);
     }
     // customer rows by enrollment: (customer id, e-mail, status)
     let mut customer_rows: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
-    for row in sqlx::query("SELECT id, enrollment_id, email, status FROM customers")
-        .fetch_all(&customers)
-        .await?
+    for (id, enrollment_id, email, status) in
+        sqlx::query_as::<_, (String, String, String, String)>("SELECT id, enrollment_id, email, status FROM customers")
+            .fetch_all(&customers)
+            .await?
     {
-        customer_rows.entry(row.try_get("enrollment_id")?).or_default().push((
-            row.try_get("id")?,
-            row.try_get("email")?,
-            row.try_get("status")?,
-        ));
+        customer_rows
+            .entry(enrollment_id)
+            .or_default()
+            .push((id, email, status));
     }
     let mut bonus_rows: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-    for row in sqlx::query("SELECT enrollment_id, customer_id, points FROM ledger")
+    for (enrollment_id, customer_id, points) in
+        sqlx::query_as::<_, (String, String, i64)>("SELECT enrollment_id, customer_id, points FROM ledger")
+            .fetch_all(&ledger)
+            .await?
+    {
+        bonus_rows.entry(enrollment_id).or_default().push((customer_id, points));
+    }
+    let balances: HashMap<String, i64> = sqlx::query_as("SELECT customer_id, points FROM balances")
         .fetch_all(&ledger)
         .await?
-    {
-        bonus_rows
-            .entry(row.try_get("enrollment_id")?)
-            .or_default()
-            .push((row.try_get("customer_id")?, row.try_get("points")?));
-    }
-    let mut balances: HashMap<String, i64> = HashMap::new();
-    for row in sqlx::query("SELECT customer_id, points FROM balances")
-        .fetch_all(&ledger)
-        .await?
-    {
-        balances.insert(row.try_get("customer_id")?, row.try_get("points")?);
-    }
-    let granted: i64 = sqlx::query("SELECT granted_points FROM campaigns")
+        .into_iter()
+        .collect();
+    let granted: i64 = sqlx::query_scalar("SELECT granted_points FROM campaigns")
         .fetch_one(&ledger)
-        .await?
-        .try_get("granted_points")?;
+        .await?;
     for pool in [gateway, customers, ledger] {
         pool.close().await;
     }

@@ -5,37 +5,34 @@ use crate::system::{MAX_RECEIVE_COUNT, NAMES, System};
 use anyhow::Context;
 use rand::seq::SliceRandom;
 use serde_json::json;
-use sqlx::Row;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
-use utility::bus::Outgoing;
-use utility::topology::Endpoint;
+use utility::messaging::Endpoint;
+use utility::messaging::bus::Outgoing;
 
 /// Envelopes the services have published so far (their outbox rows marked sent), by destination.
 pub async fn sent_envelopes(system: &System) -> anyhow::Result<Vec<(Endpoint, Outgoing)>> {
     let mut found = Vec::new();
     for i in 0..NAMES.len() {
         let pool = system.pool(i).await?;
-        let rows = sqlx::query(
-            "SELECT id, destination, message_type, correlation_id, body FROM outbox WHERE sent_at IS NOT NULL",
+        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT destination, id, message_type, correlation_id, body FROM outbox WHERE sent_at IS NOT NULL",
         )
         .fetch_all(&pool)
         .await?;
         pool.close().await;
-        for row in rows {
-            let destination: String = row.try_get("destination")?;
-            let endpoint =
-                Endpoint::from_name(&destination).with_context(|| format!("outbox destination {destination}"))?;
-            found.push((
-                endpoint,
-                Outgoing {
-                    id: row.try_get("id")?,
-                    message_type: row.try_get("message_type")?,
-                    correlation_id: row.try_get("correlation_id")?,
-                    body: row.try_get("body")?,
-                },
-            ));
+        for (destination, id, message_type, correlation_id, body) in rows {
+            let endpoint = destination
+                .parse::<Endpoint>()
+                .with_context(|| format!("outbox destination {destination}"))?;
+            let outgoing = Outgoing {
+                id,
+                message_type,
+                correlation_id,
+                body,
+            };
+            found.push((endpoint, outgoing));
         }
     }
     Ok(found)
@@ -49,7 +46,7 @@ pub async fn resend(system: &System, mut messages: Vec<(Endpoint, Outgoing)>) ->
     // Consecutive runs with one destination become batches; ids are unique within each input.
     for chunk in messages.chunk_by(|a, b| a.0 == b.0) {
         let endpoint = chunk[0].0;
-        let address = system.output(endpoint.output_key())?;
+        let address = system.output(endpoint.outputs().address)?;
         let batch: Vec<Outgoing> = chunk.iter().map(|(_, m)| m.clone()).collect();
         let accepted = if endpoint.is_topic() {
             system.bus.publish_batch(address, &batch).await?
@@ -95,24 +92,28 @@ pub async fn in_flight(system: &System, key: &str) -> anyhow::Result<i64> {
     Ok(depth.in_flight)
 }
 
-pub const WORK_QUEUES: [&str; 3] = [
-    "CustomerCommandsQueueUrl",
-    "TransactionCommandsQueueUrl",
-    "GatewayEventsQueueUrl",
-];
-pub const DEAD_LETTER_QUEUES: [&str; 5] = [
-    "CustomerCommandsDlqUrl",
-    "TransactionCommandsDlqUrl",
-    "GatewayEventsDlqUrl",
-    "CustomerEventsSubscriptionDlqUrl",
-    "TransactionEventsSubscriptionDlqUrl",
-];
+/// The output keys of the three work queues (from the endpoint table).
+pub fn work_queues() -> Vec<&'static str> {
+    <Endpoint as strum::VariantArray>::VARIANTS
+        .iter()
+        .filter(|e| !e.is_topic())
+        .map(|e| e.outputs().address)
+        .collect()
+}
+
+/// The output keys of the five dead-letter queues (from the endpoint table).
+pub fn dead_letter_queues() -> Vec<&'static str> {
+    <Endpoint as strum::VariantArray>::VARIANTS
+        .iter()
+        .map(|e| e.outputs().dead_letter.url)
+        .collect()
+}
 
 /// Waits until the work queues are empty (nothing waiting, nothing in flight).
 pub async fn drain(system: &System, limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let depths = queue_depths(system, &WORK_QUEUES).await?;
+        let depths = queue_depths(system, &work_queues()).await?;
         if depths.values().all(|&d| d == 0) {
             return Ok(());
         }

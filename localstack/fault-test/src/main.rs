@@ -10,6 +10,7 @@ mod check;
 mod inject;
 mod load;
 mod outage;
+mod phase;
 mod phases;
 mod procs;
 mod servers;
@@ -17,7 +18,7 @@ mod system;
 
 use anyhow::Context as _;
 use clap::Parser;
-use phases::{Context, Fault, Report};
+use phase::{Context, Fault, Report};
 use std::path::PathBuf;
 use std::time::Duration;
 use system::{Settings, Storage};

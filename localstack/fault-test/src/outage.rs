@@ -4,7 +4,7 @@
 
 use crate::check;
 use crate::inject;
-use crate::phases::{Context, Fault, Report, TERM_LIMIT, accepted_ids, check_dlqs_empty, finish, log_lines};
+use crate::phase::{Context, Fault, Report, TERM_LIMIT, accepted_ids, check_dlqs_empty, finish, log_lines};
 use crate::servers::OwnLocalStack;
 use crate::system::{NAMES, System, TRANSACTION};
 use std::time::Duration;

@@ -10,7 +10,7 @@ use sqlx::any::AnyPoolOptions;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use utility::bus::Bus;
+use utility::messaging::bus::Bus;
 
 /// How long a service may take to become ready after it is started.
 pub const READY_LIMIT: Duration = Duration::from_secs(45);

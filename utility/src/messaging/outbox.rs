@@ -4,11 +4,13 @@
 //! loses it; a crash between publish and marking the row sent publishes it twice, which the
 //! consumers' processed-message check absorbs.
 
-use crate::bus::{Bus, Outgoing};
-use crate::envelope::Envelope;
-use crate::service::Backoff;
-use crate::topology::{Endpoint, Topology};
-use sqlx::{AnyConnection, AnyPool, Row};
+use super::bus::{BatchOutcome, Bus, BusError, Outgoing};
+use super::endpoint::Endpoint;
+use super::envelope::Envelope;
+use super::topology::Topology;
+use crate::backoff::Backoff;
+use crate::storage::now;
+use sqlx::{AnyConnection, AnyPool};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +34,7 @@ pub async fn enqueue(conn: &mut AnyConnection, destination: Endpoint, envelope: 
     .bind(envelope.type_name())
     .bind(envelope.correlation_id.to_string())
     .bind(envelope.to_json())
-    .bind(crate::now())
+    .bind(now())
     .execute(conn)
     .await?;
     Ok(())
@@ -40,10 +42,19 @@ pub async fn enqueue(conn: &mut AnyConnection, destination: Endpoint, envelope: 
 
 /// Number of rows not yet published and not set aside (readiness, tests, operators).
 pub async fn pending(pool: &AnyPool) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL")
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL")
         .fetch_one(pool)
-        .await?
-        .try_get("n")
+        .await
+}
+
+/// A row waiting to be published.
+#[derive(sqlx::FromRow)]
+struct PendingRow {
+    id: String,
+    destination: String,
+    message_type: String,
+    correlation_id: String,
+    body: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +62,7 @@ pub enum RelayError {
     #[error("outbox database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
-    Bus(#[from] crate::bus::BusError),
+    Bus(#[from] BusError),
     #[error("{unsent} outbox messages were not accepted by the bus")]
     Unsent { unsent: usize },
 }
@@ -93,7 +104,7 @@ impl Relay {
     pub async fn flush(&self) -> Result<usize, RelayError> {
         let mut published = 0;
         loop {
-            let rows = sqlx::query(
+            let rows: Vec<PendingRow> = sqlx::query_as(
                 "SELECT id, destination, message_type, correlation_id, body FROM outbox
                  WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY created_at, id LIMIT $1",
             )
@@ -104,16 +115,13 @@ impl Relay {
                 return Ok(published);
             }
             let mut by_destination: BTreeMap<String, Vec<Outgoing>> = BTreeMap::new();
-            for row in &rows {
-                by_destination
-                    .entry(row.try_get("destination")?)
-                    .or_default()
-                    .push(Outgoing {
-                        id: row.try_get("id")?,
-                        message_type: row.try_get("message_type")?,
-                        correlation_id: row.try_get("correlation_id")?,
-                        body: row.try_get("body")?,
-                    });
+            for row in rows {
+                by_destination.entry(row.destination).or_default().push(Outgoing {
+                    id: row.id,
+                    message_type: row.message_type,
+                    correlation_id: row.correlation_id,
+                    body: row.body,
+                });
             }
             let mut first_error = None;
             let mut retry_later = 0;
@@ -140,20 +148,17 @@ impl Relay {
     }
 
     /// Publishes one destination's rows and records the outcome of each.
-    async fn publish(&self, destination: &str, messages: &[Outgoing]) -> Result<crate::bus::BatchOutcome, RelayError> {
-        let address = match Endpoint::from_name(destination) {
-            Some(endpoint) => self.topology.address(endpoint).map(|a| (endpoint, a.to_owned())),
-            None => Err(crate::topology::TopologyError::NotResolved("unknown destination")),
-        };
-        let (endpoint, address) = match address {
-            Ok(found) => found,
-            Err(_) => {
-                let reason = format!("destination `{destination}` is not known to this service");
-                for message in messages {
-                    self.set_aside(&message.id, &reason).await?;
-                }
-                return Ok(crate::bus::BatchOutcome::default());
+    async fn publish(&self, destination: &str, messages: &[Outgoing]) -> Result<BatchOutcome, RelayError> {
+        let resolved = destination
+            .parse::<Endpoint>()
+            .ok()
+            .and_then(|endpoint| Some((endpoint, self.topology.address(endpoint).ok()?.to_owned())));
+        let Some((endpoint, address)) = resolved else {
+            let reason = format!("destination `{destination}` is not known to this service");
+            for message in messages {
+                self.set_aside(&message.id, &reason).await?;
             }
+            return Ok(BatchOutcome::default());
         };
         let outcome = if endpoint.is_topic() {
             self.bus.publish_batch(&address, messages).await?
@@ -175,7 +180,7 @@ impl Relay {
     async fn set_aside(&self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
         tracing::error!(id, reason, "outbox message set aside: the bus will never accept it");
         sqlx::query("UPDATE outbox SET failed_at = $1, error = $2 WHERE id = $3")
-            .bind(crate::now())
+            .bind(now())
             .bind(reason)
             .bind(id)
             .execute(&self.pool)
@@ -187,7 +192,7 @@ impl Relay {
         if ids.is_empty() {
             return Ok(());
         }
-        let now = crate::now();
+        let now = now();
         let mut tx = self.pool.begin().await?;
         for id in ids {
             sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id = $2")

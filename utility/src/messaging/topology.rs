@@ -3,72 +3,14 @@
 //! address a service needs is checked against the bus; a missing one stops the service with a
 //! message that names it and the command that provisions it. Services never create resources.
 
-use crate::bus::{Bus, BusError};
+use super::bus::{Bus, BusError};
+use super::endpoint::Endpoint;
+use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// The command README and errors point at to provision the topology.
 pub const PROVISION_HINT: &str = "provision it with `make topology` (or `cargo run -p infra --bin sagactl -- deploy`)";
-
-/// Every queue and topic of the saga.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    CustomerCommands,
-    TransactionCommands,
-    GatewayEvents,
-    CustomerEvents,
-    TransactionEvents,
-}
-
-impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
-        Self::CustomerCommands,
-        Self::TransactionCommands,
-        Self::GatewayEvents,
-        Self::CustomerEvents,
-        Self::TransactionEvents,
-    ];
-
-    /// Stable logical name, stored in outbox rows so that a topology change never strands them.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::CustomerCommands => "customer-commands",
-            Self::TransactionCommands => "transaction-commands",
-            Self::GatewayEvents => "gateway-events",
-            Self::CustomerEvents => "customer-events",
-            Self::TransactionEvents => "transaction-events",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|e| e.name() == name)
-    }
-
-    pub fn is_topic(self) -> bool {
-        matches!(self, Self::CustomerEvents | Self::TransactionEvents)
-    }
-
-    /// The output of the messaging stack that holds this endpoint's URL or ARN.
-    pub fn output_key(self) -> &'static str {
-        match self {
-            Self::CustomerCommands => "CustomerCommandsQueueUrl",
-            Self::TransactionCommands => "TransactionCommandsQueueUrl",
-            Self::GatewayEvents => "GatewayEventsQueueUrl",
-            Self::CustomerEvents => "CustomerEventsTopicArn",
-            Self::TransactionEvents => "TransactionEventsTopicArn",
-        }
-    }
-
-    /// The output holding the URL of this queue's dead-letter queue (queues only).
-    pub fn dlq_output_key(self) -> Option<&'static str> {
-        match self {
-            Self::CustomerCommands => Some("CustomerCommandsDlqUrl"),
-            Self::TransactionCommands => Some("TransactionCommandsDlqUrl"),
-            Self::GatewayEvents => Some("GatewayEventsDlqUrl"),
-            Self::CustomerEvents | Self::TransactionEvents => None,
-        }
-    }
-}
 
 /// Where to find the topology. Each address may be given directly (`CUSTOMER_COMMANDS_QUEUE_URL`
 /// and so on); whatever is not given comes from the outputs of `TOPOLOGY_STACK`.
@@ -110,8 +52,14 @@ impl TopologyConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    #[error("messaging stack `{stack}` was not found ({detail}); {PROVISION_HINT}")]
-    StackNotFound { stack: String, detail: String },
+    #[error("messaging stack `{stack}` was not found; {PROVISION_HINT}")]
+    StackNotFound { stack: String },
+    #[error("cannot read messaging stack `{stack}`: {source}")]
+    Unreadable {
+        stack: String,
+        #[source]
+        source: DescribeError,
+    },
     #[error("messaging stack `{stack}` is {status}, not complete; {PROVISION_HINT}")]
     StackNotReady { stack: String, status: String },
     #[error("messaging stack `{stack}` has no output `{key}` for {endpoint}; redeploy it: {PROVISION_HINT}")]
@@ -149,9 +97,9 @@ impl Topology {
                 Some(address) => address.to_owned(),
                 None => {
                     if outputs.is_none() {
-                        outputs = Some(stack_outputs(bus, &config.topology_stack).await?);
+                        outputs = Some(usable_outputs(bus, &config.topology_stack).await?);
                     }
-                    let key = endpoint.output_key();
+                    let key = endpoint.outputs().address;
                     outputs
                         .as_ref()
                         .and_then(|o| o.get(key))
@@ -184,42 +132,86 @@ impl Topology {
     }
 }
 
-/// All outputs of a CloudFormation stack, by output key.
-pub async fn stack_outputs(bus: &Bus, stack: &str) -> Result<HashMap<String, String>, TopologyError> {
-    let described = bus
-        .cloudformation()
-        .describe_stacks()
-        .stack_name(stack)
-        .send()
-        .await
-        .map_err(|err| TopologyError::StackNotFound {
-            stack: stack.to_owned(),
-            detail: aws_sdk_cloudformation::error::DisplayErrorContext(&err).to_string(),
-        })?;
+/// A CloudFormation stack as far as anyone here needs to know it.
+#[derive(Debug, Clone)]
+pub struct StackDescription {
+    /// `CREATE_COMPLETE`, `UPDATE_IN_PROGRESS`, ...
+    pub status: String,
+    /// Outputs by key.
+    pub outputs: HashMap<String, String>,
+}
+
+impl StackDescription {
+    /// An update in progress still has every resource and output; only stacks that failed to
+    /// come into being, or are going away, are unusable.
+    pub fn is_usable(&self) -> bool {
+        let status = self.status.as_str();
+        !(status.ends_with("_FAILED")
+            || status.starts_with("ROLLBACK_")
+            || status.starts_with("DELETE_")
+            || matches!(status, "CREATE_IN_PROGRESS" | "REVIEW_IN_PROGRESS"))
+    }
+}
+
+/// `DescribeStacks` failed for another reason than the stack not existing.
+#[derive(Debug, thiserror::Error)]
+#[error("DescribeStacks failed: {detail}")]
+pub struct DescribeError {
+    pub code: Option<String>,
+    pub detail: String,
+}
+
+/// The one reader of stack outputs (services, `sagactl`, the deployment code): the stack's
+/// status and outputs, or `None` when no such stack exists (or it is deleted).
+pub async fn describe_stack(
+    cloudformation: &aws_sdk_cloudformation::Client,
+    stack: &str,
+) -> Result<Option<StackDescription>, DescribeError> {
+    let described = match cloudformation.describe_stacks().stack_name(stack).send().await {
+        Ok(described) => described,
+        Err(err) if err.message().is_some_and(|m| m.contains("does not exist")) => return Ok(None),
+        Err(err) => {
+            return Err(DescribeError {
+                code: err.code().map(str::to_owned),
+                detail: DisplayErrorContext(&err).to_string(),
+            });
+        }
+    };
     let Some(found) = described.stacks().first() else {
-        return Err(TopologyError::StackNotFound {
-            stack: stack.to_owned(),
-            detail: "no such stack".to_owned(),
-        });
+        return Ok(None);
     };
     let status = found.stack_status().map(|s| s.as_str().to_owned()).unwrap_or_default();
-    // An update in progress still has every resource and output; only stacks that failed to come
-    // into being, or are going away, are unusable.
-    let unusable = status.ends_with("_FAILED")
-        || status.starts_with("ROLLBACK_")
-        || status.starts_with("DELETE_")
-        || matches!(status.as_str(), "CREATE_IN_PROGRESS" | "REVIEW_IN_PROGRESS");
-    if unusable {
+    if status == "DELETE_COMPLETE" {
+        return Ok(None);
+    }
+    Ok(Some(StackDescription {
+        status,
+        outputs: found
+            .outputs()
+            .iter()
+            .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
+            .collect(),
+    }))
+}
+
+/// The outputs of the messaging stack, which must exist and be usable.
+async fn usable_outputs(bus: &Bus, stack: &str) -> Result<HashMap<String, String>, TopologyError> {
+    let described = describe_stack(bus.cloudformation(), stack)
+        .await
+        .map_err(|source| TopologyError::Unreadable {
+            stack: stack.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| TopologyError::StackNotFound {
+            stack: stack.to_owned(),
+        })?;
+    if !described.is_usable() {
         return Err(TopologyError::StackNotReady {
             stack: stack.to_owned(),
-            status,
+            status: described.status,
         });
     }
-    Ok(found
-        .outputs()
-        .iter()
-        .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
-        .collect())
+    Ok(described.outputs)
 }
 
 async fn verify(bus: &Bus, endpoint: Endpoint, address: &str) -> Result<(), TopologyError> {

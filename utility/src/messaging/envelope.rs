@@ -7,7 +7,7 @@
 //! and operators can see what a message is without reading bodies. Parsing never panics: any byte string gives an
 //! [`Envelope`] or an [`EnvelopeError`] that says what is wrong.
 
-use crate::message::Message;
+use super::message::{Message, MessageType};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -50,8 +50,8 @@ pub enum EnvelopeError {
     },
 }
 
-/// The envelope as it stands on the wire, before the payload is typed.
-#[derive(Serialize, Deserialize)]
+/// The envelope as read from the wire, before the type and payload are checked.
+#[derive(Deserialize)]
 struct Wire {
     message_id: Uuid,
     #[serde(rename = "type")]
@@ -63,6 +63,19 @@ struct Wire {
     #[serde(default)]
     traceparent: Option<String>,
     payload: serde_json::Value,
+}
+
+/// The envelope as written: the message's `type` and `payload` come from its serde tagging.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    message_id: Uuid,
+    schema_version: u32,
+    correlation_id: Uuid,
+    causation_id: Option<Uuid>,
+    occurred_at: DateTime<Utc>,
+    traceparent: Option<&'a str>,
+    #[serde(flatten)]
+    message: &'a Message,
 }
 
 impl Envelope {
@@ -108,16 +121,14 @@ impl Envelope {
                 version: wire.schema_version,
             });
         }
-        let message = match Message::from_payload(&wire.message_type, wire.payload) {
-            None => return Err(EnvelopeError::UnknownType(wire.message_type)),
-            Some(Err(source)) => {
-                return Err(EnvelopeError::InvalidPayload {
-                    message_type: wire.message_type,
-                    source,
-                });
-            }
-            Some(Ok(message)) => message,
-        };
+        if wire.message_type.parse::<MessageType>().is_err() {
+            return Err(EnvelopeError::UnknownType(wire.message_type));
+        }
+        let tagged = serde_json::json!({"type": &wire.message_type, "payload": wire.payload});
+        let message = Message::deserialize(tagged).map_err(|source| EnvelopeError::InvalidPayload {
+            message_type: wire.message_type,
+            source,
+        })?;
         Ok(Self {
             message_id: wire.message_id,
             schema_version: wire.schema_version,
@@ -130,17 +141,16 @@ impl Envelope {
     }
 
     pub fn to_json(&self) -> String {
-        let wire = Wire {
+        let wire = WireOut {
             message_id: self.message_id,
-            message_type: self.type_name().to_owned(),
             schema_version: self.schema_version,
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
             occurred_at: self.occurred_at,
-            traceparent: self.traceparent.clone(),
-            payload: self.message.payload_json(),
+            traceparent: self.traceparent.as_deref(),
+            message: &self.message,
         };
-        // `Wire` holds only JSON-representable values.
+        // Only JSON-representable values: ids, times, strings and numbers.
         serde_json::to_string(&wire).unwrap_or_default()
     }
 }
@@ -156,8 +166,11 @@ pub fn new_traceparent() -> String {
 mod tests {
     use super::*;
     use crate::domain::{CustomerName, Email};
-    use crate::message::{Enroll, MESSAGE_TYPES, PostBonusPoints};
+    use crate::messaging::message::{Enroll, PostBonusPoints};
     use proptest::prelude::*;
+    use strum::VariantArray;
+
+    const MESSAGE_TYPES: &[MessageType] = MessageType::VARIANTS;
 
     fn enroll() -> Envelope {
         Envelope::new(
@@ -254,7 +267,7 @@ mod tests {
         ) {
             let keys = ["message_id", "type", "schema_version", "correlation_id", "causation_id", "occurred_at", "traceparent", "payload"];
             let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&enroll().to_json()).unwrap();
-            object.insert("type".into(), MESSAGE_TYPES[type_index].into());
+            object.insert("type".into(), MESSAGE_TYPES[type_index].name().into());
             for (key, value) in keys.iter().zip(fields) {
                 if let Some(value) = value {
                     object.insert((*key).to_owned(), value);
@@ -287,7 +300,7 @@ mod tests {
             payload in "\\PC{0,200}",
         ) {
             let body = serde_json::json!({
-                "message_id": Uuid::now_v7(), "type": MESSAGE_TYPES[type_index],
+                "message_id": Uuid::now_v7(), "type": MESSAGE_TYPES[type_index].name(),
                 "schema_version": 1, "correlation_id": Uuid::now_v7(), "causation_id": null,
                 "occurred_at": "2026-01-01T00:00:00Z",
                 "payload": serde_json::from_str::<serde_json::Value>(&payload).unwrap_or(payload.into()),

@@ -2,7 +2,7 @@
 //! receives of up to ten messages, and batch APIs for every send, publish, delete and visibility
 //! change. Partial batch failures are reported entry by entry, never hidden.
 
-use crate::envelope::Envelope;
+use super::envelope::Envelope;
 use aws_config::{BehaviorVersion, SdkConfig, timeout::TimeoutConfig};
 use aws_sdk_sns::types::{MessageAttributeValue as SnsAttribute, PublishBatchRequestEntry};
 use aws_sdk_sqs::types::{
@@ -37,13 +37,21 @@ impl BusError {
         Self::sdk(operation)(err)
     }
 
-    fn entries(operation: &'static str, failed: Vec<String>) -> Self {
-        Self {
+    /// `Ok` when no entry of a batch call failed, else an error listing each failure.
+    fn unless_failed(operation: &'static str, failed: Vec<String>) -> Result<(), Self> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(Self {
             operation,
             detail: format!("{} entries failed: {}", failed.len(), failed.join("; ")),
             source: None,
-        }
+        })
     }
+}
+
+fn describe_failure(failure: &aws_sdk_sqs::types::BatchResultErrorEntry) -> String {
+    format!("{}: {}", failure.code, failure.message.as_deref().unwrap_or(""))
 }
 
 /// The SDK's own `Display` for service errors is terse; this includes the error code and message.
@@ -289,18 +297,9 @@ impl Bus {
                 .send()
                 .await
                 .map_err(BusError::sdk("DeleteMessageBatch"))?;
-            failed.extend(
-                output
-                    .failed
-                    .iter()
-                    .map(|f| format!("{}: {}", f.code, f.message.as_deref().unwrap_or(""))),
-            );
+            failed.extend(output.failed.iter().map(describe_failure));
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(BusError::entries("DeleteMessageBatch", failed))
-        }
+        BusError::unless_failed("DeleteMessageBatch", failed)
     }
 
     /// Sets how long each message stays hidden before SQS hands it out again.
@@ -327,18 +326,9 @@ impl Bus {
                 .send()
                 .await
                 .map_err(BusError::sdk("ChangeMessageVisibilityBatch"))?;
-            failed.extend(
-                output
-                    .failed
-                    .iter()
-                    .map(|f| format!("{}: {}", f.code, f.message.as_deref().unwrap_or(""))),
-            );
+            failed.extend(output.failed.iter().map(describe_failure));
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(BusError::entries("ChangeMessageVisibilityBatch", failed))
-        }
+        BusError::unless_failed("ChangeMessageVisibilityBatch", failed)
     }
 
     /// Sends commands to a queue, ten per call, and reports each entry's fate.

@@ -1,6 +1,9 @@
 //! Storage: one database per service through sqlx's `Any` driver, so the same queries run on an
 //! embedded SQLite file (the local default) and on PostgreSQL (production). Queries stick to
 //! portable SQL: `$n` placeholders, TEXT ids and timestamps, BIGINT numbers, `ON CONFLICT`.
+//! [`retention`] keeps the bookkeeping tables bounded.
+
+pub mod retention;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{MigrateError, Migrator};
@@ -9,6 +12,27 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use sqlx::AnyConnection;
+
+/// Timestamps are stored as RFC 3339 text with millisecond precision in UTC, which sorts
+/// lexically in both SQLite and PostgreSQL.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The current time in the stored format.
+pub fn now() -> String {
+    timestamp(chrono::Utc::now())
+}
+
+/// The stored form of "now minus `age`": rows stamped before it are older than `age`.
+pub fn cutoff(age: Duration) -> String {
+    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    timestamp(
+        chrono::Utc::now()
+            .checked_sub_signed(age)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -120,13 +144,38 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// True when the database could not be reached at all (down, pool exhausted): worth a retry later,
-/// unlike an error in the statement itself.
+/// True when the database could not be reached or cannot serve right now (down, restarting,
+/// pool exhausted, SQLite busy): worth a retry later, unlike an error in the statement itself.
+///
+/// Besides the pool's and the socket's own errors, these server answers count: PostgreSQL's
+/// SQLSTATE classes 08 (connection exception), 53 (insufficient resources, e.g. too many
+/// connections) and 57 (operator intervention: shutting down, starting up), and SQLite's BUSY and
+/// LOCKED result codes (their extended codes share the low byte).
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
-    )
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                unavailable_sqlstate(pg.code())
+            } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                db.code()
+                    .and_then(|code| code.parse::<u32>().ok())
+                    .is_some_and(unavailable_sqlite)
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
+}
+
+fn unavailable_sqlstate(code: &str) -> bool {
+    ["08", "53", "57"].iter().any(|class| code.starts_with(class))
+}
+
+/// BUSY and LOCKED, with their extended codes (which keep the primary code in the low byte).
+fn unavailable_sqlite(code: u32) -> bool {
+    matches!(code & 0xff, 5 | 6)
 }
 
 /// True when the error is a unique-constraint violation (both backends).
@@ -137,6 +186,36 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_answers_that_say_try_later_are_unavailability() {
+        // PostgreSQL: admin shutdown, cannot connect now, too many connections, connection failure.
+        for code in ["57P01", "57P03", "53300", "08006"] {
+            assert!(unavailable_sqlstate(code), "{code}");
+        }
+        // Unique violation, syntax error: the statement's own fault.
+        for code in ["23505", "42601"] {
+            assert!(!unavailable_sqlstate(code), "{code}");
+        }
+        // SQLite: BUSY, LOCKED, BUSY_SNAPSHOT (517); not CONSTRAINT (19) or CONSTRAINT_UNIQUE (2067).
+        for code in [5, 6, 517] {
+            assert!(unavailable_sqlite(code), "{code}");
+        }
+        for code in [19, 2067, 1] {
+            assert!(!unavailable_sqlite(code), "{code}");
+        }
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn cutoffs_are_in_the_past_and_sort_like_timestamps() {
+        let now = now();
+        let cut = cutoff(Duration::from_secs(60));
+        assert!(cut < now, "{cut} !< {now}");
+        assert_eq!(cut.len(), now.len());
+        assert!(cutoff(Duration::MAX) < cut);
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -13,9 +13,9 @@
 //!    go the dead-letter way like malformed ones.
 //! 4. While a batch is worked on, a heartbeat keeps all its messages invisible.
 
-use crate::bus::{Bus, BusError, Received, queue_name};
-use crate::envelope::Envelope;
-use crate::service::Backoff;
+use super::bus::{Bus, BusError, Received, queue_name};
+use super::envelope::Envelope;
+use crate::backoff::Backoff;
 use sqlx::{AnyConnection, AnyPool};
 use std::convert::Infallible;
 use std::future::Future;
@@ -329,7 +329,7 @@ impl<H: Handler> Consumer<H> {
         .bind(envelope.message_id.to_string())
         .bind(envelope.type_name())
         .bind(envelope.correlation_id.to_string())
-        .bind(crate::now())
+        .bind(crate::storage::now())
         .execute(&mut *tx)
         .await?
         .rows_affected()

@@ -3,8 +3,8 @@
 //! (`DATABASE_URL`, `HTTP_ADDR`, ...). AWS settings are not here: the SDK reads the standard
 //! `AWS_ENDPOINT_URL`, `AWS_REGION` and credential chain itself.
 
-use crate::telemetry::LogFormat;
-use crate::topology::TopologyConfig;
+use super::telemetry::LogFormat;
+use crate::messaging::topology::TopologyConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};

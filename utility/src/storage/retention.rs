@@ -39,14 +39,14 @@ impl RetentionSweeper {
             .delete_in_batches(
                 "DELETE FROM outbox WHERE id IN
                  (SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT $2)",
-                cutoff(self.outbox_keep),
+                super::cutoff(self.outbox_keep),
             )
             .await?;
         let processed = self
             .delete_in_batches(
                 "DELETE FROM processed_messages WHERE message_id IN
                  (SELECT message_id FROM processed_messages WHERE processed_at < $1 LIMIT $2)",
-                cutoff(self.processed_keep),
+                super::cutoff(self.processed_keep),
             )
             .await?;
         Ok((outbox, processed))
@@ -84,15 +84,6 @@ impl RetentionSweeper {
     }
 }
 
-fn cutoff(keep: Duration) -> String {
-    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-    crate::timestamp(
-        chrono::Utc::now()
-            .checked_sub_signed(keep)
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,11 +92,11 @@ mod tests {
     async fn only_old_sent_rows_and_old_ids_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}/r.db", dir.path().display());
-        let pool = crate::db::connect(&url, sqlx::migrate::Migrator::DEFAULT)
+        let pool = crate::storage::connect(&url, sqlx::migrate::Migrator::DEFAULT)
             .await
             .unwrap();
-        let old = crate::timestamp(chrono::Utc::now() - chrono::Duration::days(400));
-        let new = crate::now();
+        let old = crate::storage::timestamp(chrono::Utc::now() - chrono::Duration::days(400));
+        let new = crate::storage::now();
         for (id, sent_at) in [
             ("old-sent", Some(&old)),
             ("new-sent", Some(&new)),

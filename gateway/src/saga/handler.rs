@@ -1,0 +1,77 @@
+//! The saga's message handler: applies each event from the gateway's queue through
+//! [`super::route`] to the read model, inside the consumer's transaction.
+
+use super::{Status, route};
+use crate::store::record_history;
+use sqlx::AnyConnection;
+use utility::messaging::consumer::{Handler, HandlerError};
+use utility::messaging::envelope::Envelope;
+use utility::messaging::outbox;
+
+/// The row the handler reads before it decides.
+#[derive(sqlx::FromRow)]
+struct SagaRow {
+    status: String,
+    stall_reported_at: Option<String>,
+}
+
+/// Applies saga events from the gateway's queue through [`route`].
+pub struct SagaHandler;
+
+impl Handler for SagaHandler {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+        let id = envelope.correlation_id;
+        let row: SagaRow = sqlx::query_as("SELECT status, stall_reported_at FROM enrollments WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| HandlerError::Refused(format!("no enrollment {id} for `{}`", envelope.type_name())))?;
+        let current: Status = row
+            .status
+            .parse()
+            .map_err(|_| HandlerError::Refused(format!("enrollment {id} has unknown status `{}`", row.status)))?;
+        let Some(step) = route(current, &envelope.message) else {
+            tracing::warn!(status = %current, "event does not apply to the saga in its current status; ignored");
+            return Ok(());
+        };
+        let now = utility::storage::now();
+        if step.next == current {
+            // A late event: recorded, its command sent, but the saga, its clock and its stall
+            // report stay as they are.
+            tracing::warn!(status = %current, "late event recorded; the saga does not move");
+        } else {
+            // Conditional on the status read above: if another instance moved the saga meanwhile,
+            // retry against the new status instead of overwriting it.
+            let moved = sqlx::query(
+                "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
+                     bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason), updated_at = $5,
+                     stall_reported_at = NULL
+                 WHERE id = $6 AND status = $7",
+            )
+            .bind(step.next.name())
+            .bind(step.customer_id.map(|c| c.to_string()))
+            .bind(step.bonus_points)
+            .bind(step.reason.as_deref())
+            .bind(&now)
+            .bind(id.to_string())
+            .bind(current.name())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved == 0 {
+                return Err(HandlerError::Conflict(format!(
+                    "enrollment {id} changed while this event was applied"
+                )));
+            }
+            if row.stall_reported_at.is_some() {
+                tracing::info!(status = %current, "stalled saga is moving again");
+            }
+            tracing::info!(from = %current, to = %step.next, "saga advanced");
+        }
+        record_history(tx, id, step.next, envelope.type_name(), &now).await?;
+        if let Some((destination, command)) = step.command {
+            outbox::enqueue(tx, destination, &envelope.caused(command)).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! What every fault phase shares, whatever its fault: the faults themselves, the context phases
+//! run in, the report each fills, and the checks every phase ends with. Both the in-load phases
+//! (`phases`) and the outage phases (`outage`) build on this module; it builds on neither.
+
+use crate::check::{self, Tally};
+use crate::inject;
+use crate::load::{self, Accepted, LoadResult};
+use crate::servers::OwnPostgres;
+use crate::system::{BONUS_POINTS, Settings, Storage, System};
+use std::time::Duration;
+
+/// How long a service may take to exit after SIGTERM.
+pub(crate) const TERM_LIMIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// No fault: the baseline.
+    None,
+    /// kill -9 of each service in turn, mid-load, then restart.
+    Kill9,
+    /// SIGTERM of each service in turn under load: exit 0 within 15 s, then restart.
+    Sigterm,
+    /// Published envelopes re-sent, shuffled, during and after the load.
+    Duplicates,
+    /// Poison messages on every work queue while the load runs.
+    Poison,
+    /// The suite's own LocalStack stopped and started again (queues drained first).
+    BusOutage,
+    /// The suite's own PostgreSQL stopped and started again (PostgreSQL backend only).
+    DbOutage,
+}
+
+impl Fault {
+    /// The name on the command line and in the table.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The environment phases run in.
+pub struct Context {
+    pub settings: Settings,
+    pub storage: Storage,
+    pub endpoint: String,
+    pub enrollments: usize,
+    pub spread: Duration,
+    pub terminal_limit: Duration,
+    pub outage: Duration,
+    pub postgres: Option<OwnPostgres>,
+}
+
+/// One line of the table, plus what the phase noticed.
+#[derive(Default)]
+pub struct Report {
+    pub fault: String,
+    pub tally: Tally,
+    pub recover: Option<Duration>,
+    pub notes: Vec<String>,
+}
+
+impl Context {
+    /// A budget that covers about 70 % of the enrollments, so the rest roll back.
+    pub(crate) fn budget(&self, enrollments: usize) -> i64 {
+        BONUS_POINTS * (enrollments as i64 * 7 / 10).max(1)
+    }
+
+    pub(crate) async fn system(&self, fault: Fault, endpoint: &str, enrollments: usize) -> anyhow::Result<System> {
+        System::start(
+            &self.settings,
+            &fault.name(),
+            endpoint,
+            &self.storage,
+            self.budget(enrollments),
+        )
+        .await
+    }
+
+    pub(crate) fn start_load(
+        &self,
+        system: &System,
+        count: usize,
+        spread: Duration,
+        tag: &str,
+    ) -> tokio::task::JoinHandle<LoadResult> {
+        let tag = format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        tokio::spawn(load::run(system.http.clone(), system.gateway_url(), count, spread, tag))
+    }
+}
+
+/// Ids of what the gateway accepted; requests never accepted are violations.
+pub(crate) fn accepted_ids(loaded: &LoadResult, report: &mut Report) -> Vec<String> {
+    for refused in &loaded.refused {
+        report
+            .tally
+            .violations
+            .push(format!("request never accepted: {refused}"));
+    }
+    if loaded.retried > 0 {
+        report.notes.push(format!(
+            "{} requests needed a retry (same Idempotency-Key)",
+            loaded.retried
+        ));
+    }
+    loaded.accepted.iter().map(|a| a.id.clone()).collect()
+}
+
+/// Runs the invariants, merges them into the report, and tears the system down.
+pub(crate) async fn finish(system: System, accepted: &[Accepted], report: &mut Report) -> anyhow::Result<()> {
+    let tally = check::invariants(&system, accepted).await?;
+    report.notes.push(format!("terminal states {:?}", tally.by_status));
+    let violations = std::mem::take(&mut report.tally.violations);
+    report.tally = tally;
+    report.tally.violations.extend(violations);
+    system.teardown().await
+}
+
+pub(crate) async fn check_dlqs_empty(system: &System, report: &mut Report) -> anyhow::Result<()> {
+    let depths = inject::queue_depths(system, &inject::dead_letter_queues()).await?;
+    for (queue, depth) in depths.into_iter().filter(|(_, d)| *d > 0) {
+        report
+            .tally
+            .violations
+            .push(format!("{queue}: {depth} messages dead-lettered"));
+    }
+    Ok(())
+}
+
+/// Lines of the services' JSON logs whose message is `message`.
+pub(crate) fn log_lines(system: &System, message: &str) -> usize {
+    log_count(system, |v| v["message"] == message)
+}
+
+/// Lines of the services' JSON logs that match.
+pub(crate) fn log_count(system: &System, matches: impl Fn(&serde_json::Value) -> bool) -> usize {
+    system
+        .services
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(&s.log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| matches(v))
+                .count()
+        })
+        .sum()
+}

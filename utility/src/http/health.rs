@@ -1,0 +1,63 @@
+//! `/health` (the process answers) and `/ready` (its database and its queue answer), on every
+//! service.
+
+use super::problem::Problem;
+use crate::messaging::bus::Bus;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sqlx::AnyPool;
+use std::time::Duration;
+
+/// What `/ready` checks: the database answers and the service's own queue is reachable.
+#[derive(Clone)]
+pub struct Readiness {
+    pub pool: AnyPool,
+    pub bus: Bus,
+    pub queue_url: String,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Readiness {
+    pub async fn check(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        let db = tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
+        match db {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => failures.push(format!("database: {err}")),
+            Err(_) => failures.push("database: no answer within 3 s".to_owned()),
+        }
+        match tokio::time::timeout(PROBE_TIMEOUT, self.bus.ping_queue(&self.queue_url)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => failures.push(format!("bus: {err}")),
+            Err(_) => failures.push("bus: no answer within 3 s".to_owned()),
+        }
+        failures
+    }
+}
+
+/// `/health` (the process answers) and `/ready` (its dependencies answer).
+pub fn health_routes(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .with_state(readiness)
+}
+
+async fn ready(State(readiness): State<Readiness>) -> Response {
+    let failures = readiness.check().await;
+    if failures.is_empty() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        tracing::warn!(?failures, "not ready");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            failures.join("; "),
+        )
+        .into_response()
+    }
+}

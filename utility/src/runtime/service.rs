@@ -1,0 +1,135 @@
+//! What every service is built from and how it runs: [`ServiceCore`].
+
+use super::config::CommonConfig;
+use super::supervisor::{Task, supervise};
+use crate::http::RequestLimits;
+use crate::http::health::{self, Readiness};
+use crate::messaging::bus::Bus;
+use crate::messaging::consumer::{Consumer, Handler};
+use crate::messaging::endpoint::Endpoint;
+use crate::messaging::outbox::Relay;
+use crate::messaging::topology::Topology;
+use crate::storage::retention::RetentionSweeper;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a stopping HTTP server waits for in-flight requests.
+const HTTP_DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// What every service is built from: its database, the bus, the resolved topology, the outbox
+/// relay and the bound HTTP listener. Building it verifies the database (migrations applied) and
+/// every queue and topic the service needs; running it supervises the HTTP server, the consumer
+/// and the relay with the staged shutdown described above.
+pub struct ServiceCore {
+    pub config: CommonConfig,
+    pub pool: sqlx::AnyPool,
+    pub bus: Bus,
+    pub topology: Arc<Topology>,
+    pub relay: Relay,
+    listener: tokio::net::TcpListener,
+}
+
+impl ServiceCore {
+    /// `needs` lists every endpoint the service sends to or consumes from.
+    pub async fn build(
+        config: CommonConfig,
+        migrations: sqlx::migrate::Migrator,
+        needs: &[Endpoint],
+        bus: Bus,
+    ) -> anyhow::Result<Self> {
+        let pool = crate::storage::connect(&config.database_url, migrations).await?;
+        let topology = Arc::new(Topology::resolve(&bus, &config.topology, needs).await?);
+        let relay = Relay::new(pool.clone(), bus.clone(), topology.clone(), config.relay_interval());
+        let listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+        Ok(Self {
+            config,
+            pool,
+            bus,
+            topology,
+            relay,
+            listener,
+        })
+    }
+
+    /// The port actually bound (tests bind port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// The consumer of `queue`, wired to this service's database and relay.
+    pub fn consumer<H: Handler>(&self, queue: Endpoint, handler: H) -> anyhow::Result<Consumer<H>> {
+        Ok(Consumer::new(
+            self.topology.address(queue)?.to_owned(),
+            self.bus.clone(),
+            self.pool.clone(),
+            handler,
+            self.relay.signal(),
+            self.config.receive_wait(),
+        ))
+    }
+
+    /// `/health` and `/ready` for a service that consumes `queue`.
+    pub fn health_routes(&self, queue: Endpoint) -> anyhow::Result<axum::Router> {
+        Ok(health::health_routes(Readiness {
+            pool: self.pool.clone(),
+            bus: self.bus.clone(),
+            queue_url: self.topology.address(queue)?.to_owned(),
+        }))
+    }
+
+    /// Serves `router` (with the common layers of [`crate::http::finish`] and `limits`), runs
+    /// `consumer`, any `extra` tasks of the service (which must return when `shutdown` is
+    /// cancelled) and the relay, until `shutdown` is cancelled.
+    pub async fn run<H: Handler>(
+        self,
+        router: axum::Router,
+        limits: RequestLimits,
+        consumer: Consumer<H>,
+        extra: Vec<(&'static str, Task)>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let router = crate::http::finish(router, limits);
+        let server_stop = shutdown.clone();
+        let listener = self.listener;
+        let http: Task = Box::pin(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(server_stop.clone().cancelled_owned());
+            // In-flight requests get a bounded time to finish; a stuck client cannot hold the
+            // process past it.
+            let drain_limit = async {
+                server_stop.cancelled().await;
+                tokio::time::sleep(HTTP_DRAIN_LIMIT).await;
+            };
+            tokio::select! {
+                served = serve => served.map_err(anyhow::Error::from),
+                () = drain_limit => {
+                    tracing::warn!(limit_s = HTTP_DRAIN_LIMIT.as_secs(), "HTTP requests still open after the drain limit; closing them");
+                    Ok(())
+                }
+            }
+        });
+        let consumer: Task = Box::pin(consumer.run(shutdown.clone()));
+        let sweeper = RetentionSweeper::new(
+            self.pool.clone(),
+            self.config.outbox_retention_hours,
+            self.config.processed_retention_days,
+        );
+        let retention: Task = Box::pin(sweeper.run(shutdown.clone()));
+        let relay_stop = CancellationToken::new();
+        let mut back: Vec<(&'static str, Task)> = Vec::new();
+        if self.config.relay_enabled {
+            back.push(("outbox relay", Box::pin(self.relay.run(relay_stop.clone()))));
+        }
+        tracing::info!(addr = %self.config.http_addr, "service started");
+        let mut front: Vec<(&'static str, Task)> = vec![
+            ("http server", http),
+            ("consumer", consumer),
+            ("retention sweeper", retention),
+        ];
+        front.extend(extra);
+        supervise(front, back, shutdown, relay_stop).await
+    }
+}
