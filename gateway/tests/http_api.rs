@@ -1,56 +1,58 @@
-//! The gateway's HTTP contract for bad input and idempotent retries, and start-up checks of the
-//! topology.
+//! The gateway's HTTP contract for bad input and idempotent retries, in process (the real router
+//! over a fresh database, no bus), and start-up checks of the topology (against LocalStack).
 
 mod support;
 
+use axum::body::Body;
+use axum::http::Request;
 use serde_json::{Value, json};
-use support::{Backend, Options, System};
+use support::Backend;
+use support::api::GatewayApi;
 
 on_both_backends!(bad_input_gets_problem_details, idempotency_key_replays_or_conflicts);
 
-/// Asserts a problem+json answer with `status` and returns its body.
-async fn problem(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
-    let body: Value = response.json().await.expect("problem body is JSON");
-    assert_eq!(body["status"], status);
-    assert!(body["title"].is_string() && body["detail"].is_string(), "{body}");
-    body
+fn post(body: impl Into<Body>, content_type: Option<&str>) -> Request<Body> {
+    let mut request = Request::post("/api/enrollments");
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request.body(body.into()).unwrap()
+}
+
+fn json_post(body: &Value, key: Option<&str>) -> Request<Body> {
+    let mut request = Request::post("/api/enrollments").header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request.body(Body::from(body.to_string())).unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+async fn count(api: &GatewayApi, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&api.pool).await.unwrap()
 }
 
 async fn bad_input_gets_problem_details(backend: Backend) {
-    let system = System::start(backend, Options::default()).await;
-    let http = &system.http;
-    let enrollments = system.url("/api/enrollments");
-    let post = |body: &'static str, content_type: Option<&'static str>| {
-        let mut request = http.post(&enrollments).body(body);
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        request.send()
-    };
+    let api = GatewayApi::start(backend).await;
+    let json = Some("application/json");
 
-    let body = problem(post("{\"name\": ", Some("application/json")).await.unwrap(), 400).await;
+    let answer = api.call(post("{\"name\": ", json)).await;
+    let body = answer.problem(400);
     assert!(body["detail"].as_str().unwrap().contains("not valid JSON"), "{body}");
-    problem(post("{}", None).await.unwrap(), 415).await;
-    problem(post("name=Ada", Some("text/plain")).await.unwrap(), 415).await;
-    problem(post("\"just a string\"", Some("application/json")).await.unwrap(), 422).await;
-
-    let body = problem(
-        post(
-            "{\"name\": \"  \", \"email\": \"not-an-email\"}",
-            Some("application/json"),
-        )
+    api.call(post("{}", None)).await.problem(415);
+    api.call(post("name=Ada", Some("text/plain"))).await.problem(415);
+    api.call(post("{}", Some("application/json; charset=latin1")))
         .await
-        .unwrap(),
-        422,
-    )
-    .await;
+        .problem(415);
+    api.call(post("\"just a string\"", json)).await.problem(422);
+
+    let answer = api
+        .call(post("{\"name\": \"  \", \"email\": \"not-an-email\"}", json))
+        .await;
+    let body = answer.problem(422);
     let fields: Vec<&str> = body["invalid-params"]
         .as_array()
         .unwrap()
@@ -58,137 +60,105 @@ async fn bad_input_gets_problem_details(backend: Backend) {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(fields, ["name", "email"], "{body}");
-    let body = problem(post("{\"email\": 42}", Some("application/json")).await.unwrap(), 422).await;
-    assert!(body["detail"].as_str().unwrap().contains("name: is required"), "{body}");
-
-    let huge = format!("{{\"name\": \"{}\", \"email\": \"a@b.co\"}}", "x".repeat(64 * 1024));
-    let response = http
-        .post(&enrollments)
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
-    problem(response, 413).await;
-
-    let invalid_utf8 = http
-        .post(&enrollments)
-        .header("content-type", "application/json")
-        .body(vec![b'{', 0xff, 0xfe, b'}'])
-        .send()
-        .await
-        .unwrap();
-    problem(invalid_utf8, 400).await;
-
-    let response = http
-        .post(&enrollments)
-        .header("idempotency-key", "")
-        .json(&json!({"name": "A", "email": "a@b.co"}))
-        .send()
-        .await
-        .unwrap();
-    problem(response, 400).await;
-
-    problem(
-        http.get(system.url("/api/enrollments/not-a-uuid"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-    problem(
-        http.get(system.url(&format!("/api/enrollments/{}", "9".repeat(5000))))
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-    let unknown = uuid::Uuid::now_v7();
-    let body = problem(
-        http.get(system.url(&format!("/api/enrollments/{unknown}")))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    assert!(body["detail"].as_str().unwrap().contains(&unknown.to_string()));
-    problem(http.get(system.url("/api/customers/nope")).send().await.unwrap(), 400).await;
-    problem(
-        http.get(system.url(&format!("/api/customers/{unknown}")))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
-    problem(http.get(system.url("/no/such/route")).send().await.unwrap(), 404).await;
-    problem(http.delete(&enrollments).send().await.unwrap(), 405).await;
-
-    // None of it reached the bus: nothing was accepted.
-    assert_eq!(
-        utility::messaging::outbox::pending(&system.gateway().pool)
-            .await
-            .unwrap(),
-        0
+    let answer = api.call(post("{\"email\": 42}", json)).await;
+    assert!(
+        answer.problem(422)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("name: is required")
     );
-    let accepted = support::scalar_i64(
-        &system.gateway().pool,
-        "SELECT COUNT(*) FROM enrollments WHERE id <> $1",
-        "",
-    )
-    .await;
-    assert_eq!(accepted, 0);
-    system.stop().await;
+
+    // Too large: refused up front when Content-Length says so, and cut off when it does not.
+    let huge = format!("{{\"name\": \"{}\", \"email\": \"a@b.co\"}}", "x".repeat(64 * 1024));
+    let declared = Request::post("/api/enrollments")
+        .header("content-type", "application/json")
+        .header("content-length", huge.len())
+        .body(Body::from(huge.clone()))
+        .unwrap();
+    let answer = api.call(declared).await;
+    let limit = api.config.max_body_bytes.to_string();
+    assert!(
+        answer.problem(413)["detail"].as_str().unwrap().contains(&limit),
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.header("connection"), Some("close"));
+    let streamed = futures::stream::iter([Ok::<_, std::io::Error>(huge)]);
+    let answer = api.call(post(Body::from_stream(streamed), json)).await;
+    answer.problem(413);
+
+    api.call(post(vec![b'{', 0xff, 0xfe, b'}'], json)).await.problem(400);
+    let mut empty_key = json_post(&json!({"name": "A", "email": "a@b.co"}), None);
+    empty_key.headers_mut().insert("idempotency-key", "".parse().unwrap());
+    api.call(empty_key).await.problem(400);
+
+    api.call(get("/api/enrollments/not-a-uuid")).await.problem(400);
+    api.call(get(&format!("/api/enrollments/{}", "9".repeat(5000))))
+        .await
+        .problem(400);
+    let unknown = uuid::Uuid::now_v7();
+    let answer = api.call(get(&format!("/api/enrollments/{unknown}"))).await;
+    assert!(
+        answer.problem(404)["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&unknown.to_string())
+    );
+    api.call(get("/api/customers/nope")).await.problem(400);
+    api.call(get("/no/such/route")).await.problem(404);
+    let delete = Request::delete("/api/enrollments").body(Body::empty()).unwrap();
+    api.call(delete).await.problem(405);
+    let oversized_headers = Request::get(format!("/api/enrollments/{unknown}"))
+        .header("x-filler", "x".repeat(20 * 1024))
+        .body(Body::empty())
+        .unwrap();
+    api.call(oversized_headers).await.problem(431);
+
+    // None of it was accepted: no enrollment, nothing waiting for the bus.
+    assert_eq!(utility::messaging::outbox::pending(&api.pool).await.unwrap(), 0);
+    assert_eq!(count(&api, "SELECT COUNT(*) FROM enrollments").await, 0);
 }
 
 async fn idempotency_key_replays_or_conflicts(backend: Backend) {
-    let system = System::start(backend, Options::default()).await;
+    let api = GatewayApi::start(backend).await;
     let key = uuid::Uuid::new_v4().to_string();
     let email = format!("idem-{key}@example.com");
-    let send = |body: Value| {
-        system
-            .http
-            .post(system.url("/api/enrollments"))
-            .header("idempotency-key", &key)
-            .json(&body)
-            .send()
-    };
 
-    let first = send(json!({"name": "Ada", "email": email})).await.unwrap();
-    assert_eq!(first.status(), 202);
-    let first: Value = first.json().await.unwrap();
+    let first = api
+        .call(json_post(&json!({"name": "Ada", "email": email}), Some(&key)))
+        .await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let id = first.body["id"].as_str().unwrap().to_owned();
     // The same request again, with spacing and case a person would not notice: the same enrollment.
-    let again = send(json!({"name": " Ada ", "email": email.to_uppercase()}))
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 202);
-    let location = again.headers().get("location").unwrap().to_str().unwrap().to_owned();
-    let again: Value = again.json().await.unwrap();
-    assert_eq!(again["id"], first["id"]);
-    assert_eq!(location, format!("/api/enrollments/{}", first["id"].as_str().unwrap()));
-
-    let conflict = send(json!({"name": "Someone Else", "email": email})).await.unwrap();
-    let body = problem(conflict, 409).await;
-    assert!(
-        body["detail"].as_str().unwrap().contains(first["id"].as_str().unwrap()),
-        "{body}"
+    let again = api
+        .call(json_post(
+            &json!({"name": " Ada ", "email": email.to_uppercase()}),
+            Some(&key),
+        ))
+        .await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.body["id"], id.as_str());
+    assert_eq!(
+        again.header("location"),
+        Some(format!("/api/enrollments/{id}").as_str())
     );
 
-    let done = system
-        .wait_for_status(first["id"].as_str().unwrap(), &support::TERMINAL)
+    let conflict = api
+        .call(json_post(&json!({"name": "Someone Else", "email": email}), Some(&key)))
         .await;
-    assert_eq!(done["status"], "completed");
-    let enrollments = support::scalar_i64(
-        &system.gateway().pool,
-        "SELECT COUNT(*) FROM enrollments WHERE email = $1",
-        &email,
-    )
-    .await;
-    assert_eq!(enrollments, 1);
-    system.stop().await;
+    let body = conflict.problem(409);
+    assert!(body["detail"].as_str().unwrap().contains(&id), "{body}");
+
+    // Another key is another enrollment; no key at all is always a new one.
+    let other = api
+        .call(json_post(&json!({"name": "Ada", "email": email}), Some("another-key")))
+        .await;
+    assert_eq!(other.status, 202);
+    assert_ne!(other.body["id"], id.as_str());
+
+    // One enrollment and one Enroll command per key.
+    assert_eq!(count(&api, "SELECT COUNT(*) FROM enrollments").await, 2);
+    assert_eq!(utility::messaging::outbox::pending(&api.pool).await.unwrap(), 2);
 }
 
 /// A service refuses to start when its topology is missing, naming what is missing and how to

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+pub mod proxy;
 pub mod raw;
 
 use infra::MessagingParams;

@@ -1,0 +1,131 @@
+//! One error path: while its database is down, every route of every service that reads or writes
+//! it answers 503 problem+json with `Retry-After`, and says nothing about the cause (no driver
+//! message, no address). The database "stops" by cutting the connection relay in front of a real
+//! PostgreSQL server: open connections drop, new ones are refused.
+
+mod support;
+
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::json;
+use sqlx::any::AnyPoolOptions;
+use std::sync::Arc;
+use std::time::Duration;
+use support::api::{Answer, Served, call};
+use support::proxy::{Cuttable, server_address};
+use support::{Backend, TestDb};
+use tokio::sync::Notify;
+
+/// A pool through the relay, quick to give up so the test stays short (production waits 10 s).
+async fn pool_through(relay: &Cuttable, db: &TestDb, migrations: sqlx::migrate::Migrator) -> sqlx::AnyPool {
+    // Migrate directly first; the services' own start-up does the same through `connect`.
+    utility::storage::connect(&db.url, migrations)
+        .await
+        .expect("migrations");
+    AnyPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&relay.url_through(&db.url))
+        .await
+        .expect("pool through the relay")
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn post_enrollment(key: Option<&str>) -> Request<Body> {
+    let mut request = Request::post("/api/enrollments").header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let body = json!({"name": "Down", "email": format!("down-{}@example.com", uuid::Uuid::new_v4())});
+    request.body(Body::from(body.to_string())).unwrap()
+}
+
+fn assert_unavailable(answer: &Answer, route: &str) {
+    assert_eq!(answer.status, 503, "{route}: {}", answer.body);
+    let body = answer.problem(503);
+    assert_eq!(
+        body["detail"], "the database is unavailable; retry shortly",
+        "{route}: the answer must not describe the failure"
+    );
+    assert!(answer.header("retry-after").is_some(), "{route}: no Retry-After");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_503_while_the_database_is_down() {
+    support::init_logs();
+    let gateway_db = TestDb::new(Backend::Postgres, "gateway").await;
+    let customer_db = TestDb::new(Backend::Postgres, "customer").await;
+    let transaction_db = TestDb::new(Backend::Postgres, "transaction").await;
+    let relay = Cuttable::start(server_address(&gateway_db.url)).await;
+
+    let customer = Served::start(customer_api::router(
+        pool_through(&relay, &customer_db, customer_api::migrations()).await,
+    ))
+    .await;
+    let transaction = Served::start(transaction_api::router(
+        pool_through(&relay, &transaction_db, transaction_api::migrations()).await,
+    ))
+    .await;
+    let config = gateway::Config {
+        customer_api_url: customer.url(""),
+        transaction_api_url: transaction.url(""),
+        ..gateway::Config::default()
+    };
+    let gateway_pool = pool_through(&relay, &gateway_db, gateway::migrations()).await;
+    let gateway = gateway::router(&config, gateway_pool, Arc::new(Notify::new())).unwrap();
+
+    // Up: every route answers from the database.
+    let accepted = call(&gateway, post_enrollment(Some("down-key"))).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    let unknown = uuid::Uuid::now_v7();
+    let up = [
+        (post_enrollment(None), 202),
+        (post_enrollment(Some("down-key")), 409),
+        (get(&format!("/api/enrollments/{id}")), 200),
+        (get("/api/enrollments/stalled"), 200),
+        (get(&format!("/api/customers/{unknown}")), 404),
+        (get(&format!("/api/customers/{unknown}/points")), 200),
+    ];
+    for (request, status) in up {
+        let route = request.uri().to_string();
+        let answer = call(&gateway, request).await;
+        assert_eq!(answer.status, status, "{route} while up: {}", answer.body);
+    }
+
+    relay.cut().await;
+
+    // Down: the same routes, with and without an idempotency key, all at once (each waits for
+    // the pool's acquire timeout).
+    let down = [
+        ("POST /api/enrollments", post_enrollment(None)),
+        ("POST /api/enrollments with a new key", post_enrollment(Some("new-key"))),
+        (
+            "POST /api/enrollments with a used key",
+            post_enrollment(Some("down-key")),
+        ),
+        ("GET /api/enrollments/{id}", get(&format!("/api/enrollments/{id}"))),
+        ("GET /api/enrollments/stalled", get("/api/enrollments/stalled")),
+        (
+            "GET /api/customers/{id} (customer-api)",
+            get(&format!("/api/customers/{unknown}")),
+        ),
+        (
+            "GET /api/customers/{id}/points (transaction-api)",
+            get(&format!("/api/customers/{unknown}/points")),
+        ),
+    ];
+    let answers = futures::future::join_all(down.into_iter().map(|(route, request)| {
+        let gateway = gateway.clone();
+        async move { (route, call(&gateway, request).await) }
+    }))
+    .await;
+    for (route, answer) in &answers {
+        assert_unavailable(answer, route);
+    }
+    customer.stop().await;
+    transaction.stop().await;
+}
