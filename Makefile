@@ -31,10 +31,13 @@ fault-test: ## Fault-injection suite, full profile, on SQLite then PostgreSQL (F
 	@localstack/fault-test.sh --profile full $(FAULT_TEST_ARGS)
 	@localstack/fault-test.sh --profile full --backend postgres $(FAULT_TEST_ARGS)
 
+# Where cargo puts what it builds (CARGO_TARGET_DIR, as cargo itself reads it).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+
 deploy: ## Build release binaries and deploy everything to AWS (or $$AWS_ENDPOINT_URL); see DEPLOY.md.
 	cargo build --release --bins
-	target/release/sagactl deploy-app --bin-dir target/release $(DEPLOY_ARGS)
+	$(TARGET_DIR)/release/sagactl deploy-app --bin-dir $(TARGET_DIR)/release $(DEPLOY_ARGS)
 
 destroy: ## Remove everything `make deploy` created (stacks, databases, the artifact bucket).
 	cargo build --release -p infra --bin sagactl
-	target/release/sagactl destroy-app
+	$(TARGET_DIR)/release/sagactl destroy-app

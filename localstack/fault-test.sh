@@ -21,4 +21,5 @@ if ! localstack/localstack.sh status; then
 fi
 
 cargo build --quiet --bins
-target/debug/fault-test "$@"
+bin="${CARGO_TARGET_DIR:-target}/debug"
+"$bin/fault-test" --bin-dir "$bin" "$@"

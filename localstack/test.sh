@@ -45,8 +45,9 @@ if ((status == 0)); then
   # duplicated deliveries and poison on SQLite, and a database outage on PostgreSQL.
   echo "test: fault-test --profile short" >&2
   cargo build --quiet --bins
+  bin="${CARGO_TARGET_DIR:-target}/debug"
   for backend in sqlite postgres; do
-    if target/debug/fault-test --profile short --backend "$backend"; then
+    if "$bin/fault-test" --profile short --backend "$backend" --bin-dir "$bin"; then
       fault_passed=$((fault_passed + 1))
     else
       status=1

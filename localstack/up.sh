@@ -31,6 +31,7 @@ trap 'exit 143' TERM
 
 echo "up: building services" >&2
 cargo build --quiet --bins
+bin="${CARGO_TARGET_DIR:-target}/debug"
 
 echo "up: starting LocalStack" >&2
 # Own LocalStack from before it starts, so an interrupt during start-up still stops it.
@@ -42,13 +43,13 @@ else
 fi
 
 echo "up: deploying the messaging topology" >&2
-target/debug/sagactl deploy --prefix "${NAME_PREFIX:-saga}" >"$run_dir/topology.txt"
+"$bin/sagactl" deploy --prefix "${NAME_PREFIX:-saga}" >"$run_dir/topology.txt"
 
 start() {
   local name=$1 db_var=$2
   local db_url="${!db_var:-sqlite:$run_dir/data/$name.db}"
   DATABASE_URL="$db_url" TOPOLOGY_STACK="${NAME_PREFIX:-saga}-messaging" \
-    target/debug/"$name" > >(trap '' INT TERM; exec sed -u "s/^/[$name] /") 2>&1 &
+    "$bin/$name" > >(trap '' INT TERM; exec sed -u "s/^/[$name] /") 2>&1 &
   pids+=($!)
 }
 start customer-api CUSTOMER_API_DATABASE_URL
