@@ -21,6 +21,8 @@ const MAX_RECEIVES: u32 = 3;
 /// The visibility a transient failure sets on a first receive (the consumer's policy: 5, 15,
 /// 45, ... s by receive count).
 const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// The handlers' time limit in these tests, beyond their scripted work.
+const HANDLER_LIMIT: Duration = Duration::from_secs(2);
 
 async fn bus_at(endpoint: &str) -> Bus {
     Bus::for_emulator(endpoint).await
@@ -111,6 +113,7 @@ struct Scripted {
     calls: Arc<Mutex<Vec<Instant>>>,
     fail_first: usize,
     conflict_first: usize,
+    hang_first: usize,
     work_for: Duration,
     refuse: bool,
 }
@@ -133,6 +136,10 @@ impl Handler for Scripted {
         }
         if n <= self.conflict_first {
             return Err(HandlerError::Conflict("scripted concurrent change".into()));
+        }
+        if n <= self.hang_first {
+            // A query that never returns.
+            std::future::pending::<()>().await;
         }
         tokio::time::sleep(self.work_for).await;
         if self.refuse {
@@ -165,6 +172,8 @@ async fn start(bus: &Bus, queue: &str, handler: Scripted) -> Running {
     let pool = utility::storage::connect(&url, sqlx::migrate::Migrator::DEFAULT)
         .await
         .unwrap();
+    // Scripted slow work is within the limit; a scripted hang is not.
+    let limit = handler.work_for + HANDLER_LIMIT;
     let consumer = Consumer::new(
         queue.to_owned(),
         bus.clone(),
@@ -172,7 +181,8 @@ async fn start(bus: &Bus, queue: &str, handler: Scripted) -> Running {
         handler,
         Arc::new(tokio::sync::Notify::new()),
         1,
-    );
+    )
+    .with_handler_timeout(limit);
     let stop = CancellationToken::new();
     let handle = tokio::spawn(consumer.run(stop.clone()));
     Running {
@@ -255,6 +265,33 @@ async fn a_concurrent_change_is_retried_after_a_delay_and_handled_once() {
         ..Scripted::default()
     })
     .await;
+}
+
+/// A handler that never returns (a hung query) is abandoned at its time limit and its message
+/// retried like after a database failure, instead of being held invisible forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_past_its_time_limit_is_abandoned_and_retried() {
+    let handler = Scripted {
+        hang_first: 1,
+        ..Scripted::default()
+    };
+    let bus = localstack().await;
+    let queues = Queues::create(&bus, 30).await;
+    let running = start(&bus, &queues.work, handler.clone()).await;
+    queues.send(&envelope()).await;
+    until("the message to be handled and deleted", async || {
+        handler.calls().len() >= 2 && queues.depth(&queues.work).await == 0
+    })
+    .await;
+    let calls = handler.calls();
+    assert_eq!(calls.len(), 2);
+    let gap = calls[1] - calls[0];
+    assert!(
+        gap >= HANDLER_LIMIT + FIRST_RETRY,
+        "retried after {gap:?}: before the time limit and the retry delay"
+    );
+    assert_eq!(queues.depth(&queues.dlq).await, 0);
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,18 +22,19 @@ pub struct Readiness {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Readiness {
-    pub async fn check(&self) -> Vec<String> {
+    /// What does not answer, as (public name, detail for the log).
+    pub async fn check(&self) -> Vec<(&'static str, String)> {
         let mut failures = Vec::new();
         let db = tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
         match db {
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => failures.push(format!("database: {err}")),
-            Err(_) => failures.push("database: no answer within 3 s".to_owned()),
+            Ok(Err(err)) => failures.push(("database", err.to_string())),
+            Err(_) => failures.push(("database", "no answer within 3 s".to_owned())),
         }
         match tokio::time::timeout(PROBE_TIMEOUT, self.bus.ping_queue(&self.queue_url)).await {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => failures.push(format!("bus: {err}")),
-            Err(_) => failures.push("bus: no answer within 3 s".to_owned()),
+            Ok(Err(err)) => failures.push(("bus", err.to_string())),
+            Err(_) => failures.push(("bus", "no answer within 3 s".to_owned())),
         }
         failures
     }
@@ -47,17 +48,21 @@ pub fn health_routes(readiness: Readiness) -> Router {
         .with_state(readiness)
 }
 
+/// The answer names what is not ready, never why: the causes (SDK error chains, addresses) go
+/// to the log, where operators read them.
 async fn ready(State(readiness): State<Readiness>) -> Response {
     let failures = readiness.check().await;
     if failures.is_empty() {
-        Json(serde_json::json!({"status": "ready"})).into_response()
-    } else {
-        tracing::warn!(?failures, "not ready");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable",
-            failures.join("; "),
-        )
-        .into_response()
+        return Json(serde_json::json!({"status": "ready"})).into_response();
     }
+    for (what, detail) in &failures {
+        tracing::warn!(dependency = what, %detail, "not ready");
+    }
+    let names: Vec<&str> = failures.iter().map(|(what, _)| *what).collect();
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        format!("not ready: {} unreachable", names.join(" and ")),
+    )
+    .into_response()
 }

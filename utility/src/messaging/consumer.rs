@@ -78,8 +78,12 @@ pub struct Consumer<H> {
     handler: H,
     outbox_signal: Arc<Notify>,
     wait_seconds: i32,
+    handler_timeout: Duration,
     visibility_timeout: OnceCell<i32>,
 }
+
+/// Longest a handler may take unless [`Consumer::with_handler_timeout`] says otherwise.
+const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<H: Handler> Consumer<H> {
     pub fn new(
@@ -97,8 +101,17 @@ impl<H: Handler> Consumer<H> {
             handler,
             outbox_signal,
             wait_seconds,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             visibility_timeout: OnceCell::new(),
         }
+    }
+
+    /// Bounds each message's handling (its transaction included). A handler that takes longer
+    /// is abandoned, its transaction rolled back, and the message retried like after a database
+    /// failure: a hung query cannot hold a message, kept invisible by the heartbeat, forever.
+    pub fn with_handler_timeout(mut self, limit: Duration) -> Self {
+        self.handler_timeout = limit;
+        self
     }
 
     /// Polls until `stop` is cancelled. A receive in flight when `stop` fires is abandoned (any
@@ -292,7 +305,17 @@ impl<H: Handler> Consumer<H> {
             span.record("message_type", envelope.type_name());
             span.record("correlation_id", tracing::field::display(envelope.correlation_id));
             span.record("message_id", tracing::field::display(envelope.message_id));
-            match self.apply(&envelope).await {
+            let applied = match tokio::time::timeout(self.handler_timeout, self.apply(&envelope)).await {
+                Ok(applied) => applied,
+                Err(_) => {
+                    tracing::warn!(
+                        limit_ms = self.handler_timeout.as_millis() as u64,
+                        "handler exceeded its time limit; message will be retried"
+                    );
+                    return Outcome::DatabaseFailed;
+                }
+            };
+            match applied {
                 Ok(true) => {
                     tracing::info!("message handled");
                     Outcome::Handled

@@ -26,6 +26,9 @@ pub struct CommonConfig {
     pub outbox_retention_hours: u64,
     /// How long handled message ids are kept for deduplication (at least 15 days; see `retention`).
     pub processed_retention_days: u64,
+    /// Longest a message handler may take (its transaction included) before it is abandoned and
+    /// the message retried like after a database failure; also PostgreSQL's `statement_timeout`.
+    pub handler_timeout_seconds: u64,
     /// Start the outbox relay. Only tests turn this off, to simulate a crash before publishing.
     pub relay_enabled: bool,
     pub log_format: LogFormat,
@@ -42,6 +45,7 @@ impl CommonConfig {
             relay_interval_ms: 1000,
             outbox_retention_hours: 168,
             processed_retention_days: 30,
+            handler_timeout_seconds: 10,
             relay_enabled: true,
             log_format: LogFormat::default(),
             topology: TopologyConfig::default(),
@@ -52,9 +56,34 @@ impl CommonConfig {
         Duration::from_millis(self.relay_interval_ms.max(10))
     }
 
+    pub fn handler_timeout(&self) -> Duration {
+        Duration::from_secs(self.handler_timeout_seconds.max(1))
+    }
+
     /// The receive wait, clamped to what SQS accepts.
     pub fn receive_wait(&self) -> i32 {
         self.receive_wait_seconds.clamp(0, 20)
+    }
+}
+
+/// A setting that must never be printed: `Debug` shows `***`. Read it with [`Secret::expose`].
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
     }
 }
 

@@ -24,7 +24,10 @@ const HTTP_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// and the relay with the staged shutdown described above.
 pub struct ServiceCore {
     pub config: CommonConfig,
+    /// The HTTP handlers' pool.
     pub pool: sqlx::AnyPool,
+    /// The consumer's, the relay's and the sweepers' pool (see [`crate::storage::Pools`]).
+    pub background_pool: sqlx::AnyPool,
     pub bus: Bus,
     pub topology: Arc<Topology>,
     pub relay: Relay,
@@ -39,15 +42,21 @@ impl ServiceCore {
         needs: &[Endpoint],
         bus: Bus,
     ) -> anyhow::Result<Self> {
-        let pool = crate::storage::connect(&config.database_url, migrations).await?;
+        let pools = crate::storage::Pools::open(&config.database_url, migrations, config.handler_timeout()).await?;
         let topology = Arc::new(Topology::resolve(&bus, &config.topology, needs).await?);
-        let relay = Relay::new(pool.clone(), bus.clone(), topology.clone(), config.relay_interval());
+        let relay = Relay::new(
+            pools.background.clone(),
+            bus.clone(),
+            topology.clone(),
+            config.relay_interval(),
+        );
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.http_addr))?;
         Ok(Self {
             config,
-            pool,
+            pool: pools.http,
+            background_pool: pools.background,
             bus,
             topology,
             relay,
@@ -65,11 +74,12 @@ impl ServiceCore {
         Ok(Consumer::new(
             self.topology.address(queue)?.to_owned(),
             self.bus.clone(),
-            self.pool.clone(),
+            self.background_pool.clone(),
             handler,
             self.relay.signal(),
             self.config.receive_wait(),
-        ))
+        )
+        .with_handler_timeout(self.config.handler_timeout()))
     }
 
     /// `/health` and `/ready` for a service that consumes `queue`.
@@ -96,7 +106,9 @@ impl ServiceCore {
         let server_stop = shutdown.clone();
         let listener = self.listener;
         let http: Task = Box::pin(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(server_stop.clone().cancelled_owned());
+            // The peer address is what the rate limit keys on (see the gateway's edge).
+            let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let serve = axum::serve(listener, app).with_graceful_shutdown(server_stop.clone().cancelled_owned());
             // In-flight requests get a bounded time to finish; a stuck client cannot hold the
             // process past it.
             let drain_limit = async {
@@ -113,7 +125,7 @@ impl ServiceCore {
         });
         let consumer: Task = Box::pin(consumer.run(shutdown.clone()));
         let sweeper = RetentionSweeper::new(
-            self.pool.clone(),
+            self.background_pool.clone(),
             self.config.outbox_retention_hours,
             self.config.processed_retention_days,
         );

@@ -56,15 +56,48 @@ pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
 
-/// Opens the pool and applies the shared migrations (the outbox and processed-message tables,
-/// versions below 100), then the service's own (`sqlx::migrate!()`, versions from 100).
-///
+/// A service's two pools on one database. HTTP handlers use `http`; the consumer, the outbox
+/// relay and the sweepers use `background`. However hard the HTTP side is pressed, a message's
+/// transaction never waits for a connection behind requests (which would cost it a receive, and
+/// in the end a trip to the DLQ).
+#[derive(Debug, Clone)]
+pub struct Pools {
+    pub http: AnyPool,
+    pub background: AnyPool,
+}
+
+/// Connections per pool on PostgreSQL (SQLite gets one per pool).
+const HTTP_CONNECTIONS: u32 = 8;
+const BACKGROUND_CONNECTIONS: u32 = 4;
+
+impl Pools {
+    /// Opens both pools and applies the migrations. On PostgreSQL every statement is bounded by
+    /// `statement_timeout`, so a hung query fails (and its message is retried) instead of holding
+    /// a connection, and a message, forever.
+    pub async fn open(url: &str, service_migrations: Migrator, statement_timeout: Duration) -> Result<Self, DbError> {
+        let http = open_pool(url, HTTP_CONNECTIONS, Some(statement_timeout)).await?;
+        migrate(&http, service_migrations).await?;
+        let background = open_pool(url, BACKGROUND_CONNECTIONS, Some(statement_timeout)).await?;
+        Ok(Self { http, background })
+    }
+}
+
+/// Opens one pool and applies the shared migrations (the outbox and processed-message tables,
+/// versions below 100), then the service's own (`sqlx::migrate!()`, versions from 100): what tests
+/// and tools use. Services open [`Pools`].
+pub async fn connect(url: &str, service_migrations: Migrator) -> Result<AnyPool, DbError> {
+    let pool = open_pool(url, HTTP_CONNECTIONS, None).await?;
+    migrate(&pool, service_migrations).await?;
+    Ok(pool)
+}
+
 /// SQLite runs in WAL mode with `synchronous = FULL`: a commit that the consumer acknowledges by
 /// deleting its message, or that the gateway acknowledges with a 202, survives a power loss.
-/// SQLite gets a single connection: one writer at a time is how SQLite works anyway, and a single
-/// connection avoids "database is locked" errors between the consumer, the relay and the API.
-/// The file and its directory are created on first run.
-pub async fn connect(url: &str, service_migrations: Migrator) -> Result<AnyPool, DbError> {
+/// Each SQLite pool has a single connection (SQLite has one writer at a time anyway); the two
+/// pools of a service wait for each other's writes through `busy_timeout`, and every write
+/// transaction starts with a write, so none has to upgrade a read lock. The file and its
+/// directory are created on first run.
+async fn open_pool(url: &str, pg_connections: u32, statement_timeout: Option<Duration>) -> Result<AnyPool, DbError> {
     sqlx::any::install_default_drivers();
     let url = prepare_url(url)?;
     let options = AnyConnectOptions::from_str(&url)
@@ -75,23 +108,24 @@ pub async fn connect(url: &str, service_migrations: Migrator) -> Result<AnyPool,
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     let sqlite = is_sqlite(&url);
-    let pool = AnyPoolOptions::new()
-        .max_connections(if sqlite { 1 } else { 8 })
+    let timeout_ms = statement_timeout.map(|t| t.as_millis());
+    AnyPoolOptions::new()
+        .max_connections(if sqlite { 1 } else { pg_connections })
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 if sqlite {
                     conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
                         .await?;
+                } else if let Some(ms) = timeout_ms {
+                    conn.execute(format!("SET statement_timeout = {ms}").as_str()).await?;
                 }
                 Ok(())
             })
         })
         .connect_with(options)
         .await
-        .map_err(|source| DbError::Connect { url: redact(&url), source })?;
-    migrate(&pool, service_migrations).await?;
-    Ok(pool)
+        .map_err(|source| DbError::Connect { url: redact(&url), source })
 }
 
 async fn migrate(pool: &AnyPool, mut service: Migrator) -> Result<(), MigrateError> {
