@@ -52,9 +52,16 @@ start() {
     "$bin/$name" > >(trap '' INT TERM; exec sed -u "s/^/[$name] /") 2>&1 &
   pids+=($!)
 }
+# The operator routes (listing, stalled sagas, customer and points lookups) need a bearer token:
+# yours if OPERATOR_TOKEN is set, else a fresh one, kept in .run/operator-token for other terminals.
+if [[ -z "${OPERATOR_TOKEN:-}" ]]; then
+  OPERATOR_TOKEN=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+fi
+(umask 077 && printf '%s\n' "$OPERATOR_TOKEN" >"$run_dir/operator-token")
+
 start customer-api CUSTOMER_API_DATABASE_URL
 start transaction-api TRANSACTION_API_DATABASE_URL
-start gateway GATEWAY_DATABASE_URL
+OPERATOR_TOKEN="$OPERATOR_TOKEN" start gateway GATEWAY_DATABASE_URL
 
 gateway=http://127.0.0.1:8080
 deadline=$((SECONDS + 60))
@@ -83,6 +90,8 @@ else
   echo "up: GET $location -> $body" >&2
 fi
 echo "up: the system is running; the gateway answers on $gateway. Ctrl-C stops everything." >&2
+echo "up: operator routes take the token in .run/operator-token, e.g." >&2
+echo "up:   curl -H \"Authorization: Bearer \$(cat .run/operator-token)\" '$gateway/api/enrollments?limit=10'" >&2
 
 # Stay up until interrupted or until a service dies (then stop the rest).
 wait -n "${pids[@]}"

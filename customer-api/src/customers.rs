@@ -17,7 +17,7 @@ impl Handler for CustomerHandler {
     async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
         let event = match &envelope.message {
             Message::Enroll(command) => enroll(tx, envelope.correlation_id, command).await?,
-            Message::Unenroll(command) => unenroll(tx, command).await?,
+            Message::Unenroll(command) => unenroll(tx, envelope.correlation_id, command).await?,
             other => {
                 return Err(HandlerError::Refused(format!(
                     "the customer-api does not handle `{}`",
@@ -96,29 +96,42 @@ async fn enroll(
     })))
 }
 
-async fn unenroll(tx: &mut AnyConnection, command: &Unenroll) -> Result<Option<Message>, HandlerError> {
-    let updated = sqlx::query(
-        "UPDATE customers SET status = 'unenrolled', unenrolled_at = $1, unenroll_reason = $2
-         WHERE id = $3 AND status = 'active'",
-    )
-    .bind(utility::storage::now())
-    .bind(&command.reason)
-    .bind(command.customer_id.to_string())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM customers WHERE id = $1")
+/// Rolls back the customer of this enrollment. The command's customer id must be the one this
+/// enrollment created: a command naming someone else's customer is refused (it goes to the DLQ
+/// for a person to look at) rather than unenrolling a stranger.
+async fn unenroll(
+    tx: &mut AnyConnection,
+    enrollment_id: Uuid,
+    command: &Unenroll,
+) -> Result<Option<Message>, HandlerError> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM customers WHERE id = $1 AND enrollment_id = $2")
             .bind(command.customer_id.to_string())
+            .bind(enrollment_id.to_string())
             .fetch_optional(&mut *tx)
             .await?;
-        match status {
-            None => return Err(HandlerError::Refused(format!("no customer {}", command.customer_id))),
-            // Already rolled back: confirm again so the saga can finish.
-            Some(status) => tracing::info!(%status, "customer already unenrolled"),
+    match status.as_deref() {
+        None => {
+            return Err(HandlerError::Refused(format!(
+                "customer {} was not enrolled by enrollment {enrollment_id}",
+                command.customer_id
+            )));
         }
-    } else {
-        tracing::info!(customer_id = %command.customer_id, reason = %command.reason, "customer unenrolled");
+        // Already rolled back: confirm again so the saga can finish.
+        Some("unenrolled") => tracing::info!("customer already unenrolled"),
+        Some(_) => {
+            sqlx::query(
+                "UPDATE customers SET status = 'unenrolled', unenrolled_at = $1, unenroll_reason = $2
+                 WHERE id = $3 AND enrollment_id = $4 AND status = 'active'",
+            )
+            .bind(utility::storage::now())
+            .bind(&command.reason)
+            .bind(command.customer_id.to_string())
+            .bind(enrollment_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(customer_id = %command.customer_id, reason = %command.reason, "customer unenrolled");
+        }
     }
     Ok(Some(Message::CustomerUnenrolled(CustomerUnenrolled {
         customer_id: command.customer_id,

@@ -17,7 +17,7 @@ use utility::http::RequestLimits;
 use utility::messaging::Endpoint;
 use utility::messaging::consumer::Consumer;
 use utility::runtime::ServiceCore;
-use utility::runtime::config::CommonConfig;
+use utility::runtime::config::{CommonConfig, Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -31,7 +31,23 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// A saga unchanged for this long without reaching a terminal status is reported stalled.
     pub stall_after_seconds: u64,
+    /// Bearer token of the operator routes (`OPERATOR_TOKEN`, at least 16 characters); unset, the
+    /// operator routes are off (404).
+    pub operator_token: Option<Secret>,
+    /// Enrollments one client address may submit per minute (`RATE_LIMIT_PER_MINUTE`); 0 turns
+    /// the limit off.
+    pub rate_limit_per_minute: u32,
+    /// Submissions a client may make in a burst before the per-minute rate applies.
+    pub rate_limit_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXY_CIDRS`, comma-separated
+    /// CIDRs; on EC2 the load balancer's subnets). Empty: the peer is the client.
+    pub trusted_proxy_cidrs: String,
+    /// API requests handled at once; more are refused at once with 503 (`MAX_CONCURRENT_REQUESTS`).
+    pub max_concurrent_requests: usize,
 }
+
+/// Shortest operator token accepted.
+const MIN_TOKEN_CHARS: usize = 16;
 
 impl Default for Config {
     fn default() -> Self {
@@ -41,6 +57,11 @@ impl Default for Config {
             transaction_api_url: "http://127.0.0.1:8082".to_owned(),
             max_body_bytes: 16 * 1024,
             stall_after_seconds: 120,
+            operator_token: None,
+            rate_limit_per_minute: 60,
+            rate_limit_burst: 20,
+            trusted_proxy_cidrs: String::new(),
+            max_concurrent_requests: 256,
         }
     }
 }
@@ -48,6 +69,27 @@ impl Default for Config {
 impl Config {
     pub fn limits(&self) -> RequestLimits {
         RequestLimits::new(self.max_body_bytes)
+    }
+
+    /// The edge as configured; a token too short or a CIDR that does not parse is refused here,
+    /// at start-up, naming the setting.
+    fn edge(&self) -> anyhow::Result<http::Edge> {
+        let operator = match self.operator_token.as_ref().map(Secret::expose) {
+            None | Some("") => None,
+            Some(token) => {
+                anyhow::ensure!(
+                    token.chars().count() >= MIN_TOKEN_CHARS,
+                    "OPERATOR_TOKEN must be at least {MIN_TOKEN_CHARS} characters"
+                );
+                Some(http::edge::OperatorToken::new(token))
+            }
+        };
+        let proxies = http::edge::TrustedProxies::parse(&self.trusted_proxy_cidrs).map_err(anyhow::Error::msg)?;
+        Ok(http::Edge {
+            operator,
+            rate_limit: http::edge::RateLimit::new(self.rate_limit_per_minute, self.rate_limit_burst, proxies),
+            max_concurrent_requests: self.max_concurrent_requests,
+        })
     }
 
     fn api_state(&self, pool: AnyPool, outbox_signal: Arc<Notify>) -> anyhow::Result<http::AppState> {
@@ -67,7 +109,10 @@ impl Config {
 /// Accepted enrollments wait in the outbox; `outbox_signal` is notified on each.
 pub fn router(config: &Config, pool: AnyPool, outbox_signal: Arc<Notify>) -> anyhow::Result<axum::Router> {
     let state = config.api_state(pool, outbox_signal)?;
-    Ok(utility::http::finish(http::routes(state), config.limits()))
+    Ok(utility::http::finish(
+        http::routes(state, &config.edge()?),
+        config.limits(),
+    ))
 }
 
 /// Consumed queue first, then the command queues it routes to.
@@ -86,14 +131,24 @@ pub fn migrations() -> sqlx::migrate::Migrator {
 pub struct Application {
     core: ServiceCore,
     consumer: Consumer<saga::SagaHandler>,
+    edge: http::Edge,
     config: Config,
 }
 
 impl Application {
     pub async fn build(config: Config, bus: utility::messaging::bus::Bus) -> anyhow::Result<Self> {
+        let edge = config.edge()?;
+        if edge.operator.is_none() {
+            tracing::info!("operator routes are off: OPERATOR_TOKEN is not set");
+        }
         let core = ServiceCore::build(config.common.clone(), migrations(), &ENDPOINTS, bus).await?;
         let consumer = core.consumer(Endpoint::GatewayEvents, saga::SagaHandler)?;
-        Ok(Self { core, consumer, config })
+        Ok(Self {
+            core,
+            consumer,
+            edge,
+            config,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -108,9 +163,9 @@ impl Application {
         let state = self
             .config
             .api_state(self.core.pool.clone(), self.core.relay.signal())?;
-        let watch = stalls::StallWatch::new(self.core.pool.clone(), state.stall_after);
+        let watch = stalls::StallWatch::new(self.core.background_pool.clone(), state.stall_after);
         let sweeper: utility::runtime::Task = Box::pin(watch.run(shutdown.clone()));
-        let router = http::routes(state).merge(self.core.health_routes(Endpoint::GatewayEvents)?);
+        let router = http::routes(state, &self.edge).merge(self.core.health_routes(Endpoint::GatewayEvents)?);
         let limits = self.config.limits();
         self.core
             .run(

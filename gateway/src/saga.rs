@@ -21,7 +21,7 @@ pub use handler::SagaHandler;
 
 use serde::{Deserialize, Serialize};
 use utility::messaging::Endpoint;
-use utility::messaging::message::{Message, MessageType, PostBonusPoints, ReverseBonusPoints, Unenroll};
+use utility::messaging::message::{BonusFailure, Message, MessageType, PostBonusPoints, ReverseBonusPoints, Unenroll};
 use uuid::Uuid;
 
 /// The saga's statuses; the snake-case names are what the API shows and the database stores.
@@ -76,7 +76,11 @@ pub struct Step {
     pub next: Status,
     pub customer_id: Option<Uuid>,
     pub bonus_points: Option<i64>,
+    /// The services' own words, for operators.
     pub reason: Option<String>,
+    /// The same, fit for the public enrollment view: fixed words per outcome, so nothing personal
+    /// or internal can reach a URL that leaks through logs and referrers.
+    pub public_reason: Option<&'static str>,
     /// The command to send, and where.
     pub command: Option<(Endpoint, Message)>,
 }
@@ -88,6 +92,7 @@ impl Step {
             customer_id: None,
             bonus_points: None,
             reason: None,
+            public_reason: None,
             command: None,
         }
     }
@@ -109,6 +114,7 @@ pub fn route(status: Status, event: &Message) -> Option<Step> {
         },
         (Pending, Message::EnrollmentRejected(e)) => Step {
             reason: Some(e.reason.clone()),
+            public_reason: Some("this e-mail address is already enrolled"),
             ..Step::to(Rejected)
         },
         (Enrolled, Message::BonusPointsPosted(e)) => Step {
@@ -117,6 +123,12 @@ pub fn route(status: Status, event: &Message) -> Option<Step> {
         },
         (Enrolled, Message::BonusPointsFailed(e)) => Step {
             reason: Some(e.reason.clone()),
+            public_reason: Some(match e.cause {
+                BonusFailure::BudgetExhausted => {
+                    "the enrollment bonus could not be granted: the campaign's budget is spent"
+                }
+                BonusFailure::Other => "the enrollment bonus could not be granted",
+            }),
             command: Some((
                 Endpoint::CustomerCommands,
                 Message::Unenroll(Unenroll {
@@ -168,6 +180,7 @@ mod tests {
             Message::BonusPointsFailed(BonusPointsFailed {
                 customer_id,
                 reason: "budget".into(),
+                cause: BonusFailure::BudgetExhausted,
             }),
             Message::CustomerUnenrolled(CustomerUnenrolled {
                 customer_id,
@@ -296,6 +309,7 @@ mod tests {
             MessageType::BonusPointsFailed => Message::BonusPointsFailed(BonusPointsFailed {
                 customer_id: id,
                 reason,
+                cause: BonusFailure::Other,
             }),
             MessageType::BonusPointsReversed => Message::BonusPointsReversed(BonusPointsReversed {
                 customer_id: id,

@@ -19,16 +19,36 @@ pub struct HistoryEntry {
     pub event: Option<String>,
 }
 
+/// An enrollment as its submitter sees it: nothing personal, no operator detail.
 #[derive(Debug, Serialize)]
-pub struct EnrollmentView {
+pub struct PublicView {
     pub id: String,
     pub status: String,
+    /// The customer this enrollment created (the submitter's own id; what it names is
+    /// operator-only).
     pub customer_id: Option<String>,
     pub bonus_points: Option<i64>,
+    /// Why it was rejected or rolled back, in words fit for the public (see `saga::Step`).
     pub reason: Option<String>,
     /// Not terminal and unchanged for longer than the stall deadline.
     pub stalled: bool,
     pub history: Vec<HistoryEntry>,
+}
+
+/// An enrollment as an operator sees it in the listing.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct OperatorEntry {
+    pub id: String,
+    pub status: String,
+    pub customer_id: Option<String>,
+    pub bonus_points: Option<i64>,
+    /// The detailed reason, as the services gave it.
+    pub reason: Option<String>,
+    pub public_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[sqlx(skip)]
+    pub stalled: bool,
 }
 
 /// An enrollment found by its idempotency key.
@@ -40,14 +60,14 @@ pub struct Existing {
     pub fingerprint: String,
 }
 
-/// The enrollments row behind [`EnrollmentView`].
+/// The enrollments row behind [`PublicView`].
 #[derive(sqlx::FromRow)]
 struct EnrollmentRow {
     id: String,
     status: String,
     customer_id: Option<String>,
     bonus_points: Option<i64>,
-    reason: Option<String>,
+    public_reason: Option<String>,
     updated_at: String,
 }
 
@@ -97,10 +117,11 @@ pub async fn find_by_key(pool: &AnyPool, key: &str) -> Result<Option<Existing>, 
         .await
 }
 
-/// The enrollment as clients see it; `stall_cutoff` is the oldest `updated_at` that is not stalled.
-pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option<EnrollmentView>, sqlx::Error> {
+/// The enrollment as its submitter sees it; `stall_cutoff` is the oldest `updated_at` that is not
+/// stalled.
+pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option<PublicView>, sqlx::Error> {
     let row: Option<EnrollmentRow> = sqlx::query_as(
-        "SELECT id, status, customer_id, bonus_points, reason, updated_at FROM enrollments WHERE id = $1",
+        "SELECT id, status, customer_id, bonus_points, public_reason, updated_at FROM enrollments WHERE id = $1",
     )
     .bind(id.to_string())
     .fetch_optional(pool)
@@ -113,15 +134,43 @@ pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option
             .bind(id.to_string())
             .fetch_all(pool)
             .await?;
-    Ok(Some(EnrollmentView {
+    Ok(Some(PublicView {
         stalled: is_open(&row.status) && row.updated_at.as_str() < stall_cutoff,
         id: row.id,
         status: row.status,
         customer_id: row.customer_id,
         bonus_points: row.bonus_points,
-        reason: row.reason,
+        reason: row.public_reason,
         history,
     }))
+}
+
+/// A page of the operator listing, newest first: enrollments in `status` (any when `None`) older
+/// than `before` (the cursor), at most `limit`.
+pub async fn list(
+    pool: &AnyPool,
+    status: Option<Status>,
+    before: Option<Uuid>,
+    limit: i64,
+    stall_cutoff: &str,
+) -> Result<Vec<OperatorEntry>, sqlx::Error> {
+    // Ids are UUID v7 in canonical text, so their order is the order of acceptance. The two
+    // optional filters are bound as NULL when absent, which keeps the SQL one portable statement.
+    let mut entries: Vec<OperatorEntry> = sqlx::query_as(
+        "SELECT id, status, customer_id, bonus_points, reason, public_reason, created_at, updated_at
+         FROM enrollments
+         WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(status.map(Status::name))
+    .bind(before.map(|id| id.to_string()))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    for entry in &mut entries {
+        entry.stalled = is_open(&entry.status) && entry.updated_at.as_str() < stall_cutoff;
+    }
+    Ok(entries)
 }
 
 fn is_open(status: &str) -> bool {

@@ -31,7 +31,10 @@ async fn pool_through(relay: &Cuttable, db: &TestDb, migrations: sqlx::migrate::
 }
 
 fn get(uri: &str) -> Request<Body> {
-    Request::get(uri).body(Body::empty()).unwrap()
+    Request::get(uri)
+        .header("authorization", format!("Bearer {}", support::OPERATOR_TOKEN))
+        .body(Body::empty())
+        .unwrap()
 }
 
 fn post_enrollment(key: Option<&str>) -> Request<Body> {
@@ -72,7 +75,7 @@ async fn every_route_answers_503_while_the_database_is_down() {
     let config = gateway::Config {
         customer_api_url: customer.url(""),
         transaction_api_url: transaction.url(""),
-        ..gateway::Config::default()
+        ..support::gateway_config()
     };
     let gateway_pool = pool_through(&relay, &gateway_db, gateway::migrations()).await;
     let gateway = gateway::router(&config, gateway_pool, Arc::new(Notify::new())).unwrap();
@@ -87,6 +90,7 @@ async fn every_route_answers_503_while_the_database_is_down() {
         (post_enrollment(Some("down-key")), 409),
         (get(&format!("/api/enrollments/{id}")), 200),
         (get("/api/enrollments/stalled"), 200),
+        (get("/api/enrollments?limit=5"), 200),
         (get(&format!("/api/customers/{unknown}")), 404),
         (get(&format!("/api/customers/{unknown}/points")), 200),
     ];
@@ -109,6 +113,7 @@ async fn every_route_answers_503_while_the_database_is_down() {
         ),
         ("GET /api/enrollments/{id}", get(&format!("/api/enrollments/{id}"))),
         ("GET /api/enrollments/stalled", get("/api/enrollments/stalled")),
+        ("GET /api/enrollments (listing)", get("/api/enrollments?limit=5")),
         (
             "GET /api/customers/{id} (customer-api)",
             get(&format!("/api/customers/{unknown}")),

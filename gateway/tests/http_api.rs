@@ -104,7 +104,13 @@ async fn bad_input_gets_problem_details(backend: Backend) {
             .unwrap()
             .contains(&unknown.to_string())
     );
-    api.call(get("/api/customers/nope")).await.problem(400);
+    api.call(get("/api/customers/nope")).await.problem(401);
+    let mut with_token = get("/api/customers/nope");
+    with_token.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", support::OPERATOR_TOKEN).parse().unwrap(),
+    );
+    api.call(with_token).await.problem(400);
     api.call(get("/no/such/route")).await.problem(404);
     let delete = Request::delete("/api/enrollments").body(Body::empty()).unwrap();
     api.call(delete).await.problem(405);
@@ -147,7 +153,13 @@ async fn idempotency_key_replays_or_conflicts(backend: Backend) {
         .call(json_post(&json!({"name": "Someone Else", "email": email}), Some(&key)))
         .await;
     let body = conflict.problem(409);
-    assert!(body["detail"].as_str().unwrap().contains(&id), "{body}");
+    // It says what is wrong, and nothing about the enrollment the key belongs to: whoever reuses
+    // a key must not learn someone else's enrollment id.
+    assert!(body["detail"].as_str().unwrap().contains("Idempotency-Key"), "{body}");
+    assert!(
+        !conflict.body.to_string().contains(&id),
+        "the 409 names the enrollment: {body}"
+    );
 
     // Another key is another enrollment; no key at all is always a new one.
     let other = api

@@ -15,6 +15,9 @@ on_both_backends!(
     stalled_saga_is_visible_and_completes_when_the_service_returns,
     late_bonus_after_a_rollback_is_reversed,
     a_rejected_enrollment_never_gains_a_customer,
+    commands_naming_another_enrollments_customer_are_refused,
+    an_http_flood_costs_no_message_its_receive,
+    sagas_complete_while_every_http_connection_is_taken,
 );
 
 fn unique_email(tag: &str) -> String {
@@ -118,6 +121,12 @@ async fn duplicate_email_is_rejected(backend: Backend) {
     assert!(
         done["reason"].as_str().is_some_and(|r| r.contains("already enrolled")),
         "{done}"
+    );
+    // The public view is reachable by anyone holding the id: it names no person.
+    let public = done.to_string().to_lowercase();
+    assert!(
+        !public.contains(&email) && !public.contains("grace"),
+        "personal data in the public view: {done}"
     );
 
     let customers = scalar_i64(
@@ -447,5 +456,176 @@ async fn a_rejected_enrollment_never_gains_a_customer(backend: Backend) {
     assert_eq!(customers, 0, "the rejected enrollment gained a customer");
     let (_, view) = system.get_json(&format!("/api/enrollments/{second}")).await;
     assert_eq!(view["status"], "rejected");
+    system.stop().await;
+}
+
+/// A raw command as a misbehaving producer (or an attacker with send rights) would put it on a
+/// queue: the receivers check it against their own records.
+fn command(kind: &str, enrollment: &str, payload: Value) -> String {
+    serde_json::json!({
+        "message_id": uuid::Uuid::now_v7(), "type": kind, "schema_version": 1,
+        "correlation_id": enrollment, "causation_id": null, "occurred_at": "2026-01-01T00:00:00Z",
+        "payload": payload,
+    })
+    .to_string()
+}
+
+/// `Unenroll` and `ReverseBonusPoints` act only on the customer of their own enrollment (the
+/// correlation id): naming another enrollment's customer sends the command to the DLQ and
+/// changes nothing.
+async fn commands_naming_another_enrollments_customer_are_refused(backend: Backend) {
+    let system = System::start(backend, Options::default()).await;
+    let victim = system.submit("Victim", &unique_email("victim")).await;
+    let victim = system.wait_for_status(&victim, &support::TERMINAL).await;
+    let other = system.submit("Other", &unique_email("other")).await;
+    let other = system.wait_for_status(&other, &support::TERMINAL).await;
+    assert_eq!(
+        (victim["status"].as_str(), other["status"].as_str()),
+        (Some("completed"), Some("completed"))
+    );
+    let victim_customer = victim["customer_id"].as_str().unwrap();
+    let other_enrollment = other["id"].as_str().unwrap();
+
+    let payload = serde_json::json!({"customer_id": victim_customer, "reason": "not yours"});
+    system
+        .send_raw(
+            "CustomerCommandsQueueUrl",
+            &command("Unenroll", other_enrollment, payload.clone()),
+        )
+        .await;
+    system
+        .send_raw(
+            "TransactionCommandsQueueUrl",
+            &command("ReverseBonusPoints", other_enrollment, payload),
+        )
+        .await;
+    for dlq in ["CustomerCommandsDlqUrl", "TransactionCommandsDlqUrl"] {
+        let dead = support::eventually("the refused command to reach its DLQ", || async {
+            (system.queue_depth(dlq).await == 1).then_some(())
+        })
+        .await;
+        assert!(dead.is_some(), "{dlq}");
+    }
+    let (_, customer) = system.get_json(&format!("/api/customers/{victim_customer}")).await;
+    assert_eq!(customer["status"], "active", "{customer}");
+    let (_, points) = system
+        .get_json(&format!("/api/customers/{victim_customer}/points"))
+        .await;
+    assert_eq!(points["balance"], 500, "{points}");
+    let (_, other_points) = system
+        .get_json(&format!(
+            "/api/customers/{}/points",
+            other["customer_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(other_points["balance"], 500, "{other_points}");
+    system.stop().await;
+}
+
+/// Many clients hammer the gateway (reads, operator listings, refused and accepted submissions)
+/// while sagas run: the consumers and the relay have connections of their own, so every saga
+/// completes and nothing is dead-lettered.
+async fn an_http_flood_costs_no_message_its_receive(backend: Backend) {
+    let system = System::start(backend, Options::default()).await;
+    let flood_for = std::time::Duration::from_secs(8);
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut flood = tokio::task::JoinSet::new();
+    for worker in 0..48usize {
+        let (client, stop) = (client.clone(), stop.clone());
+        let (show, list, post) = (
+            system.url(&format!("/api/enrollments/{}", uuid::Uuid::now_v7())),
+            system.url("/api/enrollments?limit=500"),
+            system.url("/api/enrollments"),
+        );
+        flood.spawn(async move {
+            let mut sent = 0u64;
+            while !stop.is_cancelled() {
+                let request = match worker % 3 {
+                    0 => client.get(&show),
+                    1 => client.get(&list).bearer_auth(support::OPERATOR_TOKEN),
+                    _ => client
+                        .post(&post)
+                        .json(&serde_json::json!({"name": "", "email": "flood"})),
+                };
+                let _ = request.send().await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+    let mut ids = Vec::new();
+    let started = tokio::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < flood_for {
+        ids.push(system.submit("Flooded", &unique_email(&format!("flood{n}"))).await);
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut done = Vec::new();
+    for id in &ids {
+        done.push(system.wait_for_status(id, &support::TERMINAL).await["status"].clone());
+    }
+    stop.cancel();
+    let mut requests = 0;
+    while let Some(sent) = flood.join_next().await {
+        requests += sent.unwrap();
+    }
+    assert!(requests > 500, "the flood sent only {requests} requests");
+    assert!(ids.len() >= 10, "only {} sagas ran during the flood", ids.len());
+    assert!(done.iter().all(|s| s == "completed"), "{done:?}");
+    for dlq in [
+        "CustomerCommandsDlqUrl",
+        "TransactionCommandsDlqUrl",
+        "GatewayEventsDlqUrl",
+        "CustomerEventsSubscriptionDlqUrl",
+        "TransactionEventsSubscriptionDlqUrl",
+    ] {
+        assert_eq!(system.queue_depth(dlq).await, 0, "{dlq}");
+    }
+    system.stop().await;
+}
+
+/// The consumers and relays have connections of their own: with every connection of the three
+/// services' HTTP pools held (as a flood of slow requests would), accepted sagas still finish.
+/// With one shared pool they could not even start their transactions.
+async fn sagas_complete_while_every_http_connection_is_taken(backend: Backend) {
+    let system = System::start(backend, Options::default()).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(system.submit("Starved", &unique_email(&format!("starved{n}"))).await);
+    }
+    let mut held = Vec::new();
+    for running in [&system.gateway, &system.customer, &system.transaction] {
+        let pool = &running.as_ref().unwrap().pool;
+        for _ in 0..pool.options().get_max_connections() {
+            held.push(pool.acquire().await.expect("an HTTP connection"));
+        }
+    }
+    // Watch through a connection of the test's own: the gateway's HTTP side is starved.
+    let watcher = utility::storage::connect(&system.gateway_db.url, gateway::migrations())
+        .await
+        .unwrap();
+    let finished = support::eventually("every saga to finish with the HTTP pools taken", || async {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM enrollments WHERE status IN ('completed', 'rejected', 'rolled_back')",
+        )
+        .fetch_one(&watcher)
+        .await
+        .unwrap();
+        (done == ids.len() as i64).then_some(())
+    })
+    .await;
+    assert!(finished.is_some(), "sagas stalled while the HTTP pools were taken");
+    drop(held);
+    for id in &ids {
+        assert_eq!(
+            system.wait_for_status(id, &support::TERMINAL).await["status"],
+            "completed"
+        );
+    }
     system.stop().await;
 }

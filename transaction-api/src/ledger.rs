@@ -6,7 +6,8 @@ use utility::messaging::Endpoint;
 use utility::messaging::consumer::{Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
-    BonusPointsFailed, BonusPointsPosted, BonusPointsReversed, Message, PostBonusPoints, ReverseBonusPoints,
+    BonusFailure, BonusPointsFailed, BonusPointsPosted, BonusPointsReversed, Message, PostBonusPoints,
+    ReverseBonusPoints,
 };
 use utility::messaging::outbox;
 use uuid::Uuid;
@@ -105,6 +106,7 @@ impl LedgerHandler {
             return Ok(Some(Message::BonusPointsFailed(BonusPointsFailed {
                 customer_id,
                 reason,
+                cause: BonusFailure::BudgetExhausted,
             })));
         }
         sqlx::query(
@@ -136,15 +138,23 @@ async fn reverse_bonus(
     enrollment_id: Uuid,
     command: &ReverseBonusPoints,
 ) -> Result<Option<Message>, HandlerError> {
+    // The ledger row of this enrollment is the truth; the command must agree with it about whose
+    // bonus it is, or it is refused rather than moving points on a stranger's balance.
+    let (bonus_customer, points): (String, i64) =
+        sqlx::query_as("SELECT customer_id, points FROM ledger WHERE enrollment_id = $1 AND kind = $2")
+            .bind(enrollment_id.to_string())
+            .bind(BONUS_KIND)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                HandlerError::Refused(format!("no enrollment bonus was posted for enrollment {enrollment_id}"))
+            })?;
     let customer_id = command.customer_id;
-    let points: i64 = sqlx::query_scalar("SELECT points FROM ledger WHERE enrollment_id = $1 AND kind = $2")
-        .bind(enrollment_id.to_string())
-        .bind(BONUS_KIND)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| {
-            HandlerError::Refused(format!("no enrollment bonus was posted for enrollment {enrollment_id}"))
-        })?;
+    if bonus_customer != customer_id.to_string() {
+        return Err(HandlerError::Refused(format!(
+            "the bonus of enrollment {enrollment_id} was posted to customer {bonus_customer}, not {customer_id}"
+        )));
+    }
     let inserted = sqlx::query(
         "INSERT INTO ledger (id, customer_id, enrollment_id, kind, points, posted_at)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",

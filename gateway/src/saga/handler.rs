@@ -44,14 +44,15 @@ impl Handler for SagaHandler {
             // retry against the new status instead of overwriting it.
             let moved = sqlx::query(
                 "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
-                     bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason), updated_at = $5,
-                     stall_reported_at = NULL
-                 WHERE id = $6 AND status = $7",
+                     bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason),
+                     public_reason = COALESCE($5, public_reason), updated_at = $6, stall_reported_at = NULL
+                 WHERE id = $7 AND status = $8",
             )
             .bind(step.next.name())
             .bind(step.customer_id.map(|c| c.to_string()))
             .bind(step.bonus_points)
             .bind(step.reason.as_deref())
+            .bind(step.public_reason)
             .bind(&now)
             .bind(id.to_string())
             .bind(current.name())

@@ -67,13 +67,17 @@ pub struct GatewayApi {
 }
 
 impl GatewayApi {
+    /// With [`super::gateway_config`].
     pub async fn start(backend: Backend) -> Self {
+        Self::with_config(backend, super::gateway_config()).await
+    }
+
+    pub async fn with_config(backend: Backend, config: gateway::Config) -> Self {
         super::init_logs();
         let db = TestDb::new(backend, "gateway").await;
         let pool = utility::storage::connect(&db.url, gateway::migrations())
             .await
             .expect("gateway database");
-        let config = gateway::Config::default();
         let router = gateway::router(&config, pool.clone(), Arc::new(Notify::new())).expect("gateway router");
         Self {
             router,

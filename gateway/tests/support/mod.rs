@@ -21,6 +21,19 @@ use utility::messaging::bus::Bus;
 use utility::runtime::config::CommonConfig;
 use uuid::Uuid;
 
+/// The operator token of every test gateway.
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+
+/// A gateway configuration for tests: operator routes on with [`OPERATOR_TOKEN`], no rate limit
+/// (tests submit quickly from one address; the limit has tests of its own).
+pub fn gateway_config() -> gateway::Config {
+    gateway::Config {
+        operator_token: Some(utility::runtime::config::Secret::new(OPERATOR_TOKEN)),
+        rate_limit_per_minute: 0,
+        ..gateway::Config::default()
+    }
+}
+
 /// How long any eventual condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(45);
 pub const TERMINAL: [&str; 3] = ["completed", "rejected", "rolled_back"];
@@ -294,7 +307,7 @@ impl System {
                 customer_api_url: format!("http://127.0.0.1:{}", port(&self.customer)),
                 transaction_api_url: format!("http://127.0.0.1:{}", port(&self.transaction)),
                 stall_after_seconds: self.options.stall_after_seconds,
-                ..gateway::Config::default()
+                ..gateway_config()
             },
             self.bus.clone(),
         )
@@ -341,8 +354,15 @@ impl System {
         id
     }
 
+    /// GETs `path` as an operator (the token does no harm on public routes).
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(self.url(path)).send().await.expect("gateway answers");
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("gateway answers");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }

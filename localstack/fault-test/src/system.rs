@@ -101,6 +101,8 @@ impl System {
         let mut gateway_env = common(GATEWAY);
         gateway_env.push(("CUSTOMER_API_URL".into(), format!("http://{}", addr(CUSTOMER))));
         gateway_env.push(("TRANSACTION_API_URL".into(), format!("http://{}", addr(TRANSACTION))));
+        // The load comes from one address, faster than a person would submit.
+        gateway_env.push(("RATE_LIMIT_PER_MINUTE".into(), "0".into()));
         let mut transaction_env = common(TRANSACTION);
         transaction_env.push(("BONUS_BUDGET_POINTS".into(), budget_points.to_string()));
         let envs = [gateway_env, common(CUSTOMER), transaction_env];

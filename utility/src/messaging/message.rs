@@ -65,7 +65,23 @@ pub struct BonusPointsPosted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BonusPointsFailed {
     pub customer_id: Uuid,
+    /// The transaction-api's own words, for operators.
     pub reason: String,
+    /// What kind of failure it was, for words a client may see.
+    #[serde(default)]
+    pub cause: BonusFailure,
+}
+
+/// Why an enrollment bonus could not be posted. Unknown values (from a newer producer) read as
+/// `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BonusFailure {
+    /// The campaign's budget cannot cover another bonus.
+    BudgetExhausted,
+    #[default]
+    #[serde(other)]
+    Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,45 +1,22 @@
-//! The gateway's public HTTP API: enrollments, and read-only proxies to the customer-api and
-//! transaction-api.
+//! The public surface: submitting an enrollment and following it. The enrollment id is the
+//! client's capability: what `GET /api/enrollments/{id}` shows is what its submitter may see, and
+//! nothing personal (no name, no e-mail, no operator detail in the reason), since such a URL
+//! leaks through logs and referrers.
 
+use super::AppState;
 use crate::store::{self, NewEnrollment};
-use axum::body::Body;
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
 use sqlx::AnyPool;
-use std::sync::Arc;
-use tokio::sync::Notify;
 use utility::domain::{CustomerName, Email, FieldError};
-use utility::http::problem::method_not_allowed;
 use utility::http::{Problem, ProblemJson, ProblemPath};
 use uuid::Uuid;
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 255;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: AnyPool,
-    pub outbox_signal: Arc<Notify>,
-    pub http: reqwest::Client,
-    pub customer_api_url: String,
-    pub transaction_api_url: String,
-    pub stall_after: std::time::Duration,
-}
-
-/// The gateway's routes; [`utility::http::finish`] adds the fallback and the request limits.
-pub fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/api/enrollments", post(create).fallback(method_not_allowed))
-        .route("/api/enrollments/stalled", get(stalled).fallback(method_not_allowed))
-        .route("/api/enrollments/{id}", get(show).fallback(method_not_allowed))
-        .route("/api/customers/{id}", get(customer).fallback(method_not_allowed))
-        .route("/api/customers/{id}/points", get(points).fallback(method_not_allowed))
-        .with_state(state)
-}
 
 /// A validated enrollment request.
 struct EnrollmentRequest {
@@ -122,7 +99,7 @@ fn accepted(id: impl std::fmt::Display, status: &str) -> Response {
 }
 
 #[tracing::instrument(skip_all, fields(enrollment_id = tracing::field::Empty))]
-async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     ProblemJson(body): ProblemJson<Value>,
@@ -167,81 +144,27 @@ async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<R
         return Ok(None);
     };
     if existing.fingerprint != fingerprint {
-        return Err(Problem::conflict(format!(
-            "Idempotency-Key was already used for enrollment {} with a different body",
-            existing.id
-        )));
+        // Naming the enrollment would hand someone else's capability to whoever guessed the key.
+        return Err(Problem::conflict(
+            "Idempotency-Key was already used with a different body; use a new key for a new enrollment",
+        ));
     }
     Ok(Some(accepted(existing.id, &existing.status)))
 }
 
-fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
+pub(super) fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id).map_err(|_| Problem::bad_request(format!("{what} id must be a UUID")))
 }
 
-async fn show(
+pub(super) async fn show(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,
-) -> Result<Json<store::EnrollmentView>, Problem> {
+) -> Result<Json<store::PublicView>, Problem> {
     let id = parse_id(&id, "enrollment")?;
     store::view(&state.pool, id, &utility::storage::cutoff(state.stall_after))
         .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("no enrollment {id}")))
-}
-
-/// Sagas that have not moved for the stall deadline, oldest first.
-async fn stalled(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
-    let stalled = crate::stalls::list(&state.pool, &utility::storage::cutoff(state.stall_after)).await?;
-    Ok(Json(json!({
-        "stall_after_seconds": state.stall_after.as_secs(),
-        "stalled": stalled,
-    })))
-}
-
-async fn customer(State(state): State<AppState>, ProblemPath(id): ProblemPath<String>) -> Result<Response, Problem> {
-    let id = parse_id(&id, "customer")?;
-    proxy(
-        &state.http,
-        format!("{}/customers/{id}", state.customer_api_url),
-        "customer-api",
-    )
-    .await
-}
-
-async fn points(State(state): State<AppState>, ProblemPath(id): ProblemPath<String>) -> Result<Response, Problem> {
-    let id = parse_id(&id, "customer")?;
-    proxy(
-        &state.http,
-        format!("{}/customers/{id}/points", state.transaction_api_url),
-        "transaction-api",
-    )
-    .await
-}
-
-/// Forwards a GET and passes status, content type, `Retry-After` and body back unchanged.
-async fn proxy(http: &reqwest::Client, url: String, service: &str) -> Result<Response, Problem> {
-    let upstream = http.get(&url).send().await.map_err(|err| {
-        tracing::warn!(error = %err, %url, "upstream request failed");
-        Problem::bad_gateway(format!("the {service} did not answer"))
-    })?;
-    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    // What the client needs to read the answer and to know when to come back.
-    let passed: Vec<(header::HeaderName, HeaderValue)> = [header::CONTENT_TYPE, header::RETRY_AFTER]
-        .into_iter()
-        .filter_map(|name| {
-            let value = upstream.headers().get(name.as_str())?;
-            Some((name, HeaderValue::from_bytes(value.as_bytes()).ok()?))
-        })
-        .collect();
-    let body = upstream.bytes().await.map_err(|err| {
-        tracing::warn!(error = %err, %url, "upstream body failed");
-        Problem::bad_gateway(format!("the {service} answer was cut off"))
-    })?;
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().extend(passed);
-    Ok(response)
 }
 
 #[cfg(test)]

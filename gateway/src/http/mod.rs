@@ -1,0 +1,81 @@
+//! The gateway's HTTP API, in two surfaces.
+//!
+//! | surface | routes | who |
+//! |---|---|---|
+//! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{id}`, `/health` | anyone holding an enrollment id |
+//! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points` | bearer of `OPERATOR_TOKEN`; off (404) without it |
+//!
+//! Both are behind load shedding ([`edge`]).
+
+pub mod edge;
+mod enrollments;
+mod operator;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{MethodRouter, any, get, post};
+use edge::{OperatorToken, RateLimit};
+use sqlx::AnyPool;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use utility::http::problem::{method_not_allowed, not_found_route};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: AnyPool,
+    pub outbox_signal: Arc<Notify>,
+    pub http: reqwest::Client,
+    pub customer_api_url: String,
+    pub transaction_api_url: String,
+    pub stall_after: std::time::Duration,
+}
+
+/// How the edge is set up (from the gateway's configuration).
+#[derive(Clone)]
+pub struct Edge {
+    pub operator: Option<OperatorToken>,
+    pub rate_limit: Option<RateLimit>,
+    pub max_concurrent_requests: usize,
+}
+
+/// The gateway's routes; [`utility::http::finish`] adds the fallback and the request limits.
+pub fn routes(state: AppState, edge: &Edge) -> Router {
+    let mut submit: MethodRouter<AppState> = post(enrollments::create);
+    if let Some(limit) = &edge.rate_limit {
+        submit = submit.layer(from_fn_with_state(limit.clone(), edge::rate_limit));
+    }
+    // An operator route behind the token, or, without a token, no route at all (404 whatever the
+    // method).
+    let operator = |route: MethodRouter<AppState>| -> MethodRouter<AppState> {
+        match &edge.operator {
+            Some(token) => route
+                .layer(from_fn_with_state(token.clone(), edge::require_operator))
+                .fallback(method_not_allowed),
+            None => any(not_found_route),
+        }
+    };
+    let enrollments = match &edge.operator {
+        Some(token) => {
+            submit.merge(get(operator::list).layer(from_fn_with_state(token.clone(), edge::require_operator)))
+        }
+        None => submit.get(not_found_route),
+    };
+    let shedding = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(edge::overloaded))
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            edge.max_concurrent_requests.max(1),
+        ));
+    Router::new()
+        .route("/api/enrollments", enrollments.fallback(method_not_allowed))
+        .route("/api/enrollments/stalled", operator(get(operator::stalled)))
+        .route(
+            "/api/enrollments/{id}",
+            get(enrollments::show).fallback(method_not_allowed),
+        )
+        .route("/api/customers/{id}", operator(get(operator::customer)))
+        .route("/api/customers/{id}/points", operator(get(operator::points)))
+        .layer(shedding)
+        .with_state(state)
+}

@@ -1,0 +1,305 @@
+//! The gateway's edge, in process: operator routes behind the bearer token (and off without
+//! one), the per-client submission limit, load shedding, and the operator listing.
+
+mod support;
+
+use axum::body::Body;
+use axum::extract::connect_info::ConnectInfo;
+use axum::http::Request;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use support::api::{Answer, GatewayApi, Served, call};
+use support::{Backend, OPERATOR_TOKEN, TestDb};
+
+on_both_backends!(operator_listing_pages_and_filters);
+
+fn enrollment(n: usize) -> Value {
+    json!({"name": format!("Edge {n}"), "email": format!("edge-{n}-{}@example.com", uuid::Uuid::new_v4())})
+}
+
+fn submit_from(peer: &str, forwarded_for: Option<&str>, n: usize) -> Request<Body> {
+    let mut request = Request::post("/api/enrollments").header("content-type", "application/json");
+    if let Some(forwarded) = forwarded_for {
+        request = request.header("x-forwarded-for", forwarded);
+    }
+    let mut request = request.body(Body::from(enrollment(n).to_string())).unwrap();
+    let peer: SocketAddr = peer.parse().unwrap();
+    request.extensions_mut().insert(ConnectInfo(peer));
+    request
+}
+
+fn get_as(uri: &str, token: Option<&str>) -> Request<Body> {
+    let mut request = Request::get(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request.body(Body::empty()).unwrap()
+}
+
+fn assert_unauthorized(answer: &Answer, route: &str) {
+    assert_eq!(answer.status, 401, "{route}: {}", answer.body);
+    answer.problem(401);
+    assert_eq!(answer.header("www-authenticate"), Some("Bearer"), "{route}");
+}
+
+/// The customer-api and transaction-api in process, with one customer, for the proxies.
+async fn upstreams() -> (Served, Served, String, TestDb, TestDb) {
+    let customer_db = TestDb::new(Backend::Sqlite, "customer").await;
+    let transaction_db = TestDb::new(Backend::Sqlite, "transaction").await;
+    let customers = utility::storage::connect(&customer_db.url, customer_api::migrations())
+        .await
+        .unwrap();
+    let ledger = utility::storage::connect(&transaction_db.url, transaction_api::migrations())
+        .await
+        .unwrap();
+    let customer_id = uuid::Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO customers (id, enrollment_id, name, email, status, enrolled_at)
+         VALUES ($1, $2, 'Ada', 'ada@example.com', 'active', '2026-01-01T00:00:00.000Z')",
+    )
+    .bind(&customer_id)
+    .bind(uuid::Uuid::now_v7().to_string())
+    .execute(&customers)
+    .await
+    .unwrap();
+    let customer = Served::start(customer_api::router(customers)).await;
+    let transaction = Served::start(transaction_api::router(ledger)).await;
+    (customer, transaction, customer_id, customer_db, transaction_db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_routes_need_the_token_and_are_off_without_one() {
+    let (customer, transaction, customer_id, _c, _t) = upstreams().await;
+    let config = gateway::Config {
+        customer_api_url: customer.url(""),
+        transaction_api_url: transaction.url(""),
+        ..support::gateway_config()
+    };
+    let api = GatewayApi::with_config(Backend::Sqlite, config.clone()).await;
+    let accepted = api.call(submit_from("203.0.113.1:5000", None, 0)).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
+
+    let operator_routes = [
+        "/api/enrollments".to_owned(),
+        "/api/enrollments?status=pending&limit=10".to_owned(),
+        "/api/enrollments/stalled".to_owned(),
+        format!("/api/customers/{customer_id}"),
+        format!("/api/customers/{customer_id}/points"),
+    ];
+    for route in &operator_routes {
+        assert_unauthorized(&api.call(get_as(route, None)).await, route);
+        assert_unauthorized(&api.call(get_as(route, Some("not-the-operator-token"))).await, route);
+        let mut basic = get_as(route, None);
+        basic
+            .headers_mut()
+            .insert("authorization", format!("Basic {OPERATOR_TOKEN}").parse().unwrap());
+        assert_unauthorized(&api.call(basic).await, route);
+        let answer = api.call(get_as(route, Some(OPERATOR_TOKEN))).await;
+        assert_eq!(answer.status, 200, "{route} with the token: {}", answer.body);
+    }
+    let customer_view = api
+        .call(get_as(&format!("/api/customers/{customer_id}"), Some(OPERATOR_TOKEN)))
+        .await;
+    assert_eq!(customer_view.body["email"], "ada@example.com");
+    // The public routes need no token.
+    let public = api.call(get_as(&format!("/api/enrollments/{id}"), None)).await;
+    assert_eq!(public.status, 200, "{}", public.body);
+
+    // Without OPERATOR_TOKEN the operator routes do not exist, whatever is sent.
+    let off = GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            operator_token: None,
+            ..config
+        },
+    )
+    .await;
+    for route in &operator_routes {
+        for token in [None, Some(OPERATOR_TOKEN), Some("")] {
+            let answer = off.call(get_as(route, token)).await;
+            assert_eq!(answer.status, 404, "{route} with the routes off: {}", answer.body);
+            answer.problem(404);
+        }
+    }
+    let accepted = off.call(submit_from("203.0.113.1:5000", None, 1)).await;
+    assert_eq!(accepted.status, 202, "public routes stay on: {}", accepted.body);
+    // A token too short to be safe stops the gateway from starting.
+    let short = gateway::Config {
+        operator_token: Some(utility::runtime::config::Secret::new("short")),
+        ..support::gateway_config()
+    };
+    let pool = off.pool.clone();
+    let err = gateway::router(&short, pool, std::sync::Arc::new(tokio::sync::Notify::new()))
+        .expect_err("a short token is refused")
+        .to_string();
+    assert!(err.contains("OPERATOR_TOKEN"), "{err}");
+    customer.stop().await;
+    transaction.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_are_limited_per_client_address() {
+    let api = GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            rate_limit_per_minute: 60,
+            rate_limit_burst: 3,
+            trusted_proxy_cidrs: "10.0.0.0/16".to_owned(),
+            ..support::gateway_config()
+        },
+    )
+    .await;
+    // A client gets its burst, then 429 with Retry-After.
+    for n in 0..3 {
+        let answer = api.call(submit_from("203.0.113.7:4000", None, n)).await;
+        assert_eq!(answer.status, 202, "submission {n}: {}", answer.body);
+    }
+    let limited = api.call(submit_from("203.0.113.7:4001", None, 3)).await;
+    limited.problem(429);
+    let retry_after: u64 = limited.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    // Its own X-Forwarded-For does not buy it a new bucket: it is not a trusted proxy.
+    api.call(submit_from("203.0.113.7:4002", Some("198.51.100.50"), 4))
+        .await
+        .problem(429);
+    // Another client is not affected.
+    let other = api.call(submit_from("203.0.113.8:4000", None, 5)).await;
+    assert_eq!(other.status, 202, "{}", other.body);
+    // Behind the trusted load balancer, each client is its own: the address the proxy saw.
+    for (n, client) in ["198.51.100.1", "198.51.100.2"].into_iter().enumerate() {
+        for attempt in 0..3 {
+            let answer = api
+                .call(submit_from("10.0.1.9:80", Some(client), 10 + 3 * n + attempt))
+                .await;
+            assert_eq!(answer.status, 202, "{client} #{attempt}: {}", answer.body);
+        }
+        api.call(submit_from("10.0.1.9:80", Some(client), 20 + n))
+            .await
+            .problem(429);
+    }
+    // Refusals stored nothing: 3 + 1 + 6 enrollments.
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM enrollments")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 10);
+    // Reads are not limited.
+    for _ in 0..10 {
+        let answer = api.call(get_as("/api/enrollments/stalled", Some(OPERATOR_TOKEN))).await;
+        assert_eq!(answer.status, 200);
+    }
+}
+
+/// A body that never arrives holds its request (and its place) open.
+fn never_finishing_submission() -> Request<Body> {
+    let stream = futures::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+    Request::post("/api/enrollments")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_capacity_are_shed_at_once() {
+    let api = GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            max_concurrent_requests: 2,
+            ..support::gateway_config()
+        },
+    )
+    .await;
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let router = api.router.clone();
+            tokio::spawn(async move { call(&router, never_finishing_submission()).await })
+        })
+        .collect();
+    // Once both places are taken, a third request is refused at once, not queued.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let shed = loop {
+        let started = tokio::time::Instant::now();
+        let answer = api.call(get_as("/api/enrollments/stalled", Some(OPERATOR_TOKEN))).await;
+        if answer.status == 503 {
+            assert!(started.elapsed() < Duration::from_secs(1), "shedding waited");
+            break answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never shed: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    shed.problem(503);
+    assert!(shed.header("retry-after").is_some());
+    for request in held {
+        request.abort();
+    }
+    // Capacity comes back when the held requests go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = api.call(get_as("/api/enrollments/stalled", Some(OPERATOR_TOKEN))).await;
+        if answer.status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "capacity never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn operator_listing_pages_and_filters(backend: Backend) {
+    let api = GatewayApi::start(backend).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let answer = api.call(submit_from("203.0.113.1:1", None, n)).await;
+        ids.push(answer.body["id"].as_str().unwrap().to_owned());
+    }
+    ids.reverse(); // newest first
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let uri = match &cursor {
+            Some(cursor) => format!("/api/enrollments?limit=2&cursor={cursor}"),
+            None => "/api/enrollments?limit=2".to_owned(),
+        };
+        let page = api.call(get_as(&uri, Some(OPERATOR_TOKEN))).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        pages += 1;
+        for entry in page.body["enrollments"].as_array().unwrap() {
+            assert_eq!(entry["status"], "pending");
+            assert!(
+                entry["created_at"].is_string() && entry.get("reason").is_some(),
+                "{entry}"
+            );
+            seen.push(entry["id"].as_str().unwrap().to_owned());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ids, "every enrollment once, newest first");
+    let pending = api
+        .call(get_as("/api/enrollments?status=pending", Some(OPERATOR_TOKEN)))
+        .await;
+    assert_eq!(pending.body["enrollments"].as_array().unwrap().len(), 5);
+    let completed = api
+        .call(get_as("/api/enrollments?status=completed", Some(OPERATOR_TOKEN)))
+        .await;
+    assert_eq!(completed.body["enrollments"], json!([]));
+    assert_eq!(completed.body["next_cursor"], Value::Null);
+    let bad = api
+        .call(get_as(
+            "/api/enrollments?status=done&limit=0&cursor=x",
+            Some(OPERATOR_TOKEN),
+        ))
+        .await;
+    let fields: Vec<&str> = bad.problem(422)["invalid-params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["status", "limit", "cursor"]);
+}
