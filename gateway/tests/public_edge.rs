@@ -192,9 +192,16 @@ async fn submissions_are_limited_per_client_address() {
     }
 }
 
-/// A body that never arrives holds its request (and its place) open.
-fn never_finishing_submission() -> Request<Body> {
-    let stream = futures::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+/// A body that never arrives holds its request (and its place) open; `reading` fires when the
+/// handler starts reading it, which proves the request got past the concurrency limit.
+fn never_finishing_submission(reading: tokio::sync::oneshot::Sender<()>) -> Request<Body> {
+    let mut reading = Some(reading);
+    let stream = futures::stream::poll_fn(move |_| {
+        if let Some(reading) = reading.take() {
+            let _ = reading.send(());
+        }
+        std::task::Poll::<Option<Result<Vec<u8>, std::io::Error>>>::Pending
+    });
     Request::post("/api/enrollments")
         .header("content-type", "application/json")
         .body(Body::from_stream(stream))
@@ -211,39 +218,32 @@ async fn requests_beyond_capacity_are_shed_at_once() {
         },
     )
     .await;
-    let held: Vec<_> = (0..2)
-        .map(|_| {
-            let router = api.router.clone();
-            tokio::spawn(async move { call(&router, never_finishing_submission()).await })
-        })
-        .collect();
-    // Once both places are taken, a third request is refused at once, not queued.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let shed = loop {
-        let started = tokio::time::Instant::now();
-        let answer = api.call(get_as("/api/enrollments/stalled", Some(OPERATOR_TOKEN))).await;
-        if answer.status == 503 {
-            assert!(started.elapsed() < Duration::from_secs(1), "shedding waited");
-            break answer;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never shed: {}", answer.body);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // Two requests take both places, one after the other.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (reading, in_handler) = tokio::sync::oneshot::channel();
+        let router = api.router.clone();
+        held.push(tokio::spawn(async move {
+            call(&router, never_finishing_submission(reading)).await
+        }));
+        tokio::time::timeout(Duration::from_secs(5), in_handler)
+            .await
+            .expect("the held request reached its handler")
+            .unwrap();
+    }
+    // A third is refused at once, not queued.
+    let started = tokio::time::Instant::now();
+    let shed = api.call(get_as("/api/enrollments/stalled", Some(OPERATOR_TOKEN))).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "shedding waited");
     shed.problem(503);
     assert!(shed.header("retry-after").is_some());
     for request in held {
         request.abort();
+        let _ = request.await;
     }
     // Capacity comes back when the held requests go.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = api.call(get_as("/api/enrollments/stalled", Some(OPERATOR_TOKEN))).await;
-        if answer.status == 200 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "capacity never came back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let answer = api.call(get_as("/api/enrollments/stalled", Some(OPERATOR_TOKEN))).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
 }
 
 async fn operator_listing_pages_and_filters(backend: Backend) {
