@@ -16,7 +16,7 @@ bench: ## Pipeline throughput and saga latency against the raw bus (needs LocalS
 lint: ## Formatting, clippy, and cfn-lint on the CloudFormation templates.
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
-	localstack/localstack.sh install && localstack/.venv/bin/cfn-lint infra/*.yaml
+	infra/lint/cfn-lint.sh run
 
 fmt:
 	cargo fmt --all

@@ -7,7 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-shellcheck "$here/bootstrap.sh" "$here/check.sh" "$root/infra/moto/moto.sh" \
+shellcheck "$here/bootstrap.sh" "$here/check.sh" "$root/infra/moto/moto.sh" "$root/infra/lint/cfn-lint.sh" \
   "$root"/localstack/*.sh "$root/.ci/run"
 echo "ec2-check: shellcheck clean" >&2
 
