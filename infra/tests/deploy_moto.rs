@@ -351,7 +351,7 @@ async fn deploy_app_end_to_end_on_moto() {
         ("AWS::EC2::LaunchTemplate", 3),
         ("AWS::AutoScaling::AutoScalingGroup", 3),
         ("AWS::ElasticLoadBalancingV2::LoadBalancer", 2),
-        ("AWS::ElasticLoadBalancingV2::TargetGroup", 3),
+        ("AWS::ElasticLoadBalancingV2::TargetGroup", 4),
         ("AWS::RDS::DBInstance", 3),
         ("AWS::EC2::SecurityGroup", 8),
     ] {
