@@ -11,6 +11,7 @@ use crate::{InfraError, MessagingParams};
 use aws_config::SdkConfig;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 use utility::messaging::Endpoint;
 
 pub const ARTIFACTS_TEMPLATE: &str = include_str!("../artifacts.yaml");
@@ -45,6 +46,12 @@ pub enum DeployError {
     Release(#[from] ReleaseError),
     #[error("stack `{stack}` has no output `{key}`; is it an older version of the template?")]
     MissingOutput { stack: String, key: &'static str },
+    #[error(
+        "stack `{stack}` protects its databases from deletion; turn that off first: \
+         sagactl deploy-app --release {release} --parameter DatabaseDeletionProtection=false \
+         (each database still leaves a final snapshot)"
+    )]
+    DeletionProtected { stack: String, release: String },
 }
 
 /// What to run: a fresh release built from a directory of binaries, or one uploaded before (a
@@ -98,11 +105,13 @@ pub struct Deployment {
     pub app_outputs: HashMap<String, String>,
 }
 
-/// Clients for one AWS endpoint (real AWS, or an emulator through `AWS_ENDPOINT_URL`).
+/// Clients for one AWS endpoint (real AWS, or an emulator through `AWS_ENDPOINT_URL`), and how
+/// long to wait for each stack.
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub cloudformation: aws_sdk_cloudformation::Client,
     pub s3: aws_sdk_s3::Client,
+    pub settle_limit: Duration,
 }
 
 impl Clients {
@@ -114,17 +123,19 @@ impl Clients {
         Self {
             cloudformation: aws_sdk_cloudformation::Client::new(sdk),
             s3: aws_sdk_s3::Client::from_conf(s3),
+            settle_limit: crate::DEFAULT_SETTLE_LIMIT,
         }
     }
 }
 
 /// Creates or updates everything and returns the gateway's URL.
-#[tracing::instrument(skip_all, fields(prefix = %options.name_prefix), err)]
+#[tracing::instrument(skip_all, fields(prefix = %options.name_prefix))]
 pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deployment, DeployError> {
     let stacks = Stacks::for_prefix(&options.name_prefix);
     let cfn = &clients.cloudformation;
+    let limit = clients.settle_limit;
 
-    let artifacts = crate::deploy_stack(cfn, &stacks.artifacts, ARTIFACTS_TEMPLATE, &[]).await?;
+    let artifacts = crate::deploy_stack_within(cfn, &stacks.artifacts, ARTIFACTS_TEMPLATE, &[], limit).await?;
     let bucket = output(&artifacts, &stacks.artifacts, "BucketName")?;
     let release_id = match &options.release {
         ReleaseSource::Build(dir) => {
@@ -139,8 +150,8 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
     };
     tracing::info!(release = %release_id, %bucket, "release in place");
 
-    let messaging =
-        crate::deploy_messaging(cfn, &stacks.messaging, &MessagingParams::new(&options.name_prefix)).await?;
+    let messaging_params = MessagingParams::new(&options.name_prefix);
+    let messaging = crate::deploy_messaging_within(cfn, &stacks.messaging, &messaging_params, limit).await?;
     let mut parameters = vec![
         ("NamePrefix".to_owned(), options.name_prefix.clone()),
         ("ArtifactBucket".to_owned(), bucket.clone()),
@@ -155,7 +166,8 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
     let existing_vpc = options.overrides.iter().any(|(k, _)| k == "VpcId");
     if !existing_vpc {
         let network_parameters = [("NamePrefix".to_owned(), options.name_prefix.clone())];
-        let network = crate::deploy_stack(cfn, &stacks.network, NETWORK_TEMPLATE, &network_parameters).await?;
+        let network =
+            crate::deploy_stack_within(cfn, &stacks.network, NETWORK_TEMPLATE, &network_parameters, limit).await?;
         for key in NETWORK_INPUTS {
             parameters.push((key.to_owned(), output(&network, &stacks.network, key)?));
         }
@@ -164,7 +176,7 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
         parameters.retain(|(k, _)| k != key);
         parameters.push((key.clone(), value.clone()));
     }
-    let app_outputs = crate::deploy_stack(cfn, &stacks.app, APP_TEMPLATE, &parameters).await?;
+    let app_outputs = crate::deploy_stack_within(cfn, &stacks.app, APP_TEMPLATE, &parameters, limit).await?;
     let gateway_url = output(&app_outputs, &stacks.app, "GatewayUrl")?;
     Ok(Deployment {
         stacks,
@@ -178,19 +190,31 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
 
 /// Removes the application, the messaging topology, the artifact bucket (emptied first) and
 /// the network. Parts already gone are skipped, so an interrupted destroy can simply be run again.
-#[tracing::instrument(skip_all, fields(prefix = prefix), err)]
+/// Refuses, before it deletes anything, while the databases are protected from deletion.
+#[tracing::instrument(skip_all, fields(prefix = prefix))]
 pub async fn destroy(clients: &Clients, prefix: &str) -> Result<(), DeployError> {
     let stacks = Stacks::for_prefix(prefix);
     let cfn = &clients.cloudformation;
-    crate::delete(cfn, &stacks.app).await?;
-    crate::delete(cfn, &stacks.messaging).await?;
+    let limit = clients.settle_limit;
+    if let Some(app) = crate::parameters(cfn, &stacks.app).await? {
+        let parameter = |key: &str| app.get(key).map(String::as_str);
+        if parameter("DatabaseDeletionProtection") == Some("true") {
+            let release = parameter("ReleasePrefix").unwrap_or_default();
+            return Err(DeployError::DeletionProtected {
+                stack: stacks.app,
+                release: release.trim_start_matches("releases/").to_owned(),
+            });
+        }
+    }
+    crate::delete_within(cfn, &stacks.app, limit).await?;
+    crate::delete_within(cfn, &stacks.messaging, limit).await?;
     let artifacts = crate::outputs(cfn, &stacks.artifacts).await?.unwrap_or_default();
     if let Some(bucket) = artifacts.get("BucketName") {
         let removed = release::empty_bucket(&clients.s3, bucket).await?;
         tracing::info!(%bucket, removed, "artifact bucket emptied");
     }
-    crate::delete(cfn, &stacks.artifacts).await?;
-    crate::delete(cfn, &stacks.network).await?;
+    crate::delete_within(cfn, &stacks.artifacts, limit).await?;
+    crate::delete_within(cfn, &stacks.network, limit).await?;
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //! Content addressing makes an upload idempotent, lets a deployment name exactly what runs, and
 //! leaves every earlier release in place for a roll-back.
 
-use aws_sdk_s3::error::DisplayErrorContext;
+use crate::sdk_error::describe;
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -84,7 +85,7 @@ impl Release {
     }
 
     /// Uploads every file not already in the bucket.
-    #[tracing::instrument(skip_all, fields(release = %self.id, bucket = bucket), err)]
+    #[tracing::instrument(skip_all, fields(release = %self.id, bucket = bucket))]
     pub async fn upload(&self, s3: &aws_sdk_s3::Client, bucket: &str) -> Result<(), ReleaseError> {
         for (name, bytes) in &self.files {
             let key = format!("{}/{name}", self.prefix());
@@ -97,7 +98,7 @@ impl Release {
                 .body(ByteStream::from(bytes.clone()))
                 .send()
                 .await
-                .map_err(|e| s3_error("PutObject", bucket, &key, DisplayErrorContext(&e)))?;
+                .map_err(|e| s3_error("PutObject", bucket, &key, &e))?;
             tracing::info!(key, bytes = bytes.len(), "uploaded");
         }
         Ok(())
@@ -134,7 +135,7 @@ pub async fn verify_uploaded(s3: &aws_sdk_s3::Client, bucket: &str, id: &str) ->
 }
 
 /// Deletes every object in the bucket (it must be empty before its stack can delete it).
-#[tracing::instrument(skip_all, fields(bucket = bucket), err)]
+#[tracing::instrument(skip_all, fields(bucket = bucket))]
 pub async fn empty_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<usize, ReleaseError> {
     let mut deleted = 0;
     loop {
@@ -143,7 +144,7 @@ pub async fn empty_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<usize
             .bucket(bucket)
             .send()
             .await
-            .map_err(|e| s3_error("ListObjectsV2", bucket, "", DisplayErrorContext(&e)))?;
+            .map_err(|e| s3_error("ListObjectsV2", bucket, "", &e))?;
         let keys: Vec<String> = listed
             .contents()
             .iter()
@@ -158,7 +159,7 @@ pub async fn empty_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<usize
                 .key(&key)
                 .send()
                 .await
-                .map_err(|e| s3_error("DeleteObject", bucket, &key, DisplayErrorContext(&e)))?;
+                .map_err(|e| s3_error("DeleteObject", bucket, &key, &e))?;
             deleted += 1;
         }
     }
@@ -168,16 +169,20 @@ async fn object_exists(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Resu
     match s3.head_object().bucket(bucket).key(key).send().await {
         Ok(_) => Ok(true),
         Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
-        Err(err) => Err(s3_error("HeadObject", bucket, key, DisplayErrorContext(&err))),
+        Err(err) => Err(s3_error("HeadObject", bucket, key, &err)),
     }
 }
 
-fn s3_error(operation: &'static str, bucket: &str, key: &str, detail: impl std::fmt::Display) -> ReleaseError {
+fn s3_error<E, R>(operation: &'static str, bucket: &str, key: &str, err: &SdkError<E, R>) -> ReleaseError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
     ReleaseError::S3 {
         operation,
         bucket: bucket.to_owned(),
         key: key.to_owned(),
-        detail: detail.to_string(),
+        detail: describe(err),
     }
 }
 

@@ -416,6 +416,22 @@ async fn deploy_app_end_to_end_on_moto() {
     let err = app::deploy(&clients, &unknown).await.unwrap_err().to_string();
     assert!(err.contains("never uploaded"), "{err}");
 
+    // The databases are protected from deletion by default: destroy refuses before it deletes
+    // anything, and names the way out, which is a deploy that turns the protection off.
+    let err = app::destroy(&clients, &prefix).await.unwrap_err();
+    assert!(matches!(err, app::DeployError::DeletionProtected { .. }), "{err}");
+    assert!(err.to_string().contains("DatabaseDeletionProtection=false"), "{err}");
+    for stack in all_stacks {
+        assert!(stack_status(cfn, stack).await.is_some(), "{stack} was deleted");
+    }
+    let unprotected = AppOptions {
+        overrides: vec![("DatabaseDeletionProtection".to_owned(), "false".to_owned())],
+        ..rollback.clone()
+    };
+    app::deploy(&clients, &unprotected)
+        .await
+        .expect("turn deletion protection off");
+
     // Destroy removes every stack, the bucket with its releases, and the roles. moto 5.2.5 cannot
     // delete the network stack (it has no CloudFormation delete for internet gateways, NAT
     // gateways, routes or VPC endpoints, so the VPC keeps dependencies): there, and only there,
@@ -464,6 +480,7 @@ async fn deploy_app_into_an_existing_vpc() {
         overrides: app::NETWORK_INPUTS
             .iter()
             .map(|k| (k.to_string(), network[*k].clone()))
+            .chain([("DatabaseDeletionProtection".to_owned(), "false".to_owned())])
             .collect(),
     };
     let deployment = app::deploy(&clients, &options).await.expect("deploy into existing VPC");
