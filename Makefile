@@ -16,7 +16,7 @@ bench: ## Pipeline throughput and saga latency against the raw bus (needs LocalS
 lint: ## Formatting, clippy, and cfn-lint on the CloudFormation templates.
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
-	localstack/localstack.sh install && localstack/.venv/bin/cfn-lint infra/*.yaml
+	infra/lint/cfn-lint.sh run
 
 fmt:
 	cargo fmt --all
@@ -38,6 +38,6 @@ deploy: ## Build release binaries and deploy everything to AWS (or $$AWS_ENDPOIN
 	cargo build --release --bins
 	$(TARGET_DIR)/release/sagactl deploy-app --bin-dir $(TARGET_DIR)/release $(DEPLOY_ARGS)
 
-destroy: ## Remove everything `make deploy` created (stacks, databases, the artifact bucket).
+destroy: ## Remove everything `make deploy` created; on AWS: make destroy DESTROY_ARGS=--yes (see DEPLOY.md).
 	cargo build --release -p infra --bin sagactl
-	$(TARGET_DIR)/release/sagactl destroy-app
+	$(TARGET_DIR)/release/sagactl destroy-app $(DESTROY_ARGS)

@@ -15,8 +15,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The venv also provides cfn-lint, so it is needed even when another LocalStack is reused.
-localstack/localstack.sh install
 # Own LocalStack from before it starts, so an interrupt during start-up still stops it.
 if localstack/localstack.sh status; then
   echo "test: reusing the LocalStack already running" >&2
@@ -26,7 +24,7 @@ else
 fi
 
 echo "test: cfn-lint infra/*.yaml" >&2
-localstack/.venv/bin/cfn-lint infra/*.yaml
+infra/lint/cfn-lint.sh run
 
 echo "test: shellcheck and systemd-analyze on infra/ec2" >&2
 infra/ec2/check.sh

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Installs and (re)starts one saga service on an EC2 instance (Amazon Linux 2023: AWS CLI, python3
-# and systemd preinstalled). The launch template's user data writes two files and runs this as root:
-#   /etc/saga/<service>.bootstrap  ARTIFACT_BUCKET, RELEASE_PREFIX and the database coordinates
+# Installs and (re)starts one saga service on an EC2 instance (Amazon Linux 2023: AWS CLI, curl,
+# python3 and systemd preinstalled). The launch template's user data writes two files, checks
+# this script against the release manifest and runs it as root:
+#   /etc/saga/<service>.bootstrap  the release (bucket, prefix, manifest SHA-256), the database
+#                                  coordinates and the secrets to read
 #   /etc/saga/<service>.env        the service's own, non-secret environment (queue URLs, ...)
+# Running it again by hand re-reads the secrets and restarts the service (DEPLOY.md: rotating the
+# operator token).
 # usage: saga-bootstrap gateway|customer-api|transaction-api
+# SAGA_ROOT (tests only) puts every path it writes under another directory.
 set -euo pipefail
 
 service="${1:-}"
@@ -15,49 +20,99 @@ case "$service" in
     ;;
 esac
 
-conf=/etc/saga
+root="${SAGA_ROOT:-}"
+conf="$root/etc/saga"
 # shellcheck source=/dev/null
 source "$conf/$service.bootstrap"
 : "${ARTIFACT_BUCKET:?missing in $conf/$service.bootstrap}"
 : "${RELEASE_PREFIX:?missing in $conf/$service.bootstrap}"
+: "${RELEASE_MANIFEST_SHA256:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_SECRET_ARN:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_HOST:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_PORT:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_NAME:?missing in $conf/$service.bootstrap}"
+: "${DATABASE_CA_BUNDLE_URL:?missing in $conf/$service.bootstrap}"
 release="s3://$ARTIFACT_BUCKET/$RELEASE_PREFIX"
 
-# The service runs as an unprivileged system user that owns only its working directory.
-if ! id saga >/dev/null 2>&1; then
-  useradd --system --no-create-home --home-dir /var/lib/saga --shell /sbin/nologin saga
-fi
-install -d -o saga -g saga -m 0750 /var/lib/saga
+fail() {
+  echo "saga-bootstrap: $*; refusing to start $service" >&2
+  exit 1
+}
 
-# Download to a scratch directory, then install: a restart never runs half a binary.
+# Download to a scratch directory and check everything before installing anything: a restart
+# never runs half a binary, nor a file that is not the release the stack names.
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-aws s3 cp --only-show-errors "$release/bin/$service" "$scratch/$service"
-aws s3 cp --only-show-errors "$release/ec2/saga-service@.service" "$scratch/saga-service@.service"
-install -m 0755 "$scratch/$service" "/usr/local/bin/$service"
-install -m 0644 "$scratch/saga-service@.service" /etc/systemd/system/saga-service@.service
+fetch() {
+  mkdir -p "$scratch/$(dirname "$1")"
+  aws s3 cp --only-show-errors "$release/$1" "$scratch/$1"
+}
+# The stack holds the manifest's SHA-256 (ReleaseManifestSha256); the manifest holds each
+# file's. A file the manifest does not list gets an empty expectation, which nothing matches.
+verify() {
+  local file="$1" want="$2" have
+  have=$(sha256sum "$scratch/$file" | cut -d' ' -f1)
+  [[ "$have" == "$want" ]] || fail "$release/$file has SHA-256 $have, the release says ${want:-nothing}"
+}
+fetch manifest.sha256
+verify manifest.sha256 "$RELEASE_MANIFEST_SHA256"
+files=("bin/$service" "ec2/saga-service@.service")
+for file in "${files[@]}"; do
+  fetch "$file"
+  verify "$file" "$(awk -v f="$file" '$2 == f { print $1 }' "$scratch/manifest.sha256")"
+done
 
-# DATABASE_URL comes from the service's own secret and goes where only root can read it; systemd
-# reads EnvironmentFile= as root before it drops to the saga user. The secret travels through the
-# environment of one short python3 process, never through its arguments.
+# The database's certificate is verified (sslmode=verify-full: the CA and the host name) against
+# the region's RDS CA bundle, fetched from AWS's trust store over HTTPS (authenticated by the
+# system's CAs) at every boot rather than shipped in the release, so it follows AWS's CA rotations.
+curl --fail --silent --show-error --proto '=https' --tlsv1.2 --retry 5 --max-time 60 \
+  "$DATABASE_CA_BUNDLE_URL" -o "$scratch/rds-ca-bundle.pem" ||
+  fail "cannot fetch the RDS CA bundle from $DATABASE_CA_BUNDLE_URL"
+grep -q -- '-----BEGIN CERTIFICATE-----' "$scratch/rds-ca-bundle.pem" ||
+  fail "$DATABASE_CA_BUNDLE_URL holds no certificate"
+
+# The secrets: DATABASE_URL from the service's own secret and, for the gateway, OPERATOR_TOKEN.
+# They go where only root can read them; systemd reads EnvironmentFile= as root before it drops
+# to the saga user. A secret travels through the environment of one short python3 process, never
+# through its arguments.
 secret=$(aws secretsmanager get-secret-value --secret-id "$DATABASE_SECRET_ARN" \
   --query SecretString --output text)
+operator_token=""
+if [[ -n "${OPERATOR_TOKEN_SECRET_ARN:-}" ]]; then
+  operator_token=$(aws secretsmanager get-secret-value --secret-id "$OPERATOR_TOKEN_SECRET_ARN" \
+    --query SecretString --output text)
+  # One line of letters and digits: nothing in an EnvironmentFile can misread it.
+  [[ "$operator_token" =~ ^[A-Za-z0-9]{32,}$ ]] ||
+    fail "the operator token must be at least 32 letters and digits (see DEPLOY.md)"
+fi
 umask 077
-SAGA_SECRET="$secret" python3 -c '
+SAGA_SECRET="$secret" SAGA_OPERATOR_TOKEN="$operator_token" python3 -c '
 import json, os, sys
 from urllib.parse import quote
 creds = json.loads(os.environ["SAGA_SECRET"])
 user, password = quote(creds["username"], safe=""), quote(creds["password"], safe="")
-host, port, name = sys.argv[1:4]
-print(f"DATABASE_URL=postgres://{user}:{password}@{host}:{port}/{name}?sslmode=require")
-' "$DATABASE_HOST" "$DATABASE_PORT" "$DATABASE_NAME" >"$conf/$service.secret.env.new"
-mv "$conf/$service.secret.env.new" "$conf/$service.secret.env"
+host, port, name, ca = sys.argv[1:5]
+tls = "sslmode=verify-full&sslrootcert=" + quote(ca, safe="/")
+print(f"DATABASE_URL=postgres://{user}:{password}@{host}:{port}/{name}?{tls}")
+if os.environ["SAGA_OPERATOR_TOKEN"]:
+    print("OPERATOR_TOKEN=" + os.environ["SAGA_OPERATOR_TOKEN"])
+' "$DATABASE_HOST" "$DATABASE_PORT" "$DATABASE_NAME" "/etc/saga/rds-ca-bundle.pem" \
+  >"$conf/$service.secret.env.new"
 umask 022
+
+# Everything checked: install. The service runs as an unprivileged system user that owns only
+# its working directory.
+if ! id saga >/dev/null 2>&1; then
+  useradd --system --no-create-home --home-dir /var/lib/saga --shell /sbin/nologin saga
+fi
+install -d -m 0750 "$root/var/lib/saga"
+chown saga:saga "$root/var/lib/saga"
+install -D -m 0644 "$scratch/rds-ca-bundle.pem" "$conf/rds-ca-bundle.pem"
+install -D -m 0755 "$scratch/bin/$service" "$root/usr/local/bin/$service"
+install -D -m 0644 "$scratch/ec2/saga-service@.service" "$root/etc/systemd/system/saga-service@.service"
+mv "$conf/$service.secret.env.new" "$conf/$service.secret.env"
 
 systemctl daemon-reload
 systemctl enable "saga-service@$service.service"
 systemctl restart "saga-service@$service.service"
-echo "saga-bootstrap: $service from $release started"
+echo "saga-bootstrap: $service from $release (manifest $RELEASE_MANIFEST_SHA256) started"

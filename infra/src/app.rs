@@ -6,11 +6,12 @@
 //! application's parameters, so instances are told their queue URLs and topic ARNs and need no
 //! CloudFormation permission. Every step is create-or-update, so running it again is safe.
 
-use crate::release::{self, Release, ReleaseError};
+use crate::release::{self, Release, ReleaseError, Uploaded};
 use crate::{InfraError, MessagingParams};
 use aws_config::SdkConfig;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 use utility::messaging::Endpoint;
 
 pub const ARTIFACTS_TEMPLATE: &str = include_str!("../artifacts.yaml");
@@ -45,6 +46,12 @@ pub enum DeployError {
     Release(#[from] ReleaseError),
     #[error("stack `{stack}` has no output `{key}`; is it an older version of the template?")]
     MissingOutput { stack: String, key: &'static str },
+    #[error(
+        "stack `{stack}` protects its databases from deletion; turn that off first: \
+         sagactl deploy-app --release {release} --parameter DatabaseDeletionProtection=false \
+         (each database still leaves a final snapshot)"
+    )]
+    DeletionProtected { stack: String, release: String },
 }
 
 /// What to run: a fresh release built from a directory of binaries, or one uploaded before (a
@@ -92,17 +99,21 @@ pub struct Deployment {
     pub stacks: Stacks,
     pub bucket: String,
     pub release_id: String,
+    /// The stack's `ReleaseManifestSha256`.
+    pub release_manifest_sha256: String,
     /// False when the application went into an existing VPC.
     pub network_created: bool,
     pub gateway_url: String,
     pub app_outputs: HashMap<String, String>,
 }
 
-/// Clients for one AWS endpoint (real AWS, or an emulator through `AWS_ENDPOINT_URL`).
+/// Clients for one AWS endpoint (real AWS, or an emulator through `AWS_ENDPOINT_URL`), and how
+/// long to wait for each stack.
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub cloudformation: aws_sdk_cloudformation::Client,
     pub s3: aws_sdk_s3::Client,
+    pub settle_limit: Duration,
 }
 
 impl Clients {
@@ -114,48 +125,56 @@ impl Clients {
         Self {
             cloudformation: aws_sdk_cloudformation::Client::new(sdk),
             s3: aws_sdk_s3::Client::from_conf(s3),
+            settle_limit: crate::DEFAULT_SETTLE_LIMIT,
         }
     }
 }
 
+/// The application stack's parameters that come from the deployment itself (the release, the
+/// instance counts); the messaging and network outputs and the caller's overrides join them.
+pub fn release_parameters(
+    prefix: &str,
+    bucket: &str,
+    release: &Uploaded,
+    instances: [u32; 3],
+) -> Vec<(String, String)> {
+    vec![
+        ("NamePrefix".to_owned(), prefix.to_owned()),
+        ("ArtifactBucket".to_owned(), bucket.to_owned()),
+        ("ReleasePrefix".to_owned(), release::prefix(&release.id)),
+        ("ReleaseManifestSha256".to_owned(), release.manifest_sha256.clone()),
+        ("GatewayInstances".to_owned(), instances[0].to_string()),
+        ("CustomerApiInstances".to_owned(), instances[1].to_string()),
+        ("TransactionApiInstances".to_owned(), instances[2].to_string()),
+    ]
+}
+
 /// Creates or updates everything and returns the gateway's URL.
-#[tracing::instrument(skip_all, fields(prefix = %options.name_prefix), err)]
+#[tracing::instrument(skip_all, fields(prefix = %options.name_prefix))]
 pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deployment, DeployError> {
     let stacks = Stacks::for_prefix(&options.name_prefix);
     let cfn = &clients.cloudformation;
+    let limit = clients.settle_limit;
 
-    let artifacts = crate::deploy_stack(cfn, &stacks.artifacts, ARTIFACTS_TEMPLATE, &[]).await?;
+    let artifacts = crate::deploy_stack_within(cfn, &stacks.artifacts, ARTIFACTS_TEMPLATE, &[], limit).await?;
     let bucket = output(&artifacts, &stacks.artifacts, "BucketName")?;
-    let release_id = match &options.release {
-        ReleaseSource::Build(dir) => {
-            let release = Release::collect(dir)?;
-            release.upload(&clients.s3, &bucket).await?;
-            release.id().to_owned()
-        }
-        ReleaseSource::Existing(id) => {
-            release::verify_uploaded(&clients.s3, &bucket, id).await?;
-            id.clone()
-        }
+    let release = match &options.release {
+        ReleaseSource::Build(dir) => Release::collect(dir)?.upload(&clients.s3, &bucket).await?,
+        ReleaseSource::Existing(id) => release::verify_uploaded(&clients.s3, &bucket, id).await?,
     };
-    tracing::info!(release = %release_id, %bucket, "release in place");
+    tracing::info!(release = %release.id, manifest = %release.manifest_sha256, %bucket, "release in place");
 
-    let messaging =
-        crate::deploy_messaging(cfn, &stacks.messaging, &MessagingParams::new(&options.name_prefix)).await?;
-    let mut parameters = vec![
-        ("NamePrefix".to_owned(), options.name_prefix.clone()),
-        ("ArtifactBucket".to_owned(), bucket.clone()),
-        ("ReleasePrefix".to_owned(), release::prefix(&release_id)),
-        ("GatewayInstances".to_owned(), options.instances[0].to_string()),
-        ("CustomerApiInstances".to_owned(), options.instances[1].to_string()),
-        ("TransactionApiInstances".to_owned(), options.instances[2].to_string()),
-    ];
+    let messaging_params = MessagingParams::new(&options.name_prefix);
+    let messaging = crate::deploy_messaging_within(cfn, &stacks.messaging, &messaging_params, limit).await?;
+    let mut parameters = release_parameters(&options.name_prefix, &bucket, &release, options.instances);
     for key in messaging_inputs() {
         parameters.push((key.to_owned(), output(&messaging, &stacks.messaging, key)?));
     }
     let existing_vpc = options.overrides.iter().any(|(k, _)| k == "VpcId");
     if !existing_vpc {
         let network_parameters = [("NamePrefix".to_owned(), options.name_prefix.clone())];
-        let network = crate::deploy_stack(cfn, &stacks.network, NETWORK_TEMPLATE, &network_parameters).await?;
+        let network =
+            crate::deploy_stack_within(cfn, &stacks.network, NETWORK_TEMPLATE, &network_parameters, limit).await?;
         for key in NETWORK_INPUTS {
             parameters.push((key.to_owned(), output(&network, &stacks.network, key)?));
         }
@@ -164,12 +183,13 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
         parameters.retain(|(k, _)| k != key);
         parameters.push((key.clone(), value.clone()));
     }
-    let app_outputs = crate::deploy_stack(cfn, &stacks.app, APP_TEMPLATE, &parameters).await?;
+    let app_outputs = crate::deploy_stack_within(cfn, &stacks.app, APP_TEMPLATE, &parameters, limit).await?;
     let gateway_url = output(&app_outputs, &stacks.app, "GatewayUrl")?;
     Ok(Deployment {
         stacks,
         bucket,
-        release_id,
+        release_id: release.id,
+        release_manifest_sha256: release.manifest_sha256,
         network_created: !existing_vpc,
         gateway_url,
         app_outputs,
@@ -178,19 +198,31 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
 
 /// Removes the application, the messaging topology, the artifact bucket (emptied first) and
 /// the network. Parts already gone are skipped, so an interrupted destroy can simply be run again.
-#[tracing::instrument(skip_all, fields(prefix = prefix), err)]
+/// Refuses, before it deletes anything, while the databases are protected from deletion.
+#[tracing::instrument(skip_all, fields(prefix = prefix))]
 pub async fn destroy(clients: &Clients, prefix: &str) -> Result<(), DeployError> {
     let stacks = Stacks::for_prefix(prefix);
     let cfn = &clients.cloudformation;
-    crate::delete(cfn, &stacks.app).await?;
-    crate::delete(cfn, &stacks.messaging).await?;
+    let limit = clients.settle_limit;
+    if let Some(app) = crate::parameters(cfn, &stacks.app).await? {
+        let parameter = |key: &str| app.get(key).map(String::as_str);
+        if parameter("DatabaseDeletionProtection") == Some("true") {
+            let release = parameter("ReleasePrefix").unwrap_or_default();
+            return Err(DeployError::DeletionProtected {
+                stack: stacks.app,
+                release: release.trim_start_matches("releases/").to_owned(),
+            });
+        }
+    }
+    crate::delete_within(cfn, &stacks.app, limit).await?;
+    crate::delete_within(cfn, &stacks.messaging, limit).await?;
     let artifacts = crate::outputs(cfn, &stacks.artifacts).await?.unwrap_or_default();
     if let Some(bucket) = artifacts.get("BucketName") {
         let removed = release::empty_bucket(&clients.s3, bucket).await?;
         tracing::info!(%bucket, removed, "artifact bucket emptied");
     }
-    crate::delete(cfn, &stacks.artifacts).await?;
-    crate::delete(cfn, &stacks.network).await?;
+    crate::delete_within(cfn, &stacks.artifacts, limit).await?;
+    crate::delete_within(cfn, &stacks.network, limit).await?;
     Ok(())
 }
 
@@ -239,5 +271,40 @@ mod tests {
             assert!(APP_TEMPLATE.contains(&dimension), "no alarm on {key}");
         }
         assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 5);
+    }
+
+    /// Every parameter `deploy` passes is one app.yaml declares, and every parameter app.yaml
+    /// requires (no default) is one `deploy` passes: a renamed parameter fails here, not halfway
+    /// through a deployment.
+    #[test]
+    fn deploy_passes_exactly_the_parameters_the_application_template_needs() {
+        let template: serde_norway::Value = serde_norway::from_str(APP_TEMPLATE).expect("app.yaml parses");
+        let declared = template["Parameters"].as_mapping().expect("Parameters");
+        let release = Uploaded {
+            id: "0123456789abcdef".to_owned(),
+            manifest_sha256: "0".repeat(64),
+        };
+        let mut passed: Vec<String> = release_parameters("saga", "bucket", &release, [1, 1, 1])
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        passed.extend(messaging_inputs().iter().map(|k| k.to_string()));
+        passed.extend(NETWORK_INPUTS.iter().map(|k| k.to_string()));
+        for key in &passed {
+            assert!(declared.contains_key(key.as_str()), "app.yaml has no parameter {key}");
+        }
+        for (key, spec) in declared {
+            let key = key.as_str().expect("parameter name");
+            if spec.get("Default").is_none() {
+                assert!(
+                    passed.iter().any(|p| p == key),
+                    "deploy does not pass {key}, which has no default"
+                );
+            }
+        }
+        let destroy_reads = ["DatabaseDeletionProtection", "ReleasePrefix"];
+        for key in destroy_reads {
+            assert!(declared.contains_key(key), "destroy reads parameter {key}");
+        }
     }
 }

@@ -9,10 +9,15 @@ pub mod app;
 pub mod release;
 
 pub mod dlq;
+mod events;
+pub mod sdk_error;
+pub mod target;
 
 use aws_sdk_cloudformation::Client;
-use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
+use events::EventLog;
+use sdk_error::describe as sdk_text;
 use std::collections::HashMap;
 use std::time::Duration;
 use utility::messaging::topology::{StackDescription, describe_stack};
@@ -20,9 +25,12 @@ use utility::messaging::topology::{StackDescription, describe_stack};
 /// The messaging template: topics, queues, dead-letter queues, policies, subscriptions.
 pub const MESSAGING_TEMPLATE: &str = include_str!("../messaging.yaml");
 
-/// How long a stack may take to settle before we give up.
-const SETTLE_LIMIT: Duration = Duration::from_secs(600);
-const POLL: Duration = Duration::from_millis(500);
+/// How long a stack may take to settle before we give up by default: creating one RDS instance
+/// alone can pass ten minutes, a Multi-AZ one or a rolling update of three groups much more.
+pub const DEFAULT_SETTLE_LIMIT: Duration = Duration::from_secs(60 * 60);
+/// Status polls start fast (emulators settle in a second) and slow down while nothing happens.
+const POLL_MIN: Duration = Duration::from_millis(500);
+const POLL_MAX: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InfraError {
@@ -38,7 +46,7 @@ pub enum InfraError {
         status: String,
         reasons: String,
     },
-    #[error("stack `{stack}` did not settle within {seconds} s (last status {status})")]
+    #[error("stack `{stack}` did not settle within {seconds} s (last status {status}); it goes on without us")]
     Timeout {
         stack: String,
         seconds: u64,
@@ -88,18 +96,40 @@ pub async fn deploy_messaging(
     stack: &str,
     params: &MessagingParams,
 ) -> Result<HashMap<String, String>, InfraError> {
-    deploy_stack(client, stack, MESSAGING_TEMPLATE, &params.parameters()).await
+    deploy_messaging_within(client, stack, params, DEFAULT_SETTLE_LIMIT).await
+}
+
+/// [`deploy_messaging`], waiting at most `limit` for the stack to settle.
+pub async fn deploy_messaging_within(
+    client: &Client,
+    stack: &str,
+    params: &MessagingParams,
+    limit: Duration,
+) -> Result<HashMap<String, String>, InfraError> {
+    deploy_stack_within(client, stack, MESSAGING_TEMPLATE, &params.parameters(), limit).await
 }
 
 /// Creates the stack from `template`, or updates it when it exists; waits until it is complete
-/// and returns its outputs. Running it twice with the same template and parameters is a no-op.
-/// IAM resources are acknowledged (`CAPABILITY_IAM`): the application template has roles.
-#[tracing::instrument(skip_all, fields(stack = stack), err)]
+/// (at most [`DEFAULT_SETTLE_LIMIT`]), logging each stack event as it comes, and returns its
+/// outputs. Running it twice with the same template and parameters is a no-op. IAM resources are
+/// acknowledged (`CAPABILITY_IAM`): the application template has roles.
 pub async fn deploy_stack(
     client: &Client,
     stack: &str,
     template: &str,
     parameters: &[(String, String)],
+) -> Result<HashMap<String, String>, InfraError> {
+    deploy_stack_within(client, stack, template, parameters, DEFAULT_SETTLE_LIMIT).await
+}
+
+/// [`deploy_stack`], waiting at most `limit` for the stack to settle.
+#[tracing::instrument(skip_all, fields(stack = stack))]
+pub async fn deploy_stack_within(
+    client: &Client,
+    stack: &str,
+    template: &str,
+    parameters: &[(String, String)],
+    limit: Duration,
 ) -> Result<HashMap<String, String>, InfraError> {
     let cfn_parameters: Vec<Parameter> = parameters
         .iter()
@@ -114,9 +144,11 @@ pub async fn deploy_stack(
         }
     };
     // Another deploy may be running: let it finish before deciding what to do.
+    let mut events = EventLog::start(client, stack).await;
     let mut current = current_status(client, stack).await?;
     if current.as_ref().is_some_and(|s| s.as_str().ends_with("_IN_PROGRESS")) {
-        current = settle(client, stack).await?;
+        tracing::info!("waiting for the operation in progress to finish");
+        current = settle(client, stack, limit, &mut events).await?;
     }
     let mut nothing_to_do = false;
     match current {
@@ -129,12 +161,14 @@ pub async fn deploy_stack(
                 .capabilities(Capability::CapabilityIam)
                 .send()
                 .await
-                .map_err(|e| api("CreateStack")(DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| api("CreateStack")(sdk_text(&e)))?;
+            tracing::info!("creating");
         }
         Some(StackStatus::RollbackComplete) => {
             // A failed first creation cannot be updated: remove it and start over.
-            delete(client, stack).await?;
-            return Box::pin(deploy_stack(client, stack, template, parameters)).await;
+            tracing::info!("removing the stack its failed creation left");
+            delete_within(client, stack, limit).await?;
+            return Box::pin(deploy_stack_within(client, stack, template, parameters, limit)).await;
         }
         Some(_) => {
             let updated = client
@@ -150,12 +184,15 @@ pub async fn deploy_stack(
                     .message()
                     .is_some_and(|m| m.contains("No updates are to be performed"));
                 if !nothing_to_do {
-                    return Err(api("UpdateStack")(DisplayErrorContext(&err).to_string()));
+                    return Err(api("UpdateStack")(sdk_text(&err)));
                 }
+                tracing::info!("unchanged");
+            } else {
+                tracing::info!("updating");
             }
         }
     }
-    let status = settle(client, stack).await?;
+    let status = settle(client, stack, limit, &mut events).await?;
     match status {
         Some(StackStatus::CreateComplete | StackStatus::UpdateComplete) => existing_outputs(client, stack).await,
         // Nothing changed, and the stack is usable as it stands (its last update rolled back).
@@ -170,12 +207,19 @@ pub async fn deploy_stack(
     }
 }
 
-/// Deletes the stack and waits until it is gone. Deleting a stack that does not exist is fine.
-#[tracing::instrument(skip_all, fields(stack = stack), err)]
+/// Deletes the stack and waits until it is gone (at most [`DEFAULT_SETTLE_LIMIT`]). Deleting a
+/// stack that does not exist is fine.
 pub async fn delete(client: &Client, stack: &str) -> Result<(), InfraError> {
+    delete_within(client, stack, DEFAULT_SETTLE_LIMIT).await
+}
+
+/// [`delete`], waiting at most `limit` for the stack to go.
+#[tracing::instrument(skip_all, fields(stack = stack))]
+pub async fn delete_within(client: &Client, stack: &str, limit: Duration) -> Result<(), InfraError> {
     if current_status(client, stack).await?.is_none() {
         return Ok(());
     }
+    let mut events = EventLog::start(client, stack).await;
     client
         .delete_stack()
         .stack_name(stack)
@@ -184,9 +228,10 @@ pub async fn delete(client: &Client, stack: &str) -> Result<(), InfraError> {
         .map_err(|e| InfraError::Api {
             operation: "DeleteStack",
             stack: stack.to_owned(),
-            detail: DisplayErrorContext(&e).to_string(),
+            detail: sdk_text(&e),
         })?;
-    match settle(client, stack).await? {
+    tracing::info!("deleting");
+    match settle(client, stack, limit, &mut events).await? {
         None | Some(StackStatus::DeleteComplete) => Ok(()),
         Some(other) => Err(InfraError::Failed {
             stack: stack.to_owned(),
@@ -219,6 +264,31 @@ async fn describe(client: &Client, stack: &str) -> Result<Option<StackDescriptio
     })
 }
 
+/// The stack's parameters by key; `None` when there is no such stack.
+pub async fn parameters(client: &Client, stack: &str) -> Result<Option<HashMap<String, String>>, InfraError> {
+    let described = match client.describe_stacks().stack_name(stack).send().await {
+        Ok(described) => described,
+        Err(err) if err.message().is_some_and(|m| m.contains("does not exist")) => return Ok(None),
+        Err(err) => {
+            return Err(InfraError::Api {
+                operation: "DescribeStacks",
+                stack: stack.to_owned(),
+                detail: sdk_text(&err),
+            });
+        }
+    };
+    let found = described.stacks().first().filter(|s| {
+        s.stack_status()
+            .is_some_and(|status| *status != StackStatus::DeleteComplete)
+    });
+    Ok(found.map(|s| {
+        s.parameters()
+            .iter()
+            .filter_map(|p| Some((p.parameter_key()?.to_owned(), p.parameter_value()?.to_owned())))
+            .collect()
+    }))
+}
+
 /// `None` when the stack does not exist (or is deleted).
 async fn current_status(client: &Client, stack: &str) -> Result<Option<StackStatus>, InfraError> {
     Ok(describe(client, stack)
@@ -226,11 +296,18 @@ async fn current_status(client: &Client, stack: &str) -> Result<Option<StackStat
         .map(|s| StackStatus::from(s.status.as_str())))
 }
 
-/// Polls until the stack leaves every `*_IN_PROGRESS` state.
-async fn settle(client: &Client, stack: &str) -> Result<Option<StackStatus>, InfraError> {
-    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+/// Polls until the stack leaves every `*_IN_PROGRESS` state, logging its new events each time.
+async fn settle(
+    client: &Client,
+    stack: &str,
+    limit: Duration,
+    events: &mut EventLog,
+) -> Result<Option<StackStatus>, InfraError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = POLL_MIN;
     loop {
         let status = current_status(client, stack).await?;
+        let logged = events.log_new(client, stack).await;
         let busy = status.as_ref().is_some_and(|s| s.as_str().ends_with("_IN_PROGRESS"));
         if !busy {
             return Ok(status);
@@ -238,11 +315,16 @@ async fn settle(client: &Client, stack: &str) -> Result<Option<StackStatus>, Inf
         if tokio::time::Instant::now() > deadline {
             return Err(InfraError::Timeout {
                 stack: stack.to_owned(),
-                seconds: SETTLE_LIMIT.as_secs(),
+                seconds: limit.as_secs(),
                 status: status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
             });
         }
-        tokio::time::sleep(POLL).await;
+        pause = if logged > 0 {
+            POLL_MIN
+        } else {
+            (pause * 2).min(POLL_MAX)
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -255,7 +337,10 @@ async fn failure_reasons(client: &Client, stack: &str) -> String {
         .stack_events()
         .iter()
         .filter(|e| e.resource_status().is_some_and(|s| s.as_str().ends_with("_FAILED")))
-        .filter_map(|e| Some(format!("{}: {}", e.logical_resource_id()?, e.resource_status_reason()?)))
+        .filter_map(|e| {
+            let reason = sdk_error::one_line(e.resource_status_reason()?);
+            Some(format!("{}: {reason}", e.logical_resource_id()?))
+        })
         .take(5)
         .collect();
     if reasons.is_empty() {

@@ -1,9 +1,14 @@
 //! A release: the three service binaries plus the instance bootstrap script and systemd unit,
-//! named by a hash of their contents and uploaded under `releases/<id>/` in the artifact bucket.
-//! Content addressing makes an upload idempotent, lets a deployment name exactly what runs, and
-//! leaves every earlier release in place for a roll-back.
+//! uploaded under `releases/<id>/` in the artifact bucket with a manifest (`manifest.sha256`,
+//! `sha256sum` format: one `<sha256>  <key>` line per file). The id is the start of the
+//! manifest's own SHA-256, and the whole SHA-256 goes into the application stack
+//! (`ReleaseManifestSha256`): an instance checks the manifest against it and every file against
+//! the manifest before it runs anything, so what runs is what the stack names even if the bucket
+//! is tampered with. Content addressing makes an upload idempotent, lets a deployment name
+//! exactly what runs, and leaves every earlier release in place for a roll-back.
 
-use aws_sdk_s3::error::DisplayErrorContext;
+use crate::sdk_error::describe;
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -17,6 +22,8 @@ pub const BOOTSTRAP: &str = include_str!("../ec2/bootstrap.sh");
 pub const UNIT: &str = include_str!("../ec2/saga-service@.service");
 pub const BOOTSTRAP_KEY: &str = "ec2/bootstrap.sh";
 pub const UNIT_KEY: &str = "ec2/saga-service@.service";
+/// The per-file SHA-256 list, uploaded last: once it is there, the release is complete.
+pub const MANIFEST_KEY: &str = "manifest.sha256";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -35,6 +42,8 @@ pub enum ReleaseError {
     },
     #[error("release `{0}` is not a release id (16 lower-case hex digits)")]
     BadId(String),
+    #[error("release `{id}` in the bucket is not that release: {problem}")]
+    Tampered { id: String, problem: String },
 }
 
 /// The files of one release, in memory (the binaries are a few tens of MB together).
@@ -43,6 +52,15 @@ pub struct Release {
     id: String,
     /// (key below the release prefix, contents)
     files: Vec<(String, Vec<u8>)>,
+    manifest: String,
+}
+
+/// What the application stack needs to run a release uploaded to the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub id: String,
+    /// SHA-256 of `manifest.sha256`, in hex: the stack's `ReleaseManifestSha256`.
+    pub manifest_sha256: String,
 }
 
 impl Release {
@@ -60,22 +78,31 @@ impl Release {
     }
 
     fn from_files(files: Vec<(String, Vec<u8>)>) -> Self {
-        let mut hash = Sha256::new();
-        for (key, bytes) in &files {
-            // Length-prefixed, so moving bytes between files changes the id.
-            hash.update((key.len() as u64).to_be_bytes());
-            hash.update(key.as_bytes());
-            hash.update((bytes.len() as u64).to_be_bytes());
-            hash.update(bytes);
-        }
-        let digest = hash.finalize();
-        let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        Self { id, files }
+        // Each file's own hash, so moving bytes between files changes the manifest and the id.
+        let manifest: String = files
+            .iter()
+            .map(|(key, bytes)| format!("{}  {key}\n", sha256_hex(bytes)))
+            .collect();
+        let id = id_of(&manifest);
+        Self { id, files, manifest }
     }
 
-    /// 16 hex digits of the content hash.
+    /// 16 hex digits of the manifest's hash.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The manifest, in `sha256sum --check` format.
+    pub fn manifest(&self) -> &str {
+        &self.manifest
+    }
+
+    /// What the application stack is given.
+    pub fn uploaded(&self) -> Uploaded {
+        Uploaded {
+            id: self.id.clone(),
+            manifest_sha256: sha256_hex(self.manifest.as_bytes()),
+        }
     }
 
     /// `releases/<id>`, the template's `ReleasePrefix`.
@@ -83,10 +110,11 @@ impl Release {
         prefix(&self.id)
     }
 
-    /// Uploads every file not already in the bucket.
-    #[tracing::instrument(skip_all, fields(release = %self.id, bucket = bucket), err)]
-    pub async fn upload(&self, s3: &aws_sdk_s3::Client, bucket: &str) -> Result<(), ReleaseError> {
-        for (name, bytes) in &self.files {
+    /// Uploads every file not already in the bucket, the manifest last.
+    #[tracing::instrument(skip_all, fields(release = %self.id, bucket = bucket))]
+    pub async fn upload(&self, s3: &aws_sdk_s3::Client, bucket: &str) -> Result<Uploaded, ReleaseError> {
+        let manifest = (MANIFEST_KEY.to_owned(), self.manifest.as_bytes().to_vec());
+        for (name, bytes) in self.files.iter().chain([&manifest]) {
             let key = format!("{}/{name}", self.prefix());
             if object_exists(s3, bucket, &key).await? {
                 continue;
@@ -97,11 +125,29 @@ impl Release {
                 .body(ByteStream::from(bytes.clone()))
                 .send()
                 .await
-                .map_err(|e| s3_error("PutObject", bucket, &key, DisplayErrorContext(&e)))?;
+                .map_err(|e| s3_error("PutObject", bucket, &key, &e))?;
             tracing::info!(key, bytes = bytes.len(), "uploaded");
         }
-        Ok(())
+        Ok(self.uploaded())
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A release's id: the first 16 hex digits of its manifest's SHA-256.
+fn id_of(manifest: &str) -> String {
+    sha256_hex(manifest.as_bytes())[..16].to_owned()
+}
+
+/// The keys a complete release holds besides its manifest.
+fn release_keys() -> Vec<String> {
+    SERVICES
+        .iter()
+        .map(|s| format!("bin/{s}"))
+        .chain([BOOTSTRAP_KEY.to_owned(), UNIT_KEY.to_owned()])
+        .collect()
 }
 
 /// `releases/<id>` for a release id checked to be one.
@@ -109,32 +155,72 @@ pub fn prefix(id: &str) -> String {
     format!("releases/{id}")
 }
 
-/// Checks that an earlier release is complete in the bucket (for a roll-back to it).
-pub async fn verify_uploaded(s3: &aws_sdk_s3::Client, bucket: &str, id: &str) -> Result<(), ReleaseError> {
+/// Checks that an earlier release is complete in the bucket (for a roll-back to it): its
+/// manifest hashes to its id and lists exactly a release's files, and each of them is there.
+/// The files' contents are the instances' to check, against the manifest.
+pub async fn verify_uploaded(s3: &aws_sdk_s3::Client, bucket: &str, id: &str) -> Result<Uploaded, ReleaseError> {
     let valid = id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !valid {
         return Err(ReleaseError::BadId(id.to_owned()));
     }
-    let keys = SERVICES
-        .iter()
-        .map(|s| format!("bin/{s}"))
-        .chain([BOOTSTRAP_KEY.to_owned(), UNIT_KEY.to_owned()]);
-    for name in keys {
+    let manifest_key = format!("{}/{MANIFEST_KEY}", prefix(id));
+    let manifest = match s3.get_object().bucket(bucket).key(&manifest_key).send().await {
+        Ok(object) => object
+            .body
+            .collect()
+            .await
+            .map_err(|e| ReleaseError::S3 {
+                operation: "GetObject",
+                bucket: bucket.to_owned(),
+                key: manifest_key.clone(),
+                detail: crate::sdk_error::causes(&e),
+            })?
+            .into_bytes(),
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+            return Err(ReleaseError::S3 {
+                operation: "GetObject",
+                bucket: bucket.to_owned(),
+                key: manifest_key,
+                detail: "not found: that release was never uploaded here".to_owned(),
+            });
+        }
+        Err(err) => return Err(s3_error("GetObject", bucket, &manifest_key, &err)),
+    };
+    let tampered = |problem: String| ReleaseError::Tampered {
+        id: id.to_owned(),
+        problem,
+    };
+    let manifest = String::from_utf8(manifest.to_vec()).map_err(|_| tampered("its manifest is not text".into()))?;
+    if id_of(&manifest) != id {
+        return Err(tampered(format!("its manifest hashes to {}", id_of(&manifest))));
+    }
+    let listed: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(_, k)| k)
+        .collect();
+    if listed != release_keys() {
+        return Err(tampered(format!("its manifest lists {listed:?}")));
+    }
+    for name in listed {
         let key = format!("{}/{name}", prefix(id));
         if !object_exists(s3, bucket, &key).await? {
             return Err(ReleaseError::S3 {
                 operation: "HeadObject",
                 bucket: bucket.to_owned(),
                 key,
-                detail: "not found: that release was never uploaded here".to_owned(),
+                detail: "not found: the release is incomplete".to_owned(),
             });
         }
     }
-    Ok(())
+    Ok(Uploaded {
+        id: id.to_owned(),
+        manifest_sha256: sha256_hex(manifest.as_bytes()),
+    })
 }
 
 /// Deletes every object in the bucket (it must be empty before its stack can delete it).
-#[tracing::instrument(skip_all, fields(bucket = bucket), err)]
+#[tracing::instrument(skip_all, fields(bucket = bucket))]
 pub async fn empty_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<usize, ReleaseError> {
     let mut deleted = 0;
     loop {
@@ -143,7 +229,7 @@ pub async fn empty_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<usize
             .bucket(bucket)
             .send()
             .await
-            .map_err(|e| s3_error("ListObjectsV2", bucket, "", DisplayErrorContext(&e)))?;
+            .map_err(|e| s3_error("ListObjectsV2", bucket, "", &e))?;
         let keys: Vec<String> = listed
             .contents()
             .iter()
@@ -158,7 +244,7 @@ pub async fn empty_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<usize
                 .key(&key)
                 .send()
                 .await
-                .map_err(|e| s3_error("DeleteObject", bucket, &key, DisplayErrorContext(&e)))?;
+                .map_err(|e| s3_error("DeleteObject", bucket, &key, &e))?;
             deleted += 1;
         }
     }
@@ -168,16 +254,20 @@ async fn object_exists(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Resu
     match s3.head_object().bucket(bucket).key(key).send().await {
         Ok(_) => Ok(true),
         Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
-        Err(err) => Err(s3_error("HeadObject", bucket, key, DisplayErrorContext(&err))),
+        Err(err) => Err(s3_error("HeadObject", bucket, key, &err)),
     }
 }
 
-fn s3_error(operation: &'static str, bucket: &str, key: &str, detail: impl std::fmt::Display) -> ReleaseError {
+fn s3_error<E, R>(operation: &'static str, bucket: &str, key: &str, err: &SdkError<E, R>) -> ReleaseError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
     ReleaseError::S3 {
         operation,
         bucket: bucket.to_owned(),
         key: key.to_owned(),
-        detail: detail.to_string(),
+        detail: describe(err),
     }
 }
 
@@ -213,6 +303,23 @@ mod tests {
             release(&[("bin/gateway", "onet"), ("bin/customer-api", "wo")]).id()
         );
         assert_eq!(a.prefix(), format!("releases/{}", a.id()));
+    }
+
+    /// The manifest is what `sha256sum --check` reads on the instance, and the id and the
+    /// stack's `ReleaseManifestSha256` both come from its hash.
+    #[test]
+    fn the_manifest_lists_each_file_and_names_the_release() {
+        let a = release(&[("bin/gateway", "one"), ("ec2/bootstrap.sh", "two")]);
+        let one = sha256_hex(b"one");
+        assert_eq!(one, "7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed");
+        assert_eq!(
+            a.manifest(),
+            format!("{one}  bin/gateway\n{}  ec2/bootstrap.sh\n", sha256_hex(b"two"))
+        );
+        let uploaded = a.uploaded();
+        assert_eq!(uploaded.manifest_sha256, sha256_hex(a.manifest().as_bytes()));
+        assert_eq!(uploaded.id, uploaded.manifest_sha256[..16]);
+        assert_eq!(uploaded.id, a.id());
     }
 
     #[test]

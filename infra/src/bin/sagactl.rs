@@ -2,12 +2,18 @@
 //!
 //! Uses the standard AWS configuration: `AWS_ENDPOINT_URL` points it at LocalStack (or another
 //! emulator), otherwise it talks to AWS with the usual credential chain and `AWS_REGION`.
+//! Before it changes anything it says where (endpoint, region, account); `destroy` and
+//! `destroy-app` refuse a non-local endpoint without `--yes`. Logs (stack events included) go to
+//! stderr; stdout carries only results, so `--json` output can be piped.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use infra::MessagingParams;
 use infra::app::{self, AppOptions, ReleaseSource};
+use infra::target::{self, Endpoint};
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -15,6 +21,9 @@ use std::path::PathBuf;
     about = "Operate the enrollment saga's messaging topology, dead-letter queues and EC2 deployment"
 )]
 struct Cli {
+    /// Longest wait for one stack to settle (creating RDS instances alone can take 10-20 minutes).
+    #[arg(long, global = true, env = "SAGACTL_WAIT_MINUTES", default_value_t = 60)]
+    wait_minutes: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +45,9 @@ enum Command {
         prefix: String,
         #[arg(long, env = "TOPOLOGY_STACK")]
         stack: Option<String>,
+        /// Required unless the endpoint is local (an emulator on this machine).
+        #[arg(long)]
+        yes: bool,
     },
     /// Print the stack's outputs (queue URLs, topic ARNs).
     Outputs {
@@ -67,6 +79,9 @@ enum Command {
     DestroyApp {
         #[arg(long, env = "NAME_PREFIX", default_value = "saga")]
         prefix: String,
+        /// Required unless the endpoint is local (an emulator on this machine).
+        #[arg(long)]
+        yes: bool,
     },
     /// Inspect the dead-letter queues and move messages back to their source queue.
     Dlq {
@@ -119,25 +134,78 @@ fn parse_parameter(raw: &str) -> Result<(String, String), String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    utility::runtime::telemetry::init(utility::runtime::telemetry::LogFormat::Text);
+fn main() -> ExitCode {
+    init_logs();
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return report(&anyhow::Error::new(err).context("starting the async runtime")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(&err),
+    }
+}
+
+/// Logs to stderr (stdout is for results), at `info` unless `RUST_LOG` says otherwise.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .compact()
+        .init();
+}
+
+/// The error once, one line per cause.
+fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("sagactl: error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Says where a changing command is about to act. `destructive` ones refuse a non-local
+/// endpoint without `--yes`, before any call to it.
+async fn announce(sdk: &aws_config::SdkConfig, action: &str, destructive: bool, yes: bool) -> anyhow::Result<()> {
+    let endpoint = Endpoint::from_sdk(sdk);
+    if destructive && !yes && !endpoint.is_local() {
+        anyhow::bail!(
+            "refusing to {action} on {endpoint}, which is not an emulator on this machine: \
+             add --yes if that is what you mean (or `source localstack/env.sh` for LocalStack)"
+        );
+    }
+    let target = target::identify(sdk).await.map_err(anyhow::Error::msg)?;
+    tracing::info!("about to {action} on {target}");
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let wait = Duration::from_secs(cli.wait_minutes.saturating_mul(60));
     let sdk = utility::messaging::bus::load_aws_config().await;
     let client = aws_sdk_cloudformation::Client::new(&sdk);
+    let clients = || app::Clients {
+        settle_limit: wait,
+        ..app::Clients::new(&sdk)
+    };
     match cli.command {
         Command::Deploy { prefix, stack } => {
             let params = MessagingParams::new(prefix);
             let stack = stack.unwrap_or_else(|| params.stack_name());
-            let outputs = infra::deploy_messaging(&client, &stack, &params)
+            announce(&sdk, &format!("deploy stack {stack}"), false, false).await?;
+            let outputs = infra::deploy_messaging_within(&client, &stack, &params, wait)
                 .await
                 .with_context(|| format!("deploying stack {stack}"))?;
             println!("stack {stack} is ready");
             print_outputs(outputs);
         }
-        Command::Destroy { prefix, stack } => {
+        Command::Destroy { prefix, stack, yes } => {
             let stack = stack.unwrap_or_else(|| MessagingParams::new(prefix).stack_name());
-            infra::delete(&client, &stack)
+            announce(&sdk, &format!("delete stack {stack}"), true, yes).await?;
+            infra::delete_within(&client, &stack, wait)
                 .await
                 .with_context(|| format!("deleting stack {stack}"))?;
             println!("stack {stack} is deleted");
@@ -161,7 +229,9 @@ async fn main() -> anyhow::Result<()> {
                 instances: [gateway_instances, customer_api_instances, transaction_api_instances],
                 overrides: parameters,
             };
-            let deployment = app::deploy(&app::Clients::new(&sdk), &options)
+            let action = format!("deploy {}-*", options.name_prefix);
+            announce(&sdk, &action, false, false).await?;
+            let deployment = app::deploy(&clients(), &options)
                 .await
                 .context("deploying the application")?;
             println!("release {} is deployed", deployment.release_id);
@@ -179,14 +249,23 @@ async fn main() -> anyhow::Result<()> {
             .collect();
             println!("stacks: {}", names.join(", "));
             println!("gateway: {}", deployment.gateway_url);
+            if let Some(operator) = deployment.app_outputs.get("OperatorUrl") {
+                println!("operator listener: {operator} (from OperatorCidr; see DEPLOY.md)");
+            }
         }
-        Command::DestroyApp { prefix } => {
-            app::destroy(&app::Clients::new(&sdk), &prefix)
+        Command::DestroyApp { prefix, yes } => {
+            announce(&sdk, &format!("destroy deployment {prefix}-*"), true, yes).await?;
+            app::destroy(&clients(), &prefix)
                 .await
                 .context("destroying the application")?;
             println!("deployment {prefix} is deleted");
         }
-        Command::Dlq { command } => dlq(command, utility::messaging::bus::Bus::new(&sdk)).await?,
+        Command::Dlq { command } => {
+            if matches!(command, DlqCommand::Redrive { .. }) {
+                announce(&sdk, "move dead letters back to their queues", false, false).await?;
+            }
+            dlq(command, utility::messaging::bus::Bus::new(&sdk)).await?
+        }
     }
     Ok(())
 }

@@ -2,13 +2,20 @@
 //! AutoScaling, ELBv2, RDS or launch templates): the real deploy code creates the artifact bucket,
 //! uploads a release of tiny stand-in binaries, deploys the messaging and application stacks, is
 //! run again (idempotent), rolls out a new release and back, and destroys it all. Along the way
-//! the deployed IAM policies are read back and checked for least privilege.
+//! the deployed stack is audited: least-privilege IAM policies (`iam`), listeners, public routes,
+//! health checks and ingress (`edge`), encrypted root volumes and the release check in the user
+//! data (`instances`), encrypted topics; what moto does not model is checked in the template
+//! (`template`).
 //!
 //! moto comes from `infra/moto/moto.sh` (a pinned virtual environment, created on first use).
 
+mod edge;
+mod iam;
+mod instances;
+mod template;
+
 use aws_sdk_cloudformation::config::{Credentials, Region};
-use infra::app::{self, AppOptions, Clients, Deployment, ReleaseSource};
-use serde_json::Value;
+use infra::app::{self, AppOptions, Clients, ReleaseSource};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -106,194 +113,45 @@ async fn resources(cfn: &aws_sdk_cloudformation::Client, stack: &str) -> BTreeMa
     by_type
 }
 
+/// Both event topics are encrypted at rest with the AWS managed SNS key.
+async fn assert_topics_encrypted(sns: &aws_sdk_sns::Client, messaging: &BTreeMap<String, String>) {
+    for key in ["CustomerEventsTopicArn", "TransactionEventsTopicArn"] {
+        let out = sns
+            .get_topic_attributes()
+            .topic_arn(&messaging[key])
+            .send()
+            .await
+            .unwrap();
+        let master_key = out
+            .attributes()
+            .and_then(|a| a.get("KmsMasterKeyId"))
+            .map(String::as_str);
+        assert_eq!(master_key, Some("alias/aws/sns"), "{key}");
+    }
+}
+
+/// An IAM server certificate in the emulator, for the HTTPS listener (moto checks that a
+/// listener's certificate exists; ACM ones would do as well on AWS).
+async fn certificate(iam: &aws_sdk_iam::Client, name: &str) -> String {
+    let out = iam
+        .upload_server_certificate()
+        .server_certificate_name(name)
+        .certificate_body("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----")
+        .private_key("-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----")
+        .send()
+        .await
+        .expect("upload a server certificate");
+    out.server_certificate_metadata()
+        .map(|m| m.arn().to_owned())
+        .expect("certificate ARN")
+}
+
 async fn release_keys(s3: &aws_sdk_s3::Client, bucket: &str) -> BTreeSet<String> {
     let out = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
     out.contents()
         .iter()
         .filter_map(|o| o.key().map(str::to_owned))
         .collect()
-}
-
-/// An inline policy document as IAM returns it: URL-encoded JSON on AWS; moto 5.2.5 returns the
-/// documents CloudFormation created as Python dict text, which differs in its quotes and `None`.
-fn parse_policy(raw: &str) -> Value {
-    let decoded = percent_decode(raw);
-    serde_json::from_str(&decoded)
-        .or_else(|_| serde_json::from_str(&decoded.replace('\'', "\"").replace("None", "null")))
-        .unwrap_or_else(|e| panic!("policy document is not JSON ({e}): {decoded}"))
-}
-
-fn percent_decode(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
-/// Marks a resource the emulator left unresolved (see [`SECRET_ACTION`]).
-const UNRESOLVED: &str = "<unresolved>";
-
-/// moto 5.2.5 does not model `AWS::SecretsManager::Secret` in CloudFormation, so the `!Ref` to
-/// each service's secret comes back null there (on AWS it is the secret's ARN).
-const SECRET_ACTION: &str = "secretsmanager:GetSecretValue";
-
-fn strings(value: &Value) -> Vec<String> {
-    match value {
-        Value::String(s) => vec![s.clone()],
-        Value::Null => vec![UNRESOLVED.to_owned()],
-        Value::Array(items) => items.iter().flat_map(strings).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// action -> resources, over every inline policy of the role.
-async fn grants(iam: &aws_sdk_iam::Client, role: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut grants: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let names = iam.list_role_policies().role_name(role).send().await.unwrap();
-    assert!(!names.policy_names().is_empty(), "role {role} has no inline policy");
-    let attached = iam.list_attached_role_policies().role_name(role).send().await.unwrap();
-    assert!(
-        attached.attached_policies().is_empty(),
-        "role {role} has managed policies attached"
-    );
-    for name in names.policy_names() {
-        let doc = iam
-            .get_role_policy()
-            .role_name(role)
-            .policy_name(name)
-            .send()
-            .await
-            .unwrap();
-        let doc = parse_policy(doc.policy_document());
-        for statement in doc["Statement"].as_array().expect("Statement list") {
-            assert_eq!(statement["Effect"], "Allow");
-            assert!(statement.get("NotAction").is_none() && statement.get("NotResource").is_none());
-            for action in strings(&statement["Action"]) {
-                grants
-                    .entry(action)
-                    .or_default()
-                    .extend(strings(&statement["Resource"]));
-            }
-        }
-    }
-    grants
-}
-
-fn set<S: AsRef<str>>(items: &[S]) -> BTreeSet<String> {
-    items.iter().map(|s| s.as_ref().to_owned()).collect()
-}
-
-/// One role's expected scope: the queue it consumes, the queues it sends to, its topic.
-struct Scope {
-    role: &'static str,
-    service: &'static str,
-    own_queue: &'static str,
-    send_to: &'static [&'static str],
-    topic: Option<&'static str>,
-}
-
-const SCOPES: [Scope; 3] = [
-    Scope {
-        role: "GatewayRole",
-        service: "gateway",
-        own_queue: "GatewayEventsQueueArn",
-        send_to: &["CustomerCommandsQueueArn", "TransactionCommandsQueueArn"],
-        topic: None,
-    },
-    Scope {
-        role: "CustomerApiRole",
-        service: "customer-api",
-        own_queue: "CustomerCommandsQueueArn",
-        send_to: &[],
-        topic: Some("CustomerEventsTopicArn"),
-    },
-    Scope {
-        role: "TransactionApiRole",
-        service: "transaction-api",
-        own_queue: "TransactionCommandsQueueArn",
-        send_to: &[],
-        topic: Some("TransactionEventsTopicArn"),
-    },
-];
-
-/// Checks every role of the deployment: nothing is a wildcard, and each service's queue, topic
-/// and artifact permissions are exactly its own.
-async fn assert_least_privilege(
-    iam: &aws_sdk_iam::Client,
-    roles: &BTreeMap<String, String>,
-    messaging: &BTreeMap<String, String>,
-    deployment: &Deployment,
-) {
-    let allowed = set(&[
-        "sqs:ReceiveMessage",
-        "sqs:DeleteMessage",
-        "sqs:ChangeMessageVisibility",
-        "sqs:GetQueueAttributes",
-        "sqs:SendMessage",
-        "sns:Publish",
-        "sns:GetTopicAttributes",
-        "s3:GetObject",
-        "secretsmanager:GetSecretValue",
-    ]);
-    assert_eq!(roles.len(), SCOPES.len(), "roles: {roles:?}");
-    for scope in &SCOPES {
-        let service = scope.service;
-        let grants = grants(iam, &roles[scope.role]).await;
-        for (action, resources) in &grants {
-            assert!(!action.contains('*'), "{service}: wildcard action {action}");
-            assert!(allowed.contains(action), "{service}: unexpected action {action}");
-            assert!(!resources.is_empty(), "{service}: {action} without resource");
-            for resource in resources {
-                assert!(
-                    resource != UNRESOLVED || action == SECRET_ACTION,
-                    "{service}: {action} on null"
-                );
-                let wildcard = resource.contains('*') || resource.contains('?');
-                assert!(!wildcard, "{service}: {action} on {resource}");
-            }
-        }
-        let own = &messaging[scope.own_queue];
-        for action in ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"] {
-            assert_eq!(grants.get(action), Some(&set(&[own])), "{service}: {action}");
-        }
-        let send: Vec<&String> = scope.send_to.iter().map(|k| &messaging[*k]).collect();
-        let sent = grants.get("sqs:SendMessage").cloned().unwrap_or_default();
-        assert_eq!(sent, set(&send), "{service}: sqs:SendMessage");
-        let mut readable = send.clone();
-        readable.push(own);
-        assert_eq!(
-            grants.get("sqs:GetQueueAttributes"),
-            Some(&set(&readable)),
-            "{service}: sqs:GetQueueAttributes"
-        );
-        let topics: Vec<&String> = scope.topic.iter().map(|k| &messaging[*k]).collect();
-        let published = grants.get("sns:Publish").cloned().unwrap_or_default();
-        assert_eq!(published, set(&topics), "{service}: sns:Publish");
-        let prefix = format!("arn:aws:s3:::{}/releases/{}/", deployment.bucket, deployment.release_id);
-        let objects = set(&[
-            format!("{prefix}bin/{service}"),
-            format!("{prefix}ec2/bootstrap.sh"),
-            format!("{prefix}ec2/saga-service@.service"),
-        ]);
-        assert_eq!(grants.get("s3:GetObject"), Some(&objects), "{service}: s3:GetObject");
-        let secrets = grants.get(SECRET_ACTION).map(BTreeSet::len);
-        assert_eq!(secrets, Some(1), "{service}: exactly one secret");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,6 +161,9 @@ async fn deploy_app_end_to_end_on_moto() {
     let clients = Clients::new(&sdk);
     let cfn = &clients.cloudformation;
     let iam = aws_sdk_iam::Client::new(&sdk);
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sdk);
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let sns = aws_sdk_sns::Client::new(&sdk);
     let bins = tempfile::tempdir().unwrap();
     fake_binaries(bins.path(), "v1");
     let prefix = format!("dep{}", std::process::id());
@@ -334,6 +195,7 @@ async fn deploy_app_end_to_end_on_moto() {
         "bin/transaction-api",
         "ec2/bootstrap.sh",
         "ec2/saga-service@.service",
+        "manifest.sha256",
     ];
     let expected: BTreeSet<String> = names
         .iter()
@@ -351,7 +213,8 @@ async fn deploy_app_end_to_end_on_moto() {
         ("AWS::EC2::LaunchTemplate", 3),
         ("AWS::AutoScaling::AutoScalingGroup", 3),
         ("AWS::ElasticLoadBalancingV2::LoadBalancer", 2),
-        ("AWS::ElasticLoadBalancingV2::TargetGroup", 3),
+        ("AWS::ElasticLoadBalancingV2::TargetGroup", 4),
+        ("AWS::ElasticLoadBalancingV2::ListenerRule", 5),
         ("AWS::RDS::DBInstance", 3),
         ("AWS::EC2::SecurityGroup", 8),
     ] {
@@ -373,7 +236,14 @@ async fn deploy_app_end_to_end_on_moto() {
         .into_iter()
         .collect();
     let roles = &app_resources["AWS::IAM::Role"];
-    assert_least_privilege(&iam, roles, &messaging_outputs, &first).await;
+    iam::assert_least_privilege(&iam, roles, &messaging_outputs, &first).await;
+    // Without a certificate: plain HTTP on 80, serving only the public routes.
+    edge::assert_public_listener(&elb, &app_resources, None).await;
+    edge::assert_internal_listeners(&elb, &app_resources).await;
+    edge::assert_health_checks(&elb, &app_resources).await;
+    edge::assert_ingress(&ec2, &app_resources, false).await;
+    instances::assert_launch_templates(&ec2, &app_resources, &first).await;
+    assert_topics_encrypted(&sns, &messaging_outputs).await;
 
     // Second run with the same binaries: same release, nothing re-uploaded, stacks settle again.
     let second = app::deploy(&clients, &options).await.expect("second deploy");
@@ -396,7 +266,9 @@ async fn deploy_app_end_to_end_on_moto() {
         third.app_outputs["ReleasePrefix"],
         format!("releases/{}", third.release_id)
     );
-    assert_least_privilege(&iam, roles, &messaging_outputs, &third).await;
+    iam::assert_least_privilege(&iam, roles, &messaging_outputs, &third).await;
+    // The instances are told the new manifest, and check it.
+    instances::assert_launch_templates(&ec2, &app_resources, &third).await;
 
     // Roll back to the first release without building anything.
     let rollback = AppOptions {
@@ -408,13 +280,29 @@ async fn deploy_app_end_to_end_on_moto() {
         back.app_outputs["ReleasePrefix"],
         format!("releases/{}", first.release_id)
     );
-    assert_least_privilege(&iam, roles, &messaging_outputs, &back).await;
+    iam::assert_least_privilege(&iam, roles, &messaging_outputs, &back).await;
     let unknown = AppOptions {
         release: ReleaseSource::Existing("0123456789abcdef".to_owned()),
         ..options.clone()
     };
     let err = app::deploy(&clients, &unknown).await.unwrap_err().to_string();
     assert!(err.contains("never uploaded"), "{err}");
+
+    // The databases are protected from deletion by default: destroy refuses before it deletes
+    // anything, and names the way out, which is a deploy that turns the protection off.
+    let err = app::destroy(&clients, &prefix).await.unwrap_err();
+    assert!(matches!(err, app::DeployError::DeletionProtected { .. }), "{err}");
+    assert!(err.to_string().contains("DatabaseDeletionProtection=false"), "{err}");
+    for stack in all_stacks {
+        assert!(stack_status(cfn, stack).await.is_some(), "{stack} was deleted");
+    }
+    let unprotected = AppOptions {
+        overrides: vec![("DatabaseDeletionProtection".to_owned(), "false".to_owned())],
+        ..rollback.clone()
+    };
+    app::deploy(&clients, &unprotected)
+        .await
+        .expect("turn deletion protection off");
 
     // Destroy removes every stack, the bucket with its releases, and the roles. moto 5.2.5 cannot
     // delete the network stack (it has no CloudFormation delete for internet gateways, NAT
@@ -442,7 +330,8 @@ async fn deploy_app_end_to_end_on_moto() {
 }
 
 /// With `VpcId` and the subnets given, the application goes into that VPC: no network stack is
-/// created, and destroy (which then has nothing to do for the network) completes.
+/// created, and destroy (which then has nothing to do for the network) completes. This one is
+/// deployed with a certificate: HTTPS on 443, port 80 redirecting to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_app_into_an_existing_vpc() {
     let moto = Moto::start().await;
@@ -450,6 +339,10 @@ async fn deploy_app_into_an_existing_vpc() {
     let clients = Clients::new(&sdk);
     let cfn = &clients.cloudformation;
     let prefix = format!("own{}", std::process::id());
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sdk);
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let certificate = certificate(&iam, &format!("{prefix}-gateway")).await;
     let existing = format!("{prefix}-existing-network");
     let parameters = [("NamePrefix".to_owned(), prefix.clone())];
     let network = infra::deploy_stack(cfn, &existing, app::NETWORK_TEMPLATE, &parameters)
@@ -464,6 +357,10 @@ async fn deploy_app_into_an_existing_vpc() {
         overrides: app::NETWORK_INPUTS
             .iter()
             .map(|k| (k.to_string(), network[*k].clone()))
+            .chain([
+                ("DatabaseDeletionProtection".to_owned(), "false".to_owned()),
+                ("CertificateArn".to_owned(), certificate.clone()),
+            ])
             .collect(),
     };
     let deployment = app::deploy(&clients, &options).await.expect("deploy into existing VPC");
@@ -475,8 +372,12 @@ async fn deploy_app_into_an_existing_vpc() {
         None,
         "a network stack was created"
     );
-    let groups = resources(cfn, &stacks.app).await;
-    assert_eq!(groups["AWS::AutoScaling::AutoScalingGroup"].len(), 3);
+    let app_resources = resources(cfn, &stacks.app).await;
+    assert_eq!(app_resources["AWS::AutoScaling::AutoScalingGroup"].len(), 3);
+    let url = &deployment.gateway_url;
+    assert!(url.starts_with("https://") && url.contains(".elb."), "{url}");
+    edge::assert_public_listener(&elb, &app_resources, Some(&certificate)).await;
+    edge::assert_ingress(&ec2, &app_resources, true).await;
 
     app::destroy(&clients, &prefix).await.expect("destroy");
     for stack in [&stacks.artifacts, &stacks.messaging, &stacks.app] {

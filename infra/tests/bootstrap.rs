@@ -1,0 +1,216 @@
+//! `infra/ec2/bootstrap.sh` run for real, in a scratch root (`SAGA_ROOT`) with stand-ins for the
+//! commands that would reach AWS or change the machine (`aws`, `curl`, `systemctl`, `useradd`,
+//! `id`, `chown`): it installs a release that matches the manifest the stack names, with a
+//! verified-TLS database URL and the operator token, and refuses, installing nothing and starting
+//! nothing, a release whose binary or manifest was changed in the bucket.
+
+use infra::release::{self, Release};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TOKEN: &str = "OperatorToken0123456789abcdefghijklmnopqrstuvwxyz";
+
+struct Machine {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    bucket: PathBuf,
+    log: PathBuf,
+    stubs: PathBuf,
+}
+
+fn write(path: &Path, contents: impl AsRef<[u8]>) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, contents).unwrap();
+}
+
+fn script(path: &Path, body: &str) {
+    write(path, format!("#!/usr/bin/env bash\nset -euo pipefail\n{body}\n"));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Machine {
+    /// A bucket holding one release of stand-in binaries, and the gateway's bootstrap inputs
+    /// naming it as the stack would.
+    fn new() -> (Self, Release) {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, bucket, log, stubs) = (
+            dir.path().join("root"),
+            dir.path().join("bucket"),
+            dir.path().join("calls.log"),
+            dir.path().join("stubs"),
+        );
+        let bins = dir.path().join("bins");
+        std::fs::create_dir_all(&bins).unwrap();
+        for service in release::SERVICES {
+            write(&bins.join(service), format!("#!/bin/sh\necho {service}\n"));
+        }
+        let release = Release::collect(&bins).unwrap();
+        let prefix = bucket.join(release.prefix());
+        for service in release::SERVICES {
+            std::fs::copy(bins.join(service), {
+                let to = prefix.join("bin").join(service);
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                to
+            })
+            .unwrap();
+        }
+        write(&prefix.join(release::BOOTSTRAP_KEY), release::BOOTSTRAP);
+        write(&prefix.join(release::UNIT_KEY), release::UNIT);
+        write(&prefix.join(release::MANIFEST_KEY), release.manifest());
+        write(
+            &root.join("etc/saga/gateway.bootstrap"),
+            format!(
+                "ARTIFACT_BUCKET=bucket\nRELEASE_PREFIX={}\nRELEASE_MANIFEST_SHA256={}\n\
+                 DATABASE_SECRET_ARN=db-secret\nOPERATOR_TOKEN_SECRET_ARN=token-secret\n\
+                 DATABASE_HOST=gateway.db.example\nDATABASE_PORT=5432\nDATABASE_NAME=gateway\n\
+                 DATABASE_CA_BUNDLE_URL=https://truststore.example/bundle.pem\n",
+                release.prefix(),
+                release.uploaded().manifest_sha256
+            ),
+        );
+        let log_path = log.display();
+        script(
+            &stubs.join("aws"),
+            &format!(
+                r#"echo "aws $*" >>{log_path}
+case "$1 $2" in
+  "s3 cp") src="${{@: -2:1}}"; cp "{bucket}/${{src#s3://bucket/}}" "${{@: -1}}" ;;
+  "secretsmanager get-secret-value")
+    case "$4" in
+      db-secret) echo '{{"username": "gateway", "password": "p@ss w/rd"}}' ;;
+      token-secret) echo '{TOKEN}' ;;
+    esac ;;
+  *) exit 1 ;;
+esac"#,
+                bucket = bucket.display()
+            ),
+        );
+        script(
+            &stubs.join("curl"),
+            &format!(
+                "echo \"curl $*\" >>{log_path}\nprintf -- '-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n' >\"${{@: -1}}\""
+            ),
+        );
+        for name in ["systemctl", "useradd", "id", "chown"] {
+            script(&stubs.join(name), &format!("echo \"{name} $*\" >>{log_path}"));
+        }
+        (
+            Self {
+                _dir: dir,
+                root,
+                bucket,
+                log,
+                stubs,
+            },
+            release,
+        )
+    }
+
+    fn bootstrap(&self) -> Output {
+        let path = format!("{}:{}", self.stubs.display(), std::env::var("PATH").unwrap());
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("ec2/bootstrap.sh"))
+            .arg("gateway")
+            .env("SAGA_ROOT", &self.root)
+            .env("PATH", path)
+            .output()
+            .expect("run bash")
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn installed(&self) -> bool {
+        self.root.join("usr/local/bin/gateway").exists()
+            || self.root.join("etc/saga/gateway.secret.env").exists()
+            || self.root.join("etc/systemd/system/saga-service@.service").exists()
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_release_that_matches_its_manifest_is_installed_with_verified_tls_and_the_token() {
+    let (machine, _) = Machine::new();
+    let out = machine.bootstrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let binary = std::fs::read_to_string(machine.root.join("usr/local/bin/gateway")).unwrap();
+    assert_eq!(binary, "#!/bin/sh\necho gateway\n");
+    let env = std::fs::read_to_string(machine.root.join("etc/saga/gateway.secret.env")).unwrap();
+    assert_eq!(
+        env,
+        format!(
+            "DATABASE_URL=postgres://gateway:p%40ss%20w%2Frd@gateway.db.example:5432/gateway\
+             ?sslmode=verify-full&sslrootcert=/etc/saga/rds-ca-bundle.pem\nOPERATOR_TOKEN={TOKEN}\n"
+        )
+    );
+    let mode = std::fs::metadata(machine.root.join("etc/saga/gateway.secret.env"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the secrets file is root's alone");
+    let ca = std::fs::read_to_string(machine.root.join("etc/saga/rds-ca-bundle.pem")).unwrap();
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+    let calls = machine.calls();
+    assert!(calls.contains("curl ") && calls.contains("--proto =https"), "{calls}");
+    assert!(
+        calls.contains("systemctl restart saga-service@gateway.service"),
+        "{calls}"
+    );
+}
+
+#[test]
+fn a_binary_changed_in_the_bucket_is_refused_and_nothing_starts() {
+    let (machine, release) = Machine::new();
+    write(
+        &machine.bucket.join(release.prefix()).join("bin/gateway"),
+        "#!/bin/sh\necho evil\n",
+    );
+    let out = machine.bootstrap();
+    let text = stderr(&out);
+    assert!(!out.status.success(), "a tampered binary was accepted");
+    assert!(
+        text.contains("bin/gateway") && text.contains("refusing to start"),
+        "{text}"
+    );
+    assert!(!machine.installed(), "something was installed");
+    assert!(!machine.calls().contains("systemctl"), "{}", machine.calls());
+    assert!(
+        !machine.calls().contains("secretsmanager"),
+        "secrets read for a refused release"
+    );
+}
+
+#[test]
+fn a_manifest_changed_to_match_a_changed_binary_is_refused_too() {
+    let (machine, release) = Machine::new();
+    let evil = "#!/bin/sh\necho evil\n";
+    let prefix = machine.bucket.join(release.prefix());
+    write(&prefix.join("bin/gateway"), evil);
+    let manifest = release
+        .manifest()
+        .lines()
+        .map(|line| match line.split_once("  ") {
+            Some((_, "bin/gateway")) => format!("{}  bin/gateway\n", hex(evil.as_bytes())),
+            _ => format!("{line}\n"),
+        })
+        .collect::<String>();
+    write(&prefix.join(release::MANIFEST_KEY), manifest);
+    let out = machine.bootstrap();
+    let text = stderr(&out);
+    assert!(!out.status.success(), "a rewritten manifest was accepted");
+    assert!(
+        text.contains("manifest.sha256") && text.contains("refusing to start"),
+        "{text}"
+    );
+    assert!(!machine.installed(), "something was installed");
+}

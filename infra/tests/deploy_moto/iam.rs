@@ -1,0 +1,198 @@
+//! The deployed IAM policies, read back from the emulator: least privilege for every role.
+
+use infra::app::Deployment;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// An inline policy document as IAM returns it: URL-encoded JSON on AWS; moto 5.2.5 returns the
+/// documents CloudFormation created as Python dict text, which differs in its quotes and `None`.
+fn parse_policy(raw: &str) -> Value {
+    let decoded = percent_decode(raw);
+    serde_json::from_str(&decoded)
+        .or_else(|_| serde_json::from_str(&decoded.replace('\'', "\"").replace("None", "null")))
+        .unwrap_or_else(|e| panic!("policy document is not JSON ({e}): {decoded}"))
+}
+
+fn percent_decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Marks a resource the emulator left unresolved (see [`SECRET_ACTION`]).
+const UNRESOLVED: &str = "<unresolved>";
+
+/// moto 5.2.5 does not model `AWS::SecretsManager::Secret` in CloudFormation, so the `!Ref` to
+/// each secret comes back null there (on AWS it is the secret's ARN); which secret each grant
+/// names is checked in the template instead (`template::only_the_gateway_reads_the_operator_token`).
+const SECRET_ACTION: &str = "secretsmanager:GetSecretValue";
+
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Null => vec![UNRESOLVED.to_owned()],
+        Value::Array(items) => items.iter().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// action -> resources, over every inline policy of the role (a resource named twice counts twice).
+async fn grants(iam: &aws_sdk_iam::Client, role: &str) -> BTreeMap<String, Vec<String>> {
+    let mut grants: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let names = iam.list_role_policies().role_name(role).send().await.unwrap();
+    assert!(!names.policy_names().is_empty(), "role {role} has no inline policy");
+    let attached = iam.list_attached_role_policies().role_name(role).send().await.unwrap();
+    assert!(
+        attached.attached_policies().is_empty(),
+        "role {role} has managed policies attached"
+    );
+    for name in names.policy_names() {
+        let doc = iam
+            .get_role_policy()
+            .role_name(role)
+            .policy_name(name)
+            .send()
+            .await
+            .unwrap();
+        let doc = parse_policy(doc.policy_document());
+        for statement in doc["Statement"].as_array().expect("Statement list") {
+            assert_eq!(statement["Effect"], "Allow");
+            assert!(statement.get("NotAction").is_none() && statement.get("NotResource").is_none());
+            for action in strings(&statement["Action"]) {
+                grants
+                    .entry(action)
+                    .or_default()
+                    .extend(strings(&statement["Resource"]));
+            }
+        }
+    }
+    grants
+}
+
+fn set<S: AsRef<str>>(items: &[S]) -> BTreeSet<String> {
+    items.iter().map(|s| s.as_ref().to_owned()).collect()
+}
+
+/// One role's expected scope: the queue it consumes, the queues it sends to, its topic, how many
+/// secrets it reads (its database's, and the gateway the operator token).
+struct Scope {
+    role: &'static str,
+    service: &'static str,
+    own_queue: &'static str,
+    send_to: &'static [&'static str],
+    topic: Option<&'static str>,
+    secrets: usize,
+}
+
+const SCOPES: [Scope; 3] = [
+    Scope {
+        role: "GatewayRole",
+        service: "gateway",
+        own_queue: "GatewayEventsQueueArn",
+        send_to: &["CustomerCommandsQueueArn", "TransactionCommandsQueueArn"],
+        topic: None,
+        secrets: 2,
+    },
+    Scope {
+        role: "CustomerApiRole",
+        service: "customer-api",
+        own_queue: "CustomerCommandsQueueArn",
+        send_to: &[],
+        topic: Some("CustomerEventsTopicArn"),
+        secrets: 1,
+    },
+    Scope {
+        role: "TransactionApiRole",
+        service: "transaction-api",
+        own_queue: "TransactionCommandsQueueArn",
+        send_to: &[],
+        topic: Some("TransactionEventsTopicArn"),
+        secrets: 1,
+    },
+];
+
+/// Checks every role of the deployment: nothing is a wildcard, and each service's queue, topic
+/// and artifact permissions are exactly its own.
+pub async fn assert_least_privilege(
+    iam: &aws_sdk_iam::Client,
+    roles: &BTreeMap<String, String>,
+    messaging: &BTreeMap<String, String>,
+    deployment: &Deployment,
+) {
+    let allowed = set(&[
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+        "sqs:SendMessage",
+        "sns:Publish",
+        "sns:GetTopicAttributes",
+        "s3:GetObject",
+        "secretsmanager:GetSecretValue",
+    ]);
+    assert_eq!(roles.len(), SCOPES.len(), "roles: {roles:?}");
+    for scope in &SCOPES {
+        let service = scope.service;
+        let listed = grants(iam, &roles[scope.role]).await;
+        let secrets = listed.get(SECRET_ACTION).map(Vec::len);
+        assert_eq!(secrets, Some(scope.secrets), "{service}: secrets read");
+        let grants: BTreeMap<String, BTreeSet<String>> = listed
+            .into_iter()
+            .map(|(action, resources)| (action, resources.into_iter().collect()))
+            .collect();
+        for (action, resources) in &grants {
+            assert!(!action.contains('*'), "{service}: wildcard action {action}");
+            assert!(allowed.contains(action), "{service}: unexpected action {action}");
+            assert!(!resources.is_empty(), "{service}: {action} without resource");
+            for resource in resources {
+                assert!(
+                    resource != UNRESOLVED || action == SECRET_ACTION,
+                    "{service}: {action} on null"
+                );
+                let wildcard = resource.contains('*') || resource.contains('?');
+                assert!(!wildcard, "{service}: {action} on {resource}");
+            }
+        }
+        let own = &messaging[scope.own_queue];
+        for action in ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"] {
+            assert_eq!(grants.get(action), Some(&set(&[own])), "{service}: {action}");
+        }
+        let send: Vec<&String> = scope.send_to.iter().map(|k| &messaging[*k]).collect();
+        let sent = grants.get("sqs:SendMessage").cloned().unwrap_or_default();
+        assert_eq!(sent, set(&send), "{service}: sqs:SendMessage");
+        let mut readable = send.clone();
+        readable.push(own);
+        assert_eq!(
+            grants.get("sqs:GetQueueAttributes"),
+            Some(&set(&readable)),
+            "{service}: sqs:GetQueueAttributes"
+        );
+        let topics: Vec<&String> = scope.topic.iter().map(|k| &messaging[*k]).collect();
+        let published = grants.get("sns:Publish").cloned().unwrap_or_default();
+        assert_eq!(published, set(&topics), "{service}: sns:Publish");
+        let prefix = format!("arn:aws:s3:::{}/releases/{}/", deployment.bucket, deployment.release_id);
+        let objects = set(&[
+            format!("{prefix}manifest.sha256"),
+            format!("{prefix}bin/{service}"),
+            format!("{prefix}ec2/bootstrap.sh"),
+            format!("{prefix}ec2/saga-service@.service"),
+        ]);
+        assert_eq!(grants.get("s3:GetObject"), Some(&objects), "{service}: s3:GetObject");
+    }
+}

@@ -1,0 +1,205 @@
+//! What moto 5.2.5 does not model, checked in the template itself: security-group egress (moto
+//! ignores it in CloudFormation and reports allow-all), the RDS deletion policy and deletion
+//! protection (it drops both), and the secrets (it has no `AWS::SecretsManager::Secret`, so their
+//! `!Ref`s come back null and IAM alone cannot tell the operator token from a database secret).
+
+use serde_norway::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn template() -> Value {
+    serde_norway::from_str(infra::app::APP_TEMPLATE).expect("app.yaml parses")
+}
+
+fn resources(template: &Value) -> Vec<(&str, &Value)> {
+    template["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .map(|(k, v)| (k.as_str().expect("logical id"), v))
+        .collect()
+}
+
+fn of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a str, &'a Value)> {
+    resources(template)
+        .into_iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some(kind))
+        .collect()
+}
+
+/// The logical id a `!Ref` (or `{Ref: ...}`) names.
+fn reference(value: &Value) -> Option<&str> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
+        Value::Mapping(map) => map.get("Ref").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// (protocol, from, to, destination): a destination is a CIDR or a security group's logical id.
+type Egress = BTreeSet<(String, i64, i64, String)>;
+
+fn egress_rule(rule: &Value) -> (String, i64, i64, String) {
+    let protocol = rule["IpProtocol"].as_str().expect("IpProtocol").to_owned();
+    let destination = match (rule.get("CidrIp"), rule.get("DestinationSecurityGroupId")) {
+        (Some(cidr), None) => cidr.as_str().expect("CIDR").to_owned(),
+        (None, Some(group)) => reference(group).expect("a !Ref to a group").to_owned(),
+        other => panic!("egress rule without exactly one destination: {other:?}"),
+    };
+    let port = |key| rule.get(key).and_then(Value::as_i64).unwrap_or(-1);
+    (protocol, port("FromPort"), port("ToPort"), destination)
+}
+
+/// Every group's egress, inline and as separate resources: instances reach 443 and their own
+/// database, the gateway also the internal load balancer; load balancers only their targets;
+/// databases nothing. No group is left with the default allow-all (no egress rule at all).
+#[test]
+fn security_groups_allow_only_the_egress_the_services_use() {
+    let template = template();
+    let mut actual: BTreeMap<String, Egress> = BTreeMap::new();
+    for (logical, group) in of_type(&template, "AWS::EC2::SecurityGroup") {
+        let rules = group["Properties"]
+            .get("SecurityGroupEgress")
+            .and_then(Value::as_sequence);
+        let rules = rules.map(|r| r.iter().map(egress_rule).collect()).unwrap_or_default();
+        actual.insert(logical.to_owned(), rules);
+    }
+    for (logical, rule) in of_type(&template, "AWS::EC2::SecurityGroupEgress") {
+        let props = &rule["Properties"];
+        let group = reference(&props["GroupId"]).unwrap_or_else(|| panic!("{logical}: GroupId"));
+        actual
+            .get_mut(group)
+            .expect("a group of this template")
+            .insert(egress_rule(props));
+    }
+    let rule = |p: &str, from: i64, to: i64, d: &str| (p.to_owned(), from, to, d.to_owned());
+    let https = rule("tcp", 443, 443, "0.0.0.0/0");
+    let nothing = rule("-1", -1, -1, "127.0.0.1/32");
+    let expected: BTreeMap<String, Egress> = [
+        (
+            "PublicAlbSecurityGroup",
+            vec![rule("tcp", 8080, 8080, "GatewaySecurityGroup")],
+        ),
+        (
+            "GatewaySecurityGroup",
+            vec![
+                https.clone(),
+                rule("tcp", 5432, 5432, "GatewayDatabaseSecurityGroup"),
+                rule("tcp", 8081, 8082, "InternalAlbSecurityGroup"),
+            ],
+        ),
+        (
+            "InternalAlbSecurityGroup",
+            vec![
+                rule("tcp", 8080, 8080, "GatewaySecurityGroup"),
+                rule("tcp", 8081, 8081, "CustomerApiSecurityGroup"),
+                rule("tcp", 8082, 8082, "TransactionApiSecurityGroup"),
+            ],
+        ),
+        (
+            "CustomerApiSecurityGroup",
+            vec![
+                https.clone(),
+                rule("tcp", 5432, 5432, "CustomerApiDatabaseSecurityGroup"),
+            ],
+        ),
+        (
+            "TransactionApiSecurityGroup",
+            vec![https, rule("tcp", 5432, 5432, "TransactionApiDatabaseSecurityGroup")],
+        ),
+        ("GatewayDatabaseSecurityGroup", vec![nothing.clone()]),
+        ("CustomerApiDatabaseSecurityGroup", vec![nothing.clone()]),
+        ("TransactionApiDatabaseSecurityGroup", vec![nothing]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.into_iter().collect()))
+    .collect();
+    assert_eq!(actual, expected);
+}
+
+/// Each database survives its stack: a final snapshot on deletion or replacement, deletion
+/// protection on unless the parameter (default true) turns it off, storage that grows, encrypted.
+#[test]
+fn databases_are_snapshotted_and_protected_from_deletion() {
+    let template = template();
+    let databases = of_type(&template, "AWS::RDS::DBInstance");
+    assert_eq!(databases.len(), 3);
+    for (logical, db) in databases {
+        assert_eq!(db["DeletionPolicy"].as_str(), Some("Snapshot"), "{logical}");
+        assert_eq!(db["UpdateReplacePolicy"].as_str(), Some("Snapshot"), "{logical}");
+        let props = &db["Properties"];
+        assert_eq!(
+            reference(&props["DeletionProtection"]),
+            Some("DatabaseDeletionProtection"),
+            "{logical}"
+        );
+        assert_eq!(
+            reference(&props["MaxAllocatedStorage"]),
+            Some("DatabaseMaxStorageGiB"),
+            "{logical}"
+        );
+        assert_eq!(reference(&props["MultiAZ"]), Some("DatabaseMultiAz"), "{logical}");
+        assert_eq!(props["StorageEncrypted"].as_bool(), Some(true), "{logical}");
+        assert_eq!(props["PubliclyAccessible"].as_bool(), Some(false), "{logical}");
+    }
+    let parameters = &template["Parameters"];
+    assert_eq!(
+        parameters["DatabaseDeletionProtection"]["Default"].as_str(),
+        Some("true")
+    );
+    assert_eq!(
+        parameters["DatabaseMultiAz"]["AllowedValues"]
+            .as_sequence()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(parameters["BonusPoints"]["MinValue"].as_i64(), Some(1));
+}
+
+/// The operator token is a generated secret of letters and digits, only the gateway's role may
+/// read it (in a statement of its own), and only the gateway's instances are told where it is.
+#[test]
+fn only_the_gateway_reads_the_operator_token() {
+    let template = template();
+    let secret = &template["Resources"]["OperatorTokenSecret"];
+    assert_eq!(secret["Type"].as_str(), Some("AWS::SecretsManager::Secret"));
+    let generate = &secret["Properties"]["GenerateSecretString"];
+    assert!(generate["PasswordLength"].as_i64().unwrap_or_default() >= 32);
+    assert_eq!(generate["ExcludePunctuation"].as_bool(), Some(true));
+    assert!(
+        generate.get("SecretStringTemplate").is_none(),
+        "the secret is the token itself"
+    );
+
+    let mut readers = Vec::new();
+    for (logical, policy) in of_type(&template, "AWS::IAM::Policy") {
+        let statements = policy["Properties"]["PolicyDocument"]["Statement"]
+            .as_sequence()
+            .expect("statements");
+        for statement in statements {
+            let resources: Vec<Option<&str>> = statement["Resource"]
+                .as_sequence()
+                .map(|r| r.iter().map(reference).collect())
+                .unwrap_or_default();
+            if resources.contains(&Some("OperatorTokenSecret")) {
+                assert_eq!(resources, [Some("OperatorTokenSecret")], "{logical}: shared statement");
+                let actions: Vec<&str> = statement["Action"]
+                    .as_sequence()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                assert_eq!(actions, ["secretsmanager:GetSecretValue"], "{logical}");
+                readers.push(logical);
+            }
+        }
+    }
+    assert_eq!(readers, ["GatewayPolicy"]);
+    let told: Vec<&str> = of_type(&template, "AWS::EC2::LaunchTemplate")
+        .into_iter()
+        .filter(|(_, lt)| {
+            serde_norway::to_string(lt)
+                .unwrap()
+                .contains("OPERATOR_TOKEN_SECRET_ARN=${OperatorTokenSecret}")
+        })
+        .map(|(logical, _)| logical)
+        .collect();
+    assert_eq!(told, ["GatewayLaunchTemplate"]);
+}
