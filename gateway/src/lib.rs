@@ -3,6 +3,7 @@
 //! everything moves through the bus (the two GET proxies are read-only conveniences).
 
 mod http;
+mod live;
 pub mod saga;
 mod stalls;
 mod store;
@@ -44,6 +45,10 @@ pub struct Config {
     pub trusted_proxy_cidrs: String,
     /// API requests handled at once; more are refused at once with 503 (`MAX_CONCURRENT_REQUESTS`).
     pub max_concurrent_requests: usize,
+    /// Open event streams at most (`MAX_EVENT_STREAMS`); more are refused with 503.
+    pub max_event_streams: usize,
+    /// How often the live-updates poller looks for new history while someone waits.
+    pub events_poll_ms: u64,
 }
 
 /// Shortest operator token accepted.
@@ -62,6 +67,8 @@ impl Default for Config {
             rate_limit_burst: 20,
             trusted_proxy_cidrs: String::new(),
             max_concurrent_requests: 256,
+            max_event_streams: 1000,
+            events_poll_ms: 250,
         }
     }
 }
@@ -92,8 +99,21 @@ impl Config {
         })
     }
 
-    fn api_state(&self, pool: AnyPool, outbox_signal: Arc<Notify>) -> anyhow::Result<http::AppState> {
+    fn api_state(
+        &self,
+        pool: AnyPool,
+        outbox_signal: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<http::AppState> {
+        let hub = live::Hub::new(
+            pool.clone(),
+            Duration::from_millis(self.events_poll_ms.max(10)),
+            self.common.handler_timeout() + Duration::from_secs(1),
+            self.max_event_streams,
+            shutdown,
+        );
         Ok(http::AppState {
+            hub,
             pool,
             outbox_signal,
             http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
@@ -108,7 +128,7 @@ impl Config {
 /// database is all it takes, so the HTTP contract is tested in process against this router.
 /// Accepted enrollments wait in the outbox; `outbox_signal` is notified on each.
 pub fn router(config: &Config, pool: AnyPool, outbox_signal: Arc<Notify>) -> anyhow::Result<axum::Router> {
-    let state = config.api_state(pool, outbox_signal)?;
+    let state = config.api_state(pool, outbox_signal, CancellationToken::new())?;
     Ok(utility::http::finish(
         http::routes(state, &config.edge()?),
         config.limits(),
@@ -162,7 +182,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self
             .config
-            .api_state(self.core.pool.clone(), self.core.relay.signal())?;
+            .api_state(self.core.pool.clone(), self.core.relay.signal(), shutdown.clone())?;
         let watch = stalls::StallWatch::new(self.core.background_pool.clone(), state.stall_after);
         let sweeper: utility::runtime::Task = Box::pin(watch.run(shutdown.clone()));
         let router = http::routes(state, &self.edge).merge(self.core.health_routes(Endpoint::GatewayEvents)?);

@@ -145,6 +145,25 @@ pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option
     }))
 }
 
+/// One history entry with its id, as event streams send it (the id is the SSE event id a client
+/// resumes from).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HistoryRecord {
+    pub id: String,
+    pub status: String,
+    pub at: String,
+    pub event: Option<String>,
+}
+
+/// An enrollment's history, oldest first; empty when there is no such enrollment (every
+/// enrollment has its acceptance entry).
+pub async fn history(pool: &AnyPool, id: Uuid) -> Result<Vec<HistoryRecord>, sqlx::Error> {
+    sqlx::query_as("SELECT id, status, at, event FROM enrollment_history WHERE enrollment_id = $1 ORDER BY at, id")
+        .bind(id.to_string())
+        .fetch_all(pool)
+        .await
+}
+
 /// A page of the operator listing, newest first: enrollments in `status` (any when `None`) older
 /// than `before` (the cursor), at most `limit`.
 pub async fn list(
@@ -173,7 +192,7 @@ pub async fn list(
     Ok(entries)
 }
 
-fn is_open(status: &str) -> bool {
+pub fn is_open(status: &str) -> bool {
     status.parse::<Status>().is_ok_and(|s| !s.is_terminal())
 }
 

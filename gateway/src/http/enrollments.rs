@@ -4,6 +4,7 @@
 //! leaks through logs and referrers.
 
 use super::AppState;
+use crate::saga::Status;
 use crate::store::{self, NewEnrollment};
 use axum::Json;
 use axum::extract::State;
@@ -11,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sqlx::AnyPool;
+use std::time::Duration;
 use utility::domain::{CustomerName, Email, FieldError};
 use utility::http::{Problem, ProblemJson, ProblemPath};
 use uuid::Uuid;
@@ -107,10 +109,11 @@ pub(super) async fn create(
     let key = idempotency_key(&headers)?;
     let request = EnrollmentRequest::parse(&body)?;
     let fingerprint = request.fingerprint();
+    let wait = preferred_wait(&headers);
     if let Some(key) = key.as_deref()
         && let Some(existing) = replay(&state.pool, key, &fingerprint).await?
     {
-        return Ok(existing);
+        return answer(&state, &existing.id, &existing.status, wait).await;
     }
     let id = Uuid::now_v7();
     tracing::Span::current().record("enrollment_id", tracing::field::display(id));
@@ -127,19 +130,101 @@ pub(super) async fn create(
         // Another request with the same key won the race: answer as a replay of it.
         Err(err) if utility::storage::is_unique_violation(&err) && key.is_some() => {
             let key = key.as_deref().unwrap_or_default();
-            return replay(&state.pool, key, &fingerprint).await?.ok_or_else(|| {
+            let existing = replay(&state.pool, key, &fingerprint).await?.ok_or_else(|| {
                 Problem::internal(anyhow::anyhow!("idempotency key {key} conflicted but is not stored"))
-            });
+            })?;
+            return answer(&state, &existing.id, &existing.status, wait).await;
         }
         Err(err) => return Err(err.into()),
     }
     state.outbox_signal.notify_one();
     tracing::info!("enrollment accepted");
-    Ok(accepted(id, "pending"))
+    answer(&state, &id.to_string(), Status::Pending.name(), wait).await
 }
 
-/// The answer to a repeated `Idempotency-Key`: the same enrollment, or 409 if the body differs.
-async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<Response>, Problem> {
+/// The longest a client may ask to be held (`Prefer: wait`).
+const MAX_WAIT_SECONDS: u64 = 30;
+
+/// `Prefer: wait=N` (RFC 7240; other preferences beside it are ignored), capped at 30 s.
+fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|preference| {
+            let (name, value) = preference.split(';').next()?.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+        })
+        .next()
+        .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
+}
+
+/// The answer to a submission: without `Prefer: wait`, 202 with the id and status; with it, the
+/// whole enrollment once it is terminal (201 Created) or the wait is over (202 Accepted).
+async fn answer(state: &AppState, id: &str, status: &str, wait: Option<u64>) -> Result<Response, Problem> {
+    let Some(seconds) = wait else {
+        return Ok(accepted(id, status));
+    };
+    let uuid = Uuid::parse_str(id).map_err(Problem::internal)?;
+    let view = wait_for(state, uuid, Duration::from_secs(seconds))
+        .await?
+        .ok_or_else(|| Problem::internal(anyhow::anyhow!("enrollment {id} vanished")))?;
+    let code = if is_terminal(&view.status) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut response = (code, Json(view)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("/api/enrollments/{id}")) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    applied(&mut response, seconds);
+    Ok(response)
+}
+
+fn applied(response: &mut Response, seconds: u64) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::try_from(format!("wait={seconds}")) {
+        headers.insert("preference-applied", value);
+    }
+    headers.insert(header::VARY, HeaderValue::from_static("prefer"));
+}
+
+fn is_terminal(status: &str) -> bool {
+    status.parse::<Status>().is_ok_and(Status::is_terminal)
+}
+
+/// The enrollment once it is terminal, or as it stands when `wait` is over (or the service
+/// stops). Waiting costs no query of its own: the live-updates poller says when to look again.
+async fn wait_for(state: &AppState, id: Uuid, wait: Duration) -> Result<Option<store::PublicView>, Problem> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut subscription = state.hub.subscribe(&id.to_string());
+    loop {
+        let cutoff = utility::storage::cutoff(state.stall_after);
+        let Some(view) = store::view(&state.pool, id, &cutoff).await? else {
+            return Ok(None);
+        };
+        if is_terminal(&view.status) || state.hub.is_closed() {
+            return Ok(Some(view));
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {
+                let cutoff = utility::storage::cutoff(state.stall_after);
+                return Ok(store::view(&state.pool, id, &cutoff).await?);
+            }
+            changed = subscription.changed() => if !changed {
+                return Ok(Some(view));
+            }
+        }
+    }
+}
+
+/// The enrollment a repeated `Idempotency-Key` names, or 409 if the body differs.
+async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<store::Existing>, Problem> {
     let Some(existing) = store::find_by_key(pool, key).await? else {
         return Ok(None);
     };
@@ -149,7 +234,7 @@ async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<R
             "Idempotency-Key was already used with a different body; use a new key for a new enrollment",
         ));
     }
-    Ok(Some(accepted(existing.id, &existing.status)))
+    Ok(Some(existing))
 }
 
 pub(super) fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
@@ -159,17 +244,42 @@ pub(super) fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
 pub(super) async fn show(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,
-) -> Result<Json<store::PublicView>, Problem> {
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     let id = parse_id(&id, "enrollment")?;
-    store::view(&state.pool, id, &utility::storage::cutoff(state.stall_after))
+    let not_found = || Problem::not_found(format!("no enrollment {id}"));
+    let Some(seconds) = preferred_wait(&headers) else {
+        let cutoff = utility::storage::cutoff(state.stall_after);
+        let view = store::view(&state.pool, id, &cutoff).await?.ok_or_else(not_found)?;
+        return Ok(Json(view).into_response());
+    };
+    let view = wait_for(&state, id, Duration::from_secs(seconds))
         .await?
-        .map(Json)
-        .ok_or_else(|| Problem::not_found(format!("no enrollment {id}")))
+        .ok_or_else(not_found)?;
+    let mut response = Json(view).into_response();
+    applied(&mut response, seconds);
+    Ok(response)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefer_wait_is_read_as_rfc_7240_says_and_capped() {
+        let prefer = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("prefer", value.parse().unwrap());
+            preferred_wait(&headers)
+        };
+        assert_eq!(prefer("wait=10"), Some(10));
+        assert_eq!(prefer("respond-async, wait=5"), Some(5));
+        assert_eq!(prefer("WAIT = \"7\""), Some(7));
+        assert_eq!(prefer("wait=3600"), Some(30));
+        assert_eq!(prefer("wait=soon"), None);
+        assert_eq!(prefer("return=minimal"), None);
+        assert_eq!(preferred_wait(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn request_errors_name_every_bad_field() {

@@ -2,13 +2,14 @@
 //!
 //! | surface | routes | who |
 //! |---|---|---|
-//! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{id}`, `/health` | anyone holding an enrollment id |
+//! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{id}` (both with `Prefer: wait`), `GET /api/enrollments/{id}/events`, `/health` | anyone holding an enrollment id |
 //! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
 //! Both are behind load shedding ([`edge`]).
 
 pub mod edge;
 mod enrollments;
+mod events;
 mod operator;
 
 use axum::Router;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub customer_api_url: String,
     pub transaction_api_url: String,
     pub stall_after: std::time::Duration,
+    pub hub: crate::live::Hub,
 }
 
 /// How the edge is set up (from the gateway's configuration).
@@ -73,6 +75,10 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
         .route(
             "/api/enrollments/{id}",
             get(enrollments::show).fallback(method_not_allowed),
+        )
+        .route(
+            "/api/enrollments/{id}/events",
+            get(events::events).fallback(method_not_allowed),
         )
         .route("/api/customers/{id}", operator(get(operator::customer)))
         .route("/api/customers/{id}/points", operator(get(operator::points)))

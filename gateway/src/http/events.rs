@@ -1,0 +1,128 @@
+//! `GET /api/enrollments/{id}/events`: the saga's history as server-sent events, then each new
+//! entry as it happens, until the terminal status.
+//!
+//! Each `status` event carries its history entry's id as the SSE `id`, so a client that
+//! reconnects with `Last-Event-ID` resumes after it, with no repeat and no gap. A comment line
+//! every 15 s keeps proxies from closing a quiet stream. At most `MAX_EVENT_STREAMS` are open
+//! (503 beyond), and all end when the service stops, so none holds up a graceful shutdown.
+
+use super::AppState;
+use super::enrollments::parse_id;
+use crate::live::Subscription;
+use crate::saga::Status;
+use crate::store::{self, HistoryRecord};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, Stream};
+use serde_json::json;
+use sqlx::AnyPool;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use utility::http::{Problem, ProblemPath};
+use uuid::Uuid;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub(super) async fn events(
+    State(state): State<AppState>,
+    ProblemPath(id): ProblemPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let id = parse_id(&id, "enrollment")?;
+    let permit = state
+        .hub
+        .stream_permit()
+        .ok_or_else(|| Problem::unavailable("too many event streams are open; retry shortly"))?;
+    // Subscribe before the first read, so no change falls between the two.
+    let subscription = state.hub.subscribe(&id.to_string());
+    let history = store::history(&state.pool, id).await?;
+    if history.is_empty() {
+        return Err(Problem::not_found(format!("no enrollment {id}")));
+    }
+    let resume_after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut feed = Feed {
+        pool: state.pool.clone(),
+        id,
+        subscription,
+        last_sent: resume_after,
+        pending: VecDeque::new(),
+        done: false,
+        _permit: permit,
+    };
+    feed.take_new(history);
+    Ok(Sse::new(feed.into_stream())
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+/// What one stream has sent and has yet to send.
+struct Feed {
+    pool: AnyPool,
+    id: Uuid,
+    subscription: Subscription,
+    /// The id of the last entry the client has (sent here, or named by `Last-Event-ID`).
+    last_sent: Option<String>,
+    pending: VecDeque<HistoryRecord>,
+    /// The terminal entry has been sent: nothing more will come.
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Feed {
+    /// Queues the entries after `last_sent` (all of them when it is unknown: better a repeat the
+    /// client can recognise by id than a gap). Marks the feed done when the client already has
+    /// the terminal entry.
+    fn take_new(&mut self, history: Vec<HistoryRecord>) {
+        let start = match &self.last_sent {
+            Some(last) => history.iter().position(|e| &e.id == last).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        if history[..start].iter().any(is_terminal) {
+            self.done = true;
+            return;
+        }
+        self.pending = history.into_iter().skip(start).collect();
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> {
+        stream::unfold(self, |mut feed| async move {
+            loop {
+                if let Some(entry) = feed.pending.pop_front() {
+                    feed.done = is_terminal(&entry);
+                    if feed.done {
+                        feed.pending.clear();
+                    }
+                    feed.last_sent = Some(entry.id.clone());
+                    return Some((Ok(event(&entry)), feed));
+                }
+                if feed.done || !feed.subscription.changed().await {
+                    return None;
+                }
+                match store::history(&feed.pool, feed.id).await {
+                    Ok(history) => feed.take_new(history),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "event stream could not read the history; waiting for the next change")
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn is_terminal(entry: &HistoryRecord) -> bool {
+    entry.status.parse::<Status>().is_ok_and(Status::is_terminal)
+}
+
+fn event(entry: &HistoryRecord) -> Event {
+    Event::default()
+        .event("status")
+        .id(entry.id.clone())
+        .data(json!({"status": entry.status, "at": entry.at, "event": entry.event}).to_string())
+}

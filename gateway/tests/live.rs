@@ -1,0 +1,256 @@
+//! A client that does not poll: server-sent events of a saga's progress (resumable, bounded, ended
+//! by the terminal status or by a stopping gateway, and fed across gateway instances), and
+//! request/reply with `Prefer: wait`.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::api::{GatewayApi, Served};
+use support::{Backend, Options, System};
+
+on_both_backends!(
+    events_follow_the_saga_and_resume_without_repeats,
+    prefer_wait_answers_with_the_outcome
+);
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+struct Sse {
+    event: String,
+    id: String,
+    data: Value,
+}
+
+/// Reads a stream until it ends or `limit` passes; returns its events and whether it ended.
+async fn read_events(response: reqwest::Response, limit: Duration) -> (Vec<Sse>, bool) {
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    let mut response = response;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    let ended = loop {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => break true,
+            Ok(Err(err)) => panic!("stream failed: {err}"),
+            Err(_) => break false,
+        }
+    };
+    let events = text
+        .split("\n\n")
+        .filter_map(|block| {
+            let mut event = Sse {
+                event: String::new(),
+                id: String::new(),
+                data: Value::Null,
+            };
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    event.event = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("id:") {
+                    event.id = value.trim().to_owned();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    event.data = serde_json::from_str(value.trim()).unwrap();
+                }
+            }
+            (!event.event.is_empty()).then_some(event)
+        })
+        .collect();
+    (events, ended)
+}
+
+fn statuses(events: &[Sse]) -> Vec<&str> {
+    events.iter().map(|e| e.data["status"].as_str().unwrap()).collect()
+}
+
+async fn open(system: &System, url: &str, last_event_id: Option<&str>) -> reqwest::Response {
+    let mut request = system.http.get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    request.send().await.unwrap()
+}
+
+async fn events_follow_the_saga_and_resume_without_repeats(backend: Backend) {
+    let system = System::start(backend, Options::default()).await;
+    let email = format!("live-{}@example.com", uuid::Uuid::new_v4().simple());
+    let id = system.submit("Live", &email).await;
+    let url = system.url(&format!("/api/enrollments/{id}/events"));
+    let (events, ended) = read_events(open(&system, &url, None).await, support::DEADLINE).await;
+    assert!(ended, "the stream did not end after the terminal status: {events:?}");
+    assert_eq!(statuses(&events), ["pending", "enrolled", "completed"]);
+    assert!(events.iter().all(|e| e.event == "status" && !e.id.is_empty()));
+    assert_eq!(events[0].data["event"], "EnrollmentAccepted");
+    assert!(events[1].data["at"].is_string());
+
+    // Resuming after `enrolled` gives what followed it, once.
+    let (resumed, ended) = read_events(open(&system, &url, Some(&events[1].id)).await, support::DEADLINE).await;
+    assert!(ended);
+    assert_eq!(statuses(&resumed), ["completed"]);
+    assert_eq!(resumed[0].id, events[2].id);
+    // Resuming after the terminal event ends at once, with nothing.
+    let (after_end, ended) = read_events(open(&system, &url, Some(&events[2].id)).await, support::DEADLINE).await;
+    assert!(ended && after_end.is_empty(), "{after_end:?}");
+    // Unknown enrollment: a problem, before any stream.
+    let unknown = system.url(&format!("/api/enrollments/{}/events", uuid::Uuid::now_v7()));
+    assert_eq!(open(&system, &unknown, None).await.status(), 404);
+    system.stop().await;
+}
+
+async fn prefer_wait_answers_with_the_outcome(backend: Backend) {
+    let system = System::start(backend, Options::default()).await;
+    let email = format!("wait-{}@example.com", uuid::Uuid::new_v4().simple());
+    let response = system
+        .http
+        .post(system.url("/api/enrollments"))
+        .header("prefer", "wait=20")
+        .json(&json!({"name": "Waiting", "email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "the saga finished within the wait");
+    assert_eq!(response.headers()["preference-applied"], "wait=20");
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "completed", "{body}");
+    assert_eq!(body["bonus_points"], 500);
+    assert_eq!(support::history(&body), ["pending", "enrolled", "completed"]);
+    assert_eq!(location, format!("/api/enrollments/{}", body["id"].as_str().unwrap()));
+    // A GET that asks to wait for a finished saga answers at once; an absurd wait is capped.
+    let started = tokio::time::Instant::now();
+    let response = system
+        .http
+        .get(system.url(&location))
+        .header("prefer", "wait=3600")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["preference-applied"], "wait=30");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    system.stop().await;
+}
+
+/// Two gateway instances on one PostgreSQL database: a stream held by the instance that consumes
+/// nothing still sees every step, which the other instance's consumer wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_instance_streams_what_the_first_consumed() {
+    let system = System::start(Backend::Postgres, Options::default()).await;
+    let pool = utility::storage::connect(&system.gateway_db.url, gateway::migrations())
+        .await
+        .unwrap();
+    let second = gateway::router(
+        &support::gateway_config(),
+        pool,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    )
+    .unwrap();
+    let second = Served::start(second).await;
+    let email = format!("second-{}@example.com", uuid::Uuid::new_v4().simple());
+    // Submitted through the second instance too: its outbox is the shared database's, and the
+    // first instance's relay publishes it.
+    let answer: Value = system
+        .http
+        .post(second.url("/api/enrollments"))
+        .json(&json!({"name": "Second", "email": email}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().unwrap();
+    let stream = open(&system, &second.url(&format!("/api/enrollments/{id}/events")), None).await;
+    let (events, ended) = read_events(stream, support::DEADLINE).await;
+    assert!(ended, "{events:?}");
+    assert_eq!(statuses(&events), ["pending", "enrolled", "completed"]);
+    second.stop().await;
+    system.stop().await;
+}
+
+/// A saga that cannot move (the gateway's relay is off, so its command never leaves): an open
+/// stream stays open, and ends when the gateway stops, without holding the stop up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_end_when_the_gateway_stops() {
+    let mut system = System::start(
+        Backend::Sqlite,
+        Options {
+            gateway_relay: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = system
+        .submit("Stuck", &format!("stuck-{}@example.com", uuid::Uuid::new_v4().simple()))
+        .await;
+    let stream = open(&system, &system.url(&format!("/api/enrollments/{id}/events")), None).await;
+    let reader = tokio::spawn(read_events(stream, Duration::from_secs(40)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!reader.is_finished(), "the stream ended before the saga did");
+    let stopping = tokio::time::Instant::now();
+    system.gateway.take().unwrap().stop().await.unwrap();
+    let took = stopping.elapsed();
+    let (events, ended) = reader.await.unwrap();
+    assert!(ended, "the stream outlived the gateway");
+    assert_eq!(statuses(&events), ["pending"]);
+    assert!(
+        took < Duration::from_secs(5),
+        "stopping took {took:?}: the stream held it up"
+    );
+    system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_end_with_the_wait_and_streams_are_bounded() {
+    let api = GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            max_event_streams: 1,
+            ..support::gateway_config()
+        },
+    )
+    .await;
+    let server = Served::start(api.router.clone()).await;
+    let http = reqwest::Client::new();
+    // No bus here: the saga cannot move, so the wait runs out and the answer is 202 with the
+    // enrollment as it stands.
+    let started = tokio::time::Instant::now();
+    let response = http
+        .post(server.url("/api/enrollments"))
+        .header("prefer", "respond-async, wait=1")
+        .json(&json!({"name": "Patient", "email": "patient@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["preference-applied"], "wait=1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "pending");
+    assert_eq!(support::history(&body), ["pending"]);
+    let id = body["id"].as_str().unwrap();
+
+    // One stream may be open; the next is refused until it closes.
+    let events = server.url(&format!("/api/enrollments/{id}/events"));
+    let first = http.get(&events).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = http.get(&events).send().await.unwrap();
+    assert_eq!(second.status(), 503);
+    assert!(second.headers().contains_key("retry-after"));
+    drop(first);
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    loop {
+        let again = http.get(&events).send().await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed stream's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
