@@ -1,0 +1,258 @@
+//! The enrollment page in a real browser against the real system: Debian's headless Chromium,
+//! driven over WebDriver by `chromedriver`, on the page the gateway serves, with the three
+//! services running on LocalStack. It shows a submission completing with its points, one rolled
+//! back once the bonus budget is spent, a server-side field error shown next to its field after
+//! one request, and a double click enrolling once; it saves a screenshot of a finished timeline
+//! to `docs/enrollment-page.png`.
+//!
+//! Needs `chromium` and `chromedriver` on the PATH (Debian: `apt-get install chromium
+//! chromium-driver`; `.ci/run` installs them). Without them the test fails, saying so.
+
+mod support;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use support::{Backend, DEADLINE, Options, System};
+use tokio::process::{Child, Command};
+
+const INSTALL: &str = "install Debian's chromium and chromium-driver (apt-get update && apt-get install -y \
+                       chromium chromium-driver); .ci/run does";
+
+fn on_path(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Chromium under chromedriver, both gone on drop.
+struct Browser {
+    client: Client,
+    _driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let chromium = on_path(&["chromium", "chromium-browser"])
+            .unwrap_or_else(|| panic!("the browser test needs Chromium, which is not on the PATH: {INSTALL}"));
+        let chromedriver = on_path(&["chromedriver"])
+            .unwrap_or_else(|| panic!("the browser test needs chromedriver, which is not on the PATH: {INSTALL}"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", chromedriver.display()));
+        let profile = tempfile::tempdir().expect("a profile directory");
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--window-size=820,620",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let webdriver = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let attempt = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&webdriver)
+                .await;
+            match attempt {
+                Ok(client) => break client,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("no WebDriver session from chromedriver on {webdriver}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        Self {
+            client,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    async fn text(&self, css: &str) -> String {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits until the element's text satisfies `ready`; returns it. Fails after [`DEADLINE`].
+    async fn wait_text(&self, css: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let text = self.text(css).await;
+            if ready(&text) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} never got the expected text; last: {text:?}; page: {}",
+                self.text("main").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Loads the page afresh and types into the form.
+    async fn fill(&self, url: &str, name: &str, email: &str) {
+        self.client.goto(url).await.expect("the page loads");
+        let field = |id: &'static str| async move {
+            self.client
+                .wait()
+                .for_element(Locator::Id(id))
+                .await
+                .expect("form field")
+        };
+        field("name").await.send_keys(name).await.expect("type the name");
+        field("email").await.send_keys(email).await.expect("type the e-mail");
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.client.execute(js, vec![]).await.expect("script runs")
+    }
+
+    /// Requests the page made to submit enrollments (the Resource Timing API lists each).
+    async fn submissions(&self) -> u64 {
+        self.script(
+            "return performance.getEntriesByType('resource')
+               .filter(e => new URL(e.name).pathname === '/api/enrollments').length;",
+        )
+        .await
+        .as_u64()
+        .expect("a count")
+    }
+
+    /// The statuses the timeline shows, in order.
+    async fn timeline(&self) -> Vec<String> {
+        let statuses = self
+            .script("return Array.from(document.querySelectorAll('#timeline li'), li => li.dataset.status);")
+            .await;
+        serde_json::from_value(statuses).expect("statuses")
+    }
+}
+
+async fn count(system: &System, sql: &str, bind: &str) -> i64 {
+    support::scalar_i64(&system.gateway().pool, sql, bind).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_enrolls_through_the_page() {
+    // The browser first: without one, fail at once with how to install it.
+    let browser = Browser::start().await;
+    // The budget lets exactly one 500-point bonus through: the second enrollment rolls back.
+    let system = System::start(
+        Backend::Sqlite,
+        Options {
+            bonus_budget_points: Some(500),
+            ..Options::default()
+        },
+    )
+    .await;
+    let page = system.url("/");
+    let run = uuid::Uuid::new_v4().simple().to_string();
+
+    // An address the browser's own e-mail check accepts but the gateway refuses (no dotted
+    // domain): the 422's message appears next to the field, after exactly one request.
+    browser.fill(&page, "Ada Lovelace", "a@b").await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let message = browser.wait_text("#email-error", |t| !t.is_empty()).await;
+    assert!(message.contains("domain"), "{message}");
+    let email = browser.client.find(Locator::Id("email")).await.unwrap();
+    assert_eq!(email.attr("aria-invalid").await.unwrap().as_deref(), Some("true"));
+    assert_eq!(
+        email.attr("aria-describedby").await.unwrap().as_deref(),
+        Some("email-error")
+    );
+    assert_eq!(browser.submissions().await, 1, "one request left the page");
+    assert_eq!(
+        count(&system, "SELECT COUNT(*) FROM enrollments WHERE $1 = $1", "").await,
+        0
+    );
+
+    // A valid submission follows the saga live to its outcome, with the points.
+    let first = format!("ada-{run}@example.com");
+    browser.fill(&page, "Ada Lovelace", &first).await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let outcome = browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert!(
+        outcome.starts_with("Completed") && outcome.contains("500 bonus points"),
+        "{outcome}"
+    );
+    assert_eq!(browser.timeline().await, ["pending", "enrolled", "completed"]);
+    let steps = browser.text("#timeline").await;
+    assert!(steps.contains("took"), "each step shows how long it took: {steps}");
+    assert!(!browser.text("#announce").await.is_empty(), "the outcome is announced");
+    let screenshot = browser.client.screenshot().await.expect("a screenshot");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/enrollment-page.png");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, screenshot).expect("save the screenshot");
+
+    // The budget is spent: the next enrollment is undone, and the page says why.
+    let second = format!("grace-{run}@example.com");
+    browser.fill(&page, "Grace Hopper", &second).await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let outcome = browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert!(outcome.starts_with("Rolled back: "), "{outcome}");
+    assert!(outcome.len() > "Rolled back: ".len() + 5, "a reason follows: {outcome}");
+    eprintln!("the page says: {outcome}");
+    assert_eq!(browser.timeline().await.last().map(String::as_str), Some("rolled_back"));
+
+    // A double click submits once.
+    let third = format!("alan-{run}@example.com");
+    browser.fill(&page, "Alan Turing", &third).await;
+    browser
+        .script("const b = document.getElementById('submit'); b.click(); b.click(); return null;")
+        .await;
+    browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert_eq!(browser.submissions().await, 1, "the second click sent nothing");
+    assert_eq!(
+        count(&system, "SELECT COUNT(*) FROM enrollments WHERE email = $1", &third).await,
+        1
+    );
+    assert_eq!(
+        count(&system, "SELECT COUNT(*) FROM enrollments WHERE $1 = $1", "").await,
+        3
+    );
+
+    browser.client.close().await.expect("the browser closes");
+    system.stop().await;
+}
