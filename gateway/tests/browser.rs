@@ -2,7 +2,8 @@
 //! driven over WebDriver by `chromedriver`, on the page the gateway serves, with the three
 //! services running on LocalStack. It shows a submission completing with its points, one rolled
 //! back once the bonus budget is spent, a server-side field error shown next to its field after
-//! one request, and a double click enrolling once; it saves a screenshot of a finished timeline
+//! one request, a double click enrolling once, and a retry after a lost answer enrolling once
+//! (the same `Idempotency-Key`); it saves a screenshot of a finished timeline
 //! to `docs/enrollment-page.png`.
 //!
 //! Needs `chromium` and `chromedriver` on the PATH (Debian: `apt-get install chromium
@@ -30,7 +31,7 @@ fn on_path(names: &[&str]) -> Option<PathBuf> {
 /// Chromium under chromedriver, both gone on drop.
 struct Browser {
     client: Client,
-    _driver: Child,
+    driver: Child,
     _profile: tempfile::TempDir,
 }
 
@@ -48,6 +49,8 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            // Its own process group, so that a failed test takes Chromium down with it (see Drop).
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", chromedriver.display()));
@@ -82,11 +85,12 @@ impl Browser {
         };
         Self {
             client,
-            _driver: driver,
+            driver,
             _profile: profile,
         }
     }
 
+    /// Reads the element's text, or nothing when it is not on the page.
     async fn text(&self, css: &str) -> String {
         match self.client.find(Locator::Css(css)).await {
             Ok(element) => element.text().await.unwrap_or_default(),
@@ -146,6 +150,19 @@ impl Browser {
             .script("return Array.from(document.querySelectorAll('#timeline li'), li => li.dataset.status);")
             .await;
         serde_json::from_value(statuses).expect("statuses")
+    }
+}
+
+impl Drop for Browser {
+    /// A test that fails leaves its WebDriver session open: stop chromedriver's whole process
+    /// group, Chromium included, so no browser outlives the test.
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -253,6 +270,50 @@ async fn a_person_enrolls_through_the_page() {
         3
     );
 
-    browser.client.close().await.expect("the browser closes");
+    // A retry after a lost answer reuses the submission's key: the request reached the gateway,
+    // the page saw a network failure, the person pressed Enroll again, and one enrollment exists.
+    let fourth = format!("edsger-{run}@example.com");
+    browser.fill(&page, "Edsger Dijkstra", &fourth).await;
+    browser
+        .script(
+            "const real = window.fetch; window.sentKeys = []; let lost = false;
+             window.fetch = async (url, init) => {
+               if (url === '/api/enrollments') window.sentKeys.push(init.headers['Idempotency-Key']);
+               const response = await real(url, init);
+               if (url === '/api/enrollments' && !lost) { lost = true; throw new TypeError('lost'); }
+               return response;
+             };
+             return null;",
+        )
+        .await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let error = browser.wait_text("#form-error", |t| !t.is_empty()).await;
+    assert!(error.contains("try again"), "{error}");
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    let keys = browser.script("return window.sentKeys;").await;
+    let keys: Vec<String> = serde_json::from_value(keys).expect("keys");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1], "the retry reused the submission's Idempotency-Key");
+    assert_eq!(
+        count(&system, "SELECT COUNT(*) FROM enrollments WHERE email = $1", &fourth).await,
+        1
+    );
+
+    browser.client.clone().close().await.expect("the browser closes");
     system.stop().await;
 }
