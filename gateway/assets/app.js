@@ -167,12 +167,14 @@
     progress.dataset.id = id;
     say("Enrollment received. Following its progress.");
     let previous = null;
-    let seen = new Set();
-    source = new EventSource("/api/enrollments/" + encodeURIComponent(id) + "/events");
-    source.addEventListener("status", (message) => {
-      if (seen.has(message.lastEventId)) return;
-      seen.add(message.lastEventId);
-      const step = JSON.parse(message.data);
+    const seen = new Set();
+    let done = false;
+
+    // One timeline entry per history entry, whichever way it arrived.
+    function addStep(step) {
+      const seenKey = step.status + "|" + step.at;
+      if (seen.has(seenKey)) return;
+      seen.add(seenKey);
       const at = new Date(step.at);
       const item = document.createElement("li");
       item.dataset.status = step.status;
@@ -189,12 +191,40 @@
       previous = at;
       item.append(name, meta);
       timeline.append(item);
-      if (TERMINAL.includes(step.status)) {
-        source.close();
+      if (TERMINAL.includes(step.status) && !done) {
+        done = true;
+        if (source) source.close();
         finish(id);
       }
+    }
+
+    // Without a stream (refused, or a proxy that buffers it), ask the gateway to hold each GET
+    // until the saga ends (Prefer: wait), and show the history it returns.
+    async function poll() {
+      while (!done) {
+        try {
+          const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
+            headers: { Accept: "application/json", Prefer: "wait=20" },
+          });
+          if (response.ok) {
+            const view = await response.json();
+            (view.history || []).forEach(addStep);
+            continue;
+          }
+        } catch (_) {
+          // the network failed; wait and ask again
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+      }
+    }
+
+    source = new EventSource("/api/enrollments/" + encodeURIComponent(id) + "/events");
+    source.addEventListener("status", (message) => addStep(JSON.parse(message.data)));
+    // EventSource reconnects by itself (with Last-Event-ID) after a dropped connection; when it
+    // gives up (the stream was refused), fall back to held GETs.
+    source.addEventListener("error", () => {
+      if (!done && source.readyState === EventSource.CLOSED) poll();
     });
-    // EventSource reconnects by itself (with Last-Event-ID) after a dropped connection.
   }
 
   async function finish(id) {

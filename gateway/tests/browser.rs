@@ -3,8 +3,8 @@
 //! services running on LocalStack. It shows a submission completing with its points, one rolled
 //! back once the bonus budget is spent, a server-side field error shown next to its field after
 //! one request, a double click enrolling once, and a retry after a lost answer enrolling once
-//! (the same `Idempotency-Key`); it saves a screenshot of a finished timeline
-//! to `docs/enrollment-page.png`.
+//! (the same `Idempotency-Key`), and the page following the saga without its events stream; it
+//! saves a screenshot of a finished timeline to `docs/enrollment-page.png`.
 //!
 //! Needs `chromium` and `chromedriver` on the PATH (Debian: `apt-get install chromium
 //! chromium-driver`; `.ci/run` installs them). Without them the test fails, saying so.
@@ -313,6 +313,33 @@ async fn a_person_enrolls_through_the_page() {
         count(&system, "SELECT COUNT(*) FROM enrollments WHERE email = $1", &fourth).await,
         1
     );
+
+    // Where the events stream is refused, the page follows the saga with held GETs instead.
+    let fifth = format!("barbara-{run}@example.com");
+    browser.fill(&page, "Barbara Liskov", &fifth).await;
+    browser
+        .script(
+            "window.EventSource = class {
+               constructor() { this.readyState = 2; this.handlers = []; this.refused = setTimeout(() => this.handlers.forEach(h => h()), 50); }
+               addEventListener(type, handler) { if (type === 'error') this.handlers.push(handler); }
+               close() {}
+             };
+             window.EventSource.CLOSED = 2;
+             return null;",
+        )
+        .await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let outcome = browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert!(outcome.starts_with("Rolled back: "), "{outcome}");
+    assert_eq!(browser.timeline().await.first().map(String::as_str), Some("pending"));
+    assert_eq!(browser.timeline().await.last().map(String::as_str), Some("rolled_back"));
 
     browser.client.clone().close().await.expect("the browser closes");
     system.stop().await;
