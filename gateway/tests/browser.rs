@@ -63,7 +63,7 @@ impl Browser {
                 "args": [
                     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--window-size=820,620",
+                    "--disable-sync", "--window-size=820,760",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             }),
