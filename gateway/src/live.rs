@@ -19,6 +19,15 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+/// How many may wait at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open event streams (`MAX_EVENT_STREAMS`).
+    pub streams: usize,
+    /// Requests held by `Prefer: wait` (`MAX_WAITING_REQUESTS`).
+    pub waits: usize,
+}
+
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
@@ -33,6 +42,7 @@ struct Inner {
     someone_waits: Notify,
     poller: std::sync::Once,
     streams: Arc<Semaphore>,
+    waits: Arc<Semaphore>,
     /// Cancelled when the service stops: every waiter returns.
     closed: CancellationToken,
 }
@@ -43,13 +53,14 @@ struct Watched {
 }
 
 impl Hub {
-    /// `closed` ends every wait and stream (the service's shutdown); `max_streams` bounds the
-    /// open event streams; `lookback` is the longest a handler's transaction may take.
+    /// `closed` ends every wait and stream (the service's shutdown); `limits` bound the open
+    /// event streams and the held requests; `lookback` is the longest a handler's transaction may
+    /// take.
     pub fn new(
         pool: AnyPool,
         interval: Duration,
         lookback: Duration,
-        max_streams: usize,
+        limits: Limits,
         closed: CancellationToken,
     ) -> Self {
         Self {
@@ -60,7 +71,8 @@ impl Hub {
                 watched: Mutex::new(HashMap::new()),
                 someone_waits: Notify::new(),
                 poller: std::sync::Once::new(),
-                streams: Arc::new(Semaphore::new(max_streams)),
+                streams: Arc::new(Semaphore::new(limits.streams)),
+                waits: Arc::new(Semaphore::new(limits.waits)),
                 closed,
             }),
         }
@@ -69,6 +81,13 @@ impl Hub {
     /// A place for one more event stream, or `None` when `MAX_EVENT_STREAMS` are open.
     pub fn stream_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.inner.streams.clone().try_acquire_owned().ok()
+    }
+
+    /// A place for one more held request (`Prefer: wait`), or `None` when `MAX_WAITING_REQUESTS`
+    /// are held: the preference is then not applied. A held request keeps its place in the
+    /// gateway's concurrency limit, so these must stay well below it.
+    pub fn wait_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.waits.clone().try_acquire_owned().ok()
     }
 
     /// Starts watching an enrollment. Subscribe before reading it, so no change falls between.

@@ -208,6 +208,7 @@ async fn waits_end_with_the_wait_and_streams_are_bounded() {
         Backend::Sqlite,
         gateway::Config {
             max_event_streams: 1,
+            max_waiting_requests: 1,
             ..support::gateway_config()
         },
     )
@@ -231,6 +232,24 @@ async fn waits_end_with_the_wait_and_streams_are_bounded() {
     assert_eq!(body["status"], "pending");
     assert_eq!(support::history(&body), ["pending"]);
     let id = body["id"].as_str().unwrap();
+
+    // One request may be held; another asking to wait meanwhile is answered at once, its
+    // preference not applied.
+    let shown = server.url(&format!("/api/enrollments/{id}"));
+    let held = tokio::spawn(http.get(&shown).header("prefer", "wait=3").send());
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    loop {
+        let started = tokio::time::Instant::now();
+        let other = http.get(&shown).header("prefer", "wait=3").send().await.unwrap();
+        if !other.headers().contains_key("preference-applied") {
+            assert!(started.elapsed() < Duration::from_secs(2), "the second wait was held");
+            assert_eq!(other.status(), 200);
+            break;
+        }
+        // It got the place before the first one did: try again.
+        assert!(tokio::time::Instant::now() < deadline, "the wait limit never applied");
+    }
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
 
     // One stream may be open; the next is refused until it closes.
     let events = server.url(&format!("/api/enrollments/{id}/events"));

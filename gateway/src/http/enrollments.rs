@@ -166,7 +166,8 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
 /// The answer to a submission: without `Prefer: wait`, 202 with the id and status; with it, the
 /// whole enrollment once it is terminal (201 Created) or the wait is over (202 Accepted).
 async fn answer(state: &AppState, id: &str, status: &str, wait: Option<u64>) -> Result<Response, Problem> {
-    let Some(seconds) = wait else {
+    // Without a free place to wait, the preference is not applied (RFC 7240 lets a server ignore it).
+    let Some((seconds, _place)) = wait.and_then(|s| Some((s, state.hub.wait_permit()?))) else {
         return Ok(accepted(id, status));
     };
     let uuid = Uuid::parse_str(id).map_err(Problem::internal)?;
@@ -248,7 +249,8 @@ pub(super) async fn show(
 ) -> Result<Response, Problem> {
     let id = parse_id(&id, "enrollment")?;
     let not_found = || Problem::not_found(format!("no enrollment {id}"));
-    let Some(seconds) = preferred_wait(&headers) else {
+    let wait = preferred_wait(&headers).and_then(|s| Some((s, state.hub.wait_permit()?)));
+    let Some((seconds, _place)) = wait else {
         let cutoff = utility::storage::cutoff(state.stall_after);
         let view = store::view(&state.pool, id, &cutoff).await?.ok_or_else(not_found)?;
         return Ok(Json(view).into_response());
