@@ -113,7 +113,6 @@ impl Config {
         let hub = live::Hub::new(
             pool.clone(),
             Duration::from_millis(self.events_poll_ms.max(10)),
-            self.common.handler_timeout() + Duration::from_secs(1),
             live::Limits {
                 streams: self.max_event_streams,
                 waits: self.max_waiting_requests,

@@ -171,9 +171,15 @@ async fn answer(state: &AppState, id: &str, status: &str, wait: Option<u64>) -> 
         return Ok(accepted(id, status));
     };
     let uuid = Uuid::parse_str(id).map_err(Problem::internal)?;
-    let view = wait_for(state, uuid, Duration::from_secs(seconds))
-        .await?
-        .ok_or_else(|| Problem::internal(anyhow::anyhow!("enrollment {id} vanished")))?;
+    // The enrollment is stored: whatever goes wrong while waiting, the answer is still that it
+    // was accepted (an error here would make a client without a key submit it again).
+    let view = match wait_for(state, uuid, Duration::from_secs(seconds)).await {
+        Ok(Some(view)) => view,
+        Ok(None) | Err(_) => {
+            tracing::warn!(enrollment_id = %id, "waiting for the outcome failed; answering 202");
+            return Ok(accepted(id, status));
+        }
+    };
     let code = if is_terminal(&view.status) {
         StatusCode::CREATED
     } else {
@@ -253,7 +259,12 @@ pub(super) async fn show(
     let Some((seconds, _place)) = wait else {
         let cutoff = utility::storage::cutoff(state.stall_after);
         let view = store::view(&state.pool, id, &cutoff).await?.ok_or_else(not_found)?;
-        return Ok(Json(view).into_response());
+        let mut response = Json(view).into_response();
+        // The answer depends on Prefer, whether or not it was applied.
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("prefer"));
+        return Ok(response);
     };
     let view = wait_for(&state, id, Duration::from_secs(seconds))
         .await?
