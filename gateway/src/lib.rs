@@ -47,6 +47,10 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Open event streams at most (`MAX_EVENT_STREAMS`); more are refused with 503.
     pub max_event_streams: usize,
+    /// Requests held by `Prefer: wait` at most (`MAX_WAITING_REQUESTS`); beyond it the
+    /// preference is not applied. Keep it well below `MAX_CONCURRENT_REQUESTS`, whose places
+    /// held requests occupy.
+    pub max_waiting_requests: usize,
     /// How often the live-updates poller looks for new history while someone waits.
     pub events_poll_ms: u64,
     /// Origins whose pages may call the public API (`CORS_ALLOWED_ORIGINS`, comma-separated, e.g.
@@ -71,6 +75,7 @@ impl Default for Config {
             trusted_proxy_cidrs: String::new(),
             max_concurrent_requests: 256,
             max_event_streams: 1000,
+            max_waiting_requests: 64,
             events_poll_ms: 250,
             cors_allowed_origins: String::new(),
         }
@@ -127,8 +132,10 @@ impl Config {
         let hub = live::Hub::new(
             pool.clone(),
             Duration::from_millis(self.events_poll_ms.max(10)),
-            self.common.handler_timeout() + Duration::from_secs(1),
-            self.max_event_streams,
+            live::Limits {
+                streams: self.max_event_streams,
+                waits: self.max_waiting_requests,
+            },
             shutdown,
         );
         Ok(http::AppState {

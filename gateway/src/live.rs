@@ -1,16 +1,15 @@
 //! Live updates: how a saga's progress reaches a client that waits for it, whichever gateway
 //! instance consumed the event.
 //!
-//! The read model is the source: one poller per gateway instance asks the database which
-//! enrollments gained history entries lately, and wakes the waiters of those enrollments
-//! (server-sent event streams, `Prefer: wait` requests), which then read their own enrollment
-//! again. With two instances on one PostgreSQL database, the instance holding a stream sees an
-//! event the other consumed at its next poll; an in-process signal alone could not. The poller
-//! runs only while someone waits, and costs one indexed query per interval however many wait.
-//!
-//! A history entry is stamped (`at`) before its transaction commits, so a poll may not see it yet;
-//! each poll looks back over the longest a handler's transaction may take, and a waiter woken for
-//! nothing new simply reads nothing new.
+//! The read model is the source: one poller per gateway instance reads, for the enrollments
+//! someone waits for, how many history entries each has (`enrollments.history_seq`, which every
+//! new entry increments under the enrollment's row lock), and wakes the waiters of those that
+//! gained one (server-sent event streams, `Prefer: wait` requests); they then read their own
+//! enrollment again. With two instances on one PostgreSQL database, the instance holding a stream
+//! sees an event the other consumed at its next poll; an in-process signal alone could not. No
+//! clock is involved, so skew between instances cannot hide a change. The poller runs only while
+//! someone waits, and costs one primary-key query per interval (per 500 waited-for enrollments),
+//! however busy the system is.
 
 use sqlx::AnyPool;
 use std::collections::HashMap;
@@ -18,6 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+
+/// How many may wait at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open event streams (`MAX_EVENT_STREAMS`).
+    pub streams: usize,
+    /// Requests held by `Prefer: wait` (`MAX_WAITING_REQUESTS`).
+    pub waits: usize,
+}
 
 #[derive(Clone)]
 pub struct Hub {
@@ -27,12 +35,12 @@ pub struct Hub {
 struct Inner {
     pool: AnyPool,
     interval: Duration,
-    lookback: Duration,
     watched: Mutex<HashMap<String, Watched>>,
     /// Wakes the poller when the first waiter arrives.
     someone_waits: Notify,
     poller: std::sync::Once,
     streams: Arc<Semaphore>,
+    waits: Arc<Semaphore>,
     /// Cancelled when the service stops: every waiter returns.
     closed: CancellationToken,
 }
@@ -43,24 +51,18 @@ struct Watched {
 }
 
 impl Hub {
-    /// `closed` ends every wait and stream (the service's shutdown); `max_streams` bounds the
-    /// open event streams; `lookback` is the longest a handler's transaction may take.
-    pub fn new(
-        pool: AnyPool,
-        interval: Duration,
-        lookback: Duration,
-        max_streams: usize,
-        closed: CancellationToken,
-    ) -> Self {
+    /// `closed` ends every wait and stream (the service's shutdown); `limits` bound the open
+    /// event streams and the held requests.
+    pub fn new(pool: AnyPool, interval: Duration, limits: Limits, closed: CancellationToken) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
                 interval,
-                lookback,
                 watched: Mutex::new(HashMap::new()),
                 someone_waits: Notify::new(),
                 poller: std::sync::Once::new(),
-                streams: Arc::new(Semaphore::new(max_streams)),
+                streams: Arc::new(Semaphore::new(limits.streams)),
+                waits: Arc::new(Semaphore::new(limits.waits)),
                 closed,
             }),
         }
@@ -69,6 +71,13 @@ impl Hub {
     /// A place for one more event stream, or `None` when `MAX_EVENT_STREAMS` are open.
     pub fn stream_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.inner.streams.clone().try_acquire_owned().ok()
+    }
+
+    /// A place for one more held request (`Prefer: wait`), or `None` when `MAX_WAITING_REQUESTS`
+    /// are held: the preference is then not applied. A held request keeps its place in the
+    /// gateway's concurrency limit, so these must stay well below it.
+    pub fn wait_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.waits.clone().try_acquire_owned().ok()
     }
 
     /// Starts watching an enrollment. Subscribe before reading it, so no change falls between.
@@ -92,6 +101,11 @@ impl Hub {
             enrollment_id: enrollment_id.to_owned(),
             changes,
         }
+    }
+
+    /// Resolves when the service stops.
+    pub async fn closed(&self) {
+        self.inner.closed.cancelled().await;
     }
 
     /// True once the service is stopping.
@@ -130,13 +144,13 @@ impl Drop for Subscription {
 }
 
 /// The poller: while anyone waits, every `interval`, wakes the waiters of the enrollments whose
-/// newest history entry is new since the last look (history ids are UUID v7: newer sorts later).
+/// history grew since the last look.
 async fn poll(hub: Arc<Inner>) {
-    let mut newest: HashMap<String, String> = HashMap::new();
+    let mut seen: HashMap<String, i64> = HashMap::new();
     loop {
         let idle = hub.watched.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
         if idle {
-            newest.clear();
+            seen.clear();
             tokio::select! {
                 () = hub.closed.cancelled() => return,
                 () = hub.someone_waits.notified() => {}
@@ -146,27 +160,27 @@ async fn poll(hub: Arc<Inner>) {
             () = hub.closed.cancelled() => return,
             () = tokio::time::sleep(hub.interval) => {}
         }
-        let since = utility::storage::cutoff(hub.lookback + hub.interval);
-        let recent: Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
-            "SELECT enrollment_id, MAX(id) FROM enrollment_history WHERE at > $1 GROUP BY enrollment_id",
-        )
-        .bind(&since)
-        .fetch_all(&hub.pool)
-        .await;
-        let recent = match recent {
-            Ok(recent) => recent,
+        let ids: Vec<String> = hub
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let counts = match crate::store::history_counts(&hub.pool, &ids).await {
+            Ok(counts) => counts,
             Err(err) => {
                 tracing::warn!(error = %err, "live updates could not read the history; will try again");
                 continue;
             }
         };
         let watched = hub.watched.lock().unwrap_or_else(|e| e.into_inner());
-        newest.retain(|id, _| watched.contains_key(id));
-        for (id, latest) in recent {
+        seen.retain(|id, _| watched.contains_key(id));
+        for (id, count) in counts {
             let Some(entry) = watched.get(&id) else { continue };
-            if newest.get(&id).is_none_or(|seen| *seen < latest) {
+            if seen.get(&id).is_none_or(|before| *before < count) {
                 entry.changes.send_modify(|n| *n += 1);
-                newest.insert(id, latest);
+                seen.insert(id, count);
             }
         }
     }

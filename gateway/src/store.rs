@@ -129,11 +129,12 @@ pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option
     let Some(row) = row else {
         return Ok(None);
     };
-    let history: Vec<HistoryEntry> =
-        sqlx::query_as("SELECT status, at, event FROM enrollment_history WHERE enrollment_id = $1 ORDER BY at, id")
-            .bind(id.to_string())
-            .fetch_all(pool)
-            .await?;
+    let history: Vec<HistoryEntry> = sqlx::query_as(&format!(
+        "SELECT status, at, event FROM enrollment_history WHERE enrollment_id = $1 {HISTORY_ORDER}"
+    ))
+    .bind(id.to_string())
+    .fetch_all(pool)
+    .await?;
     Ok(Some(PublicView {
         stalled: is_open(&row.status) && row.updated_at.as_str() < stall_cutoff,
         id: row.id,
@@ -158,10 +159,30 @@ pub struct HistoryRecord {
 /// An enrollment's history, oldest first; empty when there is no such enrollment (every
 /// enrollment has its acceptance entry).
 pub async fn history(pool: &AnyPool, id: Uuid) -> Result<Vec<HistoryRecord>, sqlx::Error> {
-    sqlx::query_as("SELECT id, status, at, event FROM enrollment_history WHERE enrollment_id = $1 ORDER BY at, id")
-        .bind(id.to_string())
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT id, status, at, event FROM enrollment_history WHERE enrollment_id = $1 {HISTORY_ORDER}"
+    ))
+    .bind(id.to_string())
+    .fetch_all(pool)
+    .await
+}
+
+/// How many history entries each of `ids` has: what live updates compare to see a change.
+pub async fn history_counts(pool: &AnyPool, ids: &[String]) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let mut counts = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, history_seq FROM enrollments WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        counts.extend(query.fetch_all(pool).await?);
+    }
+    Ok(counts)
 }
 
 /// A page of the operator listing, newest first: enrollments in `status` (any when `None`) older
@@ -196,6 +217,9 @@ pub fn is_open(status: &str) -> bool {
     status.parse::<Status>().is_ok_and(|s| !s.is_terminal())
 }
 
+/// Appends a history entry with the enrollment's next sequence number. Taking the number locks
+/// the enrollment's row until the transaction ends, so two writers of one enrollment's history
+/// (a late event beside a moving one) queue up, and the numbers follow the commit order.
 pub(crate) async fn record_history(
     tx: &mut AnyConnection,
     id: Uuid,
@@ -203,13 +227,25 @@ pub(crate) async fn record_history(
     event: &str,
     at: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO enrollment_history (id, enrollment_id, status, event, at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(Uuid::now_v7().to_string())
-        .bind(id.to_string())
-        .bind(status.name())
-        .bind(event)
-        .bind(at)
-        .execute(tx)
-        .await?;
+    let seq: i64 =
+        sqlx::query_scalar("UPDATE enrollments SET history_seq = history_seq + 1 WHERE id = $1 RETURNING history_seq")
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO enrollment_history (id, enrollment_id, status, event, at, seq) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(id.to_string())
+    .bind(status.name())
+    .bind(event)
+    .bind(at)
+    .bind(seq)
+    .execute(tx)
+    .await?;
     Ok(())
 }
+
+/// History in the order the saga took (entries written before sequence numbers existed first,
+/// by time).
+const HISTORY_ORDER: &str = "ORDER BY COALESCE(seq, 0), at, id";

@@ -112,6 +112,10 @@ async fn every_route_answers_503_while_the_database_is_down() {
             post_enrollment(Some("down-key")),
         ),
         ("GET /api/enrollments/{id}", get(&format!("/api/enrollments/{id}"))),
+        (
+            "GET /api/enrollments/{id}/events",
+            get(&format!("/api/enrollments/{id}/events")),
+        ),
         ("GET /api/enrollments/stalled", get("/api/enrollments/stalled")),
         ("GET /api/enrollments (listing)", get("/api/enrollments?limit=5")),
         (

@@ -90,9 +90,8 @@ async fn events_follow_the_saga_and_resume_without_repeats(backend: Backend) {
     assert!(ended);
     assert_eq!(statuses(&resumed), ["completed"]);
     assert_eq!(resumed[0].id, events[2].id);
-    // Resuming after the terminal event ends at once, with nothing.
-    let (after_end, ended) = read_events(open(&system, &url, Some(&events[2].id)).await, support::DEADLINE).await;
-    assert!(ended && after_end.is_empty(), "{after_end:?}");
+    // A client that has the outcome gets 204, which stops an EventSource from reconnecting.
+    assert_eq!(open(&system, &url, Some(&events[2].id)).await.status(), 204);
     // Unknown enrollment: a problem, before any stream.
     let unknown = system.url(&format!("/api/enrollments/{}/events", uuid::Uuid::now_v7()));
     assert_eq!(open(&system, &unknown, None).await.status(), 404);
@@ -134,10 +133,19 @@ async fn prefer_wait_answers_with_the_outcome(backend: Backend) {
 }
 
 /// Two gateway instances on one PostgreSQL database: a stream held by the instance that consumes
-/// nothing still sees every step, which the other instance's consumer wrote.
+/// nothing sees every step, which the other instance's consumer wrote. The saga is held until the
+/// stream is open (the consuming gateway's relay is off), so every later step reaches the stream
+/// through the live-updates poller; a stream resumed meanwhile continues without repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_gateway_instance_streams_what_the_first_consumed() {
-    let system = System::start(Backend::Postgres, Options::default()).await;
+    let mut system = System::start(
+        Backend::Postgres,
+        Options {
+            gateway_relay: false,
+            ..Options::default()
+        },
+    )
+    .await;
     let pool = utility::storage::connect(&system.gateway_db.url, gateway::migrations())
         .await
         .unwrap();
@@ -149,8 +157,6 @@ async fn a_second_gateway_instance_streams_what_the_first_consumed() {
     .unwrap();
     let second = Served::start(second).await;
     let email = format!("second-{}@example.com", uuid::Uuid::new_v4().simple());
-    // Submitted through the second instance too: its outbox is the shared database's, and the
-    // first instance's relay publishes it.
     let answer: Value = system
         .http
         .post(second.url("/api/enrollments"))
@@ -161,11 +167,18 @@ async fn a_second_gateway_instance_streams_what_the_first_consumed() {
         .json()
         .await
         .unwrap();
-    let id = answer["id"].as_str().unwrap();
-    let stream = open(&system, &second.url(&format!("/api/enrollments/{id}/events")), None).await;
-    let (events, ended) = read_events(stream, support::DEADLINE).await;
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let url = second.url(&format!("/api/enrollments/{id}/events"));
+    let stream = tokio::spawn(read_events(open(&system, &url, None).await, support::DEADLINE));
+    // Let the saga go: the first instance, restarted with its relay, publishes the held command.
+    system.gateway.take().unwrap().stop().await.unwrap();
+    system.start_gateway(true).await;
+    let (events, ended) = stream.await.unwrap();
     assert!(ended, "{events:?}");
     assert_eq!(statuses(&events), ["pending", "enrolled", "completed"]);
+    // Resuming from the first entry gives the rest, once, in order.
+    let (resumed, _) = read_events(open(&system, &url, Some(&events[0].id)).await, support::DEADLINE).await;
+    assert_eq!(statuses(&resumed), ["enrolled", "completed"]);
     second.stop().await;
     system.stop().await;
 }
@@ -214,6 +227,28 @@ async fn waits_end_with_the_wait_and_streams_are_bounded() {
     .await;
     let server = Served::start(api.router.clone()).await;
     let http = reqwest::Client::new();
+    // With no place to wait, the preference is not applied: the answer comes at once.
+    let no_waiting = GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            max_waiting_requests: 0,
+            ..support::gateway_config()
+        },
+    )
+    .await;
+    let impatient = Served::start(no_waiting.router.clone()).await;
+    let started = tokio::time::Instant::now();
+    let response = http
+        .post(impatient.url("/api/enrollments"))
+        .header("prefer", "wait=5")
+        .json(&json!({"name": "Impatient", "email": "impatient@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(response.status(), 202);
+    assert!(!response.headers().contains_key("preference-applied"));
+    impatient.stop().await;
     // No bus here: the saga cannot move, so the wait runs out and the answer is 202 with the
     // enrollment as it stands.
     let started = tokio::time::Instant::now();

@@ -166,13 +166,20 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
 /// The answer to a submission: without `Prefer: wait`, 202 with the id and status; with it, the
 /// whole enrollment once it is terminal (201 Created) or the wait is over (202 Accepted).
 async fn answer(state: &AppState, id: &str, status: &str, wait: Option<u64>) -> Result<Response, Problem> {
-    let Some(seconds) = wait else {
+    // Without a free place to wait, the preference is not applied (RFC 7240 lets a server ignore it).
+    let Some((seconds, _place)) = wait.and_then(|s| Some((s, state.hub.wait_permit()?))) else {
         return Ok(accepted(id, status));
     };
     let uuid = Uuid::parse_str(id).map_err(Problem::internal)?;
-    let view = wait_for(state, uuid, Duration::from_secs(seconds))
-        .await?
-        .ok_or_else(|| Problem::internal(anyhow::anyhow!("enrollment {id} vanished")))?;
+    // The enrollment is stored: whatever goes wrong while waiting, the answer is still that it
+    // was accepted (an error here would make a client without a key submit it again).
+    let view = match wait_for(state, uuid, Duration::from_secs(seconds)).await {
+        Ok(Some(view)) => view,
+        Ok(None) | Err(_) => {
+            tracing::warn!(enrollment_id = %id, "waiting for the outcome failed; answering 202");
+            return Ok(accepted(id, status));
+        }
+    };
     let code = if is_terminal(&view.status) {
         StatusCode::CREATED
     } else {
@@ -248,10 +255,16 @@ pub(super) async fn show(
 ) -> Result<Response, Problem> {
     let id = parse_id(&id, "enrollment")?;
     let not_found = || Problem::not_found(format!("no enrollment {id}"));
-    let Some(seconds) = preferred_wait(&headers) else {
+    let wait = preferred_wait(&headers).and_then(|s| Some((s, state.hub.wait_permit()?)));
+    let Some((seconds, _place)) = wait else {
         let cutoff = utility::storage::cutoff(state.stall_after);
         let view = store::view(&state.pool, id, &cutoff).await?.ok_or_else(not_found)?;
-        return Ok(Json(view).into_response());
+        let mut response = Json(view).into_response();
+        // The answer depends on Prefer, whether or not it was applied.
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("prefer"));
+        return Ok(response);
     };
     let view = wait_for(&state, id, Duration::from_secs(seconds))
         .await?

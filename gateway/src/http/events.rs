@@ -2,7 +2,8 @@
 //! entry as it happens, until the terminal status.
 //!
 //! Each `status` event carries its history entry's id as the SSE `id`, so a client that
-//! reconnects with `Last-Event-ID` resumes after it, with no repeat and no gap. A comment line
+//! reconnects with `Last-Event-ID` resumes after it, with no repeat and no gap (a client that
+//! already has the terminal entry gets 204 No Content, which stops an EventSource). A comment line
 //! every 15 s keeps proxies from closing a quiet stream. At most `MAX_EVENT_STREAMS` are open
 //! (503 beyond), and all end when the service stops, so none holds up a graceful shutdown.
 
@@ -12,7 +13,7 @@ use crate::live::Subscription;
 use crate::saga::Status;
 use crate::store::{self, HistoryRecord};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream};
@@ -26,6 +27,8 @@ use utility::http::{Problem, ProblemPath};
 use uuid::Uuid;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How soon a stream reads the history again after a failed read.
+const READ_RETRY: Duration = Duration::from_secs(1);
 
 pub(super) async fn events(
     State(state): State<AppState>,
@@ -54,9 +57,16 @@ pub(super) async fn events(
         last_sent: resume_after,
         pending: VecDeque::new(),
         done: false,
+        read_failed: false,
+        hub: state.hub.clone(),
         _permit: permit,
     };
     feed.take_new(history);
+    if feed.done && feed.pending.is_empty() {
+        // The client already has the outcome. 204 is what tells an EventSource to stop
+        // reconnecting; an empty stream would have it come back every few seconds forever.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     Ok(Sse::new(feed.into_stream())
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -72,6 +82,9 @@ struct Feed {
     pending: VecDeque<HistoryRecord>,
     /// The terminal entry has been sent: nothing more will come.
     done: bool,
+    /// The last read of the history failed; the next comes after [`READ_RETRY`].
+    read_failed: bool,
+    hub: crate::live::Hub,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -91,6 +104,11 @@ impl Feed {
         self.pending = history.into_iter().skip(start).collect();
     }
 
+    /// Resolves when the service stops.
+    async fn closed(&self) {
+        self.hub.closed().await;
+    }
+
     fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> {
         stream::unfold(self, |mut feed| async move {
             loop {
@@ -102,13 +120,26 @@ impl Feed {
                     feed.last_sent = Some(entry.id.clone());
                     return Some((Ok(event(&entry)), feed));
                 }
-                if feed.done || !feed.subscription.changed().await {
+                if feed.done {
+                    return None;
+                }
+                if !feed.read_failed && !feed.subscription.changed().await {
                     return None;
                 }
                 match store::history(&feed.pool, feed.id).await {
-                    Ok(history) => feed.take_new(history),
+                    Ok(history) => {
+                        feed.read_failed = false;
+                        feed.take_new(history);
+                    }
                     Err(err) => {
-                        tracing::warn!(error = %err, "event stream could not read the history; waiting for the next change")
+                        // The change it missed may have been the last one: read again soon,
+                        // rather than wait for a change that may never come.
+                        tracing::warn!(error = %err, "event stream could not read the history; retrying");
+                        feed.read_failed = true;
+                        tokio::select! {
+                            () = tokio::time::sleep(READ_RETRY) => {}
+                            () = feed.closed() => return None,
+                        }
                     }
                 }
             }

@@ -51,7 +51,8 @@ fn egress_rule(rule: &Value) -> (String, i64, i64, String) {
 
 /// Every group's egress, inline and as separate resources: instances reach 443 and their own
 /// database, the gateway also the internal load balancer; load balancers only their targets;
-/// databases nothing. No group is left with the default allow-all (no egress rule at all).
+/// databases nothing. No group is left with the default allow-all (no inline egress rule: rules
+/// added as separate resources do not remove it).
 #[test]
 fn security_groups_allow_only_the_egress_the_services_use() {
     let template = template();
@@ -60,7 +61,14 @@ fn security_groups_allow_only_the_egress_the_services_use() {
         let rules = group["Properties"]
             .get("SecurityGroupEgress")
             .and_then(Value::as_sequence);
-        let rules = rules.map(|r| r.iter().map(egress_rule).collect()).unwrap_or_default();
+        // Without inline egress CloudFormation keeps the default allow-all rule, and separate
+        // SecurityGroupEgress resources are added beside it, not instead of it.
+        let allow_all = || {
+            [("-1".to_owned(), -1, -1, "0.0.0.0/0".to_owned())]
+                .into_iter()
+                .collect()
+        };
+        let rules = rules.map_or_else(allow_all, |r| r.iter().map(egress_rule).collect());
         actual.insert(logical.to_owned(), rules);
     }
     for (logical, rule) in of_type(&template, "AWS::EC2::SecurityGroupEgress") {

@@ -75,8 +75,13 @@ impl Pools {
     /// `statement_timeout`, so a hung query fails (and its message is retried) instead of holding
     /// a connection, and a message, forever.
     pub async fn open(url: &str, service_migrations: Migrator, statement_timeout: Duration) -> Result<Self, DbError> {
+        // Migrations may build indexes on large tables: they run on a connection of their own,
+        // without the statement timeout, before the pools open.
+        let setup = open_pool(url, 1, None).await?;
+        let migrated = migrate(&setup, service_migrations).await;
+        setup.close().await;
+        migrated?;
         let http = open_pool(url, HTTP_CONNECTIONS, Some(statement_timeout)).await?;
-        migrate(&http, service_migrations).await?;
         let background = open_pool(url, BACKGROUND_CONNECTIONS, Some(statement_timeout)).await?;
         Ok(Self { http, background })
     }
