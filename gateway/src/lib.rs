@@ -53,6 +53,9 @@ pub struct Config {
     pub max_waiting_requests: usize,
     /// How often the live-updates poller looks for new history while someone waits.
     pub events_poll_ms: u64,
+    /// Origins whose pages may call the public API (`CORS_ALLOWED_ORIGINS`, comma-separated, e.g.
+    /// `https://app.example.com`); empty, the default: none, only the gateway's own page.
+    pub cors_allowed_origins: String,
 }
 
 /// Shortest operator token accepted.
@@ -74,6 +77,7 @@ impl Default for Config {
             max_event_streams: 1000,
             max_waiting_requests: 64,
             events_poll_ms: 250,
+            cors_allowed_origins: String::new(),
         }
     }
 }
@@ -97,7 +101,22 @@ impl Config {
             }
         };
         let proxies = http::edge::TrustedProxies::parse(&self.trusted_proxy_cidrs).map_err(anyhow::Error::msg)?;
+        let origins = self
+            .cors_allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|origin| {
+                anyhow::ensure!(
+                    origin != "*" && !origin.ends_with('/') && origin.contains("://"),
+                    "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin (scheme://host[:port], no path)"
+                );
+                axum::http::HeaderValue::from_str(origin)
+                    .map_err(|_| anyhow::anyhow!("CORS_ALLOWED_ORIGINS: {origin:?} is not a valid header value"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(http::Edge {
+            cors: (!origins.is_empty()).then(|| http::cors(origins)),
             operator,
             rate_limit: http::edge::RateLimit::new(self.rate_limit_per_minute, self.rate_limit_burst, proxies),
             max_concurrent_requests: self.max_concurrent_requests,

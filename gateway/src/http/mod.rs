@@ -5,12 +5,14 @@
 //! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{id}` (both with `Prefer: wait`), `GET /api/enrollments/{id}/events`, `/health` | anyone holding an enrollment id |
 //! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
-//! Both are behind load shedding ([`edge`]).
+//! Both are behind load shedding ([`edge`]). `GET /` and `/assets/*` serve the enrollment page
+//! ([`page`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
 
 pub mod edge;
 mod enrollments;
 mod events;
 mod operator;
+mod page;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
@@ -39,6 +41,26 @@ pub struct Edge {
     pub operator: Option<OperatorToken>,
     pub rate_limit: Option<RateLimit>,
     pub max_concurrent_requests: usize,
+    /// Cross-origin access to the API; `None`: same origin only (no CORS headers at all).
+    pub cors: Option<tower_http::cors::CorsLayer>,
+}
+
+/// CORS for `origins`: the public routes' methods and request headers, and the response headers
+/// a client reads. No credentials: the public API needs none, and the operator token stays
+/// same-origin (`Authorization` is not an allowed header).
+pub fn cors(origins: Vec<axum::http::HeaderValue>) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method, header};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("prefer"),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::LOCATION, HeaderName::from_static("preference-applied")])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The gateway's routes; [`utility::http::finish`] adds the fallback and the request limits.
@@ -69,7 +91,9 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             edge.max_concurrent_requests.max(1),
         ));
-    Router::new()
+    let router = Router::new()
+        .route("/", get(page::index).fallback(method_not_allowed))
+        .route("/assets/{file}", get(page::assets).fallback(method_not_allowed))
         .route("/api/enrollments", enrollments.fallback(method_not_allowed))
         .route("/api/enrollments/stalled", operator(get(operator::stalled)))
         .route(
@@ -82,6 +106,10 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
         )
         .route("/api/customers/{id}", operator(get(operator::customer)))
         .route("/api/customers/{id}/points", operator(get(operator::points)))
-        .layer(shedding)
-        .with_state(state)
+        .layer(shedding);
+    match &edge.cors {
+        Some(cors) => router.layer(cors.clone()),
+        None => router,
+    }
+    .with_state(state)
 }

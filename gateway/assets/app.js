@@ -1,0 +1,261 @@
+// The enrollment page: submit once, show the server's field errors, then follow the saga live.
+//
+// One Idempotency-Key per submission: it is made when a submission starts and kept until the
+// server has answered it, so pressing the button again after a network failure or a 5xx retries
+// the same submission and the gateway enrolls once. Editing a field starts a new submission.
+"use strict";
+
+(function () {
+  const TERMINAL = ["completed", "rejected", "rolled_back"];
+  const LABELS = {
+    pending: "Received",
+    enrolled: "Customer created",
+    completed: "Completed",
+    rejected: "Rejected",
+    compensating: "Undoing the enrollment",
+    rolled_back: "Rolled back",
+  };
+  const FIELDS = ["name", "email"];
+
+  const form = document.getElementById("enroll");
+  const button = document.getElementById("submit");
+  const formError = document.getElementById("form-error");
+  const progress = document.getElementById("progress");
+  const timeline = document.getElementById("timeline");
+  const outcome = document.getElementById("outcome");
+  const again = document.getElementById("again");
+  const announce = document.getElementById("announce");
+
+  let key = null; // the current submission's Idempotency-Key
+  let submitting = false;
+  let source = null;
+
+  function newKey() {
+    if (window.crypto && typeof window.crypto.randomUUID === "function") {
+      return window.crypto.randomUUID();
+    }
+    const bytes = new Uint8Array(16);
+    window.crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function setFieldError(field, message) {
+    const input = document.getElementById(field);
+    const error = document.getElementById(field + "-error");
+    if (message) {
+      error.textContent = message;
+      error.hidden = false;
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", error.id);
+    } else {
+      error.textContent = "";
+      error.hidden = true;
+      input.removeAttribute("aria-invalid");
+      input.removeAttribute("aria-describedby");
+    }
+  }
+
+  function clearErrors() {
+    FIELDS.forEach((f) => setFieldError(f, null));
+    formError.hidden = true;
+    formError.textContent = "";
+  }
+
+  function showFormError(message) {
+    formError.textContent = message;
+    formError.hidden = false;
+  }
+
+  function label(field) {
+    const el = document.querySelector('label[for="' + field + '"]');
+    return el ? el.textContent : field;
+  }
+
+  // A new submission once the user changes what they submit.
+  FIELDS.forEach((f) =>
+    document.getElementById(f).addEventListener("input", () => {
+      key = null;
+      setFieldError(f, null);
+    }),
+  );
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (submitting) return;
+    if (!form.reportValidity()) return;
+    submitting = true;
+    button.disabled = true;
+    button.textContent = "Enrolling…";
+    clearErrors();
+    if (!key) key = newKey();
+    const body = {
+      name: document.getElementById("name").value,
+      email: document.getElementById("email").value,
+    };
+    try {
+      const response = await fetch("/api/enrollments", {
+        method: "POST",
+        headers: {
+          "Content-Type": "application/json",
+          Accept: "application/json, application/problem+json",
+          "Idempotency-Key": key,
+        },
+        body: JSON.stringify(body),
+      });
+      const answer = await response.json().catch(() => ({}));
+      if (response.ok && answer.id) {
+        key = null;
+        follow(answer.id);
+        return;
+      }
+      if (response.status === 422 && Array.isArray(answer["invalid-params"])) {
+        key = null; // the server refused this body; a corrected one is a new submission
+        let general = [];
+        answer["invalid-params"].forEach((p) => {
+          if (FIELDS.includes(p.name)) setFieldError(p.name, label(p.name) + " " + p.reason + ".");
+          else general.push(p.reason);
+        });
+        if (general.length) showFormError(general.join(" "));
+        const first = FIELDS.find((f) => document.getElementById(f).getAttribute("aria-invalid"));
+        if (first) document.getElementById(first).focus();
+        say("Please correct the highlighted fields.");
+      } else if (response.status >= 500 || response.status === 429 || response.status === 408) {
+        showFormError(
+          (answer.detail || "The service is busy.") + " Press Enroll to try again; you will be enrolled once.",
+        );
+      } else {
+        key = null;
+        showFormError(answer.detail || answer.title || "The enrollment was not accepted (" + response.status + ").");
+      }
+    } catch (_) {
+      showFormError("The network failed. Press Enroll to try again; you will be enrolled once.");
+    }
+    submitting = false;
+    button.disabled = false;
+    button.textContent = "Enroll";
+  });
+
+  again.addEventListener("click", () => {
+    if (source) source.close();
+    form.reset();
+    clearErrors();
+    timeline.replaceChildren();
+    outcome.hidden = true;
+    outcome.className = "outcome";
+    again.hidden = true;
+    progress.hidden = true;
+    form.hidden = false;
+    submitting = false;
+    button.disabled = false;
+    button.textContent = "Enroll";
+    document.getElementById("name").focus();
+  });
+
+  function say(text) {
+    announce.textContent = text;
+  }
+
+  function duration(ms) {
+    if (ms < 1000) return ms + " ms";
+    if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+    return Math.floor(ms / 60000) + " min " + Math.round((ms % 60000) / 1000) + " s";
+  }
+
+  function follow(id) {
+    form.hidden = true;
+    progress.hidden = false;
+    progress.dataset.id = id;
+    say("Enrollment received. Following its progress.");
+    let previous = null;
+    const seen = new Set();
+    let done = false;
+
+    // One timeline entry per history entry, whichever way it arrived.
+    function addStep(step) {
+      const seenKey = step.status + "|" + step.at;
+      if (seen.has(seenKey)) return;
+      seen.add(seenKey);
+      const at = new Date(step.at);
+      const item = document.createElement("li");
+      item.dataset.status = step.status;
+      const name = document.createElement("span");
+      name.className = "step-status";
+      name.textContent = LABELS[step.status] || step.status;
+      const meta = document.createElement("span");
+      meta.className = "step-meta";
+      const time = document.createElement("time");
+      time.dateTime = step.at;
+      time.textContent = at.toLocaleTimeString();
+      meta.append(time);
+      if (previous) meta.append(" · took " + duration(Math.max(0, at - previous)));
+      previous = at;
+      item.append(name, meta);
+      timeline.append(item);
+      if (TERMINAL.includes(step.status) && !done) {
+        done = true;
+        if (source) source.close();
+        finish(id);
+      }
+    }
+
+    // Without a stream (refused, or a proxy that buffers it), ask the gateway to hold each GET
+    // until the saga ends (Prefer: wait), and show the history it returns.
+    async function poll() {
+      while (!done) {
+        try {
+          const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
+            headers: { Accept: "application/json", Prefer: "wait=20" },
+          });
+          if (response.ok) {
+            const view = await response.json();
+            (view.history || []).forEach(addStep);
+            continue;
+          }
+        } catch (_) {
+          // the network failed; wait and ask again
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+      }
+    }
+
+    source = new EventSource("/api/enrollments/" + encodeURIComponent(id) + "/events");
+    source.addEventListener("status", (message) => addStep(JSON.parse(message.data)));
+    // EventSource reconnects by itself (with Last-Event-ID) after a dropped connection; when it
+    // gives up (the stream was refused), fall back to held GETs.
+    source.addEventListener("error", () => {
+      if (!done && source.readyState === EventSource.CLOSED) poll();
+    });
+  }
+
+  async function finish(id) {
+    let view = {};
+    try {
+      const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
+        headers: { Accept: "application/json" },
+      });
+      view = await response.json();
+    } catch (_) {
+      view = {};
+    }
+    let text;
+    if (view.status === "completed") {
+      const points = view.bonus_points == null ? 0 : view.bonus_points;
+      text = "Completed: you are enrolled with " + points + " bonus points.";
+      outcome.className = "outcome ok";
+    } else if (view.status === "rejected") {
+      text = "Rejected: " + (view.reason || "the enrollment was refused.");
+      outcome.className = "outcome failed";
+    } else if (view.status === "rolled_back") {
+      text = "Rolled back: " + (view.reason || "the enrollment was undone.");
+      outcome.className = "outcome failed";
+    } else {
+      text = "The enrollment ended, but its outcome could not be read. Reload to see it.";
+      outcome.className = "outcome failed";
+    }
+    outcome.dataset.status = view.status || "";
+    outcome.textContent = text;
+    outcome.hidden = false;
+    again.hidden = false;
+    say(text);
+  }
+})();

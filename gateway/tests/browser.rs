@@ -1,0 +1,346 @@
+//! The enrollment page in a real browser against the real system: Debian's headless Chromium,
+//! driven over WebDriver by `chromedriver`, on the page the gateway serves, with the three
+//! services running on LocalStack. It shows a submission completing with its points, one rolled
+//! back once the bonus budget is spent, a server-side field error shown next to its field after
+//! one request, a double click enrolling once, and a retry after a lost answer enrolling once
+//! (the same `Idempotency-Key`), and the page following the saga without its events stream; it
+//! saves a screenshot of a finished timeline to `docs/enrollment-page.png`.
+//!
+//! Needs `chromium` and `chromedriver` on the PATH (Debian: `apt-get install chromium
+//! chromium-driver`; `.ci/run` installs them). Without them the test fails, saying so.
+
+mod support;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use support::{Backend, DEADLINE, Options, System};
+use tokio::process::{Child, Command};
+
+const INSTALL: &str = "install Debian's chromium and chromium-driver (apt-get update && apt-get install -y \
+                       chromium chromium-driver); .ci/run does";
+
+fn on_path(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Chromium under chromedriver, both gone on drop.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let chromium = on_path(&["chromium", "chromium-browser"])
+            .unwrap_or_else(|| panic!("the browser test needs Chromium, which is not on the PATH: {INSTALL}"));
+        let chromedriver = on_path(&["chromedriver"])
+            .unwrap_or_else(|| panic!("the browser test needs chromedriver, which is not on the PATH: {INSTALL}"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            // Its own process group, so that a failed test takes Chromium down with it (see Drop).
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", chromedriver.display()));
+        let profile = tempfile::tempdir().expect("a profile directory");
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--window-size=820,760",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let webdriver = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let attempt = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&webdriver)
+                .await;
+            match attempt {
+                Ok(client) => break client,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("no WebDriver session from chromedriver on {webdriver}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        Self {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    /// Reads the element's text, or nothing when it is not on the page.
+    async fn text(&self, css: &str) -> String {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits until the element's text satisfies `ready`; returns it. Fails after [`DEADLINE`].
+    async fn wait_text(&self, css: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let text = self.text(css).await;
+            if ready(&text) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} never got the expected text; last: {text:?}; page: {}",
+                self.text("main").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Loads the page afresh and types into the form.
+    async fn fill(&self, url: &str, name: &str, email: &str) {
+        self.client.goto(url).await.expect("the page loads");
+        let field = |id: &'static str| async move {
+            self.client
+                .wait()
+                .for_element(Locator::Id(id))
+                .await
+                .expect("form field")
+        };
+        field("name").await.send_keys(name).await.expect("type the name");
+        field("email").await.send_keys(email).await.expect("type the e-mail");
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.client.execute(js, vec![]).await.expect("script runs")
+    }
+
+    /// Requests the page made to submit enrollments (the Resource Timing API lists each).
+    async fn submissions(&self) -> u64 {
+        self.script(
+            "return performance.getEntriesByType('resource')
+               .filter(e => new URL(e.name).pathname === '/api/enrollments').length;",
+        )
+        .await
+        .as_u64()
+        .expect("a count")
+    }
+
+    /// The statuses the timeline shows, in order.
+    async fn timeline(&self) -> Vec<String> {
+        let statuses = self
+            .script("return Array.from(document.querySelectorAll('#timeline li'), li => li.dataset.status);")
+            .await;
+        serde_json::from_value(statuses).expect("statuses")
+    }
+}
+
+impl Drop for Browser {
+    /// A test that fails leaves its WebDriver session open: stop chromedriver's whole process
+    /// group, Chromium included, so no browser outlives the test.
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+async fn count(system: &System, sql: &str, bind: &str) -> i64 {
+    support::scalar_i64(&system.gateway().pool, sql, bind).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_enrolls_through_the_page() {
+    // The browser first: without one, fail at once with how to install it.
+    let browser = Browser::start().await;
+    // The budget lets exactly one 500-point bonus through: the second enrollment rolls back.
+    let system = System::start(
+        Backend::Sqlite,
+        Options {
+            bonus_budget_points: Some(500),
+            ..Options::default()
+        },
+    )
+    .await;
+    let page = system.url("/");
+    let run = uuid::Uuid::new_v4().simple().to_string();
+
+    // An address the browser's own e-mail check accepts but the gateway refuses (no dotted
+    // domain): the 422's message appears next to the field, after exactly one request.
+    browser.fill(&page, "Ada Lovelace", "a@b").await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let message = browser.wait_text("#email-error", |t| !t.is_empty()).await;
+    assert!(message.contains("domain"), "{message}");
+    let email = browser.client.find(Locator::Id("email")).await.unwrap();
+    assert_eq!(email.attr("aria-invalid").await.unwrap().as_deref(), Some("true"));
+    assert_eq!(
+        email.attr("aria-describedby").await.unwrap().as_deref(),
+        Some("email-error")
+    );
+    assert_eq!(browser.submissions().await, 1, "one request left the page");
+    assert_eq!(
+        count(&system, "SELECT COUNT(*) FROM enrollments WHERE $1 = $1", "").await,
+        0
+    );
+
+    // A valid submission follows the saga live to its outcome, with the points.
+    let first = format!("ada-{run}@example.com");
+    browser.fill(&page, "Ada Lovelace", &first).await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let outcome = browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert!(
+        outcome.starts_with("Completed") && outcome.contains("500 bonus points"),
+        "{outcome}"
+    );
+    assert_eq!(browser.timeline().await, ["pending", "enrolled", "completed"]);
+    let steps = browser.text("#timeline").await;
+    assert!(steps.contains("took"), "each step shows how long it took: {steps}");
+    assert!(!browser.text("#announce").await.is_empty(), "the outcome is announced");
+    let screenshot = browser.client.screenshot().await.expect("a screenshot");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/enrollment-page.png");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, screenshot).expect("save the screenshot");
+
+    // The budget is spent: the next enrollment is undone, and the page says why.
+    let second = format!("grace-{run}@example.com");
+    browser.fill(&page, "Grace Hopper", &second).await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let outcome = browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert!(outcome.starts_with("Rolled back: "), "{outcome}");
+    assert!(outcome.len() > "Rolled back: ".len() + 5, "a reason follows: {outcome}");
+    eprintln!("the page says: {outcome}");
+    assert_eq!(browser.timeline().await.last().map(String::as_str), Some("rolled_back"));
+
+    // A double click submits once.
+    let third = format!("alan-{run}@example.com");
+    browser.fill(&page, "Alan Turing", &third).await;
+    browser
+        .script("const b = document.getElementById('submit'); b.click(); b.click(); return null;")
+        .await;
+    browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert_eq!(browser.submissions().await, 1, "the second click sent nothing");
+    assert_eq!(
+        count(&system, "SELECT COUNT(*) FROM enrollments WHERE email = $1", &third).await,
+        1
+    );
+    assert_eq!(
+        count(&system, "SELECT COUNT(*) FROM enrollments WHERE $1 = $1", "").await,
+        3
+    );
+
+    // A retry after a lost answer reuses the submission's key: the request reached the gateway,
+    // the page saw a network failure, the person pressed Enroll again, and one enrollment exists.
+    let fourth = format!("edsger-{run}@example.com");
+    browser.fill(&page, "Edsger Dijkstra", &fourth).await;
+    browser
+        .script(
+            "const real = window.fetch; window.sentKeys = []; let lost = false;
+             window.fetch = async (url, init) => {
+               if (url === '/api/enrollments') window.sentKeys.push(init.headers['Idempotency-Key']);
+               const response = await real(url, init);
+               if (url === '/api/enrollments' && !lost) { lost = true; throw new TypeError('lost'); }
+               return response;
+             };
+             return null;",
+        )
+        .await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let error = browser.wait_text("#form-error", |t| !t.is_empty()).await;
+    assert!(error.contains("try again"), "{error}");
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    let keys = browser.script("return window.sentKeys;").await;
+    let keys: Vec<String> = serde_json::from_value(keys).expect("keys");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1], "the retry reused the submission's Idempotency-Key");
+    assert_eq!(
+        count(&system, "SELECT COUNT(*) FROM enrollments WHERE email = $1", &fourth).await,
+        1
+    );
+
+    // Where the events stream is refused, the page follows the saga with held GETs instead.
+    let fifth = format!("barbara-{run}@example.com");
+    browser.fill(&page, "Barbara Liskov", &fifth).await;
+    browser
+        .script(
+            "window.EventSource = class {
+               constructor() { this.readyState = 2; this.handlers = []; this.refused = setTimeout(() => this.handlers.forEach(h => h()), 50); }
+               addEventListener(type, handler) { if (type === 'error') this.handlers.push(handler); }
+               close() {}
+             };
+             window.EventSource.CLOSED = 2;
+             return null;",
+        )
+        .await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let outcome = browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert!(outcome.starts_with("Rolled back: "), "{outcome}");
+    assert_eq!(browser.timeline().await.first().map(String::as_str), Some("pending"));
+    assert_eq!(browser.timeline().await.last().map(String::as_str), Some("rolled_back"));
+
+    browser.client.clone().close().await.expect("the browser closes");
+    system.stop().await;
+}
