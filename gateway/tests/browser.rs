@@ -4,7 +4,8 @@
 //! back once the bonus budget is spent, a server-side field error shown next to its field after
 //! one request, a double click enrolling once, and a retry after a lost answer enrolling once
 //! (the same `Idempotency-Key`), and the page following the saga without its events stream; it
-//! saves a screenshot of a finished timeline to `docs/enrollment-page.png`.
+//! saves a screenshot of a finished timeline to `target/enrollment-page.png` (and, with
+//! `UPDATE_SCREENSHOT=1`, to `docs/enrollment-page.png`, which README shows).
 //!
 //! Needs `chromium` and `chromedriver` on the PATH (Debian: `apt-get install chromium
 //! chromium-driver`; `.ci/run` installs them). Without them the test fails, saying so.
@@ -231,10 +232,18 @@ async fn a_person_enrolls_through_the_page() {
     let steps = browser.text("#timeline").await;
     assert!(steps.contains("took"), "each step shows how long it took: {steps}");
     assert!(!browser.text("#announce").await.is_empty(), "the outcome is announced");
+    // Every run saves the finished timeline under target/; with UPDATE_SCREENSHOT=1 it also
+    // replaces the one README shows (docs/), which is otherwise left as committed.
     let screenshot = browser.client.screenshot().await.expect("a screenshot");
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/enrollment-page.png");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, screenshot).expect("save the screenshot");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = vec![manifest.join("../target/enrollment-page.png")];
+    if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
+        paths.push(manifest.join("../docs/enrollment-page.png"));
+    }
+    for path in paths {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &screenshot).expect("save the screenshot");
+    }
 
     // The budget is spent: the next enrollment is undone, and the page says why.
     let second = format!("grace-{run}@example.com");
