@@ -19,7 +19,7 @@ use utility::messaging::consumer::Consumer;
 use utility::runtime::ServiceCore;
 use utility::runtime::config::CommonConfig;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Config {
     #[serde(flatten)]
     pub common: CommonConfig,
@@ -28,8 +28,10 @@ pub struct Config {
     /// Base URL of the transaction-api's HTTP API (`TRANSACTION_API_URL`).
     pub transaction_api_url: String,
     /// Largest accepted request body.
+    #[schemars(range(min = 1))]
     pub max_body_bytes: usize,
     /// A saga unchanged for this long without reaching a terminal status is reported stalled.
+    #[schemars(range(min = 1))]
     pub stall_after_seconds: u64,
 }
 
