@@ -9,7 +9,7 @@ cd "$root"
 source localstack/env.sh
 
 started_localstack=0
-# shellcheck disable=SC2317  # called from the EXIT trap
+# shellcheck disable=SC2317,SC2329  # called from the EXIT trap
 cleanup() {
   if ((started_localstack)); then localstack/localstack.sh stop; fi
 }

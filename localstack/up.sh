@@ -12,7 +12,7 @@ mkdir -p "$run_dir/data"
 started_localstack=0
 pids=()
 
-# shellcheck disable=SC2317  # called from the EXIT trap
+# shellcheck disable=SC2317,SC2329  # called from the EXIT trap
 stop_all() {
   trap - EXIT INT TERM
   if ((${#pids[@]})); then

@@ -15,7 +15,7 @@ use utility::runtime::config::CommonConfig;
 
 pub use customers::CustomerHandler;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Config {
     #[serde(flatten)]
     pub common: CommonConfig,

@@ -20,7 +20,7 @@ use utility::messaging::consumer::Consumer;
 use utility::runtime::ServiceCore;
 use utility::runtime::config::{CommonConfig, Secret};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Config {
     #[serde(flatten)]
     pub common: CommonConfig,
@@ -29,12 +29,14 @@ pub struct Config {
     /// Base URL of the transaction-api's HTTP API (`TRANSACTION_API_URL`).
     pub transaction_api_url: String,
     /// Largest accepted request body.
+    #[schemars(range(min = 1))]
     pub max_body_bytes: usize,
     /// A saga unchanged for this long without reaching a terminal status is reported stalled.
+    #[schemars(range(min = 1))]
     pub stall_after_seconds: u64,
     /// Bearer token of the operator routes (`OPERATOR_TOKEN`, at least 16 characters); unset, the
     /// operator routes are off (404).
-    pub operator_token: Option<Secret>,
+    pub operator_token: Option<Secret<String>>,
     /// Enrollments one client address may submit per minute (`RATE_LIMIT_PER_MINUTE`); 0 turns
     /// the limit off.
     pub rate_limit_per_minute: u32,
@@ -90,7 +92,7 @@ impl Config {
     /// The edge as configured; a token too short or a CIDR that does not parse is refused here,
     /// at start-up, naming the setting.
     fn edge(&self) -> anyhow::Result<http::Edge> {
-        let operator = match self.operator_token.as_ref().map(Secret::expose) {
+        let operator = match self.operator_token.as_ref().map(|token| token.expose().as_str()) {
             None | Some("") => None,
             Some(token) => {
                 anyhow::ensure!(

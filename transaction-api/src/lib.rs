@@ -15,13 +15,15 @@ use utility::runtime::config::CommonConfig;
 
 pub use ledger::{Campaign, LedgerHandler};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Config {
     #[serde(flatten)]
     pub common: CommonConfig,
     /// Points granted per enrollment (`BONUS_POINTS`).
+    #[schemars(range(min = 1))]
     pub bonus_points: i64,
     /// Total the campaign may grant (`BONUS_BUDGET_POINTS`); unset means unlimited.
+    #[schemars(range(min = 0))]
     pub bonus_budget_points: Option<i64>,
 }
 

@@ -1,7 +1,7 @@
 //! Exponential back-off with full jitter, for every loop that retries something outside the
 //! process (the bus, the database).
 
-use rand::Rng;
+use rand::RngExt;
 use std::time::Duration;
 
 /// Each delay is uniform in `[0, min(cap, base * 2^n)]`, which spreads the retries of many

@@ -28,7 +28,7 @@ pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 /// (tests submit quickly from one address; the limit has tests of its own).
 pub fn gateway_config() -> gateway::Config {
     gateway::Config {
-        operator_token: Some(utility::runtime::config::Secret::new(OPERATOR_TOKEN)),
+        operator_token: Some(utility::runtime::config::Secret::new(OPERATOR_TOKEN.to_owned())),
         rate_limit_per_minute: 0,
         ..gateway::Config::default()
     }

@@ -4,7 +4,7 @@
 //! commit and answer cannot create a second enrollment. A share of the requests reuse an earlier
 //! e-mail, so some sagas end `rejected`.
 
-use rand::Rng;
+use rand::RngExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,17 +10,23 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// The command README and errors point at to provision the topology.
-pub const PROVISION_HINT: &str = "provision it with `make topology` (or `cargo run -p infra --bin sagactl -- deploy`)";
+pub const PROVISION_HINT: &str = "provision it with `make topology` (or `sagactl deploy` with the same AWS settings)";
 
 /// Where to find the topology. Each address may be given directly (`CUSTOMER_COMMANDS_QUEUE_URL`
 /// and so on); whatever is not given comes from the outputs of `TOPOLOGY_STACK`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TopologyConfig {
+    /// CloudFormation stack whose outputs name the queues and topics not given below.
     pub topology_stack: String,
+    /// URL of the customer-commands queue, instead of the stack's output.
     pub customer_commands_queue_url: Option<String>,
+    /// URL of the transaction-commands queue, instead of the stack's output.
     pub transaction_commands_queue_url: Option<String>,
+    /// URL of the gateway-events queue, instead of the stack's output.
     pub gateway_events_queue_url: Option<String>,
+    /// ARN of the customer-events topic, instead of the stack's output.
     pub customer_events_topic_arn: Option<String>,
+    /// ARN of the transaction-events topic, instead of the stack's output.
     pub transaction_events_topic_arn: Option<String>,
 }
 
