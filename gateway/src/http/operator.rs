@@ -116,26 +116,20 @@ pub(super) async fn customer(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,
 ) -> Result<Response, Problem> {
-    let id = parse_id(&id, "customer")?;
-    proxy(
-        &state.http,
-        format!("{}/customers/{id}", state.customer_api_url),
-        "customer-api",
-    )
-    .await
+    let url = format!("{}/customers/{}", state.customer_api_url, parse_id(&id, "customer")?);
+    proxy(&state.http, url, "customer-api").await
 }
 
 pub(super) async fn points(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,
 ) -> Result<Response, Problem> {
-    let id = parse_id(&id, "customer")?;
-    proxy(
-        &state.http,
-        format!("{}/customers/{id}/points", state.transaction_api_url),
-        "transaction-api",
-    )
-    .await
+    let url = format!(
+        "{}/customers/{}/points",
+        state.transaction_api_url,
+        parse_id(&id, "customer")?
+    );
+    proxy(&state.http, url, "transaction-api").await
 }
 
 /// Forwards a GET and passes status, content type, `Retry-After` and body back unchanged.
