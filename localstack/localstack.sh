@@ -14,20 +14,12 @@ listen="${LOCALSTACK_LISTEN:-127.0.0.1:4566}"
 health="http://$listen/_localstack/health"
 pidfile="$state/localstack.pid"
 logfile="$state/localstack.log"
-python="${PYTHON:-python3}"
 
 healthy() { curl -fsS --max-time 2 "$health" >/dev/null 2>&1; }
 
-install() {
-  local stamp="$venv/.installed" want
-  want=$(cat "$here/requirements.txt" "$here/constraints.txt" | sha256sum | cut -d' ' -f1)
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
-  echo "localstack: creating virtual environment in $venv (about a minute)" >&2
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    -r "$here/requirements.txt" -c "$here/constraints.txt"
-  echo "$want" >"$stamp"
-}
+# shellcheck source=localstack/pyvenv.sh
+source "$here/pyvenv.sh"
+install() { pyvenv_install "$venv" localstack "$here/requirements.txt" "$here/constraints.txt"; }
 
 start() {
   if healthy; then echo reused; return 0; fi

@@ -13,23 +13,17 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 venv="${CHECK_VENV:-$here/.venv}"
-python="${PYTHON:-python3}"
 
+# shellcheck source=localstack/pyvenv.sh
+source "$root/localstack/pyvenv.sh"
 install() {
-  local stamp="$venv/.installed" want
-  want=$(sha256sum <"$here/check-requirements.txt" | cut -d' ' -f1)
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
-  echo "ec2-check: installing shellcheck into $venv (a few seconds)" >&2
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
-    -r "$here/check-requirements.txt"
-  echo "$want" >"$stamp"
+  pyvenv_install "$venv" ec2-check "$here/check-requirements.txt" -- --only-binary=:all:
 }
 
 install
 shellcheck="$venv/bin/shellcheck"
 "$shellcheck" "$here/bootstrap.sh" "$here/check.sh" "$root/infra/moto/moto.sh" "$root/infra/lint/cfn-lint.sh" \
-  "$root"/localstack/*.sh "$root"/.ci/run "$root"/.ci/deny
+  "$root"/localstack/*.sh "$root"/.ci/run "$root"/.ci/deny "$root/gateway/contract/schemathesis.sh"
 # The launch templates' user data is a script too (it checks the release before running it).
 cfn_lint=$("$root/infra/lint/cfn-lint.sh" install)
 userdata=$(mktemp -d)

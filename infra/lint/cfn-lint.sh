@@ -8,18 +8,10 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 venv="${CFN_LINT_VENV:-$here/.venv}"
-python="${PYTHON:-python3}"
 
-install() {
-  local stamp="$venv/.installed" want
-  want=$(cat "$here/requirements.txt" "$here/constraints.txt" | sha256sum | cut -d' ' -f1)
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
-  echo "cfn-lint: creating virtual environment in $venv (about half a minute)" >&2
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    -r "$here/requirements.txt" -c "$here/constraints.txt"
-  echo "$want" >"$stamp"
-}
+# shellcheck source=localstack/pyvenv.sh
+source "$root/localstack/pyvenv.sh"
+install() { pyvenv_install "$venv" cfn-lint "$here/requirements.txt" "$here/constraints.txt"; }
 
 case "${1:-}" in
   install)

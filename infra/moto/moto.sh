@@ -8,18 +8,10 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 venv="${MOTO_VENV:-$here/.venv}"
-python="${PYTHON:-python3}"
 
-install() {
-  local stamp="$venv/.installed" want
-  want=$(cat "$here/requirements.txt" "$here/constraints.txt" | sha256sum | cut -d' ' -f1)
-  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
-  echo "moto: creating virtual environment in $venv (about a minute)" >&2
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    -r "$here/requirements.txt" -c "$here/constraints.txt"
-  echo "$want" >"$stamp"
-}
+# shellcheck source=localstack/pyvenv.sh
+source "$here/../../localstack/pyvenv.sh"
+install() { pyvenv_install "$venv" moto "$here/requirements.txt" "$here/constraints.txt"; }
 
 case "${1:-}" in
   install | path)
