@@ -22,11 +22,18 @@ const OPEN_SQL: &str = "status IN ('pending', 'enrolled', 'compensating')";
 /// Listing size limit; the oldest come first.
 const LIST_LIMIT: i64 = 500;
 
-#[derive(Debug, Serialize)]
+/// A saga that has not moved for the stall deadline.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StalledSaga {
+    #[schema(format = Uuid)]
     pub id: String,
+    #[schema(value_type = Status)]
     pub status: String,
+    /// When it last moved (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    /// The service and message it waits for.
+    #[schema(value_type = String, example = "transaction-api to handle PostBonusPoints")]
     pub waiting_for: &'static str,
 }
 

@@ -11,21 +11,28 @@ use utility::messaging::message::{Enroll, Message};
 use utility::messaging::outbox;
 use uuid::Uuid;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// One step of the saga.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HistoryEntry {
+    #[schema(value_type = Status)]
     pub status: String,
+    /// When the gateway recorded it (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     pub at: String,
     /// What produced the entry: `EnrollmentAccepted` or the event's type.
     pub event: Option<String>,
 }
 
 /// An enrollment as its submitter sees it: nothing personal, no operator detail.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PublicView {
+    #[schema(format = Uuid)]
     pub id: String,
+    #[schema(value_type = Status)]
     pub status: String,
     /// The customer this enrollment created (the submitter's own id; what it names is
     /// operator-only).
+    #[schema(format = Uuid)]
     pub customer_id: Option<String>,
     pub bonus_points: Option<i64>,
     /// Why it was rejected or rolled back, in words fit for the public (see `saga::Step`).
@@ -36,16 +43,22 @@ pub struct PublicView {
 }
 
 /// An enrollment as an operator sees it in the listing.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OperatorEntry {
+    #[schema(format = Uuid)]
     pub id: String,
+    #[schema(value_type = Status)]
     pub status: String,
+    #[schema(format = Uuid)]
     pub customer_id: Option<String>,
     pub bonus_points: Option<i64>,
     /// The detailed reason, as the services gave it.
     pub reason: Option<String>,
+    /// The reason as the submitter sees it.
     pub public_reason: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
     #[sqlx(skip)]
     pub stalled: bool,

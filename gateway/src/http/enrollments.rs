@@ -20,6 +20,88 @@ use uuid::Uuid;
 /// Longest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 255;
 
+/// The body of `POST /api/enrollments`, as the API document shows it. The handler reads the
+/// body as JSON and checks the fields itself ([`EnrollmentRequest::parse`]), so that every bad
+/// field is named in one 422, which serde's first-error-wins would not do.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct EnrollmentInput {
+    /// The customer's name: 1 to 200 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        example = "Ada Lovelace"
+    )]
+    name: String,
+    /// An e-mail address (stored lower-cased), at most 254 characters: one `@`, a dotted
+    /// domain, no spaces.
+    #[schema(format = Email, min_length = 3, max_length = 254, example = "ada@example.com")]
+    email: String,
+}
+
+/// The answer to a submission without `Prefer: wait` (or with a wait that could not be applied).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Accepted {
+    #[schema(format = Uuid)]
+    id: String,
+    #[schema(value_type = Status)]
+    status: String,
+}
+
+/// A 202: the short acknowledgement, or, with `Prefer: wait`, the enrollment as it stood when
+/// the wait ended.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(super) enum Submitted {
+    Accepted(Accepted),
+    Enrollment(store::PublicView),
+}
+
+/// The request headers of the public routes, as the API document shows them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(super) struct SubmitHeaders {
+    /// Makes the submission safe to retry: the same key and body answer the first
+    /// submission's enrollment; the same key with another body answers 409. 1 to 255 visible
+    /// ASCII characters.
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
+    idempotency_key: Option<String>,
+    /// W3C trace context; the saga's trace continues it.
+    #[param(
+        rename = "traceparent",
+        pattern = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+    )]
+    traceparent: Option<String>,
+    /// RFC 7240 `wait=N`: hold the answer until the saga is terminal or N seconds pass
+    /// (N is capped at 30). Other preferences are ignored.
+    #[param(rename = "Prefer", example = "wait=10")]
+    prefer: Option<String>,
+}
+
+/// `Prefer` on `GET /api/enrollments/{id}`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(super) struct WaitHeader {
+    /// RFC 7240 `wait=N`: hold the answer until the saga is terminal or N seconds pass
+    /// (N is capped at 30).
+    #[param(rename = "Prefer", example = "wait=10")]
+    prefer: Option<String>,
+}
+
+/// The enrollment id in the path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(super) struct EnrollmentId {
+    /// The id the submission answered (UUID).
+    id: Uuid,
+}
+
 /// A validated enrollment request.
 struct EnrollmentRequest {
     name: CustomerName,
@@ -89,17 +171,47 @@ fn traceparent(headers: &HeaderMap) -> String {
 
 fn accepted(id: impl std::fmt::Display, status: &str) -> Response {
     let location = format!("/api/enrollments/{id}");
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({"id": id.to_string(), "status": status})),
-    )
-        .into_response();
+    let body = Accepted {
+        id: id.to_string(),
+        status: status.to_owned(),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
 }
 
+/// Submit an enrollment.
+///
+/// Stores it and starts its saga: the customer is enrolled, then the enrollment bonus is
+/// posted; if posting fails, the enrollment is rolled back. Follow it with
+/// `GET /api/enrollments/{id}`, its `/events` stream, or `Prefer: wait`.
+#[utoipa::path(
+    post,
+    path = "/api/enrollments",
+    tag = "enrollments",
+    operation_id = "submitEnrollment",
+    params(SubmitHeaders),
+    request_body(content = EnrollmentInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "With `Prefer: wait`: the saga finished within the wait.",
+            body = store::PublicView, headers(
+                ("Location" = String, description = "The enrollment's address."),
+                ("Preference-Applied" = String, description = "The wait applied, `wait=N`."))),
+        (status = 202, description = "Accepted; the saga runs. With `Prefer: wait`, the enrollment as it stood when the wait ended.",
+            body = Submitted, headers(
+                ("Location" = String, description = "The enrollment's address."),
+                ("Preference-Applied" = String, description = "With `Prefer: wait`: the wait applied."))),
+        (status = 400, description = "Malformed JSON or `Idempotency-Key`.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The `Idempotency-Key` was used with another body.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (UTF-8).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid; `invalid-params` names each one.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many submissions from this client; retry after `Retry-After` seconds.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(enrollment_id = tracing::field::Empty))]
 pub(super) async fn create(
     State(state): State<AppState>,
@@ -248,6 +360,22 @@ pub(super) fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id).map_err(|_| Problem::bad_request(format!("{what} id must be a UUID")))
 }
 
+/// Read an enrollment: its status, outcome and history.
+///
+/// With `Prefer: wait=N`, the answer is held until the saga is terminal or N seconds pass.
+#[utoipa::path(
+    get,
+    path = "/api/enrollments/{id}",
+    tag = "enrollments",
+    operation_id = "getEnrollment",
+    params(EnrollmentId, WaitHeader),
+    responses(
+        (status = 200, description = "The enrollment as it stands.", body = store::PublicView, headers(
+            ("Preference-Applied" = String, description = "With `Prefer: wait`: the wait applied."))),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such enrollment.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn show(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,

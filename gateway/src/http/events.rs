@@ -30,6 +30,51 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How soon a stream reads the history again after a failed read.
 const READ_RETRY: Duration = Duration::from_secs(1);
 
+/// `Last-Event-ID`, sent by a reconnecting `EventSource`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(super) struct ResumeHeader {
+    /// The `id` of the last event received: the stream resumes after it.
+    #[param(rename = "Last-Event-ID")]
+    last_event_id: Option<String>,
+}
+
+/// One event of the stream, by the fields of the SSE format.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct StatusEvent {
+    /// Always `status`.
+    #[schema(pattern = "^status$", example = "status")]
+    event: String,
+    /// The history entry's id: a reconnecting client sends it back as `Last-Event-ID`.
+    #[schema(format = Uuid)]
+    id: String,
+    /// The history entry, as JSON (a `HistoryEntry`).
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// Follow an enrollment live.
+///
+/// A `text/event-stream` of `status` events, one per history entry, oldest first, then each
+/// new one as it happens; each event's `data` is a history entry (JSON) and its `id` resumes
+/// the stream. A comment line every 15 s keeps proxies from closing it; the stream ends after
+/// the terminal status.
+#[utoipa::path(
+    get,
+    path = "/api/enrollments/{id}/events",
+    tag = "enrollments",
+    operation_id = "followEnrollment",
+    params(super::enrollments::EnrollmentId, ResumeHeader),
+    responses(
+        (status = 200, description = "The stream of `status` events; each `data` is a `HistoryEntry`.",
+            body = StatusEvent, content_type = "text/event-stream"),
+        (status = 204, description = "`Last-Event-ID` names the terminal entry: nothing more will come."),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such enrollment.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn events(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,

@@ -6,23 +6,27 @@
 //! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
 //! Both are behind load shedding ([`edge`]). `GET /` and `/assets/*` serve the enrollment page
-//! ([`page`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
+//! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
 
 pub mod edge;
 mod enrollments;
 mod events;
 mod operator;
 mod page;
+mod reference;
 
-use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{MethodRouter, any, get, post};
+use axum::routing::{any, get};
+use axum::{Extension, Router};
 use edge::{OperatorToken, RateLimit};
 use sqlx::AnyPool;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use utility::http::problem::{method_not_allowed, not_found_route};
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -63,50 +67,54 @@ pub fn cors(origins: Vec<axum::http::HeaderValue>) -> tower_http::cors::CorsLaye
         .max_age(std::time::Duration::from_secs(600))
 }
 
-/// The gateway's routes; [`utility::http::finish`] adds the fallback and the request limits.
+/// The gateway's routes, and the API document that describes them.
+///
+/// Every route is registered with `routes!`, which takes its method and path from the handler's
+/// `#[utoipa::path]`: a route and its documentation are one declaration. The only routes outside
+/// the document are the operator paths when the operator routes are off, which answer 404 as if
+/// they did not exist. [`utility::http::finish`] adds the fallback and the request limits.
 pub fn routes(state: AppState, edge: &Edge) -> Router {
-    let mut submit: MethodRouter<AppState> = post(enrollments::create);
-    if let Some(limit) = &edge.rate_limit {
-        submit = submit.layer(from_fn_with_state(limit.clone(), edge::rate_limit));
-    }
-    // An operator route behind the token, or, without a token, no route at all (404 whatever the
-    // method).
-    let operator = |route: MethodRouter<AppState>| -> MethodRouter<AppState> {
-        match &edge.operator {
-            Some(token) => route
-                .layer(from_fn_with_state(token.clone(), edge::require_operator))
-                .fallback(method_not_allowed),
-            None => any(not_found_route),
-        }
-    };
-    let enrollments = match &edge.operator {
+    let rate_limit = edge.rate_limit.clone();
+    let submit = routes!(enrollments::create).map(|route| match rate_limit {
+        Some(limit) => route.layer(from_fn_with_state(limit, edge::rate_limit)),
+        None => route,
+    });
+    let public = |route: UtoipaMethodRouter<AppState>| route.map(|r| r.fallback(method_not_allowed));
+    let mut api = OpenApiRouter::with_openapi(reference::Frame::openapi())
+        .routes(public(routes!(page::index)))
+        .routes(public(routes!(page::assets)))
+        .routes(public(routes!(reference::openapi_json)))
+        .routes(public(routes!(reference::docs)))
+        .routes(public(submit))
+        .routes(public(routes!(enrollments::show)))
+        .routes(public(routes!(events::events)));
+    api = match &edge.operator {
         Some(token) => {
-            submit.merge(get(operator::list).layer(from_fn_with_state(token.clone(), edge::require_operator)))
+            let operator = |route: UtoipaMethodRouter<AppState>| {
+                route.layer(from_fn_with_state(token.clone(), edge::require_operator))
+            };
+            // `/api/enrollments` has its fallback from the public POST already.
+            api.routes(operator(routes!(operator::list)))
+                .routes(public(operator(routes!(operator::stalled))))
+                .routes(public(operator(routes!(operator::customer))))
+                .routes(public(operator(routes!(operator::points))))
         }
-        None => submit.get(not_found_route),
+        // Off: no route at all (404 whatever the method); the stalled listing's path is held so
+        // that it is not read as an enrollment id.
+        None => api
+            .route("/api/enrollments", get(not_found_route))
+            .route("/api/enrollments/stalled", any(not_found_route)),
     };
+    let (router, mut openapi) = api.split_for_parts();
+    reference::layer_responses(&mut openapi);
+    let reference = Arc::new(reference::Reference::new(&openapi));
     let shedding = tower::ServiceBuilder::new()
         .layer(HandleErrorLayer::new(edge::overloaded))
         .layer(tower::load_shed::LoadShedLayer::new())
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             edge.max_concurrent_requests.max(1),
         ));
-    let router = Router::new()
-        .route("/", get(page::index).fallback(method_not_allowed))
-        .route("/assets/{file}", get(page::assets).fallback(method_not_allowed))
-        .route("/api/enrollments", enrollments.fallback(method_not_allowed))
-        .route("/api/enrollments/stalled", operator(get(operator::stalled)))
-        .route(
-            "/api/enrollments/{id}",
-            get(enrollments::show).fallback(method_not_allowed),
-        )
-        .route(
-            "/api/enrollments/{id}/events",
-            get(events::events).fallback(method_not_allowed),
-        )
-        .route("/api/customers/{id}", operator(get(operator::customer)))
-        .route("/api/customers/{id}/points", operator(get(operator::points)))
-        .layer(shedding);
+    let router = router.layer(Extension(reference)).layer(shedding);
     match &edge.cors {
         Some(cors) => router.layer(cors.clone()),
         None => router,

@@ -11,8 +11,7 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use utility::domain::FieldError;
 use utility::http::{Problem, ProblemPath};
 use uuid::Uuid;
@@ -21,11 +20,45 @@ use uuid::Uuid;
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
-#[derive(Debug, Deserialize)]
+/// The listing's query. Read as text and checked by [`Listing::parse`], so that every bad
+/// parameter is named in one 422; the document shows what each must be.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only enrollments with this status.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
+}
+
+/// A page of the listing, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct EnrollmentPage {
+    enrollments: Vec<store::OperatorEntry>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(format = Uuid)]
+    next_cursor: Option<String>,
+}
+
+/// The sagas that have not moved for the stall deadline, oldest first (at most 500).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct StalledList {
+    stall_after_seconds: u64,
+    stalled: Vec<crate::stalls::StalledSaga>,
+}
+
+/// The customer id in the path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(super) struct CustomerId {
+    /// A customer id (UUID), as an enrollment's `customer_id` shows it.
+    id: Uuid,
 }
 
 /// A validated listing request.
@@ -89,29 +122,74 @@ impl Listing {
     }
 }
 
-/// `GET /api/enrollments?status=&limit=&cursor=`: newest first, a page at a time.
+/// List enrollments (operator).
+///
+/// Newest first, a page at a time, with the detailed reasons.
+#[utoipa::path(
+    get,
+    path = "/api/enrollments",
+    tag = "operator",
+    operation_id = "listEnrollments",
+    params(ListQuery),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "A page of enrollments.", body = EnrollmentPage),
+        (status = 400, description = "The query string is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is invalid; `invalid-params` names each one.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<EnrollmentPage>, Problem> {
     let listing = Listing::parse(query)?;
     let cutoff = utility::storage::cutoff(state.stall_after);
     let mut page = store::list(&state.pool, listing.status, listing.before, listing.limit + 1, &cutoff).await?;
     let more = page.len() as i64 > listing.limit;
     page.truncate(listing.limit as usize);
     let next_cursor = more.then(|| page.last().map(|e| e.id.clone())).flatten();
-    Ok(Json(json!({"enrollments": page, "next_cursor": next_cursor})))
+    Ok(Json(EnrollmentPage {
+        enrollments: page,
+        next_cursor,
+    }))
 }
 
-/// Sagas that have not moved for the stall deadline, oldest first.
-pub(super) async fn stalled(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
+/// Stalled sagas (operator).
+///
+/// Sagas that have not moved for the stall deadline, oldest first, each with what it waits for.
+#[utoipa::path(
+    get,
+    path = "/api/enrollments/stalled",
+    tag = "operator",
+    operation_id = "listStalledSagas",
+    security(("operator_token" = [])),
+    responses((status = 200, description = "The stalled sagas.", body = StalledList)),
+)]
+pub(super) async fn stalled(State(state): State<AppState>) -> Result<Json<StalledList>, Problem> {
     let stalled = crate::stalls::list(&state.pool, &utility::storage::cutoff(state.stall_after)).await?;
-    Ok(Json(json!({
-        "stall_after_seconds": state.stall_after.as_secs(),
-        "stalled": stalled,
-    })))
+    Ok(Json(StalledList {
+        stall_after_seconds: state.stall_after.as_secs(),
+        stalled,
+    }))
 }
 
+/// Read a customer (operator).
+///
+/// The customer-api's record: name, e-mail, status. The answer is the customer-api's, passed on.
+#[utoipa::path(
+    get,
+    path = "/api/customers/{id}",
+    tag = "operator",
+    operation_id = "getCustomer",
+    params(CustomerId),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The customer.", body = Object),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such customer.", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The customer-api did not answer.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn customer(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,
@@ -120,6 +198,23 @@ pub(super) async fn customer(
     proxy(&state.http, url, "customer-api").await
 }
 
+/// Read a customer's points (operator).
+///
+/// The transaction-api's ledger for the customer. The answer is the transaction-api's, passed on.
+#[utoipa::path(
+    get,
+    path = "/api/customers/{id}/points",
+    tag = "operator",
+    operation_id = "getCustomerPoints",
+    params(CustomerId),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The customer's points and ledger.", body = Object),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No points for this customer.", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The transaction-api did not answer.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn points(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,

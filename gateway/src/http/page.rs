@@ -5,7 +5,7 @@
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use utility::http::ProblemPath;
+use utility::http::{Problem, ProblemPath};
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_CSS: &str = include_str!("../../assets/app.css");
@@ -31,12 +31,45 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     response
 }
 
-/// `GET /`.
+/// The enrollment page.
+///
+/// A form that submits an enrollment and shows its saga live.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "page",
+    operation_id = "page",
+    responses((status = 200, description = "The page.", body = String, content_type = "text/html")),
+)]
 pub(super) async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 
-/// `GET /assets/{file}`: the stylesheet and the script; anything else is a problem+json 404.
+/// The files under `/assets/`, as the API document names them.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) enum Asset {
+    #[serde(rename = "app.css")]
+    Stylesheet,
+    #[serde(rename = "app.js")]
+    Script,
+}
+
+/// The page's stylesheet (`app.css`) and script (`app.js`).
+#[utoipa::path(
+    get,
+    path = "/assets/{file}",
+    tag = "page",
+    operation_id = "pageAsset",
+    params(("file" = Asset, Path, description = "`app.css` or `app.js`.")),
+    responses(
+        (status = 200, description = "The file.", content(
+            (String = "text/css"),
+            (String = "text/javascript"),
+        )),
+        (status = 404, description = "No such file.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn assets(ProblemPath(file): ProblemPath<String>) -> Response {
     match file.as_str() {
         "app.css" => asset("text/css; charset=utf-8", APP_CSS),

@@ -20,6 +20,8 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body as text (lossy UTF-8), for answers that are not JSON.
+    pub text: String,
 }
 
 impl Answer {
@@ -55,6 +57,7 @@ pub async fn call(router: &Router, request: Request<Body>) -> Answer {
         status: parts.status,
         headers: parts.headers,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        text: String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
 

@@ -43,17 +43,45 @@ impl Readiness {
 /// `/health` (the process answers) and `/ready` (its dependencies answer).
 pub fn health_routes(readiness: Readiness) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/ready", get(ready))
         .with_state(readiness)
 }
 
-/// The answer names what is not ready, never why: the causes (SDK error chains, addresses) go
-/// to the log, where operators read them.
-async fn ready(State(readiness): State<Readiness>) -> Response {
+/// The body of `/health` and `/ready`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Liveness {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// The process answers (load balancers' health check).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses((status = 200, description = "The process answers.", body = Liveness)),
+)]
+pub async fn health() -> Json<Liveness> {
+    Json(Liveness { status: "ok" })
+}
+
+/// The database and the service's own queue answer. The answer names what is not ready, never
+/// why: the causes (SDK error chains, addresses) go to the log, where operators read them.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready: the database and the queue answer.", body = Liveness),
+        (status = 503, description = "Not ready; the detail names what does not answer.",
+            body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn ready(State(readiness): State<Readiness>) -> Response {
     let failures = readiness.check().await;
     if failures.is_empty() {
-        return Json(serde_json::json!({"status": "ready"})).into_response();
+        return Json(Liveness { status: "ready" }).into_response();
     }
     for (what, detail) in &failures {
         tracing::warn!(dependency = what, %detail, "not ready");

@@ -11,23 +11,36 @@ use serde::Serialize;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-#[derive(Debug, Serialize)]
+/// One field the request got wrong, and what it must be instead.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InvalidParam {
+    /// The field, as named in the request (`name`, `email`, `body`, a query parameter).
+    #[schema(value_type = String, example = "email")]
     pub name: &'static str,
+    #[schema(example = "must be an e-mail address like ada@example.com")]
     pub reason: String,
 }
 
 /// A client or server error as the client sees it. Internal details never reach the body: a 500
 /// is logged with its cause chain and answered with a generic text.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// Always `about:blank`: the HTTP status says what kind of problem it is.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "about:blank")]
     pub kind: &'static str,
+    /// The status's standard phrase.
+    #[schema(value_type = String, example = "Unprocessable Content")]
     pub title: &'static str,
+    /// The HTTP status code, repeated.
     #[serde(serialize_with = "serialize_status")]
+    #[schema(value_type = u16, minimum = 400, maximum = 599, example = 422)]
     pub status: StatusCode,
+    /// What went wrong and, where the client can fix it, how.
     pub detail: String,
+    /// Every invalid field at once (422 only).
     #[serde(rename = "invalid-params", skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub invalid_params: Vec<InvalidParam>,
 }
 
