@@ -34,7 +34,11 @@ pub const ENDPOINTS: [Endpoint; 2] = [Endpoint::CustomerCommands, Endpoint::Cust
 
 /// The HTTP API as it is served, less `/health` and `/ready` (which need the bus).
 pub fn router(pool: AnyPool) -> axum::Router {
-    utility::http::finish(http::routes(pool), utility::http::RequestLimits::default())
+    utility::http::finish(
+        http::routes(pool),
+        utility::http::RequestLimits::default(),
+        utility::observe::metrics::Metrics::new(),
+    )
 }
 
 /// This service's own migrations (the shared outbox and processed-message tables come with
@@ -50,7 +54,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config, bus: utility::messaging::bus::Bus) -> anyhow::Result<Self> {
-        let core = ServiceCore::build(config.common, migrations(), &ENDPOINTS, bus).await?;
+        let core = ServiceCore::build(env!("CARGO_PKG_NAME"), config.common, migrations(), &ENDPOINTS, bus).await?;
         let consumer = core.consumer(Endpoint::CustomerCommands, CustomerHandler)?;
         Ok(Self { core, consumer })
     }
@@ -65,7 +69,9 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let limits = utility::http::RequestLimits::default();
-        let router = http::routes(self.core.pool.clone()).merge(self.core.health_routes(Endpoint::CustomerCommands)?);
+        let router = http::routes(self.core.pool.clone())
+            .merge(self.core.health_routes(Endpoint::CustomerCommands)?)
+            .merge(self.core.metrics_routes());
         self.core.run(router, limits, self.consumer, Vec::new(), shutdown).await
     }
 }

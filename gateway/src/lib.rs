@@ -4,6 +4,7 @@
 
 mod http;
 mod live;
+mod metrics;
 pub mod saga;
 mod stalls;
 mod store;
@@ -130,6 +131,7 @@ impl Config {
         pool: AnyPool,
         outbox_signal: Arc<Notify>,
         shutdown: CancellationToken,
+        metrics: utility::observe::metrics::Metrics,
     ) -> anyhow::Result<http::AppState> {
         let hub = live::Hub::new(
             pool.clone(),
@@ -142,6 +144,7 @@ impl Config {
         );
         Ok(http::AppState {
             hub,
+            metrics,
             pool,
             outbox_signal,
             http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
@@ -156,10 +159,13 @@ impl Config {
 /// database is all it takes, so the HTTP contract is tested in process against this router.
 /// Accepted enrollments wait in the outbox; `outbox_signal` is notified on each.
 pub fn router(config: &Config, pool: AnyPool, outbox_signal: Arc<Notify>) -> anyhow::Result<axum::Router> {
-    let state = config.api_state(pool, outbox_signal, CancellationToken::new())?;
+    let metrics = utility::observe::metrics::Metrics::new();
+    metrics::SagaMetrics::register(&metrics, pool.clone(), Duration::from_secs(config.stall_after_seconds));
+    let state = config.api_state(pool, outbox_signal, CancellationToken::new(), metrics.clone())?;
     Ok(utility::http::finish(
         http::routes(state, &config.edge()?),
         config.limits(),
+        metrics,
     ))
 }
 
@@ -189,8 +195,20 @@ impl Application {
         if edge.operator.is_none() {
             tracing::info!("operator routes are off: OPERATOR_TOKEN is not set");
         }
-        let core = ServiceCore::build(config.common.clone(), migrations(), &ENDPOINTS, bus).await?;
-        let consumer = core.consumer(Endpoint::GatewayEvents, saga::SagaHandler)?;
+        let core = ServiceCore::build(
+            env!("CARGO_PKG_NAME"),
+            config.common.clone(),
+            migrations(),
+            &ENDPOINTS,
+            bus,
+        )
+        .await?;
+        let saga_metrics = metrics::SagaMetrics::register(
+            &core.metrics,
+            core.background_pool.clone(),
+            Duration::from_secs(config.stall_after_seconds),
+        );
+        let consumer = core.consumer(Endpoint::GatewayEvents, saga::SagaHandler { metrics: saga_metrics })?;
         Ok(Self {
             core,
             consumer,
@@ -208,9 +226,12 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let state = self
-            .config
-            .api_state(self.core.pool.clone(), self.core.relay.signal(), shutdown.clone())?;
+        let state = self.config.api_state(
+            self.core.pool.clone(),
+            self.core.relay.signal(),
+            shutdown.clone(),
+            self.core.metrics.clone(),
+        )?;
         let watch = stalls::StallWatch::new(self.core.background_pool.clone(), state.stall_after);
         let sweeper: utility::runtime::Task = Box::pin(watch.run(shutdown.clone()));
         let router = http::routes(state, &self.edge).merge(self.core.health_routes(Endpoint::GatewayEvents)?);

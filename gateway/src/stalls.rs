@@ -52,6 +52,16 @@ fn waiting_for(status: &str) -> &'static str {
         .unwrap_or("nothing")
 }
 
+/// How many open sagas have not moved since `cutoff`.
+pub async fn count(pool: &AnyPool, cutoff: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM enrollments WHERE {OPEN_SQL} AND updated_at < $1"
+    ))
+    .bind(cutoff)
+    .fetch_one(pool)
+    .await
+}
+
 pub async fn list(pool: &AnyPool, cutoff: &str) -> Result<Vec<StalledSaga>, sqlx::Error> {
     let rows: Vec<OpenRow> = sqlx::query_as(&format!(
         "SELECT id, status, updated_at FROM enrollments WHERE {OPEN_SQL} AND updated_at < $1

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | [`domain`] | validated values (names, e-mails) and field errors | - |
 //! | [`backoff`] | retry delays with full jitter | - |
+//! | [`observe`] | trace context across the bus, Prometheus metrics | - |
 //! | [`storage`] | the database pool, migrations, the stored time format, error classes, retention | - |
 //! | [`messaging`] | the wire contract (envelope, messages, endpoints), the bus client, topology lookup, consumer loop, outbox | `storage`, `domain`, `backoff` |
 //! | [`http`] | problem+json errors, strict extractors, request limits, `/health` and `/ready` | `storage`, `messaging` |
@@ -17,5 +18,6 @@ pub mod backoff;
 pub mod domain;
 pub mod http;
 pub mod messaging;
+pub mod observe;
 pub mod runtime;
 pub mod storage;

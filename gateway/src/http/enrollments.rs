@@ -159,13 +159,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(key.to_owned()))
 }
 
-/// Keeps the caller's W3C trace context when it is well-formed, otherwise starts a new trace.
-fn traceparent(headers: &HeaderMap) -> String {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() == 55 && v.split('-').count() == 4 && v.is_ascii())
-        .map(str::to_owned)
+/// The trace this request is part of: the request's span, which continues the caller's
+/// `traceparent` when it sent a well-formed one (`utility::http::access`); a new trace when no
+/// tracing layer is installed.
+fn traceparent() -> String {
+    utility::observe::context::traceparent(&tracing::Span::current())
         .unwrap_or_else(utility::messaging::envelope::new_traceparent)
 }
 
@@ -235,7 +233,7 @@ pub(super) async fn create(
         email: &request.email,
         idempotency_key: key.as_deref(),
         fingerprint: &fingerprint,
-        traceparent: traceparent(&headers),
+        traceparent: traceparent(),
     };
     match store::accept(&state.pool, &new).await {
         Ok(()) => {}

@@ -3,7 +3,7 @@
 //! | surface | routes | who |
 //! |---|---|---|
 //! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{id}` (both with `Prefer: wait`), `GET /api/enrollments/{id}/events`, `/health` | anyone holding an enrollment id |
-//! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points` | bearer of `OPERATOR_TOKEN`; off (404) without it |
+//! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
 //! Both are behind load shedding ([`edge`]). `GET /` and `/assets/*` serve the enrollment page
 //! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
@@ -37,6 +37,7 @@ pub struct AppState {
     pub transaction_api_url: String,
     pub stall_after: std::time::Duration,
     pub hub: crate::live::Hub,
+    pub metrics: utility::observe::metrics::Metrics,
 }
 
 /// How the edge is set up (from the gateway's configuration).
@@ -98,12 +99,14 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
                 .routes(public(operator(routes!(operator::stalled))))
                 .routes(public(operator(routes!(operator::customer))))
                 .routes(public(operator(routes!(operator::points))))
+                .routes(public(operator(routes!(operator::metrics))))
         }
         // Off: no route at all (404 whatever the method); the stalled listing's path is held so
         // that it is not read as an enrollment id.
         None => api
             .route("/api/enrollments", get(not_found_route))
-            .route("/api/enrollments/stalled", any(not_found_route)),
+            .route("/api/enrollments/stalled", any(not_found_route))
+            .route("/metrics", any(not_found_route)),
     };
     let (router, mut openapi) = api.split_for_parts();
     reference::layer_responses(&mut openapi);

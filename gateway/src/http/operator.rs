@@ -173,6 +173,24 @@ pub(super) async fn stalled(State(state): State<AppState>) -> Result<Json<Stalle
     }))
 }
 
+/// The gateway's metrics (operator).
+///
+/// Prometheus metrics in the OpenMetrics text format: messages by queue, type and outcome,
+/// handler and HTTP latency, the outbox backlog, database pools, and the sagas by status,
+/// stalled, and their durations by outcome.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operator",
+    operation_id = "metrics",
+    security(("operator_token" = [])),
+    responses((status = 200, description = "The metrics.", body = String,
+        content_type = "application/openmetrics-text")),
+)]
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    utility::http::metrics(state.metrics.clone()).await
+}
+
 /// Read a customer (operator).
 ///
 /// The customer-api's record: name, e-mail, status. The answer is the customer-api's, passed on.

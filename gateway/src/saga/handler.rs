@@ -13,19 +13,23 @@ use utility::messaging::outbox;
 struct SagaRow {
     status: String,
     stall_reported_at: Option<String>,
+    created_at: String,
 }
 
 /// Applies saga events from the gateway's queue through [`route`].
-pub struct SagaHandler;
+pub struct SagaHandler {
+    pub metrics: crate::metrics::SagaMetrics,
+}
 
 impl Handler for SagaHandler {
     async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
         let id = envelope.correlation_id;
-        let row: SagaRow = sqlx::query_as("SELECT status, stall_reported_at FROM enrollments WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| HandlerError::Refused(format!("no enrollment {id} for `{}`", envelope.type_name())))?;
+        let row: SagaRow =
+            sqlx::query_as("SELECT status, stall_reported_at, created_at FROM enrollments WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| HandlerError::Refused(format!("no enrollment {id} for `{}`", envelope.type_name())))?;
         let current: Status = row
             .status
             .parse()
@@ -68,6 +72,20 @@ impl Handler for SagaHandler {
                 tracing::info!(status = %current, "stalled saga is moving again");
             }
             tracing::info!(from = %current, to = %step.next, "saga advanced");
+            if step.next.is_terminal() {
+                // Once per saga: the conditional update above moves it to a terminal status once.
+                let duration = chrono::DateTime::parse_from_rfc3339(&row.created_at)
+                    .ok()
+                    .and_then(|at| (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).to_std().ok())
+                    .unwrap_or_default();
+                self.metrics.finished(step.next, duration);
+                tracing::info!(
+                    outcome = %step.next,
+                    duration_ms = duration.as_millis() as u64,
+                    enrollment_id = %id,
+                    "saga finished"
+                );
+            }
         }
         record_history(tx, id, step.next, envelope.type_name(), &now).await?;
         if let Some((destination, command)) = step.command {

@@ -63,7 +63,8 @@ macro_rules! on_both_backends {
 
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        utility::runtime::telemetry::init(utility::runtime::telemetry::LogFormat::Text);
+        // Nothing is exported from in-process tests (the OTLP test runs the real binaries).
+        let _ = utility::runtime::telemetry::init(utility::runtime::telemetry::LogFormat::Text, "tests");
     }
 }
 

@@ -31,6 +31,7 @@ pub async fn sent_envelopes(system: &System) -> anyhow::Result<Vec<(Endpoint, Ou
                 message_type,
                 correlation_id,
                 body,
+                traceparent: None,
             };
             found.push((endpoint, outgoing));
         }

@@ -87,6 +87,8 @@ pub struct Received {
     pub body: String,
     /// How many times SQS has handed this message out, this time included.
     pub receive_count: u32,
+    /// The `traceparent` message attribute: the span that published this message.
+    pub traceparent: Option<String>,
 }
 
 /// What a batch send or publish did, entry by entry.
@@ -131,12 +133,20 @@ pub struct Outgoing {
     pub message_type: String,
     pub correlation_id: String,
     pub body: String,
+    /// The W3C trace context of the span publishing it, sent as the `traceparent` attribute.
+    pub traceparent: Option<String>,
 }
 
 impl Outgoing {
-    /// The message attributes filter policies and operators rely on (2 of the 10 SQS allows).
-    fn attributes(&self) -> [(&'static str, &str); 2] {
-        [("type", &self.message_type), ("correlation_id", &self.correlation_id)]
+    /// The message attributes filter policies, operators and traces rely on (3 of the 10 SQS
+    /// and SNS allow; SNS passes them on to SQS with raw message delivery).
+    fn attributes(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("type", self.message_type.as_str()),
+            ("correlation_id", self.correlation_id.as_str()),
+        ]
+        .into_iter()
+        .chain(self.traceparent.as_deref().map(|t| ("traceparent", t)))
     }
 }
 
@@ -175,6 +185,7 @@ impl From<&Envelope> for Outgoing {
             message_type: envelope.type_name().to_owned(),
             correlation_id: envelope.correlation_id.to_string(),
             body: envelope.to_json(),
+            traceparent: envelope.traceparent.clone(),
         }
     }
 }
@@ -244,7 +255,7 @@ impl Bus {
     }
 
     /// One long-poll receive of up to ten messages.
-    #[tracing::instrument(skip_all, fields(messaging.system = "aws_sqs", queue = queue_name(queue_url)), err)]
+    #[tracing::instrument(level = "debug", skip_all, fields(messaging.system = "aws_sqs", queue = queue_name(queue_url)), err)]
     pub async fn receive(&self, queue_url: &str, wait_seconds: i32) -> Result<Vec<Received>, BusError> {
         let output = self
             .sqs
@@ -267,6 +278,11 @@ impl Bus {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|count| count.parse().ok())
                     .unwrap_or(1),
+                traceparent: message
+                    .message_attributes()
+                    .and_then(|a| a.get("traceparent"))
+                    .and_then(|v| v.string_value())
+                    .map(str::to_owned),
                 sqs_message_id: message.message_id.unwrap_or_default(),
                 receipt_handle: message.receipt_handle.unwrap_or_default(),
                 body: message.body.unwrap_or_default(),
@@ -332,7 +348,7 @@ impl Bus {
     }
 
     /// Sends commands to a queue, ten per call, and reports each entry's fate.
-    #[tracing::instrument(skip_all, fields(messaging.system = "aws_sqs", queue = queue_name(queue_url), count = messages.len()), err)]
+    #[tracing::instrument(level = "debug", skip_all, fields(messaging.system = "aws_sqs", queue = queue_name(queue_url), count = messages.len()), err)]
     pub async fn send_batch(&self, queue_url: &str, messages: &[Outgoing]) -> Result<BatchOutcome, BusError> {
         let mut outcome = BatchOutcome::default();
         for chunk in messages.chunks(MAX_BATCH) {
@@ -357,7 +373,7 @@ impl Bus {
     }
 
     /// Publishes events to a topic, ten per call, and reports each entry's fate.
-    #[tracing::instrument(skip_all, fields(messaging.system = "aws_sns", topic = topic_arn, count = messages.len()), err)]
+    #[tracing::instrument(level = "debug", skip_all, fields(messaging.system = "aws_sns", topic = topic_arn, count = messages.len()), err)]
     pub async fn publish_batch(&self, topic_arn: &str, messages: &[Outgoing]) -> Result<BatchOutcome, BusError> {
         let mut outcome = BatchOutcome::default();
         for chunk in messages.chunks(MAX_BATCH) {
@@ -421,22 +437,45 @@ impl Bus {
     }
 }
 
+/// What a consumer needs to know of its queue's configuration (the template is the truth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Seconds.
+    pub visibility_timeout: i32,
+    /// Receives before the redrive policy moves a message to the dead-letter queue.
+    pub max_receive_count: Option<u32>,
+}
+
 impl Bus {
-    /// The queue's configured visibility timeout, in seconds.
-    pub async fn visibility_timeout(&self, queue_url: &str) -> Result<i32, BusError> {
+    /// The queue's visibility timeout and redrive limit.
+    pub async fn queue_settings(&self, queue_url: &str) -> Result<QueueSettings, BusError> {
+        use aws_sdk_sqs::types::QueueAttributeName as Name;
         let output = self
             .sqs
             .get_queue_attributes()
             .queue_url(queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout)
+            .attribute_names(Name::VisibilityTimeout)
+            .attribute_names(Name::RedrivePolicy)
             .send()
             .await
             .map_err(BusError::sdk("GetQueueAttributes"))?;
-        Ok(output
-            .attributes()
-            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(30))
+        let attributes = output.attributes();
+        let max_receive_count = attributes
+            .and_then(|a| a.get(&Name::RedrivePolicy))
+            .and_then(|policy| serde_json::from_str::<serde_json::Value>(policy).ok())
+            .and_then(|policy| match &policy["maxReceiveCount"] {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            })
+            .and_then(|n| u32::try_from(n).ok());
+        Ok(QueueSettings {
+            visibility_timeout: attributes
+                .and_then(|a| a.get(&Name::VisibilityTimeout))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(30),
+            max_receive_count,
+        })
     }
 }
 

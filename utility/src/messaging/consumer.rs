@@ -12,10 +12,16 @@
 //!    receiving until the database answers again; refusals (a message this service cannot act on)
 //!    go the dead-letter way like malformed ones.
 //! 4. While a batch is worked on, a heartbeat keeps all its messages invisible.
+//!
+//! Each message is handled in a `process <queue>` span whose parent is the span that published
+//! it (the `traceparent` message attribute, else the envelope's), and counted in the service's
+//! [`Metrics`] by outcome.
 
-use super::bus::{Bus, BusError, Received, queue_name};
+use super::bus::{Bus, BusError, QueueSettings, Received, queue_name};
 use super::envelope::Envelope;
 use crate::backoff::Backoff;
+use crate::observe::context;
+use crate::observe::metrics::{HandlerLabels, Metrics, QueueLabels};
 use sqlx::{AnyConnection, AnyPool};
 use std::convert::Infallible;
 use std::future::Future;
@@ -79,7 +85,8 @@ pub struct Consumer<H> {
     outbox_signal: Arc<Notify>,
     wait_seconds: i32,
     handler_timeout: Duration,
-    visibility_timeout: OnceCell<i32>,
+    settings: OnceCell<QueueSettings>,
+    metrics: Metrics,
 }
 
 /// Longest a handler may take unless [`Consumer::with_handler_timeout`] says otherwise.
@@ -102,8 +109,15 @@ impl<H: Handler> Consumer<H> {
             outbox_signal,
             wait_seconds,
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
-            visibility_timeout: OnceCell::new(),
+            settings: OnceCell::new(),
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts into `metrics` (the service's) instead of a registry of its own.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Bounds each message's handling (its transaction included). A handler that takes longer
@@ -186,9 +200,17 @@ impl<H: Handler> Consumer<H> {
             received: messages.len(),
             ..BatchReport::default()
         };
+        let queue = QueueLabels {
+            queue: queue_name(&self.queue_url).to_owned(),
+        };
         if messages.is_empty() {
+            self.metrics.empty_receives.get_or_create(&queue).inc();
             return Ok(report);
         }
+        self.metrics
+            .receive_batch_size
+            .get_or_create(&queue)
+            .observe(messages.len() as f64);
         // Every message of the batch stays invisible until the batch is finished and deleted:
         // later ones wait while earlier ones are handled, handled ones wait for the delete.
         let held: Vec<&str> = messages.iter().map(|m| m.receipt_handle.as_str()).collect();
@@ -254,7 +276,7 @@ impl<H: Handler> Consumer<H> {
     /// Extends the visibility of the held messages every third of the visibility timeout (room
     /// for a slow extension call). Never returns; the caller drops it when the batch is done.
     async fn keep_invisible(&self, held: &[&str]) -> Infallible {
-        let timeout = self.visibility_timeout().await;
+        let timeout = self.settings().await.visibility_timeout;
         let every = Duration::from_millis(u64::from(timeout.unsigned_abs()) * 1000 / 3).max(Duration::from_millis(300));
         let extend: Vec<(&str, i32)> = held.iter().map(|receipt| (*receipt, timeout)).collect();
         loop {
@@ -266,35 +288,76 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// The queue's visibility timeout in seconds, read once from SQS (the template is the truth).
-    async fn visibility_timeout(&self) -> i32 {
+    /// The queue's visibility timeout and redrive limit, read once from SQS (the template is the
+    /// truth).
+    async fn settings(&self) -> QueueSettings {
         *self
-            .visibility_timeout
+            .settings
             .get_or_init(|| async {
-                self.bus
-                    .visibility_timeout(&self.queue_url)
-                    .await
-                    .unwrap_or_else(|err| {
-                        tracing::warn!(error = %err, "cannot read the queue's visibility timeout; assuming 30 s");
-                        30
-                    })
+                self.bus.queue_settings(&self.queue_url).await.unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "cannot read the queue's settings; assuming a 30 s visibility timeout");
+                    QueueSettings {
+                        visibility_timeout: 30,
+                        max_receive_count: None,
+                    }
+                })
             })
             .await
     }
 
+    /// Handles one message in its span and counts the outcome.
     async fn process(&self, message: &Received) -> Outcome {
+        let queue = queue_name(&self.queue_url);
+        let parsed = Envelope::parse(&message.body);
         let span = tracing::info_span!(
-            "message",
+            "process",
+            otel.name = format!("process {queue}"),
+            otel.kind = "consumer",
             messaging.system = "aws_sqs",
-            messaging.destination = queue_name(&self.queue_url),
+            messaging.destination = queue,
             messaging.message.id = %message.sqs_message_id,
             receive_count = message.receive_count,
             message_type = tracing::field::Empty,
             correlation_id = tracing::field::Empty,
             message_id = tracing::field::Empty,
         );
-        async {
-            let envelope = match Envelope::parse(&message.body) {
+        let published_by = message
+            .traceparent
+            .as_deref()
+            .or_else(|| parsed.as_ref().ok().and_then(|e| e.traceparent.as_deref()));
+        context::set_parent(&span, published_by);
+        let kind = parsed.as_ref().map(|e| e.type_name()).unwrap_or("malformed");
+        self.metrics.message(queue, kind, "received");
+        let started = std::time::Instant::now();
+        let outcome = self.handle(parsed, message).instrument(span).await;
+        self.metrics
+            .handler_duration
+            .get_or_create(&HandlerLabels {
+                queue: queue.to_owned(),
+                r#type: kind.to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let counted = match outcome {
+            Outcome::Handled => "handled",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected => "failed",
+            Outcome::Retry | Outcome::DatabaseFailed => "retried",
+        };
+        self.metrics.message(queue, kind, counted);
+        let last_receive = self
+            .settings()
+            .await
+            .max_receive_count
+            .is_some_and(|max| message.receive_count >= max);
+        if counted != "handled" && counted != "duplicate" && last_receive {
+            self.metrics.message(queue, kind, "dead_lettered");
+        }
+        outcome
+    }
+
+    async fn handle(&self, parsed: Result<Envelope, super::envelope::EnvelopeError>, message: &Received) -> Outcome {
+        {
+            let envelope = match parsed {
                 Ok(envelope) => envelope,
                 Err(err) => {
                     tracing::warn!(reason = %err, body_bytes = message.body.len(), "malformed message left for the dead-letter queue");
@@ -338,8 +401,6 @@ impl<H: Handler> Consumer<H> {
                 }
             }
         }
-        .instrument(span)
-        .await
     }
 
     /// Returns `Ok(false)` when the message had already been handled.

@@ -3,12 +3,19 @@
 //! batch APIs afterwards. A crash between commit and publish therefore delays a message but never
 //! loses it; a crash between publish and marking the row sent publishes it twice, which the
 //! consumers' processed-message check absorbs.
+//!
+//! Traces: [`enqueue`] writes the row in an `outbox enqueue` span and stores that span's
+//! `traceparent` in the envelope; the relay publishes each row in a `publish <destination>` span
+//! whose parent is that one, and sends its own `traceparent` as a message attribute, which the
+//! consumer's span continues.
 
 use super::bus::{BatchOutcome, Bus, BusError, Outgoing};
 use super::endpoint::Endpoint;
 use super::envelope::Envelope;
 use super::topology::Topology;
 use crate::backoff::Backoff;
+use crate::observe::context;
+use crate::observe::metrics::{DestinationLabels, Metrics};
 use crate::storage::now;
 use sqlx::{AnyConnection, AnyPool};
 use std::collections::BTreeMap;
@@ -16,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long a stopping relay may spend on its last flush (the bus may be the thing that is down).
 const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(10);
@@ -23,8 +31,23 @@ const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 /// Rows read per relay round.
 const PAGE: i64 = 100;
 
-/// Writes `envelope` for `destination` on the caller's transaction.
+/// Writes `envelope` for `destination` on the caller's transaction, with the trace context of
+/// an `outbox enqueue` span (a child of the request or message being handled).
 pub async fn enqueue(conn: &mut AnyConnection, destination: Endpoint, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    let span = tracing::info_span!(
+        "outbox enqueue",
+        otel.name = format!("outbox enqueue {}", envelope.type_name()),
+        destination = destination.name(),
+        message_type = envelope.type_name(),
+    );
+    let traced;
+    let envelope = match context::traceparent(&span) {
+        Some(traceparent) => {
+            traced = envelope.clone().with_traceparent(Some(traceparent));
+            &traced
+        }
+        None => envelope,
+    };
     sqlx::query(
         "INSERT INTO outbox (id, destination, message_type, correlation_id, body, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -36,6 +59,7 @@ pub async fn enqueue(conn: &mut AnyConnection, destination: Endpoint, envelope: 
     .bind(envelope.to_json())
     .bind(now())
     .execute(conn)
+    .instrument(span)
     .await?;
     Ok(())
 }
@@ -47,6 +71,24 @@ pub async fn pending(pool: &AnyPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// The backlog: rows not yet published, and the age of the oldest in seconds (0 when none).
+pub async fn backlog(pool: &AnyPool) -> Result<(i64, f64), sqlx::Error> {
+    let (count, oldest): (i64, Option<String>) =
+        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL")
+            .fetch_one(pool)
+            .await?;
+    let age = oldest
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
+        .map(|at| {
+            (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0
+        })
+        .unwrap_or(0.0);
+    Ok((count, age))
+}
+
 /// A row waiting to be published.
 #[derive(sqlx::FromRow)]
 struct PendingRow {
@@ -55,6 +97,12 @@ struct PendingRow {
     message_type: String,
     correlation_id: String,
     body: String,
+}
+
+/// The only envelope field the relay reads: the span that wrote the row.
+#[derive(serde::Deserialize)]
+struct TraceOf {
+    traceparent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +124,7 @@ pub struct Relay {
     topology: Arc<Topology>,
     signal: Arc<Notify>,
     interval: Duration,
+    metrics: Metrics,
 }
 
 impl Relay {
@@ -86,7 +135,14 @@ impl Relay {
             topology,
             signal: Arc::new(Notify::new()),
             interval,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts into `metrics` (the service's) instead of a registry of its own.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Hand this to whoever commits outbox rows; `notify_one` wakes the relay.
@@ -100,7 +156,7 @@ impl Relay {
     /// blocks nor re-publishes the others. Rows the bus refuses as the sender's fault, and rows
     /// naming a destination this build does not know, are set aside (`failed_at`, `error`) and
     /// logged as errors instead of being retried forever.
-    #[tracing::instrument(skip_all, err)]
+    #[tracing::instrument(level = "debug", skip_all, err)]
     pub async fn flush(&self) -> Result<usize, RelayError> {
         let mut published = 0;
         loop {
@@ -121,6 +177,7 @@ impl Relay {
                     message_type: row.message_type,
                     correlation_id: row.correlation_id,
                     body: row.body,
+                    traceparent: None,
                 });
             }
             let mut first_error = None;
@@ -160,11 +217,51 @@ impl Relay {
             }
             return Ok(BatchOutcome::default());
         };
+        // One span per message, child of the span that wrote its row; the message carries it on.
+        let spans: Vec<tracing::Span> = messages
+            .iter()
+            .map(|message| {
+                let span = tracing::info_span!(
+                    "publish",
+                    otel.name = format!("publish {destination}"),
+                    otel.kind = "producer",
+                    messaging.destination = destination,
+                    message_type = %message.message_type,
+                    correlation_id = %message.correlation_id,
+                );
+                let written_by = serde_json::from_str::<TraceOf>(&message.body)
+                    .ok()
+                    .and_then(|t| t.traceparent);
+                context::set_parent(&span, written_by.as_deref());
+                span
+            })
+            .collect();
+        let traced: Vec<Outgoing> = messages
+            .iter()
+            .zip(&spans)
+            .map(|(message, span)| Outgoing {
+                traceparent: context::traceparent(span),
+                ..message.clone()
+            })
+            .collect();
+        let started = std::time::Instant::now();
         let outcome = if endpoint.is_topic() {
-            self.bus.publish_batch(&address, messages).await?
+            self.bus.publish_batch(&address, &traced).await?
         } else {
-            self.bus.send_batch(&address, messages).await?
+            self.bus.send_batch(&address, &traced).await?
         };
+        let labels = DestinationLabels {
+            destination: destination.to_owned(),
+        };
+        self.metrics
+            .relay_publish_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .relay_published
+            .get_or_create(&labels)
+            .inc_by(outcome.sent.len() as u64);
+        drop(spans);
         self.mark_sent(&outcome.sent).await?;
         for failure in &outcome.failed {
             if failure.is_permanent() {

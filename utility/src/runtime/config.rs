@@ -64,6 +64,10 @@ pub struct CommonConfig {
     /// Log lines as `text` (for a terminal) or `json` (for journald and log shippers); `RUST_LOG`
     /// sets the filter.
     pub log_format: LogFormat,
+    /// How often the `gauges` log line (outbox backlog; on the gateway, stalled sagas) is
+    /// written, in seconds: what the EC2 deployment's CloudWatch metric filters read.
+    #[schemars(range(min = 1))]
+    pub gauges_log_seconds: u64,
     #[serde(flatten)]
     pub topology: TopologyConfig,
 }
@@ -80,12 +84,17 @@ impl CommonConfig {
             handler_timeout_seconds: 10,
             relay_enabled: true,
             log_format: LogFormat::default(),
+            gauges_log_seconds: 60,
             topology: TopologyConfig::default(),
         }
     }
 
     pub fn relay_interval(&self) -> Duration {
         Duration::from_millis(self.relay_interval_ms)
+    }
+
+    pub fn gauges_log_every(&self) -> Duration {
+        Duration::from_secs(self.gauges_log_seconds.max(1))
     }
 
     pub fn handler_timeout(&self) -> Duration {

@@ -9,6 +9,7 @@ use crate::messaging::consumer::{Consumer, Handler};
 use crate::messaging::endpoint::Endpoint;
 use crate::messaging::outbox::Relay;
 use crate::messaging::topology::Topology;
+use crate::observe::metrics::{self, GaugeSource, Metrics, PoolLabels};
 use crate::storage::retention::RetentionSweeper;
 use anyhow::Context;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ const HTTP_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// every queue and topic the service needs; running it supervises the HTTP server, the consumer
 /// and the relay with the staged shutdown described above.
 pub struct ServiceCore {
+    /// The service's name (logs, metrics).
+    pub service: &'static str,
     pub config: CommonConfig,
     /// The HTTP handlers' pool.
     pub pool: sqlx::AnyPool,
@@ -31,12 +34,15 @@ pub struct ServiceCore {
     pub bus: Bus,
     pub topology: Arc<Topology>,
     pub relay: Relay,
+    /// The service's metrics: the consumer, the relay and the HTTP layer count into them.
+    pub metrics: Metrics,
     listener: tokio::net::TcpListener,
 }
 
 impl ServiceCore {
     /// `needs` lists every endpoint the service sends to or consumes from.
     pub async fn build(
+        service: &'static str,
         config: CommonConfig,
         migrations: sqlx::migrate::Migrator,
         needs: &[Endpoint],
@@ -44,24 +50,39 @@ impl ServiceCore {
     ) -> anyhow::Result<Self> {
         let pools = crate::storage::Pools::open(&config.database_url, migrations, config.handler_timeout()).await?;
         let topology = Arc::new(Topology::resolve(&bus, &config.topology, needs).await?);
+        let metrics = Metrics::new();
+        metrics.add_source(database_gauges(&metrics, pools.http.clone(), pools.background.clone()));
         let relay = Relay::new(
             pools.background.clone(),
             bus.clone(),
             topology.clone(),
             config.relay_interval(),
-        );
+        )
+        .with_metrics(metrics.clone());
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.http_addr))?;
         Ok(Self {
+            service,
             config,
             pool: pools.http,
             background_pool: pools.background,
             bus,
             topology,
             relay,
+            metrics,
             listener,
         })
+    }
+
+    /// `GET /metrics`, unprotected: for the services that are not public (the gateway puts its
+    /// own behind the operator token).
+    pub fn metrics_routes(&self) -> axum::Router {
+        let metrics = self.metrics.clone();
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || crate::http::metrics(metrics.clone())),
+        )
     }
 
     /// The port actually bound (tests bind port 0).
@@ -79,7 +100,8 @@ impl ServiceCore {
             self.relay.signal(),
             self.config.receive_wait(),
         )
-        .with_handler_timeout(self.config.handler_timeout()))
+        .with_handler_timeout(self.config.handler_timeout())
+        .with_metrics(self.metrics.clone()))
     }
 
     /// `/health` and `/ready` for a service that consumes `queue`.
@@ -102,7 +124,7 @@ impl ServiceCore {
         extra: Vec<(&'static str, Task)>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let router = crate::http::finish(router, limits);
+        let router = crate::http::finish(router, limits, self.metrics.clone());
         let server_stop = shutdown.clone();
         let listener = self.listener;
         let http: Task = Box::pin(async move {
@@ -136,12 +158,57 @@ impl ServiceCore {
             back.push(("outbox relay", Box::pin(self.relay.run(relay_stop.clone()))));
         }
         tracing::info!(addr = %self.config.http_addr, "service started");
+        let gauges: Task = Box::pin({
+            let (metrics, service, stop) = (self.metrics.clone(), self.service, shutdown.clone());
+            let every = self.config.gauges_log_every();
+            async move {
+                metrics.log_gauges(service, every, stop).await;
+                Ok(())
+            }
+        });
         let mut front: Vec<(&'static str, Task)> = vec![
             ("http server", http),
             ("consumer", consumer),
             ("retention sweeper", retention),
+            ("gauges", gauges),
         ];
         front.extend(extra);
         supervise(front, back, shutdown, relay_stop).await
     }
+}
+
+/// The outbox backlog and the pools' connections, read on each scrape and each `gauges` line.
+fn database_gauges(metrics: &Metrics, http: sqlx::AnyPool, background: sqlx::AnyPool) -> GaugeSource {
+    let metrics = metrics.clone();
+    std::sync::Arc::new(move || {
+        let (metrics, http, background) = (metrics.clone(), http.clone(), background.clone());
+        Box::pin(async move {
+            for (name, pool) in [("http", &http), ("background", &background)] {
+                let idle = pool.num_idle() as i64;
+                let size = i64::from(pool.size());
+                let gauge = |state| {
+                    metrics
+                        .db_connections
+                        .get_or_create(&PoolLabels { pool: name, state })
+                        .clone()
+                };
+                gauge("in_use").set(size - idle);
+                gauge("idle").set(idle);
+            }
+            match crate::messaging::outbox::backlog(&background).await {
+                Ok((pending, oldest_age)) => {
+                    metrics.outbox_pending.set(pending);
+                    metrics.outbox_oldest_age.set(oldest_age);
+                    vec![
+                        (metrics::OUTBOX_PENDING, pending as f64),
+                        (metrics::OUTBOX_OLDEST_AGE, oldest_age),
+                    ]
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the outbox backlog");
+                    Vec::new()
+                }
+            }
+        })
+    })
 }
