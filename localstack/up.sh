@@ -91,6 +91,7 @@ else
 fi
 echo "up: the system is running; the gateway answers on $gateway. Ctrl-C stops everything." >&2
 echo "up: the enrollment page: $gateway/" >&2
+echo "up: the API reference: $gateway/docs (OpenAPI document: $gateway/openapi.json)" >&2
 echo "up: operator routes take the token in .run/operator-token, e.g." >&2
 echo "up:   curl -H \"Authorization: Bearer \$(cat .run/operator-token)\" '$gateway/api/enrollments?limit=10'" >&2
 
