@@ -107,7 +107,7 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
         report.notes.push(format!(
             "{} messages were delivered more than once and handled once",
             log_count(&system, |v| {
-                v["span"]["receive_count"].as_u64().is_some_and(|n| n > 1)
+                v["receive_count"].as_u64().is_some_and(|n| n > 1)
                     && (v["message"] == "message handled"
                         || v["message"] == "duplicate delivery; effect already committed")
             })
