@@ -4,14 +4,15 @@
 //! run again (idempotent), rolls out a new release and back, and destroys it all. Along the way
 //! the deployed stack is audited: least-privilege IAM policies (`iam`), listeners, public routes,
 //! health checks and ingress (`edge`), encrypted root volumes and the release check in the user
-//! data (`instances`), encrypted topics, the log groups (`observe`); what moto does not model is
-//! checked in the template (`template`).
+//! data (`instances`), encrypted topics, the log groups and the dashboard (`observe`); what moto
+//! does not model is checked in the template (`template`; metric filters and alarms: `metrics`).
 //!
 //! moto comes from `infra/moto/moto.sh` (a pinned virtual environment, created on first use).
 
 mod edge;
 mod iam;
 mod instances;
+mod metrics;
 mod observe;
 mod template;
 
@@ -222,6 +223,7 @@ async fn deploy_app_end_to_end_on_moto() {
         ("AWS::RDS::DBInstance", 3),
         ("AWS::EC2::SecurityGroup", 8),
         ("AWS::Logs::LogGroup", 3),
+        ("AWS::CloudWatch::Dashboard", 1),
     ] {
         let found = app_resources.get(kind).map(BTreeMap::len);
         assert_eq!(found, Some(count), "{kind}: {app_resources:?}");
@@ -243,6 +245,7 @@ async fn deploy_app_end_to_end_on_moto() {
     let roles = &app_resources["AWS::IAM::Role"];
     let log_groups = observe::assert_log_groups(&moto.endpoint, &app_resources, &prefix, 14).await;
     iam::assert_least_privilege(&iam, roles, &messaging_outputs, &log_groups, &first).await;
+    observe::assert_dashboard(&moto.endpoint, &prefix, &messaging_outputs, &first.app_outputs, 300).await;
     // Without a certificate: plain HTTP on 80, serving only the public routes.
     edge::assert_public_listener(&elb, &app_resources, None).await;
     edge::assert_internal_listeners(&elb, &app_resources).await;
