@@ -3,7 +3,7 @@
 # python3 and systemd preinstalled). The launch template's user data writes two files, checks
 # this script against the release manifest and runs it as root:
 #   /etc/saga/<service>.bootstrap  the release (bucket, prefix, manifest SHA-256), the database
-#                                  coordinates and the secrets to read
+#                                  coordinates, the secrets to read and the service's log group
 #   /etc/saga/<service>.env        the service's own, non-secret environment (queue URLs, ...)
 # Running it again by hand re-reads the secrets and restarts the service (DEPLOY.md: rotating the
 # operator token).
@@ -32,10 +32,16 @@ source "$conf/$service.bootstrap"
 : "${DATABASE_PORT:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_NAME:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_CA_BUNDLE_URL:?missing in $conf/$service.bootstrap}"
+: "${LOG_GROUP:?missing in $conf/$service.bootstrap}"
 release="s3://$ARTIFACT_BUCKET/$RELEASE_PREFIX"
 
 fail() {
   echo "saga-bootstrap: $*; refusing to start $service" >&2
+  exit 1
+}
+# Past the start: the service runs, but nothing ships its log.
+fail_shipping() {
+  echo "saga-bootstrap: $*; $service runs, but its log stays on the instance ($LOG_GROUP gets nothing)" >&2
   exit 1
 }
 
@@ -107,6 +113,17 @@ if ! id saga >/dev/null 2>&1; then
 fi
 install -d -m 0750 "$root/var/lib/saga"
 chown saga:saga "$root/var/lib/saga"
+# The service's output: systemd appends it to /var/log/saga/<service>.log (see the unit), in a
+# directory only root reads. logrotate copies and truncates the file once it passes 100 MiB
+# (systemd holds it open for the service, which could not reopen it), checking hourly rather
+# than daily so that a burst cannot fill the disk; the agent notices the truncation and reads on
+# from the start of the file.
+install -d -m 0750 "$root/var/log/saga"
+printf '%s\n' '/var/log/saga/*.log {' '    size 100M' '    rotate 5' '    compress' \
+  '    delaycompress' '    copytruncate' '    missingok' '    notifempty' '}' >"$scratch/logrotate"
+install -D -m 0644 "$scratch/logrotate" "$root/etc/logrotate.d/saga"
+printf '%s\n' '[Timer]' 'OnCalendar=' 'OnCalendar=hourly' >"$scratch/logrotate-hourly"
+install -D -m 0644 "$scratch/logrotate-hourly" "$root/etc/systemd/system/logrotate.timer.d/saga-hourly.conf"
 install -D -m 0644 "$scratch/rds-ca-bundle.pem" "$conf/rds-ca-bundle.pem"
 install -D -m 0755 "$scratch/bin/$service" "$root/usr/local/bin/$service"
 install -D -m 0644 "$scratch/ec2/saga-service@.service" "$root/etc/systemd/system/saga-service@.service"
@@ -116,3 +133,30 @@ systemctl daemon-reload
 systemctl enable "saga-service@$service.service"
 systemctl restart "saga-service@$service.service"
 echo "saga-bootstrap: $service from $release (manifest $RELEASE_MANIFEST_SHA256) started"
+
+# Ship the log: the CloudWatch agent (Amazon Linux's amazon-cloudwatch-agent package) tails the
+# file into the service's own log group, one stream per instance, named after the instance id.
+# It is installed after the service has started, so the package download never delays the health
+# checks, and it reads the file from its beginning, so the lines written before it started are
+# shipped too. It runs as root (the directory is root's) and only ships the file: no metrics, no
+# log group or retention changes (the stack owns both), so the instance role needs nothing but
+# writing to that one log group.
+SAGA_LOG="/var/log/saga/$service.log" SAGA_LOG_GROUP="$LOG_GROUP" python3 -c '
+import json, os
+print(json.dumps({
+    "agent": {"run_as_user": "root"},
+    "logs": {"logs_collected": {"files": {"collect_list": [{
+        "file_path": os.environ["SAGA_LOG"],
+        "log_group_name": os.environ["SAGA_LOG_GROUP"],
+        "log_stream_name": "{instance_id}",
+    }]}}},
+}, indent=2))
+' >"$conf/cloudwatch-agent.json"
+dnf install --assumeyes --quiet amazon-cloudwatch-agent logrotate ||
+  fail_shipping "cannot install amazon-cloudwatch-agent and logrotate"
+PATH="$PATH:/opt/aws/amazon-cloudwatch-agent/bin" amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 \
+  -c "file:$conf/cloudwatch-agent.json" -s ||
+  fail_shipping "the CloudWatch agent did not start"
+systemctl enable logrotate.timer
+systemctl restart logrotate.timer
+echo "saga-bootstrap: $service ships its log to $LOG_GROUP"

@@ -270,7 +270,8 @@ mod tests {
             let dimension = format!("Dimensions: [{{ Name: QueueName, Value: !Ref {key} }}]");
             assert!(APP_TEMPLATE.contains(&dimension), "no alarm on {key}");
         }
-        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 5);
+        // Five dead-letter alarms, three on waiting messages, one on stalled sagas.
+        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 9);
     }
 
     /// Every parameter `deploy` passes is one app.yaml declares, and every parameter app.yaml

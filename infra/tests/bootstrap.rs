@@ -1,8 +1,9 @@
 //! `infra/ec2/bootstrap.sh` run for real, in a scratch root (`SAGA_ROOT`) with stand-ins for the
 //! commands that would reach AWS or change the machine (`aws`, `curl`, `systemctl`, `useradd`,
-//! `id`, `chown`): it installs a release that matches the manifest the stack names, with a
-//! verified-TLS database URL and the operator token, and refuses, installing nothing and starting
-//! nothing, a release whose binary or manifest was changed in the bucket.
+//! `id`, `chown`, `dnf`, `amazon-cloudwatch-agent-ctl`): it installs a release that matches the
+//! manifest the stack names, with a verified-TLS database URL and the operator token, then ships
+//! the file the unit writes to the service's log group; it refuses, installing nothing and
+//! starting nothing, a release whose binary or manifest was changed in the bucket.
 
 use infra::release::{self, Release};
 use sha2::{Digest, Sha256};
@@ -69,7 +70,8 @@ impl Machine {
                 "ARTIFACT_BUCKET=bucket\nRELEASE_PREFIX={}\nRELEASE_MANIFEST_SHA256={}\n\
                  DATABASE_SECRET_ARN=db-secret\nOPERATOR_TOKEN_SECRET_ARN=token-secret\n\
                  DATABASE_HOST=gateway.db.example\nDATABASE_PORT=5432\nDATABASE_NAME=gateway\n\
-                 DATABASE_CA_BUNDLE_URL=https://truststore.example/bundle.pem\n",
+                 DATABASE_CA_BUNDLE_URL=https://truststore.example/bundle.pem\n\
+                 LOG_GROUP=/saga/gateway\n",
                 release.prefix(),
                 release.uploaded().manifest_sha256
             ),
@@ -97,7 +99,15 @@ esac"#,
                 "echo \"curl $*\" >>{log_path}\nprintf -- '-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n' >\"${{@: -1}}\""
             ),
         );
-        for name in ["systemctl", "useradd", "id", "chown"] {
+        let stubbed = [
+            "systemctl",
+            "useradd",
+            "id",
+            "chown",
+            "dnf",
+            "amazon-cloudwatch-agent-ctl",
+        ];
+        for name in stubbed {
             script(&stubs.join(name), &format!("echo \"{name} $*\" >>{log_path}"));
         }
         (
@@ -168,6 +178,92 @@ fn a_release_that_matches_its_manifest_is_installed_with_verified_tls_and_the_to
     );
 }
 
+/// The file the unit appends the service's output to, for one service (`%i` expanded).
+fn unit_log_file(service: &str) -> String {
+    let line = release::UNIT
+        .lines()
+        .find_map(|l| l.strip_prefix("StandardOutput=append:"))
+        .expect("the unit appends its output to a file");
+    let stderr = release::UNIT.lines().find_map(|l| l.strip_prefix("StandardError="));
+    assert_eq!(stderr, Some("inherit"), "error output goes to the same file");
+    line.replace("%i", service)
+}
+
+#[test]
+fn the_file_the_unit_writes_is_shipped_to_the_log_group_once_the_service_runs() {
+    let (machine, _) = Machine::new();
+    let out = machine.bootstrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log_file = unit_log_file("gateway");
+    assert_eq!(log_file, "/var/log/saga/gateway.log");
+
+    // The agent tails exactly that file into the group the stack named, one stream per
+    // instance, and is told nothing else to do (no metrics, no retention: the stack sets it).
+    let config = std::fs::read_to_string(machine.root.join("etc/saga/cloudwatch-agent.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).expect("agent configuration is JSON");
+    let files = &config["logs"]["logs_collected"]["files"]["collect_list"];
+    assert_eq!(
+        files,
+        &serde_json::json!([{
+            "file_path": log_file,
+            "log_group_name": "/saga/gateway",
+            "log_stream_name": "{instance_id}",
+        }]),
+        "{config}"
+    );
+    let sections: Vec<&String> = config.as_object().unwrap().keys().collect();
+    assert_eq!(sections, ["agent", "logs"], "{config}");
+
+    // The directory is root's (systemd opens the file; the service never writes there itself),
+    // and logrotate truncates the file in place, since systemd holds it open.
+    let dir = std::fs::metadata(machine.root.join("var/log/saga")).unwrap();
+    assert_eq!(dir.permissions().mode() & 0o777, 0o750);
+    let rotate = std::fs::read_to_string(machine.root.join("etc/logrotate.d/saga")).unwrap();
+    assert!(rotate.starts_with("/var/log/saga/*.log {"), "{rotate}");
+    for directive in ["copytruncate", "size 100M", "rotate 5"] {
+        assert!(rotate.lines().any(|l| l.trim() == directive), "{directive}: {rotate}");
+    }
+    let hourly = machine
+        .root
+        .join("etc/systemd/system/logrotate.timer.d/saga-hourly.conf");
+    assert!(std::fs::read_to_string(hourly).unwrap().contains("OnCalendar=hourly"));
+
+    // Shipping starts after the service: a slow package download never delays its health.
+    let calls = machine.calls();
+    let position = |needle: &str| calls.find(needle).unwrap_or_else(|| panic!("no `{needle}` in {calls}"));
+    let started = position("systemctl restart saga-service@gateway.service");
+    let installed = position("dnf install --assumeyes --quiet amazon-cloudwatch-agent logrotate");
+    let agent = format!(
+        "amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -c file:{}/etc/saga/cloudwatch-agent.json -s",
+        machine.root.display()
+    );
+    let shipping = position(&agent);
+    assert!(started < installed && installed < shipping, "{calls}");
+    assert!(calls.contains("systemctl restart logrotate.timer"), "{calls}");
+}
+
+#[test]
+fn an_agent_that_cannot_be_installed_fails_the_bootstrap_but_leaves_the_service_running() {
+    let (machine, _) = Machine::new();
+    script(
+        &machine.stubs.join("dnf"),
+        &format!("echo \"dnf $*\" >>{}\nexit 1", machine.log.display()),
+    );
+    let out = machine.bootstrap();
+    let text = stderr(&out);
+    assert!(!out.status.success(), "a missing agent went unreported");
+    assert!(
+        text.contains("cannot install amazon-cloudwatch-agent") && text.contains("its log stays on the instance"),
+        "{text}"
+    );
+    let calls = machine.calls();
+    assert!(
+        calls.contains("systemctl restart saga-service@gateway.service"),
+        "{calls}"
+    );
+    assert!(!calls.contains("amazon-cloudwatch-agent-ctl"), "{calls}");
+}
+
 #[test]
 fn a_binary_changed_in_the_bucket_is_refused_and_nothing_starts() {
     let (machine, release) = Machine::new();
@@ -184,6 +280,7 @@ fn a_binary_changed_in_the_bucket_is_refused_and_nothing_starts() {
     );
     assert!(!machine.installed(), "something was installed");
     assert!(!machine.calls().contains("systemctl"), "{}", machine.calls());
+    assert!(!machine.calls().contains("dnf"), "{}", machine.calls());
     assert!(
         !machine.calls().contains("secretsmanager"),
         "secrets read for a refused release"

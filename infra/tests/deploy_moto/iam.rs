@@ -127,12 +127,18 @@ const SCOPES: [Scope; 3] = [
     },
 ];
 
-/// Checks every role of the deployment: nothing is a wildcard, and each service's queue, topic
-/// and artifact permissions are exactly its own.
+/// What the CloudWatch agent calls, on the instance's own log group only.
+const LOG_ACTIONS: [&str; 3] = ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"];
+
+/// Checks every role of the deployment: each service's queue, topic, artifact and log
+/// permissions are exactly its own, and nothing is a wildcard but the end of its own log group's
+/// ARN (`log_groups`: service -> `arn:...:log-group:<name>:*`, the form IAM matches for the
+/// group's actions and for the streams in it, which are named after instances yet to exist).
 pub async fn assert_least_privilege(
     iam: &aws_sdk_iam::Client,
     roles: &BTreeMap<String, String>,
     messaging: &BTreeMap<String, String>,
+    log_groups: &BTreeMap<String, String>,
     deployment: &Deployment,
 ) {
     let allowed = set(&[
@@ -145,10 +151,14 @@ pub async fn assert_least_privilege(
         "sns:GetTopicAttributes",
         "s3:GetObject",
         "secretsmanager:GetSecretValue",
+        "logs:CreateLogStream",
+        "logs:DescribeLogStreams",
+        "logs:PutLogEvents",
     ]);
     assert_eq!(roles.len(), SCOPES.len(), "roles: {roles:?}");
     for scope in &SCOPES {
         let service = scope.service;
+        let own_log_group = &log_groups[service];
         let listed = grants(iam, &roles[scope.role]).await;
         let secrets = listed.get(SECRET_ACTION).map(Vec::len);
         assert_eq!(secrets, Some(scope.secrets), "{service}: secrets read");
@@ -166,7 +176,11 @@ pub async fn assert_least_privilege(
                     "{service}: {action} on null"
                 );
                 let wildcard = resource.contains('*') || resource.contains('?');
-                assert!(!wildcard, "{service}: {action} on {resource}");
+                let own_streams = LOG_ACTIONS.contains(&action.as_str())
+                    && resource == own_log_group
+                    && resource.matches(['*', '?']).count() == 1
+                    && resource.ends_with(":*");
+                assert!(!wildcard || own_streams, "{service}: {action} on {resource}");
             }
         }
         let own = &messaging[scope.own_queue];
@@ -194,5 +208,8 @@ pub async fn assert_least_privilege(
             format!("{prefix}ec2/saga-service@.service"),
         ]);
         assert_eq!(grants.get("s3:GetObject"), Some(&objects), "{service}: s3:GetObject");
+        for action in LOG_ACTIONS {
+            assert_eq!(grants.get(action), Some(&set(&[own_log_group])), "{service}: {action}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! The deployed launch templates, read back from the emulator: encrypted root volumes, and user
-//! data that checks the release against the manifest the stack names before running anything.
+//! The deployed launch templates, read back from the emulator: encrypted root volumes, user data
+//! that checks the release against the manifest the stack names before running anything, and
+//! tells the service to log JSON and its bootstrap which log group to ship to.
 
 use super::edge::Resources;
 use infra::app::Deployment;
@@ -70,6 +71,22 @@ pub async fn assert_launch_templates(ec2: &aws_sdk_ec2::Client, resources: &Reso
             .find("exec bash /usr/local/sbin/saga-bootstrap")
             .expect("runs bootstrap");
         assert!(check < run && bootstrap_check < run, "{logical}: runs before it checks");
+
+        // The service logs JSON lines (what the metric filters read), and its bootstrap is told
+        // its own log group, the one its role may write to.
+        let service = user_data[run..]
+            .trim_start_matches("exec bash /usr/local/sbin/saga-bootstrap")
+            .trim();
+        let env = format!("cat >/etc/saga/{service}.env <<'EOF'\n");
+        let env = &user_data[user_data
+            .find(&env)
+            .unwrap_or_else(|| panic!("{logical}: no {service}.env"))..];
+        let env = &env[..env.find("\nEOF\n").expect("the end of the env file")];
+        assert!(env.lines().any(|l| l == "LOG_FORMAT=json"), "{logical}: {env}");
+        let prefix = deployment.stacks.app.strip_suffix("-app").expect("<prefix>-app");
+        let log_group = format!("\nLOG_GROUP=/{prefix}/{service}\n");
+        assert_eq!(user_data.matches("\nLOG_GROUP=").count(), 1, "{logical}: {user_data}");
+        assert!(user_data.contains(&log_group), "{logical}: {user_data}");
     }
 }
 

@@ -4,14 +4,16 @@
 //! run again (idempotent), rolls out a new release and back, and destroys it all. Along the way
 //! the deployed stack is audited: least-privilege IAM policies (`iam`), listeners, public routes,
 //! health checks and ingress (`edge`), encrypted root volumes and the release check in the user
-//! data (`instances`), encrypted topics; what moto does not model is checked in the template
-//! (`template`).
+//! data (`instances`), encrypted topics, the log groups and the dashboard (`observe`); what moto
+//! does not model is checked in the template (`template`; metric filters and alarms: `metrics`).
 //!
 //! moto comes from `infra/moto/moto.sh` (a pinned virtual environment, created on first use).
 
 mod edge;
 mod iam;
 mod instances;
+mod metrics;
+mod observe;
 mod template;
 
 use aws_sdk_cloudformation::config::{Credentials, Region};
@@ -171,7 +173,10 @@ async fn deploy_app_end_to_end_on_moto() {
         name_prefix: prefix.clone(),
         release: ReleaseSource::Build(bins.path().to_owned()),
         instances: [1, 2, 1],
-        overrides: vec![("BonusBudgetPoints".to_owned(), "5000".to_owned())],
+        overrides: vec![
+            ("BonusBudgetPoints".to_owned(), "5000".to_owned()),
+            ("LogRetentionDays".to_owned(), "14".to_owned()),
+        ],
     };
 
     // First run: everything is created.
@@ -217,6 +222,8 @@ async fn deploy_app_end_to_end_on_moto() {
         ("AWS::ElasticLoadBalancingV2::ListenerRule", 5),
         ("AWS::RDS::DBInstance", 3),
         ("AWS::EC2::SecurityGroup", 8),
+        ("AWS::Logs::LogGroup", 3),
+        ("AWS::CloudWatch::Dashboard", 1),
     ] {
         let found = app_resources.get(kind).map(BTreeMap::len);
         assert_eq!(found, Some(count), "{kind}: {app_resources:?}");
@@ -236,7 +243,9 @@ async fn deploy_app_end_to_end_on_moto() {
         .into_iter()
         .collect();
     let roles = &app_resources["AWS::IAM::Role"];
-    iam::assert_least_privilege(&iam, roles, &messaging_outputs, &first).await;
+    let log_groups = observe::assert_log_groups(&moto.endpoint, &app_resources, &prefix, 14).await;
+    iam::assert_least_privilege(&iam, roles, &messaging_outputs, &log_groups, &first).await;
+    observe::assert_dashboard(&moto.endpoint, &prefix, &messaging_outputs, &first.app_outputs, 300).await;
     // Without a certificate: plain HTTP on 80, serving only the public routes.
     edge::assert_public_listener(&elb, &app_resources, None).await;
     edge::assert_internal_listeners(&elb, &app_resources).await;
@@ -266,7 +275,7 @@ async fn deploy_app_end_to_end_on_moto() {
         third.app_outputs["ReleasePrefix"],
         format!("releases/{}", third.release_id)
     );
-    iam::assert_least_privilege(&iam, roles, &messaging_outputs, &third).await;
+    iam::assert_least_privilege(&iam, roles, &messaging_outputs, &log_groups, &third).await;
     // The instances are told the new manifest, and check it.
     instances::assert_launch_templates(&ec2, &app_resources, &third).await;
 
@@ -280,7 +289,7 @@ async fn deploy_app_end_to_end_on_moto() {
         back.app_outputs["ReleasePrefix"],
         format!("releases/{}", first.release_id)
     );
-    iam::assert_least_privilege(&iam, roles, &messaging_outputs, &back).await;
+    iam::assert_least_privilege(&iam, roles, &messaging_outputs, &log_groups, &back).await;
     let unknown = AppOptions {
         release: ReleaseSource::Existing("0123456789abcdef".to_owned()),
         ..options.clone()
@@ -321,6 +330,8 @@ async fn deploy_app_end_to_end_on_moto() {
     }
     let bucket_gone = clients.s3.head_bucket().bucket(&first.bucket).send().await.is_err();
     assert!(bucket_gone, "bucket {} still exists", first.bucket);
+    let logs_left = observe::log_groups(&moto.endpoint, &prefix).await;
+    assert!(logs_left.is_empty(), "log groups outlived the stack: {logs_left:?}");
     for role in roles.values() {
         assert!(
             iam.get_role().role_name(role).send().await.is_err(),
@@ -378,6 +389,8 @@ async fn deploy_app_into_an_existing_vpc() {
     assert!(url.starts_with("https://") && url.contains(".elb."), "{url}");
     edge::assert_public_listener(&elb, &app_resources, Some(&certificate)).await;
     edge::assert_ingress(&ec2, &app_resources, true).await;
+    // The default retention, where the first test passes its own.
+    observe::assert_log_groups(&moto.endpoint, &app_resources, &prefix, 30).await;
 
     app::destroy(&clients, &prefix).await.expect("destroy");
     for stack in [&stacks.artifacts, &stacks.messaging, &stacks.app] {

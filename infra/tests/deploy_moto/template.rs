@@ -6,7 +6,7 @@
 use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-fn template() -> Value {
+pub fn template() -> Value {
     serde_norway::from_str(infra::app::APP_TEMPLATE).expect("app.yaml parses")
 }
 
@@ -19,7 +19,7 @@ fn resources(template: &Value) -> Vec<(&str, &Value)> {
         .collect()
 }
 
-fn of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a str, &'a Value)> {
+pub fn of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a str, &'a Value)> {
     resources(template)
         .into_iter()
         .filter(|(_, r)| r["Type"].as_str() == Some(kind))
@@ -27,7 +27,7 @@ fn of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a str, &'a Value)> {
 }
 
 /// The logical id a `!Ref` (or `{Ref: ...}`) names.
-fn reference(value: &Value) -> Option<&str> {
+pub fn reference(value: &Value) -> Option<&str> {
     match value {
         Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
         Value::Mapping(map) => map.get("Ref").and_then(Value::as_str),
