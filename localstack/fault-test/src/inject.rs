@@ -264,10 +264,7 @@ pub fn warn_lines(system: &System, poison: &[Poison]) -> HashMap<String, usize> 
             if value["level"] != "WARN" {
                 continue;
             }
-            if let Some(id) = value["messaging.message.id"]
-                .as_str()
-                .filter(|id| ids.contains(id))
-            {
+            if let Some(id) = value["messaging.message.id"].as_str().filter(|id| ids.contains(id)) {
                 *counts.entry(id.to_owned()).or_default() += 1;
             }
         }
