@@ -204,6 +204,8 @@ pub struct Options {
     pub bonus_budget_points: Option<i64>,
     pub gateway_relay: bool,
     pub stall_after_seconds: u64,
+    /// Long-poll wait of every consumer (tests: 1 s, so stops and restarts are quick).
+    pub receive_wait_seconds: i32,
 }
 
 impl Default for Options {
@@ -213,6 +215,7 @@ impl Default for Options {
             bonus_budget_points: None,
             gateway_relay: true,
             stall_after_seconds: 120,
+            receive_wait_seconds: 1,
         }
     }
 }
@@ -245,7 +248,10 @@ impl System {
 
         let customer = customer_api::Application::build(
             customer_api::Config {
-                common: common_config(&customer_db, &stack),
+                common: CommonConfig {
+                    receive_wait_seconds: options.receive_wait_seconds,
+                    ..common_config(&customer_db, &stack)
+                },
             },
             bus.clone(),
         )
@@ -278,6 +284,7 @@ impl System {
     /// A restart keeps the previous port, so the gateway's proxy still reaches it.
     pub async fn start_transaction(&mut self, bonus_budget_points: Option<i64>) {
         let mut common = common_config(&self.transaction_db, &self.stack);
+        common.receive_wait_seconds = self.options.receive_wait_seconds;
         if let Some(port) = self.transaction_port {
             common.http_addr.set_port(port);
         }
@@ -300,6 +307,7 @@ impl System {
     /// (Re)starts the gateway on its existing database.
     pub async fn start_gateway(&mut self, relay: bool) {
         let mut common = common_config(&self.gateway_db, &self.stack);
+        common.receive_wait_seconds = self.options.receive_wait_seconds;
         common.relay_enabled = relay;
         let port = |r: &Option<Running>| r.as_ref().map(|r| r.port).unwrap_or_default();
         let gateway = gateway::Application::build(

@@ -195,6 +195,70 @@ pub struct Bus {
     sqs: aws_sdk_sqs::Client,
     sns: aws_sdk_sns::Client,
     cloudformation: aws_sdk_cloudformation::Client,
+    requests: Requests,
+}
+
+/// Every SQS and SNS request the bus sends, by operation: each HTTP attempt, retries included,
+/// since that is what AWS bills. Counted by an SDK interceptor just before each attempt goes out.
+#[derive(Clone, Debug, Default)]
+pub struct Requests {
+    by_operation: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+    metric: prometheus_client::metrics::family::Family<
+        crate::observe::metrics::OperationLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl Requests {
+    /// Requests so far, by `Service.Operation` (e.g. `SQS.ReceiveMessage`).
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        self.by_operation.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// All requests so far.
+    pub fn total(&self) -> u64 {
+        self.snapshot().values().sum()
+    }
+
+    /// The Prometheus family (`saga_bus_requests_total{operation}`) a service registers.
+    pub fn metric(
+        &self,
+    ) -> prometheus_client::metrics::family::Family<
+        crate::observe::metrics::OperationLabels,
+        prometheus_client::metrics::counter::Counter,
+    > {
+        self.metric.clone()
+    }
+
+    fn count(&self, operation: String) {
+        self.metric
+            .get_or_create(&crate::observe::metrics::OperationLabels {
+                operation: operation.clone(),
+            })
+            .inc();
+        if let Ok(mut map) = self.by_operation.lock() {
+            *map.entry(operation).or_default() += 1;
+        }
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Requests {
+    fn name(&self) -> &'static str {
+        "BusRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_sdk_sqs::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or_else(|| "unknown".to_owned(), |m| format!("{}.{}", m.service(), m.name()));
+        self.count(operation);
+        Ok(())
+    }
 }
 
 /// Loads the standard AWS configuration (`AWS_ENDPOINT_URL`, `AWS_REGION`, credential chain).
@@ -231,15 +295,26 @@ impl Bus {
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(Duration::from_secs(30))
             .build();
+        let requests = Requests::default();
         let sqs = aws_sdk_sqs::config::Builder::from(sdk)
             .timeout_config(timeouts.clone())
+            .interceptor(requests.clone())
             .build();
-        let sns = aws_sdk_sns::config::Builder::from(sdk).timeout_config(timeouts).build();
+        let sns = aws_sdk_sns::config::Builder::from(sdk)
+            .timeout_config(timeouts)
+            .interceptor(requests.clone())
+            .build();
         Self {
             sqs: aws_sdk_sqs::Client::from_conf(sqs),
             sns: aws_sdk_sns::Client::from_conf(sns),
             cloudformation: aws_sdk_cloudformation::Client::new(sdk),
+            requests,
         }
+    }
+
+    /// The SQS and SNS requests this bus (and every clone of it) has sent.
+    pub fn requests(&self) -> &Requests {
+        &self.requests
     }
 
     pub fn sqs(&self) -> &aws_sdk_sqs::Client {

@@ -19,6 +19,7 @@
 //! | `saga_http_requests_total` | `method`, `route`, `status` | HTTP requests by matched route |
 //! | `saga_http_request_duration_seconds` | `method`, `route` | their latency |
 //! | `saga_db_connections` | `pool`, `state` | connections in use and idle, per pool |
+//! | `saga_bus_requests_total` | `operation` | SQS and SNS requests sent (each attempt: what AWS bills), e.g. `SQS.ReceiveMessage` |
 //!
 //! The gateway adds the saga read model's figures (`saga_sagas`, `saga_sagas_stalled`,
 //! `saga_duration_seconds`) through [`Metrics::register`] and a [`GaugeSource`].
@@ -67,6 +68,11 @@ pub struct HttpLabels {
 pub struct RouteLabels {
     pub method: String,
     pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -77,7 +77,8 @@ impl CommonConfig {
         Self {
             http_addr,
             database_url: database_url.into(),
-            receive_wait_seconds: 10,
+            // The longest long poll SQS allows: an idle poller costs 3 requests a minute.
+            receive_wait_seconds: 20,
             relay_interval_ms: 1000,
             outbox_retention_hours: 168,
             processed_retention_days: 30,

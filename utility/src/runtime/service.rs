@@ -51,6 +51,11 @@ impl ServiceCore {
         let pools = crate::storage::Pools::open(&config.database_url, migrations, config.handler_timeout()).await?;
         let topology = Arc::new(Topology::resolve(&bus, &config.topology, needs).await?);
         let metrics = Metrics::new();
+        metrics.register(
+            "bus_requests",
+            "SQS and SNS requests sent, each attempt (what AWS bills)",
+            bus.requests().metric(),
+        );
         metrics.add_source(database_gauges(&metrics, pools.http.clone(), pools.background.clone()));
         let relay = Relay::new(
             pools.background.clone(),
