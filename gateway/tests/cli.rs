@@ -36,7 +36,7 @@ fn help_lists_every_setting_with_its_default() {
         "  HTTP_ADDR  [default: 127.0.0.1:8080]",
         "  CUSTOMER_API_URL  [default: http://127.0.0.1:8081]",
         "  MAX_BODY_BYTES  [default: 16384; at least 1]",
-        "  RECEIVE_WAIT_SECONDS  [default: 10; 0 to 20]",
+        "  RECEIVE_WAIT_SECONDS  [default: 20; 0 to 20]",
         "  TOPOLOGY_STACK  [default: saga-messaging]",
     ] {
         assert!(help.contains(line), "{line:?} missing from:\n{help}");

@@ -169,7 +169,7 @@ mod tests {
             );
         }
         assert!(help.starts_with("sample 1.2.3: A sample service."));
-        assert!(help.contains("RECEIVE_WAIT_SECONDS  [default: 10; 0 to 20]"), "{help}");
+        assert!(help.contains("RECEIVE_WAIT_SECONDS  [default: 20; 0 to 20]"), "{help}");
         assert!(
             help.contains("PROCESSED_RETENTION_DAYS  [default: 30; at least 15]"),
             "{help}"
