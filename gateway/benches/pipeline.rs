@@ -19,7 +19,7 @@
 //!
 //! Every figure with a target is printed with it (issue "close to the bus ceiling").
 //! `BENCH_MESSAGES` (default 2000), `BENCH_ENROLLMENTS` (default 300), `BENCH_SEQUENTIAL` (200),
-//! `BENCH_HOPS` (50) and `BENCH_IDLE_SECONDS` (40) set the sizes. Figures from an emulator on a
+//! `BENCH_HOPS` (50) and `BENCH_IDLE_SECONDS` (40) set the sizes (`cargo test` runs a twentieth). Figures from an emulator on a
 //! shared 2-core machine are relative, not absolute: read the ratios.
 
 #[path = "../tests/support/mod.rs"]
@@ -33,7 +33,11 @@ use utility::messaging::consumer::{Consumer, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::storage::AnyConnection;
 
+/// `BENCH_*` or the default; under `cargo test` (which runs this without `--bench`), a smoke run
+/// of a twentieth of the size, so `make test` checks that the benchmark works without paying for it.
 fn size(var: &str, default: usize) -> usize {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let default = if benching { default } else { (default / 20).max(2) };
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
