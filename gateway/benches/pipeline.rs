@@ -15,7 +15,9 @@
 //!    interceptor, retries, empty receives and visibility changes included) per completed saga
 //!    during the concurrent run;
 //! 7. idle cost: `ReceiveMessage` calls per poller per minute with nothing to do, at the default
-//!    20 s long poll.
+//!    20 s long poll;
+//! 8. the real binaries, one process each: peak RSS of each under the concurrent load, and the
+//!    CPU time each spent per saga (from `/proc`).
 //!
 //! Every figure with a target is printed with it (issue "close to the bus ceiling").
 //! `BENCH_MESSAGES` (default 2000), `BENCH_ENROLLMENTS` (default 300), `BENCH_SEQUENTIAL` (200),
@@ -164,6 +166,17 @@ async fn saga_latencies(pool: &sqlx::AnyPool, since: &str) -> Vec<f64> {
     latencies
 }
 
+/// Peak RSS (MiB) and CPU time (ms, user + system, at Linux's 100 ticks a second) of `pid`.
+fn process_figures(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let rss_kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((rss_kib / 1024.0, ticks * 10.0))
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
 }
@@ -296,6 +309,36 @@ async fn main() {
     let idle_per_poller_minute = idle_receives as f64 / 3.0 * 60.0 / idle_seconds as f64;
     system.stop().await;
 
+    // 8. The real binaries under the same concurrent load (no span export).
+    let processes = support::procs::Processes::start(false, 20).await;
+    let services = [
+        ("gateway", &processes.gateway),
+        ("customer-api", &processes.customer),
+        ("transaction-api", &processes.transaction),
+    ];
+    let cpu_before: Vec<f64> = services
+        .iter()
+        .map(|(_, s)| s.child.id().and_then(process_figures).map_or(0.0, |f| f.1))
+        .collect();
+    let process_sagas = enrollments;
+    for chunk in (0..process_sagas).collect::<Vec<_>>().chunks(16) {
+        futures::future::join_all(chunk.iter().map(|i| {
+            let email = format!("proc-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
+            let processes = &processes;
+            async move { processes.enroll(&email, &[]).await }
+        }))
+        .await;
+    }
+    let per_process: Vec<(&str, f64, f64)> = services
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, s), before)| {
+            let (rss, cpu) = s.child.id().and_then(process_figures).unwrap_or((f64::NAN, f64::NAN));
+            (*name, rss, (cpu - before) / process_sagas as f64)
+        })
+        .collect();
+    processes.stop().await;
+
     let send_rate = rate(messages, raw_send);
     let drain_rate = rate(messages, raw_drain);
     let consume_rate = rate(messages, consumed);
@@ -399,6 +442,19 @@ async fn main() {
         idle_per_poller_minute,
         verdict(idle_per_poller_minute <= 3.0)
     );
+    for (name, rss, cpu) in &per_process {
+        println!(
+            "{:<48} {:>8.1} MiB   <= 25 MiB: {}",
+            format!("peak RSS of the {name} binary"),
+            rss,
+            verdict(*rss <= 25.0)
+        );
+        println!(
+            "{:<48} {:>9.2} ms",
+            format!("CPU per saga, {name} ({process_sagas} sagas)"),
+            cpu
+        );
+    }
     if let Some(rss) = peak_rss_mib() {
         println!(
             "{:<48} {:>8.1} MiB",

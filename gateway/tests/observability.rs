@@ -9,260 +9,13 @@
 
 mod support;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::routing::post;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use support::{Backend, OPERATOR_TOKEN, TestDb, TestStack, eventually};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// Spans received over OTLP/HTTP (JSON), flattened: one object per span with its service.
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Value>>>);
-
-impl Collector {
-    fn spans(&self) -> Vec<Value> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-async fn receive(State(collector): State<Collector>, body: Bytes) -> &'static str {
-    let Ok(export) = serde_json::from_slice::<Value>(&body) else {
-        return "{}";
-    };
-    let mut spans = collector.0.lock().unwrap();
-    for resource in export["resourceSpans"].as_array().into_iter().flatten() {
-        let service = resource["resource"]["attributes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["key"] == "service.name")
-            .and_then(|a| a["value"]["stringValue"].as_str())
-            .unwrap_or("")
-            .to_owned();
-        for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
-            for span in scope["spans"].as_array().into_iter().flatten() {
-                let mut span = span.clone();
-                span["service"] = Value::String(service.clone());
-                spans.push(span);
-            }
-        }
-    }
-    "{}"
-}
+use support::procs::Processes;
+use support::{OPERATOR_TOKEN, eventually};
 
 fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
     span["attributes"].as_array()?.iter().find(|a| a["key"] == key)?["value"]["stringValue"].as_str()
-}
-
-/// A free loopback port (bound and released; the service binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The three service binaries, built by this test run's cargo when they are missing.
-fn binaries() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_gateway")).parent().unwrap().to_owned();
-    if !dir.join("customer-api").exists() || !dir.join("transaction-api").exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "customer-api", "-p", "transaction-api", "--bins"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the service binaries failed");
-    }
-    dir
-}
-
-/// One service binary, its JSON log lines collected.
-struct Service {
-    child: Child,
-    port: u16,
-    lines: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Service {
-    fn logs(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-/// The whole system as separate processes, exporting spans to `collector`.
-struct Processes {
-    gateway: Service,
-    customer: Service,
-    transaction: Service,
-    receiver: tokio::task::JoinHandle<()>,
-    collector: Collector,
-    http: reqwest::Client,
-    _stack: TestStack,
-    _dbs: Vec<TestDb>,
-}
-
-impl Processes {
-    async fn start() -> Self {
-        let collector = Collector::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let otlp = format!("http://{}", listener.local_addr().unwrap());
-        let app = Router::new()
-            .route("/v1/traces", post(receive))
-            .with_state(collector.clone());
-        let receiver = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-
-        let bus = support::bus().await;
-        let stack = TestStack::deploy(&bus).await;
-        let dir = binaries();
-        let mut dbs = Vec::new();
-        for name in ["customer-api", "transaction-api", "gateway"] {
-            dbs.push(TestDb::new(Backend::Sqlite, name).await);
-        }
-        let (customer_port, transaction_port, gateway_port) = (free_port(), free_port(), free_port());
-        let spawn = |name: &str, db: &TestDb, port: u16, extra: &[(&str, String)]| {
-            let mut command = Command::new(dir.join(name));
-            command
-                .env("DATABASE_URL", &db.url)
-                .env("TOPOLOGY_STACK", &stack.name)
-                .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-                .env("RECEIVE_WAIT_SECONDS", "1")
-                .env("RELAY_INTERVAL_MS", "200")
-                .env("LOG_FORMAT", "json")
-                .env("GAUGES_LOG_SECONDS", "1")
-                .env("RUST_LOG", "info")
-                .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
-                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-                .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-                .env_remove("OTEL_SERVICE_NAME")
-                .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true);
-            for (key, default) in [
-                ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
-                ("AWS_REGION", "us-east-1"),
-                ("AWS_ACCESS_KEY_ID", "test"),
-                ("AWS_SECRET_ACCESS_KEY", "test"),
-            ] {
-                command.env(key, std::env::var(key).unwrap_or_else(|_| default.to_owned()));
-            }
-            let mut child = command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-            let lines = Arc::new(Mutex::new(Vec::new()));
-            let stdout = child.stdout.take().unwrap();
-            let sink = lines.clone();
-            let echo = std::env::var_os("TEST_LOG").is_some();
-            let label = name.to_owned();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if echo {
-                        eprintln!("[{label}] {line}");
-                    }
-                    // A line that is not JSON is kept as a string, which fails the tests that read it.
-                    let value = serde_json::from_str::<Value>(&line).unwrap_or(Value::String(line));
-                    sink.lock().unwrap().push(value);
-                }
-            });
-            Service { child, port, lines }
-        };
-        let customer = spawn("customer-api", &dbs[0], customer_port, &[]);
-        let transaction = spawn("transaction-api", &dbs[1], transaction_port, &[]);
-        let gateway = spawn(
-            "gateway",
-            &dbs[2],
-            gateway_port,
-            &[
-                ("OPERATOR_TOKEN", OPERATOR_TOKEN.to_owned()),
-                ("RATE_LIMIT_PER_MINUTE", "0".to_owned()),
-                ("CUSTOMER_API_URL", format!("http://127.0.0.1:{customer_port}")),
-                ("TRANSACTION_API_URL", format!("http://127.0.0.1:{transaction_port}")),
-            ],
-        );
-        let processes = Self {
-            gateway,
-            customer,
-            transaction,
-            receiver,
-            collector,
-            http: reqwest::Client::new(),
-            _stack: stack,
-            _dbs: dbs,
-        };
-        for service in [&processes.gateway, &processes.customer, &processes.transaction] {
-            let url = format!("http://127.0.0.1:{}/ready", service.port);
-            let http = processes.http.clone();
-            eventually("a service to be ready", || {
-                let (http, url) = (http.clone(), url.clone());
-                async move { http.get(&url).send().await.ok().filter(|r| r.status().is_success()) }
-            })
-            .await
-            .expect("service ready");
-        }
-        processes
-    }
-
-    fn url(&self, service: &Service, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", service.port)
-    }
-
-    /// Submits an enrollment and waits for its terminal status; returns the id and the body.
-    async fn enroll(&self, email: &str, headers: &[(&str, &str)]) -> (String, reqwest::Response) {
-        let mut request = self
-            .http
-            .post(self.url(&self.gateway, "/api/enrollments"))
-            .json(&json!({"name": "Ada Lovelace", "email": email}));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), 202);
-        let location = response.headers()["location"].to_str().unwrap().to_owned();
-        let id = location.rsplit('/').next().unwrap().to_owned();
-        let url = self.url(&self.gateway, &location);
-        let http = self.http.clone();
-        eventually("the saga to finish", || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let body: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
-                support::TERMINAL.contains(&body["status"].as_str()?).then_some(())
-            }
-        })
-        .await
-        .expect("saga finished");
-        (id, response)
-    }
-
-    async fn metrics(&self, service: &Service) -> String {
-        self.http
-            .get(self.url(service, "/metrics"))
-            .bearer_auth(OPERATOR_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        for service in [&mut self.gateway, &mut self.customer, &mut self.transaction] {
-            if let Some(pid) = service.child.id() {
-                let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(20), service.child.wait()).await;
-        }
-        self.receiver.abort();
-    }
 }
 
 /// The value of the sample `name{labels}` in Prometheus text, if present.
@@ -278,7 +31,7 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join() {
-    let system = Processes::start().await;
+    let system = Processes::start(true, 1).await;
     let client_trace = uuid::Uuid::new_v4().simple().to_string();
     let client_span = &uuid::Uuid::new_v4().simple().to_string()[..16];
     let traceparent = format!("00-{client_trace}-{client_span}-01");
@@ -437,7 +190,7 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened() {
-    let system = Processes::start().await;
+    let system = Processes::start(true, 1).await;
     let n = 3;
     for _ in 0..n {
         let email = format!("metrics-{}@example.com", uuid::Uuid::new_v4().simple());
@@ -455,7 +208,7 @@ async fn metrics_count_what_happened() {
         sample(&gateway, r#"saga_duration_seconds_count{outcome="completed"}"#),
         Some(f64::from(n))
     );
-    let queue = |name: &str| system._stack.output(name).rsplit('/').next().unwrap().to_owned();
+    let queue = |name: &str| system.stack.output(name).rsplit('/').next().unwrap().to_owned();
     let events = queue("GatewayEventsQueueUrl");
     for kind in ["CustomerEnrolled", "BonusPointsPosted"] {
         let labels = format!(r#"saga_messages_total{{queue="{events}",type="{kind}",outcome="handled"}}"#);

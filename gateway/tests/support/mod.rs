@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod procs;
 pub mod proxy;
 pub mod raw;
 
