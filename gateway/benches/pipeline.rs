@@ -45,12 +45,11 @@ fn size(var: &str, default: usize) -> usize {
 
 fn envelopes(n: usize) -> Vec<Outgoing> {
     (0..n)
-        .map(|i| {
+        .map(|_| {
             let message =
                 utility::messaging::message::Message::PostBonusPoints(utility::messaging::message::PostBonusPoints {
                     customer_id: uuid::Uuid::now_v7(),
                 });
-            let _ = i;
             Outgoing::from(&Envelope::new(message, uuid::Uuid::now_v7()))
         })
         .collect()

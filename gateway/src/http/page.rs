@@ -16,7 +16,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; object-src 'none'; \
      frame-ancestors 'none'";
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+/// A document of this origin (the page, its assets, `/docs`) with the headers that keep it ours.
+pub(super) fn asset(content_type: &'static str, body: impl IntoResponse) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -8,9 +8,8 @@
 //! operator token's security scheme, and the rendering of `/docs`, which is plain HTML built
 //! once from the document (no script, nothing fetched from elsewhere, same CSP as the page).
 
-use super::page::CONTENT_SECURITY_POLICY;
 use axum::Extension;
-use axum::http::{HeaderValue, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use std::fmt::Write;
@@ -179,11 +178,7 @@ impl Reference {
     responses((status = 200, description = "This document.", body = Object, content_type = "application/json")),
 )]
 pub(super) async fn openapi_json(Extension(reference): Extension<Arc<Reference>>) -> Response {
-    let mut response = reference.json.clone().into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    ([(header::CONTENT_TYPE, "application/json")], reference.json.clone()).into_response()
 }
 
 /// This document as a page.
@@ -195,18 +190,7 @@ pub(super) async fn openapi_json(Extension(reference): Extension<Arc<Reference>>
     responses((status = 200, description = "The API reference.", body = String, content_type = "text/html")),
 )]
 pub(super) async fn docs(Extension(reference): Extension<Arc<Reference>>) -> Response {
-    let mut response = reference.html.clone().into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    response
+    super::page::asset("text/html; charset=utf-8", reference.html.clone())
 }
 
 fn escape(text: &str) -> String {

@@ -356,49 +356,47 @@ impl<H: Handler> Consumer<H> {
     }
 
     async fn handle(&self, parsed: Result<Envelope, super::envelope::EnvelopeError>, message: &Received) -> Outcome {
-        {
-            let envelope = match parsed {
-                Ok(envelope) => envelope,
-                Err(err) => {
-                    tracing::warn!(reason = %err, body_bytes = message.body.len(), "malformed message left for the dead-letter queue");
-                    return Outcome::Rejected;
-                }
-            };
-            let span = tracing::Span::current();
-            span.record("message_type", envelope.type_name());
-            span.record("correlation_id", tracing::field::display(envelope.correlation_id));
-            span.record("message_id", tracing::field::display(envelope.message_id));
-            let applied = match tokio::time::timeout(self.handler_timeout, self.apply(&envelope)).await {
-                Ok(applied) => applied,
-                Err(_) => {
-                    tracing::warn!(
-                        limit_ms = self.handler_timeout.as_millis() as u64,
-                        "handler exceeded its time limit; message will be retried"
-                    );
-                    return Outcome::DatabaseFailed;
-                }
-            };
-            match applied {
-                Ok(true) => {
-                    tracing::info!("message handled");
-                    Outcome::Handled
-                }
-                Ok(false) => {
-                    tracing::info!("duplicate delivery; effect already committed");
-                    Outcome::Duplicate
-                }
-                Err(HandlerError::Refused(reason)) => {
-                    tracing::warn!(%reason, "message refused; left for the dead-letter queue");
-                    Outcome::Rejected
-                }
-                Err(HandlerError::Database(err)) => {
-                    tracing::warn!(error = %err, "database error; message will be retried");
-                    Outcome::DatabaseFailed
-                }
-                Err(HandlerError::Conflict(reason)) => {
-                    tracing::warn!(%reason, "concurrent change; message will be retried");
-                    Outcome::Retry
-                }
+        let envelope = match parsed {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                tracing::warn!(reason = %err, body_bytes = message.body.len(), "malformed message left for the dead-letter queue");
+                return Outcome::Rejected;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("message_type", envelope.type_name());
+        span.record("correlation_id", tracing::field::display(envelope.correlation_id));
+        span.record("message_id", tracing::field::display(envelope.message_id));
+        let applied = match tokio::time::timeout(self.handler_timeout, self.apply(&envelope)).await {
+            Ok(applied) => applied,
+            Err(_) => {
+                tracing::warn!(
+                    limit_ms = self.handler_timeout.as_millis() as u64,
+                    "handler exceeded its time limit; message will be retried"
+                );
+                return Outcome::DatabaseFailed;
+            }
+        };
+        match applied {
+            Ok(true) => {
+                tracing::info!("message handled");
+                Outcome::Handled
+            }
+            Ok(false) => {
+                tracing::info!("duplicate delivery; effect already committed");
+                Outcome::Duplicate
+            }
+            Err(HandlerError::Refused(reason)) => {
+                tracing::warn!(%reason, "message refused; left for the dead-letter queue");
+                Outcome::Rejected
+            }
+            Err(HandlerError::Database(err)) => {
+                tracing::warn!(error = %err, "database error; message will be retried");
+                Outcome::DatabaseFailed
+            }
+            Err(HandlerError::Conflict(reason)) => {
+                tracing::warn!(%reason, "concurrent change; message will be retried");
+                Outcome::Retry
             }
         }
     }
