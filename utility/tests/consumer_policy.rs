@@ -2,7 +2,9 @@
 //! SQLite file: transient failures come back after a delay and are handled once; slow work keeps
 //! its message invisible; a concurrent change is retried the same way; refusals are bounded by the
 //! redrive count and end in the DLQ; an unreachable bus is retried without the consumer giving
-//! up, and shutdown stays prompt.
+//! up, and shutdown stays prompt. A receive batch shares one transaction with a savepoint per
+//! message: a failing message is rolled back alone, a hung one breaks the batch without losing or
+//! doubling any effect.
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -397,4 +399,273 @@ async fn an_unreachable_bus_is_retried_and_shutdown_stays_prompt() {
         took < Duration::from_secs(1),
         "stopping took {took:?}; a consumer backing off must stop at once"
     );
+}
+
+/// A handler that writes its effect (a row named after the message) and then, for the messages
+/// the test picks, fails in the way the test picks: the effect of a failed attempt must vanish
+/// with it, and the others' must commit once.
+#[derive(Clone, Default)]
+struct Writing {
+    /// Message id -> how its first attempt ends (a refusal: every attempt).
+    first_attempt: Arc<Mutex<std::collections::HashMap<String, Fault>>>,
+    attempts: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    /// When set, each attempt first counts the effects committed so far, through this second
+    /// connection (what another reader of the database sees), into `committed_seen`.
+    reader: Arc<std::sync::OnceLock<sqlx::AnyPool>>,
+    committed_seen: Arc<Mutex<Vec<i64>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    Database,
+    Refuse,
+    Hang,
+}
+
+impl Writing {
+    fn attempts(&self, envelope: &Envelope) -> usize {
+        let id = envelope.message_id.to_string();
+        self.attempts.lock().unwrap().get(&id).copied().unwrap_or(0)
+    }
+}
+
+impl Handler for Writing {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+        let id = envelope.message_id.to_string();
+        *self.attempts.lock().unwrap().entry(id.clone()).or_default() += 1;
+        if let Some(reader) = self.reader.get() {
+            let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects")
+                .fetch_one(reader)
+                .await?;
+            self.committed_seen.lock().unwrap().push(committed);
+        }
+        sqlx::query("INSERT INTO effects (message_id) VALUES ($1)")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        // A refusal stands on every attempt; the other faults hit the first attempt only.
+        let fault = {
+            let mut faults = self.first_attempt.lock().unwrap();
+            match faults.get(&id) {
+                Some(Fault::Refuse) => Some(Fault::Refuse),
+                _ => faults.remove(&id),
+            }
+        };
+        match fault {
+            None => Ok(()),
+            Some(Fault::Database) => Err(HandlerError::Database(sqlx::Error::PoolTimedOut)),
+            Some(Fault::Refuse) => Err(HandlerError::Refused("scripted refusal".into())),
+            Some(Fault::Hang) => std::future::pending().await,
+        }
+    }
+}
+
+/// Sends `count` messages in one batch, so that one receive returns them together, and starts a
+/// consumer over a database with an `effects` table. The envelopes come back in send order.
+async fn batch_of(count: usize, faults: &[(usize, Fault)]) -> (Queues, Writing, Running, Vec<Envelope>) {
+    let bus = localstack().await;
+    let queues = Queues::create(&bus, 30).await;
+    let sent: Vec<Envelope> = (0..count).map(|_| envelope()).collect();
+    let handler = Writing::default();
+    for (i, fault) in faults {
+        handler
+            .first_attempt
+            .lock()
+            .unwrap()
+            .insert(sent[*i].message_id.to_string(), *fault);
+    }
+    let outgoing: Vec<_> = sent.iter().map(Into::into).collect();
+    bus.send_batch(&queues.work, &outgoing).await.unwrap();
+    let running = start_with(&bus, &queues.work, handler.clone(), HANDLER_LIMIT).await;
+    (queues, handler, running, sent)
+}
+
+async fn start_with<H: Handler>(bus: &Bus, queue: &str, handler: H, limit: Duration) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}/batch.db", dir.path().display());
+    let pool = utility::storage::connect(&url, sqlx::migrate::Migrator::DEFAULT)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let consumer = Consumer::new(
+        queue.to_owned(),
+        bus.clone(),
+        pool.clone(),
+        handler,
+        Arc::new(tokio::sync::Notify::new()),
+        1,
+    )
+    .with_handler_timeout(limit);
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(consumer.run(stop.clone()));
+    Running {
+        stop,
+        handle,
+        pool,
+        _dir: dir,
+    }
+}
+
+/// How many effect rows each envelope left, in order.
+async fn effects(pool: &sqlx::AnyPool, sent: &[Envelope]) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for envelope in sent {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects WHERE message_id = $1")
+            .bind(envelope.message_id.to_string())
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        counts.push(n);
+    }
+    counts
+}
+
+/// One transaction per receive batch, a savepoint per message: a message that fails (here the
+/// third of six, with a database error) is rolled back alone, while the other five commit on the
+/// first attempt and are neither failed nor run again; the failed one comes back after its
+/// retry delay and commits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_message_in_a_batch_neither_fails_nor_reruns_the_others() {
+    let (queues, handler, running, sent) = batch_of(6, &[(2, Fault::Database)]).await;
+    until("the five others to be handled and deleted", async || {
+        queues.depth(&queues.work).await == 1
+    })
+    .await;
+    assert_eq!(
+        effects(&running.pool, &sent).await,
+        [1, 1, 0, 1, 1, 1],
+        "the failed attempt's effect was rolled back, the others' kept"
+    );
+    until("the failed message to come back and be handled", async || {
+        queues.depth(&queues.work).await == 0
+    })
+    .await;
+    assert_eq!(effects(&running.pool, &sent).await, [1; 6]);
+    let attempts: Vec<usize> = sent.iter().map(|e| handler.attempts(e)).collect();
+    assert_eq!(attempts, [1, 1, 2, 1, 1, 1], "only the failed message ran twice");
+    running.stop().await;
+}
+
+/// A refused message in a batch is rolled back to its savepoint and ends in the DLQ; the others
+/// commit once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_in_a_batch_goes_alone_to_the_dlq() {
+    let (queues, handler, running, sent) = batch_of(4, &[(0, Fault::Refuse)]).await;
+    until("the refused message to reach the DLQ", async || {
+        queues.depth(&queues.dlq).await == 1 && queues.depth(&queues.work).await == 0
+    })
+    .await;
+    assert_eq!(effects(&running.pool, &sent).await, [0, 1, 1, 1]);
+    assert_eq!(
+        sent[1..].iter().map(|e| handler.attempts(e)).collect::<Vec<_>>(),
+        [1, 1, 1]
+    );
+    running.stop().await;
+}
+
+/// A handler over its time limit breaks its batch's transaction: nothing of the batch committed,
+/// so the others are handled again, one transaction each, and every effect is there exactly once;
+/// the slow message is retried after its delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_handler_in_a_batch_loses_and_doubles_nothing() {
+    let (queues, _handler, running, sent) = batch_of(5, &[(3, Fault::Hang)]).await;
+    until("every message to be handled and deleted", async || {
+        queues.depth(&queues.work).await == 0
+    })
+    .await;
+    assert_eq!(effects(&running.pool, &sent).await, [1; 5]);
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_messages")
+        .fetch_one(&running.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 5);
+    assert_eq!(queues.depth(&queues.dlq).await, 0);
+    running.stop().await;
+}
+
+/// The same message twice in one receive (a redelivery racing its original): the second is a
+/// duplicate of the first's uncommitted effect, within the same transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_twice_in_one_batch_takes_effect_once() {
+    let bus = localstack().await;
+    let queues = Queues::create(&bus, 30).await;
+    let twice = envelope();
+    let handler = Writing::default();
+    let original = utility::messaging::bus::Outgoing::from(&twice);
+    let copy = utility::messaging::bus::Outgoing {
+        id: "copy".into(),
+        ..original.clone()
+    };
+    bus.send_batch(&queues.work, &[original, copy]).await.unwrap();
+    let running = start_with(&bus, &queues.work, handler.clone(), HANDLER_LIMIT).await;
+    until("both copies to be deleted", async || {
+        queues.depth(&queues.work).await == 0
+    })
+    .await;
+    assert_eq!(effects(&running.pool, std::slice::from_ref(&twice)).await, [1]);
+    assert_eq!(handler.attempts(&twice), 1);
+    running.stop().await;
+}
+
+/// The batch commits once, at its end: while its messages are handled, another reader of the
+/// database sees none of their effects, only those of earlier batches (with a transaction per
+/// message it would see each earlier message of the batch as it commits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_commits_once_after_all_its_messages() {
+    let bus = localstack().await;
+    let queues = Queues::create(&bus, 30).await;
+    let sent: Vec<Envelope> = (0..6).map(|_| envelope()).collect();
+    let outgoing: Vec<_> = sent.iter().map(Into::into).collect();
+    bus.send_batch(&queues.work, &outgoing).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}/commits.db", dir.path().display());
+    let pool = utility::storage::connect(&url, sqlx::migrate::Migrator::DEFAULT)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let handler = Writing::default();
+    let reader = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{url}?mode=ro"))
+        .await
+        .unwrap();
+    handler.reader.set(reader).unwrap();
+    let consumer = Consumer::new(
+        queues.work.clone(),
+        bus.clone(),
+        pool.clone(),
+        handler.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+        1,
+    );
+    let mut handled = 0;
+    let mut largest_batch = 0;
+    let deadline = Instant::now() + DEADLINE;
+    while handled < sent.len() {
+        assert!(Instant::now() < deadline, "only {handled} handled");
+        let committed_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        handler.committed_seen.lock().unwrap().clear();
+        let report = consumer.poll_once().await.unwrap();
+        handled += report.handled;
+        largest_batch = largest_batch.max(report.handled);
+        let seen = handler.committed_seen.lock().unwrap().clone();
+        assert!(
+            seen.iter().all(|&n| n == committed_before),
+            "another reader saw effects of this batch before its end: {seen:?}, {committed_before} committed before it"
+        );
+    }
+    assert!(
+        largest_batch >= 2,
+        "the messages never came in one receive; nothing was shown"
+    );
+    assert_eq!(effects(&pool, &sent).await, [1; 6]);
 }

@@ -4,9 +4,13 @@
 //! 1. Parse the body into an [`Envelope`]. A body that does not parse is logged with its reason
 //!    and made visible again at once; after `maxReceiveCount` receives the queue's redrive policy
 //!    moves it to the dead-letter queue. The service keeps serving.
-//! 2. In one transaction: record the envelope's `message_id` in `processed_messages` (a conflict
-//!    means the effect is already committed: a redelivery, so nothing more is done), apply the
-//!    handler, which writes state and outbox rows on the same transaction, then commit.
+//! 2. For each message, in a savepoint of the batch's one transaction: record the envelope's
+//!    `message_id` in `processed_messages` (a conflict means the effect is already committed, or
+//!    is earlier in this batch: a redelivery, so nothing more is done), apply the handler, which
+//!    writes state and outbox rows on the same transaction. A message that fails is rolled back
+//!    to its savepoint alone. Then one commit for the batch. If the batch's transaction cannot be
+//!    carried through (a handler over its time limit, a failed commit), nothing of it committed,
+//!    and its messages are handled again one transaction each.
 //! 3. Delete the message only after its transaction committed. Transient failures (database) leave
 //!    the message to come back after a growing visibility timeout, and the consumer stops
 //!    receiving until the database answers again; refusals (a message this service cannot act on)
@@ -22,7 +26,7 @@ use super::envelope::Envelope;
 use crate::backoff::Backoff;
 use crate::observe::context;
 use crate::observe::metrics::{HandlerLabels, Metrics, QueueLabels};
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::{AnyConnection, AnyPool, Connection};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -214,22 +218,8 @@ impl<H: Handler> Consumer<H> {
         // Every message of the batch stays invisible until the batch is finished and deleted:
         // later ones wait while earlier ones are handled, handled ones wait for the delete.
         let held: Vec<&str> = messages.iter().map(|m| m.receipt_handle.as_str()).collect();
-        let work = async {
-            let mut outcomes = Vec::with_capacity(messages.len());
-            for message in &messages {
-                // Once the database has failed, hand the rest back untried instead of waiting out
-                // the pool's acquire timeout once per message.
-                let outcome = if outcomes.iter().any(|o| matches!(o, Outcome::DatabaseFailed)) {
-                    Outcome::DatabaseFailed
-                } else {
-                    self.process(message).await
-                };
-                outcomes.push(outcome);
-            }
-            outcomes
-        };
         let outcomes = tokio::select! {
-            outcomes = work => outcomes,
+            outcomes = self.handle_batch(&messages) => outcomes,
             never = self.keep_invisible(&held) => match never {},
         };
         let mut delete = Vec::new();
@@ -305,10 +295,253 @@ impl<H: Handler> Consumer<H> {
             .await
     }
 
-    /// Handles one message in its span and counts the outcome.
-    async fn process(&self, message: &Received) -> Outcome {
+    /// Handles a received batch and returns each message's outcome, in order.
+    ///
+    /// The well-formed messages share one transaction, each inside a savepoint: a message the
+    /// handler refuses or cannot apply is rolled back to its savepoint alone, and the others
+    /// commit together (one commit, one fsync on SQLite, for the batch). When the batch's
+    /// transaction itself fails (a handler over its time limit, a failed commit, a lost
+    /// connection), nothing of it committed: the messages are handled again one transaction
+    /// each, the one over its time limit excepted.
+    async fn handle_batch(&self, messages: &[Received]) -> Vec<Outcome> {
         let queue = queue_name(&self.queue_url);
-        let parsed = Envelope::parse(&message.body);
+        let items: Vec<Item> = messages.iter().map(|message| Item::open(queue, message)).collect();
+        for item in &items {
+            self.metrics.message(queue, item.kind, "received");
+        }
+        let well_formed: Vec<usize> = (0..items.len()).filter(|&i| items[i].envelope.is_ok()).collect();
+        let mut verdicts: Vec<Option<(Verdict, Duration)>> = vec![None; items.len()];
+        match self.apply_batch(&items, &well_formed).await {
+            Ok(applied) => {
+                for (i, verdict) in applied {
+                    verdicts[i] = Some(verdict);
+                }
+            }
+            Err(broken) => {
+                if let Some(item) = broken.culprit.and_then(|i| items.get(i)) {
+                    item.span.in_scope(|| {
+                        tracing::warn!(
+                            limit_ms = self.handler_timeout.as_millis() as u64,
+                            "handler exceeded its time limit; message will be retried"
+                        )
+                    });
+                }
+                tracing::warn!(
+                    queue,
+                    reason = broken.reason,
+                    messages = well_formed.len(),
+                    "batch transaction abandoned; handling its messages one transaction each"
+                );
+                for &i in &well_formed {
+                    let verdict = if Some(i) == broken.culprit {
+                        (Verdict::TimedOut, self.handler_timeout)
+                    } else if verdicts
+                        .iter()
+                        .flatten()
+                        .any(|(v, _)| matches!(v, Verdict::Database(_) | Verdict::TimedOut))
+                    {
+                        // Once the database has failed, hand the rest back untried instead of
+                        // waiting out the pool's acquire timeout once per message.
+                        (
+                            Verdict::Database("not tried: the database failed".into()),
+                            Duration::ZERO,
+                        )
+                    } else {
+                        self.apply_alone(&items[i]).await
+                    };
+                    verdicts[i] = Some(verdict);
+                }
+            }
+        }
+        let max_receive_count = self.settings().await.max_receive_count;
+        items
+            .iter()
+            .zip(verdicts)
+            .map(|(item, verdict)| {
+                let (verdict, took) = verdict.unwrap_or((Verdict::Malformed, Duration::ZERO));
+                self.conclude(queue, item, verdict, took, max_receive_count)
+            })
+            .collect()
+    }
+
+    /// The well-formed messages in one transaction, a savepoint each. `Err` when the transaction
+    /// could not be carried through; nothing of it committed then.
+    async fn apply_batch(
+        &self,
+        items: &[Item<'_>],
+        indexes: &[usize],
+    ) -> Result<Vec<(usize, (Verdict, Duration))>, Broken> {
+        if indexes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let broken = |reason, culprit| Broken { reason, culprit };
+        let mut tx = match tokio::time::timeout(self.handler_timeout, self.pool.begin()).await {
+            Ok(Ok(tx)) => tx,
+            _ => return Err(broken("cannot begin", None)),
+        };
+        let mut applied = Vec::with_capacity(indexes.len());
+        for &i in indexes {
+            let item = &items[i];
+            let Ok(envelope) = &item.envelope else { continue };
+            let started = std::time::Instant::now();
+            let step = tokio::time::timeout(self.handler_timeout, self.apply_in_savepoint(&mut tx, envelope))
+                .instrument(item.span.clone())
+                .await;
+            match step {
+                Ok(Ok(verdict)) => applied.push((i, (verdict, started.elapsed()))),
+                Ok(Err(_)) => return Err(broken("savepoint lost", None)),
+                Err(_) => return Err(broken("time limit", Some(i))),
+            }
+        }
+        match tokio::time::timeout(self.handler_timeout, tx.commit()).await {
+            Ok(Ok(())) => Ok(applied),
+            _ => Err(broken("commit failed", None)),
+        }
+    }
+
+    /// One message inside the batch's transaction. `Err` only when the savepoint itself could
+    /// not be set or undone (the transaction is then unusable).
+    async fn apply_in_savepoint(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<Verdict, sqlx::Error> {
+        let mut savepoint = tx.begin().await?;
+        match self.record_and_apply(&mut savepoint, envelope).await {
+            Ok(first) => {
+                savepoint.commit().await?;
+                Ok(if first { Verdict::Handled } else { Verdict::Duplicate })
+            }
+            Err(err) => {
+                savepoint.rollback().await?;
+                Ok(Verdict::from(err))
+            }
+        }
+    }
+
+    /// One message in a transaction of its own (when its batch's could not be carried through).
+    async fn apply_alone(&self, item: &Item<'_>) -> (Verdict, Duration) {
+        let Ok(envelope) = &item.envelope else {
+            return (Verdict::Malformed, Duration::ZERO);
+        };
+        let started = std::time::Instant::now();
+        let applied = async {
+            let mut tx = self.pool.begin().await?;
+            let first = self.record_and_apply(&mut tx, envelope).await?;
+            tx.commit().await?;
+            Ok::<_, HandlerError>(first)
+        };
+        let verdict = match tokio::time::timeout(self.handler_timeout, applied.instrument(item.span.clone())).await {
+            Ok(Ok(true)) => Verdict::Handled,
+            Ok(Ok(false)) => Verdict::Duplicate,
+            Ok(Err(err)) => Verdict::from(err),
+            Err(_) => {
+                item.span.in_scope(|| {
+                    tracing::warn!(
+                        limit_ms = self.handler_timeout.as_millis() as u64,
+                        "handler exceeded its time limit; message will be retried"
+                    )
+                });
+                Verdict::TimedOut
+            }
+        };
+        (verdict, started.elapsed())
+    }
+
+    /// Records the envelope's `message_id` and applies the handler on `conn`. `Ok(false)` when
+    /// the message had already been handled (nothing is applied then).
+    async fn record_and_apply(&self, conn: &mut AnyConnection, envelope: &Envelope) -> Result<bool, HandlerError> {
+        let first = sqlx::query(
+            "INSERT INTO processed_messages (message_id, message_type, correlation_id, processed_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(envelope.message_id.to_string())
+        .bind(envelope.type_name())
+        .bind(envelope.correlation_id.to_string())
+        .bind(crate::storage::now())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        if first {
+            self.handler.handle(conn, envelope).await?;
+        }
+        Ok(first)
+    }
+
+    /// Logs a message's outcome in its span (after the commit that made it true) and counts it.
+    fn conclude(
+        &self,
+        queue: &str,
+        item: &Item<'_>,
+        verdict: Verdict,
+        took: Duration,
+        max_receive_count: Option<u32>,
+    ) -> Outcome {
+        let _entered = item.span.enter();
+        let outcome = match verdict {
+            Verdict::Handled => {
+                tracing::info!("message handled");
+                Outcome::Handled
+            }
+            Verdict::Duplicate => {
+                tracing::info!("duplicate delivery; effect already committed");
+                Outcome::Duplicate
+            }
+            Verdict::Malformed => {
+                let reason = item
+                    .envelope
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                tracing::warn!(%reason, body_bytes = item.message.body.len(), "malformed message left for the dead-letter queue");
+                Outcome::Rejected
+            }
+            Verdict::Refused(reason) => {
+                tracing::warn!(%reason, "message refused; left for the dead-letter queue");
+                Outcome::Rejected
+            }
+            Verdict::Database(error) => {
+                tracing::warn!(%error, "database error; message will be retried");
+                Outcome::DatabaseFailed
+            }
+            Verdict::Conflict(reason) => {
+                tracing::warn!(%reason, "concurrent change; message will be retried");
+                Outcome::Retry
+            }
+            Verdict::TimedOut => Outcome::DatabaseFailed,
+        };
+        self.metrics
+            .handler_duration
+            .get_or_create(&HandlerLabels {
+                queue: queue.to_owned(),
+                r#type: item.kind.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+        let counted = match outcome {
+            Outcome::Handled => "handled",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected => "failed",
+            Outcome::Retry | Outcome::DatabaseFailed => "retried",
+        };
+        self.metrics.message(queue, item.kind, counted);
+        let last_receive = max_receive_count.is_some_and(|max| item.message.receive_count >= max);
+        if !matches!(outcome, Outcome::Handled | Outcome::Duplicate) && last_receive {
+            self.metrics.message(queue, item.kind, "dead_lettered");
+        }
+        outcome
+    }
+}
+
+/// One received message on its way through a batch: its parsed envelope and its `process` span,
+/// whose parent is the span that published it.
+struct Item<'m> {
+    message: &'m Received,
+    envelope: Result<Envelope, super::envelope::EnvelopeError>,
+    kind: &'static str,
+    span: tracing::Span,
+}
+
+impl<'m> Item<'m> {
+    fn open(queue: &str, message: &'m Received) -> Self {
+        let envelope = Envelope::parse(&message.body);
         let span = tracing::info_span!(
             "process",
             otel.name = format!("process {queue}"),
@@ -324,106 +557,50 @@ impl<H: Handler> Consumer<H> {
         let published_by = message
             .traceparent
             .as_deref()
-            .or_else(|| parsed.as_ref().ok().and_then(|e| e.traceparent.as_deref()));
+            .or_else(|| envelope.as_ref().ok().and_then(|e| e.traceparent.as_deref()));
         context::set_parent(&span, published_by);
-        let kind = parsed.as_ref().map(|e| e.type_name()).unwrap_or("malformed");
-        self.metrics.message(queue, kind, "received");
-        let started = std::time::Instant::now();
-        let outcome = self.handle(parsed, message).instrument(span).await;
-        self.metrics
-            .handler_duration
-            .get_or_create(&HandlerLabels {
-                queue: queue.to_owned(),
-                r#type: kind.to_owned(),
-            })
-            .observe(started.elapsed().as_secs_f64());
-        let counted = match outcome {
-            Outcome::Handled => "handled",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Rejected => "failed",
-            Outcome::Retry | Outcome::DatabaseFailed => "retried",
-        };
-        self.metrics.message(queue, kind, counted);
-        let last_receive = self
-            .settings()
-            .await
-            .max_receive_count
-            .is_some_and(|max| message.receive_count >= max);
-        if counted != "handled" && counted != "duplicate" && last_receive {
-            self.metrics.message(queue, kind, "dead_lettered");
+        if let Ok(envelope) = &envelope {
+            span.record("message_type", envelope.type_name());
+            span.record("correlation_id", tracing::field::display(envelope.correlation_id));
+            span.record("message_id", tracing::field::display(envelope.message_id));
         }
-        outcome
+        let kind = envelope.as_ref().map(|e| e.type_name()).unwrap_or("malformed");
+        Self {
+            message,
+            envelope,
+            kind,
+            span,
+        }
     }
+}
 
-    async fn handle(&self, parsed: Result<Envelope, super::envelope::EnvelopeError>, message: &Received) -> Outcome {
-        let envelope = match parsed {
-            Ok(envelope) => envelope,
-            Err(err) => {
-                tracing::warn!(reason = %err, body_bytes = message.body.len(), "malformed message left for the dead-letter queue");
-                return Outcome::Rejected;
-            }
-        };
-        let span = tracing::Span::current();
-        span.record("message_type", envelope.type_name());
-        span.record("correlation_id", tracing::field::display(envelope.correlation_id));
-        span.record("message_id", tracing::field::display(envelope.message_id));
-        let applied = match tokio::time::timeout(self.handler_timeout, self.apply(&envelope)).await {
-            Ok(applied) => applied,
-            Err(_) => {
-                tracing::warn!(
-                    limit_ms = self.handler_timeout.as_millis() as u64,
-                    "handler exceeded its time limit; message will be retried"
-                );
-                return Outcome::DatabaseFailed;
-            }
-        };
-        match applied {
-            Ok(true) => {
-                tracing::info!("message handled");
-                Outcome::Handled
-            }
-            Ok(false) => {
-                tracing::info!("duplicate delivery; effect already committed");
-                Outcome::Duplicate
-            }
-            Err(HandlerError::Refused(reason)) => {
-                tracing::warn!(%reason, "message refused; left for the dead-letter queue");
-                Outcome::Rejected
-            }
-            Err(HandlerError::Database(err)) => {
-                tracing::warn!(error = %err, "database error; message will be retried");
-                Outcome::DatabaseFailed
-            }
-            Err(HandlerError::Conflict(reason)) => {
-                tracing::warn!(%reason, "concurrent change; message will be retried");
-                Outcome::Retry
-            }
-        }
-    }
+/// What became of one message, before it is logged and counted.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Handled,
+    Duplicate,
+    Malformed,
+    Refused(String),
+    Conflict(String),
+    Database(String),
+    TimedOut,
+}
 
-    /// Returns `Ok(false)` when the message had already been handled.
-    async fn apply(&self, envelope: &Envelope) -> Result<bool, HandlerError> {
-        let mut tx = self.pool.begin().await?;
-        let first = sqlx::query(
-            "INSERT INTO processed_messages (message_id, message_type, correlation_id, processed_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(envelope.message_id.to_string())
-        .bind(envelope.type_name())
-        .bind(envelope.correlation_id.to_string())
-        .bind(crate::storage::now())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !first {
-            tx.rollback().await?;
-            return Ok(false);
+impl From<HandlerError> for Verdict {
+    fn from(err: HandlerError) -> Self {
+        match err {
+            HandlerError::Refused(reason) => Self::Refused(reason),
+            HandlerError::Conflict(reason) => Self::Conflict(reason),
+            HandlerError::Database(err) => Self::Database(err.to_string()),
         }
-        self.handler.handle(&mut tx, envelope).await?;
-        tx.commit().await?;
-        Ok(true)
     }
+}
+
+/// Why a batch's transaction could not be carried through, and the message over its time limit
+/// if that was the cause.
+struct Broken {
+    reason: &'static str,
+    culprit: Option<usize>,
 }
 
 /// Visibility timeout after a transient failure, by receive count: 5, 15, 45, 135, 405 s (at most
