@@ -2,7 +2,9 @@
 //! transaction as the state change that causes it, and a relay publishes pending rows with the
 //! batch APIs afterwards. A crash between commit and publish therefore delays a message but never
 //! loses it; a crash between publish and marking the row sent publishes it twice, which the
-//! consumers' processed-message check absorbs.
+//! consumers' processed-message check absorbs. On PostgreSQL, where several instances of a
+//! service share one database, each relay claims the rows it publishes (`FOR UPDATE SKIP
+//! LOCKED`), so the instances split the rows instead of each publishing all of them.
 //!
 //! Traces: [`enqueue`] writes the row in an `outbox enqueue` span and stores that span's
 //! `traceparent` in the envelope; the relay publishes each row in a `publish <destination>` span
@@ -125,17 +127,20 @@ pub struct Relay {
     signal: Arc<Notify>,
     interval: Duration,
     metrics: Metrics,
+    /// PostgreSQL: rows are claimed with `FOR UPDATE SKIP LOCKED` (see [`Relay::claim`]).
+    claims_rows: bool,
 }
 
 impl Relay {
     pub fn new(pool: AnyPool, bus: Bus, topology: Arc<Topology>, interval: Duration) -> Self {
         Self {
-            pool,
             bus,
             topology,
             signal: Arc::new(Notify::new()),
             interval,
             metrics: Metrics::new(),
+            claims_rows: pool.connect_options().database_url.scheme().starts_with("postgres"),
+            pool,
         }
     }
 
@@ -160,14 +165,9 @@ impl Relay {
     pub async fn flush(&self) -> Result<usize, RelayError> {
         let mut published = 0;
         loop {
-            let rows: Vec<PendingRow> = sqlx::query_as(
-                "SELECT id, destination, message_type, correlation_id, body FROM outbox
-                 WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY created_at, id LIMIT $1",
-            )
-            .bind(PAGE)
-            .fetch_all(&self.pool)
-            .await?;
+            let (mut claim, rows) = self.claim().await?;
             if rows.is_empty() {
+                claim.release().await?;
                 return Ok(published);
             }
             let mut by_destination: BTreeMap<String, Vec<Outgoing>> = BTreeMap::new();
@@ -183,7 +183,7 @@ impl Relay {
             let mut first_error = None;
             let mut retry_later = 0;
             for (destination, messages) in &by_destination {
-                match self.publish(destination, messages).await {
+                match self.publish(&mut claim, destination, messages).await {
                     Ok(outcome) => {
                         published += outcome.sent.len();
                         retry_later += outcome.failed.iter().filter(|f| !f.is_permanent()).count();
@@ -195,6 +195,8 @@ impl Relay {
                     }
                 }
             }
+            // What was published is marked even when another destination failed.
+            claim.release().await?;
             if let Some(err) = first_error {
                 return Err(err);
             }
@@ -204,8 +206,36 @@ impl Relay {
         }
     }
 
+    /// Reads a page of pending rows. On PostgreSQL, where several instances of a service share
+    /// the database, the rows are claimed: locked `FOR UPDATE SKIP LOCKED` by a transaction held
+    /// until they are marked, so another instance's relay passes over them instead of publishing
+    /// them a second time. If this instance dies meanwhile, the lock goes with its connection and
+    /// another relay takes the rows. SQLite has one instance per file and one connection per pool,
+    /// which a transaction held across the bus call would take from the consumer: it reads
+    /// without a claim.
+    async fn claim(&self) -> Result<(Claim, Vec<PendingRow>), sqlx::Error> {
+        const PENDING: &str = "SELECT id, destination, message_type, correlation_id, body FROM outbox
+             WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY created_at, id LIMIT $1";
+        if self.claims_rows {
+            let mut tx = self.pool.begin().await?;
+            let rows = sqlx::query_as(&format!("{PENDING} FOR UPDATE SKIP LOCKED"))
+                .bind(PAGE)
+                .fetch_all(&mut *tx)
+                .await?;
+            Ok((Claim::Held(tx), rows))
+        } else {
+            let rows = sqlx::query_as(PENDING).bind(PAGE).fetch_all(&self.pool).await?;
+            Ok((Claim::Free(self.pool.clone()), rows))
+        }
+    }
+
     /// Publishes one destination's rows and records the outcome of each.
-    async fn publish(&self, destination: &str, messages: &[Outgoing]) -> Result<BatchOutcome, RelayError> {
+    async fn publish(
+        &self,
+        claim: &mut Claim,
+        destination: &str,
+        messages: &[Outgoing],
+    ) -> Result<BatchOutcome, RelayError> {
         let resolved = destination
             .parse::<Endpoint>()
             .ok()
@@ -213,7 +243,7 @@ impl Relay {
         let Some((endpoint, address)) = resolved else {
             let reason = format!("destination `{destination}` is not known to this service");
             for message in messages {
-                self.set_aside(&message.id, &reason).await?;
+                claim.set_aside(&message.id, &reason).await?;
             }
             return Ok(BatchOutcome::default());
         };
@@ -262,43 +292,16 @@ impl Relay {
             .get_or_create(&labels)
             .inc_by(outcome.sent.len() as u64);
         drop(spans);
-        self.mark_sent(&outcome.sent).await?;
+        claim.mark_sent(&outcome.sent).await?;
         for failure in &outcome.failed {
             if failure.is_permanent() {
                 let reason = format!("{}: {}", failure.code, failure.message);
-                self.set_aside(&failure.id, &reason).await?;
+                claim.set_aside(&failure.id, &reason).await?;
             } else {
                 tracing::warn!(id = %failure.id, code = %failure.code, message = %failure.message, "bus refused an entry for now; will retry");
             }
         }
         Ok(outcome)
-    }
-
-    async fn set_aside(&self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
-        tracing::error!(id, reason, "outbox message set aside: the bus will never accept it");
-        sqlx::query("UPDATE outbox SET failed_at = $1, error = $2 WHERE id = $3")
-            .bind(now())
-            .bind(reason)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn mark_sent(&self, ids: &[String]) -> Result<(), sqlx::Error> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let now = now();
-        let mut tx = self.pool.begin().await?;
-        for id in ids {
-            sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id = $2")
-                .bind(&now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await
     }
 
     /// Runs until `stop` is cancelled, then makes one last flush so a graceful stop leaves
@@ -331,5 +334,58 @@ impl Relay {
             Err(_) => tracing::warn!("outbox relay final flush timed out; pending messages go out on next start"),
         }
         Ok(())
+    }
+}
+
+/// Where the relay records what became of the rows it read: the transaction holding their
+/// claim (PostgreSQL), or the pool (SQLite).
+enum Claim {
+    Held(sqlx::Transaction<'static, sqlx::Any>),
+    Free(AnyPool),
+}
+
+impl Claim {
+    async fn mark_sent(&mut self, ids: &[String]) -> Result<(), sqlx::Error> {
+        async fn mark(conn: &mut AnyConnection, ids: &[String]) -> Result<(), sqlx::Error> {
+            let now = now();
+            for id in ids {
+                sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id = $2")
+                    .bind(&now)
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        }
+        match self {
+            _ if ids.is_empty() => Ok(()),
+            Self::Held(tx) => mark(tx, ids).await,
+            Self::Free(pool) => {
+                let mut tx = pool.begin().await?;
+                mark(&mut tx, ids).await?;
+                tx.commit().await
+            }
+        }
+    }
+
+    async fn set_aside(&mut self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+        tracing::error!(id, reason, "outbox message set aside: the bus will never accept it");
+        let query = sqlx::query("UPDATE outbox SET failed_at = $1, error = $2 WHERE id = $3")
+            .bind(now())
+            .bind(reason)
+            .bind(id);
+        match self {
+            Self::Held(tx) => query.execute(&mut **tx).await?,
+            Self::Free(pool) => query.execute(&*pool).await?,
+        };
+        Ok(())
+    }
+
+    /// Commits the marks and lets go of the claim.
+    async fn release(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Held(tx) => tx.commit().await,
+            Self::Free(_) => Ok(()),
+        }
     }
 }
