@@ -42,7 +42,8 @@ fault_passed=0
 fault_failed=0
 if ((status == 0)); then
   # The fault-injection suite, short profile: the real binaries under kill -9, SIGTERM,
-  # duplicated deliveries and poison on SQLite, and a database outage on PostgreSQL.
+  # duplicated deliveries and poison on SQLite; a database outage and two instances of every
+  # service under kill -9 on PostgreSQL.
   echo "test: fault-test --profile short" >&2
   cargo build --quiet --bins
   bin="${CARGO_TARGET_DIR:-target}/debug"

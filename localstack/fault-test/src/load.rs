@@ -2,7 +2,8 @@
 //! concurrency, as a careful client would: each request carries an `Idempotency-Key` and is
 //! retried with the same key while the gateway is down or failing (5xx), so a crash between
 //! commit and answer cannot create a second enrollment. A share of the requests reuse an earlier
-//! e-mail, so some sagas end `rejected`.
+//! e-mail, so some sagas end `rejected`. With several gateway instances, requests take turns, and
+//! a retry goes to the next instance, as behind a load balancer.
 
 use rand::RngExt;
 use serde_json::{Value, json};
@@ -50,7 +51,13 @@ fn emails(count: usize, tag: &str) -> Vec<String> {
 }
 
 /// Submits `count` enrollments spread evenly over `spread`, and returns when each has an answer.
-pub async fn run(http: reqwest::Client, gateway: String, count: usize, spread: Duration, tag: String) -> LoadResult {
+pub async fn run(
+    http: reqwest::Client,
+    gateways: Vec<String>,
+    count: usize,
+    spread: Duration,
+    tag: String,
+) -> LoadResult {
     let emails = emails(count, &tag);
     let interval = spread.checked_div(count.max(1) as u32).unwrap_or_default();
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
@@ -61,9 +68,9 @@ pub async fn run(http: reqwest::Client, gateway: String, count: usize, spread: D
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (http, gateway) = (http.clone(), gateway.clone());
+        let (http, gateways) = (http.clone(), gateways.clone());
         tasks.spawn(async move {
-            let result = submit(&http, &gateway, &format!("Fault Test {i}"), &email).await;
+            let result = submit(&http, &gateways, i, &format!("Fault Test {i}"), &email).await;
             drop(permit);
             (email, result)
         });
@@ -82,14 +89,22 @@ pub async fn run(http: reqwest::Client, gateway: String, count: usize, spread: D
     result
 }
 
-/// POSTs one enrollment until it is accepted. Returns its id and the number of attempts.
-async fn submit(http: &reqwest::Client, gateway: &str, name: &str, email: &str) -> Result<(String, u32), String> {
+/// POSTs one enrollment until it is accepted, to `gateways[turn]` first and then to the next ones
+/// in turn. Returns its id and the number of attempts.
+async fn submit(
+    http: &reqwest::Client,
+    gateways: &[String],
+    turn: usize,
+    name: &str,
+    email: &str,
+) -> Result<(String, u32), String> {
     let key = uuid::Uuid::new_v4().to_string();
     let body = json!({"name": name, "email": email});
     let started = Instant::now();
     let mut attempts = 0;
     let mut last = String::new();
     while started.elapsed() < SUBMIT_LIMIT {
+        let gateway = &gateways[(turn + attempts as usize) % gateways.len().max(1)];
         attempts += 1;
         let sent = http
             .post(format!("{gateway}/api/enrollments"))

@@ -76,9 +76,9 @@ fn default_faults(profile: Profile, backend: Backend) -> Vec<Fault> {
     use Fault::*;
     match (profile, backend) {
         (Profile::Short, Backend::Sqlite) => vec![Kill9, Sigterm, Duplicates, Poison],
-        (Profile::Short, Backend::Postgres) => vec![DbOutage],
+        (Profile::Short, Backend::Postgres) => vec![DbOutage, Kill9Pair],
         (Profile::Full, Backend::Sqlite) => vec![None, Kill9, Sigterm, Duplicates, Poison, BusOutage],
-        (Profile::Full, Backend::Postgres) => vec![None, Kill9, Sigterm, Duplicates, Poison, DbOutage],
+        (Profile::Full, Backend::Postgres) => vec![None, Kill9, Kill9Pair, Sigterm, Duplicates, Poison, DbOutage],
     }
 }
 
@@ -263,7 +263,11 @@ mod tests {
         for fault in [Fault::Kill9, Fault::Sigterm, Fault::Duplicates, Fault::Poison] {
             assert!(sqlite.contains(&fault), "{fault:?} missing");
         }
-        assert_eq!(default_faults(Profile::Short, Backend::Postgres), [Fault::DbOutage]);
+        assert_eq!(
+            default_faults(Profile::Short, Backend::Postgres),
+            [Fault::DbOutage, Fault::Kill9Pair]
+        );
         assert!(!default_faults(Profile::Full, Backend::Sqlite).contains(&Fault::DbOutage));
+        assert!(!default_faults(Profile::Full, Backend::Sqlite).contains(&Fault::Kill9Pair));
     }
 }

@@ -18,6 +18,9 @@ pub enum Fault {
     None,
     /// kill -9 of each service in turn, mid-load, then restart.
     Kill9,
+    /// Two instances of every service on one database (PostgreSQL backend only): kill -9 of one
+    /// instance at a time, mid-load, while the other goes on, then restart.
+    Kill9Pair,
     /// SIGTERM of each service in turn under load: exit 0 within 15 s, then restart.
     Sigterm,
     /// Published envelopes re-sent, shuffled, during and after the load.
@@ -68,12 +71,14 @@ impl Context {
     }
 
     pub(crate) async fn system(&self, fault: Fault, endpoint: &str, enrollments: usize) -> anyhow::Result<System> {
+        let instances = if fault == Fault::Kill9Pair { 2 } else { 1 };
         System::start(
             &self.settings,
             &fault.name(),
             endpoint,
             &self.storage,
             self.budget(enrollments),
+            instances,
         )
         .await
     }
@@ -86,7 +91,13 @@ impl Context {
         tag: &str,
     ) -> tokio::task::JoinHandle<LoadResult> {
         let tag = format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        tokio::spawn(load::run(system.http.clone(), system.gateway_url(), count, spread, tag))
+        tokio::spawn(load::run(
+            system.http.clone(),
+            system.gateway_urls(),
+            count,
+            spread,
+            tag,
+        ))
     }
 }
 

@@ -28,6 +28,10 @@ pub async fn run(ctx: &mut Context, fault: Fault) -> anyhow::Result<Report> {
 /// Load, the fault while it runs, then the checks. Covers every fault that does not need a
 /// server of the suite's own.
 async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        fault != Fault::Kill9Pair || matches!(ctx.storage, crate::system::Storage::Postgres { .. }),
+        "kill9-pair runs two instances of each service on one database: PostgreSQL backend only"
+    );
     let mut system = ctx.system(fault, &ctx.endpoint, ctx.enrollments).await?;
     let load = ctx.start_load(&system, ctx.enrollments, ctx.spread, &report.fault);
     let step = ctx.spread / 5;
@@ -46,6 +50,30 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
                     "{} killed {}, ready again {:.1} s after restart",
                     NAMES[i],
                     holding_text(holding),
+                    ready.as_secs_f64()
+                ));
+            }
+        }
+        Fault::Kill9Pair => {
+            // One instance of each service at a time, the first instances then the second ones;
+            // the other instance goes on meanwhile (the load's retries go to it).
+            let step = ctx.spread / 7;
+            for index in [GATEWAY, CUSTOMER, TRANSACTION].into_iter().flat_map(|i| [i, i + 3]) {
+                tokio::time::sleep(step).await;
+                let holding = wait_until_holding(&system, index, step).await?;
+                system.services[index].kill9().await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let ready = system.restart(index).await?;
+                // The queue's in-flight count includes what the other instance holds.
+                let queue = if holding > 0 {
+                    format!("{holding} messages in flight on its queue")
+                } else {
+                    "nothing in flight on its queue".to_owned()
+                };
+                report.notes.push(format!(
+                    "{} instance {} killed with {queue}, ready again {:.1} s after restart",
+                    NAMES[index % 3],
+                    index / 3 + 1,
                     ready.as_secs_f64()
                 ));
             }
@@ -103,7 +131,7 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
             "{resent} envelopes re-sent (each published one at least twice more)"
         ));
     }
-    if matches!(fault, Fault::Kill9 | Fault::Sigterm) {
+    if matches!(fault, Fault::Kill9 | Fault::Kill9Pair | Fault::Sigterm) {
         report.notes.push(format!(
             "{} messages were delivered more than once and handled once",
             log_count(&system, |v| {
@@ -131,12 +159,13 @@ const CONSUMES: [&str; 3] = [
 /// Catches service `i` mid-batch: freezes it (SIGSTOP) and looks at its queue; if it holds
 /// received, undeleted messages it is left frozen for the fault that follows, otherwise it is
 /// resumed and tried again, up to `limit`. Returns how many it held (0: never caught, running).
+/// With two instances of the service, the queue's count includes what the other one holds.
 async fn wait_until_holding(system: &System, i: usize, limit: Duration) -> anyhow::Result<i64> {
     let started = Instant::now();
     let service = &system.services[i];
     loop {
         service.freeze(true)?;
-        let held = inject::in_flight(system, CONSUMES[i]).await;
+        let held = inject::in_flight(system, CONSUMES[i % 3]).await;
         if matches!(held, Ok(n) if n > 0) {
             return held;
         }

@@ -1,6 +1,7 @@
 //! One system under test: an isolated copy of the messaging stack (unique prefix), one fresh
-//! database per service, and the three service binaries as child processes. Every fault phase
-//! gets a system of its own, so one phase's leftovers never explain another's result.
+//! database per service, and the three service binaries as child processes (or several instances
+//! of each, sharing their service's database). Every fault phase gets a system of its own, so one
+//! phase's leftovers never explain another's result.
 
 use crate::procs::{Service, free_port};
 use anyhow::Context;
@@ -51,6 +52,7 @@ pub struct System {
     pub params: MessagingParams,
     pub outputs: HashMap<String, String>,
     pub http: reqwest::Client,
+    /// Instance `k` of service `i` (`GATEWAY`, `CUSTOMER`, `TRANSACTION`) is `services[i + 3 * k]`.
     pub services: Vec<Service>,
     pub db_urls: [String; 3],
     pub budget_points: i64,
@@ -58,14 +60,16 @@ pub struct System {
 }
 
 impl System {
-    /// Deploys the stack, creates the databases and starts the three services; returns once all
-    /// are ready. `budget_points` is the transaction-api's campaign budget.
+    /// Deploys the stack, creates the databases and starts `instances` instances of each of the
+    /// three services; returns once all are ready. `budget_points` is the transaction-api's
+    /// campaign budget.
     pub async fn start(
         settings: &Settings,
         phase: &str,
         endpoint: &str,
         storage: &Storage,
         budget_points: i64,
+        instances: usize,
     ) -> anyhow::Result<Self> {
         let dir = settings.run_dir.join(phase);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -80,10 +84,14 @@ impl System {
             .await
             .context("cannot deploy the messaging stack")?;
         let db_urls = databases(storage, &dir, &prefix).await?;
-        let ports = [free_port()?, free_port()?, free_port()?];
-        let addr = |i: usize| std::net::SocketAddr::from(([127, 0, 0, 1], ports[i]));
-        let common = |i: usize| -> Vec<(String, String)> {
-            [
+        let instances = instances.max(1);
+        let ports = (0..3 * instances)
+            .map(|_| free_port())
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let addr = |index: usize| std::net::SocketAddr::from(([127, 0, 0, 1], ports[index]));
+        let env = |index: usize| -> Vec<(String, String)> {
+            let i = index % 3;
+            let mut env: Vec<(String, String)> = [
                 ("AWS_ENDPOINT_URL", endpoint.to_owned()),
                 ("AWS_REGION", "us-east-1".to_owned()),
                 ("AWS_ACCESS_KEY_ID", "test".to_owned()),
@@ -91,35 +99,42 @@ impl System {
                 ("TOPOLOGY_STACK", params.stack_name()),
                 ("RECEIVE_WAIT_SECONDS", settings.receive_wait.to_string()),
                 ("LOG_FORMAT", "json".to_owned()),
-                ("HTTP_ADDR", addr(i).to_string()),
+                ("HTTP_ADDR", addr(index).to_string()),
                 ("DATABASE_URL", db_urls[i].clone()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
-            .collect()
+            .collect();
+            match i {
+                GATEWAY => {
+                    env.push(("CUSTOMER_API_URL".into(), format!("http://{}", addr(CUSTOMER))));
+                    env.push(("TRANSACTION_API_URL".into(), format!("http://{}", addr(TRANSACTION))));
+                    // The load comes from one address, faster than a person would submit.
+                    env.push(("RATE_LIMIT_PER_MINUTE".into(), "0".into()));
+                }
+                TRANSACTION => env.push(("BONUS_BUDGET_POINTS".into(), budget_points.to_string())),
+                _ => {}
+            }
+            env
         };
-        let mut gateway_env = common(GATEWAY);
-        gateway_env.push(("CUSTOMER_API_URL".into(), format!("http://{}", addr(CUSTOMER))));
-        gateway_env.push(("TRANSACTION_API_URL".into(), format!("http://{}", addr(TRANSACTION))));
-        // The load comes from one address, faster than a person would submit.
-        gateway_env.push(("RATE_LIMIT_PER_MINUTE".into(), "0".into()));
-        let mut transaction_env = common(TRANSACTION);
-        transaction_env.push(("BONUS_BUDGET_POINTS".into(), budget_points.to_string()));
-        let envs = [gateway_env, common(CUSTOMER), transaction_env];
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .no_proxy()
             .build()?;
-        let services = envs
-            .into_iter()
-            .enumerate()
-            .map(|(i, env)| {
+        let services = (0..3 * instances)
+            .map(|index| {
+                let (i, k) = (index % 3, index / 3);
+                let log = if k == 0 {
+                    format!("{}.log", NAMES[i])
+                } else {
+                    format!("{}-{}.log", NAMES[i], k + 1)
+                };
                 Service::new(
                     NAMES[i],
                     settings.bin_dir.join(NAMES[i]),
-                    addr(i),
-                    env,
-                    dir.join(format!("{}.log", NAMES[i])),
+                    addr(index),
+                    env(index),
+                    dir.join(log),
                 )
             })
             .collect();
@@ -133,8 +148,10 @@ impl System {
             budget_points,
             stack_deleted: false,
         };
-        for i in [CUSTOMER, TRANSACTION, GATEWAY] {
-            system.services[i].start()?;
+        for k in 0..instances {
+            for i in [CUSTOMER, TRANSACTION, GATEWAY] {
+                system.services[i + 3 * k].start()?;
+            }
         }
         for service in &mut system.services {
             service.wait_ready(&system.http, READY_LIMIT).await?;
@@ -146,15 +163,26 @@ impl System {
         format!("http://{}", self.services[GATEWAY].addr)
     }
 
+    /// Every gateway instance's address, first instance first.
+    pub fn gateway_urls(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .skip(GATEWAY)
+            .step_by(3)
+            .map(|s| format!("http://{}", s.addr))
+            .collect()
+    }
+
     /// Starts service `i` again and waits until it is ready.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<Duration> {
         self.services[i].start()?;
         self.services[i].wait_ready(&self.http, READY_LIMIT).await
     }
 
-    /// A read connection to service `i`'s database.
+    /// A read connection to service `i`'s database (any instance of the service: they share it).
     pub async fn pool(&self, i: usize) -> anyhow::Result<AnyPool> {
         sqlx::any::install_default_drivers();
+        let i = i % 3;
         let url = &self.db_urls[i];
         let url = if url.starts_with("sqlite:") {
             format!("{url}?mode=ro")
