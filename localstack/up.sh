@@ -45,12 +45,39 @@ fi
 echo "up: deploying the messaging topology" >&2
 "$bin/sagactl" deploy --prefix "${NAME_PREFIX:-saga}" >"$run_dir/topology.txt"
 
+# INSTANCES=N runs N instances of each service, competing consumers on their queues, sharing
+# their service's database: PostgreSQL only. Unless *_DATABASE_URL say otherwise, each service
+# gets a database saga_<service> on POSTGRES_URL (created when missing, with psql). Instance k
+# listens on the service's port + 10 * (k - 1): gateways on 8080, 8090, 8100, ...
+instances=${INSTANCES:-1}
+[[ "$instances" =~ ^[1-9][0-9]*$ ]] || { echo "up: INSTANCES must be a positive number, not '$instances'" >&2; exit 2; }
+if ((instances > 1)); then
+  postgres_url=${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
+  for service in customer-api transaction-api gateway; do
+    var="$(echo "$service" | tr 'a-z-' 'A-Z_')_DATABASE_URL"
+    if [[ -z "${!var:-}" ]]; then
+      command -v psql >/dev/null 2>&1 || { echo "up: INSTANCES>1 needs PostgreSQL: set $var, or install psql to create the databases on $postgres_url" >&2; exit 2; }
+      db="saga_${service//-/_}"
+      if [[ -z "$(psql "$postgres_url/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]]; then
+        psql "$postgres_url/postgres" -qc "CREATE DATABASE $db" >/dev/null
+      fi
+      export "$var=$postgres_url/$db"
+    fi
+    case "${!var}" in postgres://* | postgresql://*) ;; *) echo "up: INSTANCES>1 needs PostgreSQL; $var is not a postgres:// URL" >&2; exit 2 ;; esac
+  done
+fi
+
 start() {
-  local name=$1 db_var=$2
+  local name=$1 db_var=$2 port=$3
   local db_url="${!db_var:-sqlite:$run_dir/data/$name.db}"
-  DATABASE_URL="$db_url" TOPOLOGY_STACK="${NAME_PREFIX:-saga}-messaging" \
-    "$bin/$name" > >(trap '' INT TERM; exec sed -u "s/^/[$name] /") 2>&1 &
-  pids+=($!)
+  local k label
+  for ((k = 1; k <= instances; k++)); do
+    label=$name
+    ((instances == 1)) || label="$name#$k"
+    HTTP_ADDR="127.0.0.1:$((port + 10 * (k - 1)))" DATABASE_URL="$db_url" TOPOLOGY_STACK="${NAME_PREFIX:-saga}-messaging" \
+      "$bin/$name" > >(trap '' INT TERM; exec sed -u "s/^/[$label] /") 2>&1 &
+    pids+=($!)
+  done
 }
 # The operator routes (listing, stalled sagas, customer and points lookups) need a bearer token:
 # yours if OPERATOR_TOKEN is set, else a fresh one, kept in .run/operator-token for other terminals.
@@ -59,9 +86,9 @@ if [[ -z "${OPERATOR_TOKEN:-}" ]]; then
 fi
 (umask 077 && printf '%s\n' "$OPERATOR_TOKEN" >"$run_dir/operator-token")
 
-start customer-api CUSTOMER_API_DATABASE_URL
-start transaction-api TRANSACTION_API_DATABASE_URL
-OPERATOR_TOKEN="$OPERATOR_TOKEN" start gateway GATEWAY_DATABASE_URL
+start customer-api CUSTOMER_API_DATABASE_URL 8081
+start transaction-api TRANSACTION_API_DATABASE_URL 8082
+OPERATOR_TOKEN="$OPERATOR_TOKEN" start gateway GATEWAY_DATABASE_URL 8080
 
 gateway=http://127.0.0.1:8080
 deadline=$((SECONDS + 60))
@@ -90,6 +117,9 @@ else
   echo "up: GET $location -> $body" >&2
 fi
 echo "up: the system is running; the gateway answers on $gateway. Ctrl-C stops everything." >&2
+if ((instances > 1)); then
+  echo "up: $instances instances of each service on PostgreSQL; gateways on ports $(seq -s ' ' 8080 10 $((8080 + 10 * (instances - 1))))" >&2
+fi
 echo "up: the enrollment page: $gateway/" >&2
 echo "up: the API reference: $gateway/docs (OpenAPI document: $gateway/openapi.json)" >&2
 echo "up: operator routes take the token in .run/operator-token, e.g." >&2
