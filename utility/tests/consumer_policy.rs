@@ -669,3 +669,77 @@ async fn a_batch_commits_once_after_all_its_messages() {
     );
     assert_eq!(effects(&pool, &sent).await, [1; 6]);
 }
+
+/// Messages the consumer has committed (its processed-message table).
+async fn processed(pool: &sqlx::AnyPool) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM processed_messages")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// `run` gathers the deletes of several receives into one call: messages that trickle in one at
+/// a time come back one or two per receive, yet are deleted several per `DeleteMessageBatch`
+/// (one delete per receive would make the two counts equal). Each is handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_are_gathered_across_receives() {
+    let producer = localstack().await;
+    let queues = Queues::create(&producer, 30).await;
+    // The consumer's own bus, so its request counter holds its calls alone.
+    let consumer_bus = localstack().await;
+    let running = start(&consumer_bus, &queues.work, Scripted::default()).await;
+    const SENT: i64 = 40;
+    for _ in 0..SENT {
+        queues.send(&envelope()).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    until("every message to be handled and deleted", async || {
+        processed(&running.pool).await == SENT && queues.depth(&queues.work).await == 0
+    })
+    .await;
+    let pool = running.pool.clone();
+    running.stop().await;
+    assert_eq!(processed(&pool).await, SENT, "each message handled once");
+    let calls = consumer_bus.requests().snapshot();
+    let receives = calls.get("SQS.ReceiveMessage").copied().unwrap_or(0);
+    let deletes = calls.get("SQS.DeleteMessageBatch").copied().unwrap_or(0);
+    assert!(
+        deletes > 0 && deletes * 2 <= receives,
+        "{deletes} delete calls for {receives} receives: deletes were not gathered across receives ({calls:?})"
+    );
+}
+
+/// A graceful stop finishes the batch being handled and the one received ahead of it, and
+/// deletes what committed: afterwards every message is either committed and gone from the queue,
+/// or not handled and still in it; none is both, and none is neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_finishes_the_batch_received_ahead() {
+    let bus = localstack().await;
+    let queues = Queues::create(&bus, 30).await;
+    const SENT: usize = 20;
+    let sent: Vec<Envelope> = (0..SENT).map(|_| envelope()).collect();
+    for chunk in sent.chunks(10) {
+        let outgoing: Vec<_> = chunk.iter().map(Into::into).collect();
+        bus.send_batch(&queues.work, &outgoing).await.unwrap();
+    }
+    let handler = Scripted {
+        work_for: Duration::from_millis(100),
+        ..Scripted::default()
+    };
+    let running = start(&localstack().await, &queues.work, handler.clone()).await;
+    // Two messages in, the first batch is being handled and the second has long been received.
+    until("the first batch to be under way", async || handler.calls().len() >= 2).await;
+    let pool = running.pool.clone();
+    running.stop().await;
+    let committed = usize::try_from(processed(&pool).await).unwrap();
+    assert!(
+        committed > 10,
+        "only {committed} committed: the batch received ahead was not finished"
+    );
+    assert_eq!(handler.calls().len(), committed, "each message handled once");
+    assert_eq!(
+        queues.depth(&queues.work).await,
+        SENT - committed,
+        "a committed message was left undeleted, or one was lost"
+    );
+}

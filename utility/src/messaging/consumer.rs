@@ -1,5 +1,5 @@
-//! The SQS consumer loop: receive a batch, handle each message in its own database transaction,
-//! delete what committed. The shape every service shares:
+//! The SQS consumer: receive a batch, handle it in one database transaction, delete what
+//! committed. The shape every service shares:
 //!
 //! 1. Parse the body into an [`Envelope`]. A body that does not parse is logged with its reason
 //!    and made visible again at once; after `maxReceiveCount` receives the queue's redrive policy
@@ -15,11 +15,17 @@
 //!    the message to come back after a growing visibility timeout, and the consumer stops
 //!    receiving until the database answers again; refusals (a message this service cannot act on)
 //!    go the dead-letter way like malformed ones.
-//! 4. While a batch is worked on, a heartbeat keeps all its messages invisible.
+//! 4. From its receive until it is handled, a heartbeat keeps a batch invisible.
+//!
+//! [`Consumer::run`] overlaps these steps ([`pipeline`]): the next batch is received while the
+//! current one commits, and deletes are gathered across batches. [`Consumer::poll_once`] takes
+//! them one after the other, for tests.
 //!
 //! Each message is handled in a `process <queue>` span whose parent is the span that published
 //! it (the `traceparent` message attribute, else the envelope's), and counted in the service's
 //! [`Metrics`] by outcome.
+
+mod pipeline;
 
 use super::bus::{Bus, BusError, QueueSettings, Received, queue_name};
 use super::envelope::Envelope;
@@ -132,47 +138,6 @@ impl<H: Handler> Consumer<H> {
         self
     }
 
-    /// Polls until `stop` is cancelled. A receive in flight when `stop` fires is abandoned (any
-    /// messages it was about to return reappear after their visibility timeout); a batch already
-    /// received is finished and deleted before returning.
-    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        tracing::info!(queue = queue_name(&self.queue_url), "consumer started");
-        while !stop.is_cancelled() {
-            // `biased`: a receive that has already returned messages is handled, never dropped in
-            // favour of the stop signal.
-            let received = tokio::select! {
-                biased;
-                received = self.bus.receive(&self.queue_url, self.wait_seconds) => received,
-                () = stop.cancelled() => break,
-            };
-            let result = match received {
-                Ok(messages) => self.process_batch(messages).await,
-                Err(err) => Err(err),
-            };
-            match result {
-                Ok(report) if report.retried > 0 => {
-                    // The database failed: receiving more now would only spend other messages'
-                    // receive counts. Wait until it answers again.
-                    if !self.wait_for_database(&stop).await {
-                        break;
-                    }
-                }
-                Ok(_) => backoff.reset(),
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "consumer cannot reach the bus; will retry");
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        tracing::info!(queue = queue_name(&self.queue_url), "consumer stopped");
-        Ok(())
-    }
-
     /// Returns when the database answers (`true`) or when `stop` fires (`false`).
     async fn wait_for_database(&self, stop: &CancellationToken) -> bool {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -193,88 +158,96 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// One receive and the handling of what it returned.
+    /// One receive, the handling of what it returned and its delete, one step after the other:
+    /// what tests drive to see a batch's outcome. [`Consumer::run`] overlaps these steps.
     pub async fn poll_once(&self) -> Result<BatchReport, BusError> {
         let messages = self.bus.receive(&self.queue_url, self.wait_seconds).await?;
-        self.process_batch(messages).await
+        if messages.is_empty() {
+            self.count_receive(0);
+            return Ok(BatchReport::default());
+        }
+        let receipts: Vec<String> = messages.iter().map(|m| m.receipt_handle.clone()).collect();
+        let timeout = self.settings().await.visibility_timeout;
+        let settled = tokio::select! {
+            settled = self.settle(&messages) => settled,
+            never = keep_invisible(&self.bus, &self.queue_url, &receipts, timeout) => match never {},
+        };
+        if !settled.delete.is_empty() {
+            let delete: Vec<&str> = settled.delete.iter().map(String::as_str).collect();
+            self.bus.delete_batch(&self.queue_url, &delete).await?;
+        }
+        self.reset_visibility(&settled.visibility).await;
+        Ok(settled.report)
     }
 
-    async fn process_batch(&self, messages: Vec<Received>) -> Result<BatchReport, BusError> {
-        let mut report = BatchReport {
-            received: messages.len(),
-            ..BatchReport::default()
-        };
+    /// Counts one receive of `messages` messages.
+    fn count_receive(&self, messages: usize) {
         let queue = QueueLabels {
             queue: queue_name(&self.queue_url).to_owned(),
         };
-        if messages.is_empty() {
+        if messages == 0 {
             self.metrics.empty_receives.get_or_create(&queue).inc();
-            return Ok(report);
+        } else {
+            self.metrics
+                .receive_batch_size
+                .get_or_create(&queue)
+                .observe(messages as f64);
         }
-        self.metrics
-            .receive_batch_size
-            .get_or_create(&queue)
-            .observe(messages.len() as f64);
-        // Every message of the batch stays invisible until the batch is finished and deleted:
-        // later ones wait while earlier ones are handled, handled ones wait for the delete.
-        let held: Vec<&str> = messages.iter().map(|m| m.receipt_handle.as_str()).collect();
-        let outcomes = tokio::select! {
-            outcomes = self.handle_batch(&messages) => outcomes,
-            never = self.keep_invisible(&held) => match never {},
+    }
+
+    /// Handles a received batch (not empty) and says what is to become of each message: the
+    /// receipts to delete (committed, or duplicates) and the visibility to give the others.
+    /// Wakes the relay when something committed.
+    async fn settle(&self, messages: &[Received]) -> Settled {
+        self.count_receive(messages.len());
+        let mut settled = Settled {
+            report: BatchReport {
+                received: messages.len(),
+                ..BatchReport::default()
+            },
+            delete: Vec::new(),
+            visibility: Vec::new(),
         };
-        let mut delete = Vec::new();
-        let mut visibility = Vec::new();
+        let outcomes = self.handle_batch(messages).await;
+        let report = &mut settled.report;
         for (message, outcome) in messages.iter().zip(outcomes) {
+            let receipt = message.receipt_handle.clone();
             match outcome {
                 Outcome::Handled => {
                     report.handled += 1;
-                    delete.push(message.receipt_handle.as_str());
+                    settled.delete.push(receipt);
                 }
                 Outcome::Duplicate => {
                     report.duplicates += 1;
-                    delete.push(message.receipt_handle.as_str());
+                    settled.delete.push(receipt);
                 }
                 Outcome::Rejected => {
                     report.rejected += 1;
                     // Visible again at once: the redrive policy counts receives, not time.
-                    visibility.push((message.receipt_handle.as_str(), 0));
+                    settled.visibility.push((receipt, 0));
                 }
                 Outcome::Retry | Outcome::DatabaseFailed => {
                     report.retried += 1;
-                    visibility.push((
-                        message.receipt_handle.as_str(),
-                        retry_delay_seconds(message.receive_count),
-                    ));
+                    settled
+                        .visibility
+                        .push((receipt, retry_delay_seconds(message.receive_count)));
                 }
             }
         }
         if report.handled > 0 {
             self.outbox_signal.notify_one();
         }
-        if !delete.is_empty() {
-            self.bus.delete_batch(&self.queue_url, &delete).await?;
-        }
-        if !visibility.is_empty() {
-            // Best effort: if this fails the messages simply come back after the queue's timeout.
-            if let Err(err) = self.bus.change_visibility_batch(&self.queue_url, &visibility).await {
-                tracing::warn!(error = %err, "could not reset visibility of failed messages");
-            }
-        }
-        Ok(report)
+        settled
     }
 
-    /// Extends the visibility of the held messages every third of the visibility timeout (room
-    /// for a slow extension call). Never returns; the caller drops it when the batch is done.
-    async fn keep_invisible(&self, held: &[&str]) -> Infallible {
-        let timeout = self.settings().await.visibility_timeout;
-        let every = Duration::from_millis(u64::from(timeout.unsigned_abs()) * 1000 / 3).max(Duration::from_millis(300));
-        let extend: Vec<(&str, i32)> = held.iter().map(|receipt| (*receipt, timeout)).collect();
-        loop {
-            tokio::time::sleep(every).await;
-            match self.bus.change_visibility_batch(&self.queue_url, &extend).await {
-                Ok(()) => tracing::debug!(messages = extend.len(), timeout, "visibility extended for slow work"),
-                Err(err) => tracing::warn!(error = %err, "could not extend visibility; messages may be redelivered"),
-            }
+    /// Best effort: if this fails the messages simply come back after the queue's timeout.
+    async fn reset_visibility(&self, changes: &[(String, i32)]) {
+        if changes.is_empty() {
+            return;
+        }
+        let changes: Vec<(&str, i32)> = changes.iter().map(|(r, s)| (r.as_str(), *s)).collect();
+        if let Err(err) = self.bus.change_visibility_batch(&self.queue_url, &changes).await {
+            tracing::warn!(error = %err, "could not reset visibility of failed messages");
         }
     }
 
@@ -528,6 +501,29 @@ impl<H: Handler> Consumer<H> {
         }
         outcome
     }
+}
+
+/// Extends the visibility of the held messages every third of the visibility timeout (room for
+/// a slow extension call). Never returns; the caller drops it when the batch is done.
+async fn keep_invisible(bus: &Bus, queue_url: &str, held: &[String], timeout: i32) -> Infallible {
+    let every = Duration::from_millis(u64::from(timeout.unsigned_abs()) * 1000 / 3).max(Duration::from_millis(300));
+    let extend: Vec<(&str, i32)> = held.iter().map(|receipt| (receipt.as_str(), timeout)).collect();
+    loop {
+        tokio::time::sleep(every).await;
+        match bus.change_visibility_batch(queue_url, &extend).await {
+            Ok(()) => tracing::debug!(messages = extend.len(), timeout, "visibility extended for slow work"),
+            Err(err) => tracing::warn!(error = %err, "could not extend visibility; messages may be redelivered"),
+        }
+    }
+}
+
+/// What is to become of a handled batch's messages.
+struct Settled {
+    report: BatchReport,
+    /// Receipts of the messages whose effect is committed.
+    delete: Vec<String>,
+    /// Receipts of the others, with the seconds until each is received again.
+    visibility: Vec<(String, i32)>,
 }
 
 /// One received message on its way through a batch: its parsed envelope and its `process` span,
