@@ -1,7 +1,8 @@
 //! The whole system as separate processes: the three real service binaries, each with its own
-//! SQLite database and its JSON log lines collected, on an isolated copy of the messaging stack,
-//! optionally exporting spans to an OTLP receiver in this process. For what only real processes
-//! show: each binary's `service.name`, its memory and CPU.
+//! database (SQLite, or PostgreSQL with several instances per service sharing it) and its JSON
+//! log lines collected, on an isolated copy of the messaging stack, optionally exporting spans to
+//! an OTLP receiver in this process. For what only real processes show: each binary's
+//! `service.name`, its memory and CPU, several instances of one service.
 
 use super::{Backend, OPERATOR_TOKEN, TestDb, TestStack, eventually};
 use axum::Router;
@@ -89,22 +90,57 @@ impl Service {
     }
 }
 
+/// How to start the processes.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Spans exported to [`Processes::collector`].
+    pub traces: bool,
+    pub receive_wait_seconds: i32,
+    pub backend: Backend,
+    /// Instances of each service (more than one needs [`Backend::Postgres`]).
+    pub instances: usize,
+}
+
 /// The whole system as separate processes, exporting spans to `collector`.
 pub struct Processes {
+    /// The first instance of each service.
     pub gateway: Service,
     pub customer: Service,
     pub transaction: Service,
+    /// Further instances, by service name.
+    pub more: Vec<(&'static str, Service)>,
     receiver: tokio::task::JoinHandle<()>,
     pub collector: Collector,
     pub http: reqwest::Client,
     pub stack: TestStack,
-    _dbs: Vec<TestDb>,
+    /// The databases of the customer-api, the transaction-api and the gateway, in that order.
+    pub dbs: Vec<TestDb>,
 }
 
 impl Processes {
-    /// With spans exported to [`Processes::collector`] when `traces`; consumers long-poll for
-    /// `receive_wait_seconds`.
+    /// One instance of each service on SQLite; with spans exported to [`Processes::collector`]
+    /// when `traces`; consumers long-poll for `receive_wait_seconds`.
     pub async fn start(traces: bool, receive_wait_seconds: i32) -> Self {
+        Self::start_with(Layout {
+            traces,
+            receive_wait_seconds,
+            backend: Backend::Sqlite,
+            instances: 1,
+        })
+        .await
+    }
+
+    pub async fn start_with(layout: Layout) -> Self {
+        let Layout {
+            traces,
+            receive_wait_seconds,
+            backend,
+            instances,
+        } = layout;
+        assert!(
+            instances == 1 || matches!(backend, Backend::Postgres),
+            "several instances share a database: PostgreSQL only"
+        );
         let collector = Collector::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let otlp = format!("http://{}", listener.local_addr().unwrap());
@@ -120,7 +156,7 @@ impl Processes {
         let dir = binaries();
         let mut dbs = Vec::new();
         for name in ["customer-api", "transaction-api", "gateway"] {
-            dbs.push(TestDb::new(Backend::Sqlite, name).await);
+            dbs.push(TestDb::new(backend, &name.replace('-', "_")).await);
         }
         let (customer_port, transaction_port, gateway_port) = (free_port(), free_port(), free_port());
         let spawn = |name: &str, db: &TestDb, port: u16, extra: &[(&str, String)]| {
@@ -172,30 +208,33 @@ impl Processes {
             });
             Service { child, port, lines }
         };
+        let gateway_env = [
+            ("OPERATOR_TOKEN", OPERATOR_TOKEN.to_owned()),
+            ("RATE_LIMIT_PER_MINUTE", "0".to_owned()),
+            ("CUSTOMER_API_URL", format!("http://127.0.0.1:{customer_port}")),
+            ("TRANSACTION_API_URL", format!("http://127.0.0.1:{transaction_port}")),
+        ];
         let customer = spawn("customer-api", &dbs[0], customer_port, &[]);
         let transaction = spawn("transaction-api", &dbs[1], transaction_port, &[]);
-        let gateway = spawn(
-            "gateway",
-            &dbs[2],
-            gateway_port,
-            &[
-                ("OPERATOR_TOKEN", OPERATOR_TOKEN.to_owned()),
-                ("RATE_LIMIT_PER_MINUTE", "0".to_owned()),
-                ("CUSTOMER_API_URL", format!("http://127.0.0.1:{customer_port}")),
-                ("TRANSACTION_API_URL", format!("http://127.0.0.1:{transaction_port}")),
-            ],
-        );
+        let gateway = spawn("gateway", &dbs[2], gateway_port, &gateway_env);
+        let mut more = Vec::new();
+        for _ in 1..instances {
+            more.push(("customer-api", spawn("customer-api", &dbs[0], free_port(), &[])));
+            more.push(("transaction-api", spawn("transaction-api", &dbs[1], free_port(), &[])));
+            more.push(("gateway", spawn("gateway", &dbs[2], free_port(), &gateway_env)));
+        }
         let processes = Self {
             gateway,
             customer,
             transaction,
+            more,
             receiver,
             collector,
             http: reqwest::Client::new(),
             stack,
-            _dbs: dbs,
+            dbs,
         };
-        for service in [&processes.gateway, &processes.customer, &processes.transaction] {
+        for service in processes.all() {
             let url = format!("http://127.0.0.1:{}/ready", service.port);
             let http = processes.http.clone();
             eventually("a service to be ready", || {
@@ -206,6 +245,20 @@ impl Processes {
             .expect("service ready");
         }
         processes
+    }
+
+    /// Every instance of every service.
+    pub fn all(&self) -> impl Iterator<Item = &Service> {
+        [&self.gateway, &self.customer, &self.transaction]
+            .into_iter()
+            .chain(self.more.iter().map(|(_, s)| s))
+    }
+
+    /// Every gateway instance, the first one first.
+    pub fn gateways(&self) -> Vec<&Service> {
+        std::iter::once(&self.gateway)
+            .chain(self.more.iter().filter(|(n, _)| *n == "gateway").map(|(_, s)| s))
+            .collect()
     }
 
     pub fn url(&self, service: &Service, path: &str) -> String {
@@ -239,6 +292,20 @@ impl Processes {
         (id, response)
     }
 
+    /// Submits an enrollment to `gateway` (any gateway instance) without waiting for it.
+    pub async fn submit(&self, gateway: &Service, email: &str) -> String {
+        let response = self
+            .http
+            .post(self.url(gateway, "/api/enrollments"))
+            .json(&json!({"name": "Ada Lovelace", "email": email}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn metrics(&self, service: &Service) -> String {
         self.http
             .get(self.url(service, "/metrics"))
@@ -252,7 +319,11 @@ impl Processes {
     }
 
     pub async fn stop(mut self) {
-        for service in [&mut self.gateway, &mut self.customer, &mut self.transaction] {
+        let more = self.more.iter_mut().map(|(_, s)| s);
+        for service in [&mut self.gateway, &mut self.customer, &mut self.transaction]
+            .into_iter()
+            .chain(more)
+        {
             if let Some(pid) = service.child.id() {
                 let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
             }
