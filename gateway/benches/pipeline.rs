@@ -6,7 +6,8 @@
 //! 2. the consumer loop as services run it (parse, dedup insert, handler, one commit per receive
 //!    batch, the next receive while it commits, deletes gathered across receives) on SQLite and on
 //!    PostgreSQL, messages/s, and its ratio to raw receive+delete in the same shape: `BENCH_ROUNDS`
-//!    (3) interleaved rounds, the median reported;
+//!    (5) interleaved rounds, the median reported, and where the CPU went (this process, the
+//!    emulator, the PostgreSQL server);
 //! 3. whole sagas through the three services (gateway -> customer-api -> gateway ->
 //!    transaction-api -> gateway), enrollments/s and p50/p95/max latency from acceptance to
 //!    `completed`, taken from the stored history timestamps;
@@ -185,6 +186,109 @@ fn process_figures(pid: u32) -> Option<(f64, f64)> {
     Some((rss_kib / 1024.0, ticks * 10.0))
 }
 
+/// CPU time (ms, user + system) spent so far by this process, by the emulator (LocalStack's
+/// Python process) and by the PostgreSQL server (its processes, with the backends that have
+/// exited, which the postmaster has collected): where a run's cores go. On a small machine the
+/// three share the same cores, so what the services spend the emulator cannot.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    bench: f64,
+    emulator: f64,
+    postgres: f64,
+    /// Bus requests sent meanwhile, where the caller counts them.
+    requests: f64,
+}
+
+impl Cpu {
+    /// Now, with the requests `bus` has sent so far.
+    fn of(bus: &Bus) -> Self {
+        Self {
+            requests: bus.requests().total() as f64,
+            ..Self::now()
+        }
+    }
+
+    fn now() -> Self {
+        let mut cpu = Self {
+            bench: cpu_ms("self", false).unwrap_or(f64::NAN),
+            ..Self::default()
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return cpu;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "postgres" {
+                cpu.postgres += cpu_ms(pid, true).unwrap_or(0.0);
+            } else if comm.starts_with("python") {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("localstack.runtime") {
+                    cpu.emulator += cpu_ms(pid, false).unwrap_or(0.0);
+                }
+            }
+        }
+        cpu
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            bench: self.bench - before.bench,
+            emulator: self.emulator - before.emulator,
+            postgres: (self.postgres - before.postgres).max(0.0),
+            requests: self.requests - before.requests,
+        }
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            bench: self.bench + other.bench,
+            emulator: self.emulator + other.emulator,
+            postgres: self.postgres + other.postgres,
+            requests: self.requests + other.requests,
+        }
+    }
+
+    fn total(self) -> f64 {
+        self.bench + self.emulator + self.postgres
+    }
+
+    /// Each part divided by `n` (at least 1), printed.
+    fn per(self, n: usize) -> String {
+        let n = n.max(1) as f64;
+        format!(
+            "this process {:.1} ms, emulator {:.1} ms, PostgreSQL {:.1} ms, {:.1} bus requests",
+            self.bench / n,
+            self.emulator / n,
+            self.postgres / n,
+            self.requests / n
+        )
+    }
+
+    /// Cores kept busy over `took`.
+    fn cores(self, took: Duration) -> f64 {
+        self.total() / 1000.0 / took.as_secs_f64()
+    }
+}
+
+/// The cores this machine gives the run.
+fn cores_here() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// CPU time (ms) of `pid` (or `self`), with its collected children's when `children`.
+fn cpu_ms(pid: &str, children: bool) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let upto = if children { 15 } else { 13 };
+    let ticks: f64 = fields.get(11..upto)?.iter().filter_map(|f| f.parse::<f64>().ok()).sum();
+    // Linux reports in clock ticks, 100 a second.
+    Some(ticks * 10.0)
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
 }
@@ -192,9 +296,9 @@ fn verdict(met: bool) -> &'static str {
 /// The raw bus in the consumer's shape without a database: a receive stage one batch ahead of a
 /// delete stage that deletes receipts ten per call as they come. How long it takes to drain the
 /// `messages` sent to `queue` first.
-async fn raw_pipelined(bus: &Bus, queue: &str, messages: usize) -> Duration {
+async fn raw_pipelined(bus: &Bus, queue: &str, messages: usize) -> (Duration, Cpu) {
     send_all(bus, queue, &envelopes(messages)).await;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), Cpu::of(bus));
     let (receipts, mut deletions) = tokio::sync::mpsc::channel::<Vec<String>>(1);
     let receiving = async {
         let mut received = 0;
@@ -223,13 +327,13 @@ async fn raw_pipelined(bus: &Bus, queue: &str, messages: usize) -> Duration {
         }
     };
     tokio::join!(receiving, deleting);
-    started.elapsed()
+    (started.elapsed(), Cpu::of(bus).since(cpu))
 }
 
 /// The consumer as services run it ([`Consumer::run`]: parse, dedup insert, handler, one
 /// transaction per receive batch, deletes gathered across batches) over `messages` sent to
 /// `queue` first: how long until all are handled and deleted.
-async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize) -> Duration {
+async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize) -> (Duration, Cpu) {
     send_all(bus, queue, &envelopes(messages)).await;
     let db = support::TestDb::new(backend, "bench").await;
     let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
@@ -244,7 +348,7 @@ async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize
         1,
     );
     let stop = tokio_util::sync::CancellationToken::new();
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), Cpu::of(bus));
     let running = tokio::spawn(consumer.run(stop.clone()));
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -264,13 +368,13 @@ async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize
     // Stopping makes the consumer delete what it still holds; it returns when that is done.
     stop.cancel();
     running.await.expect("consumer task").expect("consumer");
-    let elapsed = started.elapsed();
+    let (elapsed, cpu) = (started.elapsed(), Cpu::of(bus).since(cpu));
     let left = bus.queue_depth(queue).await.expect("depth");
     assert_eq!(left.total(), 0, "the consumer left messages behind: {left:?}");
     // The receive that the stop abandoned is still open in the emulator for its 1 s wait, and
     // would take (and hide for a visibility timeout) whatever the next measure sends.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    elapsed
+    (elapsed, cpu)
 }
 
 /// Returns once `count` enrollments are `completed` in the gateway's database `pool`; panics
@@ -353,8 +457,8 @@ async fn main() {
     // 2. The raw ceiling and the consumer loop on SQLite and on PostgreSQL, same queue, same
     // volume, in interleaved rounds: the emulator's speed drifts within a run, so each round's
     // ratios compare figures taken seconds apart, and the median round is reported.
-    let rounds = size("BENCH_ROUNDS", 3);
-    let mut measured: Vec<[Duration; 3]> = Vec::with_capacity(rounds);
+    let rounds = size("BENCH_ROUNDS", 5);
+    let mut measured: Vec<[(Duration, Cpu); 3]> = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         measured.push([
             raw_pipelined(&bus, &queue, messages).await,
@@ -367,14 +471,21 @@ async fn main() {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let column = |i: usize| median(measured.iter().map(|m| rate(messages, m[i])).collect());
+    let column = |i: usize| median(measured.iter().map(|m| rate(messages, m[i].0)).collect());
     let ratio_of = |i: usize| {
         median(
             measured
                 .iter()
-                .map(|m| m[0].as_secs_f64() / m[i].as_secs_f64())
+                .map(|m| m[0].0.as_secs_f64() / m[i].0.as_secs_f64())
                 .collect(),
         )
+    };
+    // Where the CPU went in each column, over all rounds: per 1,000 messages, and cores busy.
+    let cpu_of = |i: usize| {
+        let (took, cpu) = measured.iter().fold((Duration::ZERO, Cpu::default()), |(t, c), m| {
+            (t + m[i].0, c.plus(m[i].1))
+        });
+        (cpu.per(messages * measured.len() / 1000), cpu.cores(took))
     };
     let (drain_rate, consume_rate, consume_pg_rate) = (column(0), column(1), column(2));
     let (consumer_ratio, consumer_pg_ratio) = (ratio_of(1), ratio_of(2));
@@ -384,7 +495,7 @@ async fn main() {
             rate(messages, raw_serial)
         );
         for (i, m) in measured.iter().enumerate() {
-            let [raw, sqlite, postgres] = m.map(|d| rate(messages, d));
+            let [raw, sqlite, postgres] = m.map(|(d, _)| rate(messages, d));
             println!(
                 "round {i}: raw {raw:.0}, SQLite {sqlite:.0} ({:.2}), PostgreSQL {postgres:.0} ({:.2}) msg/s",
                 sqlite / raw,
@@ -392,6 +503,10 @@ async fn main() {
             );
         }
         println!("median: raw {drain_rate:.0}, SQLite {consumer_ratio:.2}, PostgreSQL {consumer_pg_ratio:.2} of raw");
+        for (i, name) in ["raw", "SQLite", "PostgreSQL"].iter().enumerate() {
+            let (per_thousand, cores) = cpu_of(i);
+            println!("CPU per 1000 messages, {name}: {per_thousand}; {cores:.2} cores busy");
+        }
         return;
     }
 
@@ -425,7 +540,7 @@ async fn main() {
     let sequential_latencies = saga_latencies(&system.gateway().pool, &sequential_since).await;
     let requests_before = system.bus.requests().snapshot();
     let concurrent_since = utility::storage::now();
-    let started = Instant::now();
+    let (started, saga_cpu) = (Instant::now(), Cpu::of(&system.bus));
     let mut ids = Vec::with_capacity(enrollments);
     for chunk in (0..enrollments).collect::<Vec<_>>().chunks(16) {
         let submitted = futures::future::join_all(chunk.iter().map(|i| {
@@ -439,6 +554,7 @@ async fn main() {
     let pool = system.gateway().pool.clone();
     until_completed(&pool, enrollments + sequential).await;
     let sagas = started.elapsed();
+    let saga_cpu = Cpu::of(&system.bus).since(saga_cpu);
     let requests_after = system.bus.requests().snapshot();
     let by_operation: Vec<(String, u64)> = requests_after
         .iter()
@@ -564,10 +680,30 @@ async fn main() {
         let (measure, figure, target) = ratio_row(name, per_second, ratio);
         row(measure, figure, target);
     }
+    for (i, name) in [
+        "raw receive+delete",
+        "consumer loop, SQLite",
+        "consumer loop, PostgreSQL",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (per_thousand, cores) = cpu_of(i);
+        row(
+            format!("  CPU per 1000 msg, {name}"),
+            per_thousand,
+            format!("{cores:.2} of {} cores busy", cores_here()),
+        );
+    }
     row(
         format!("whole sagas, {enrollments} at once (3 services, SQLite)"),
         format!("{saga_rate:.1} sagas/s"),
         String::new(),
+    );
+    row(
+        "  CPU per saga (services in this process)".into(),
+        saga_cpu.per(enrollments).replace("this process", "services"),
+        format!("{:.2} of {} cores busy", saga_cpu.cores(sagas), cores_here()),
     );
     for p in [50.0, 95.0, 100.0] {
         row(
