@@ -45,11 +45,15 @@ use utility::messaging::consumer::{Consumer, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::storage::AnyConnection;
 
+/// Run by `cargo bench` (else by `cargo test`, as a smoke run).
+fn benching() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
 /// `BENCH_*` or the default; under `cargo test` (which runs this without `--bench`), a smoke run
 /// of a twentieth of the size, so `make test` checks that the benchmark works without paying for it.
 fn size(var: &str, default: usize) -> usize {
-    let benching = std::env::args().any(|a| a == "--bench");
-    let default = if benching { default } else { (default / 20).max(2) };
+    let default = if benching() { default } else { (default / 20).max(2) };
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
@@ -786,7 +790,8 @@ async fn main() {
         );
     }
 
-    // The same run as a page: target/bench/pipeline.html (under CARGO_TARGET_DIR when set).
+    // The same run as a page: target/bench/pipeline.html (under CARGO_TARGET_DIR when set;
+    // pipeline-smoke.html for the smoke run).
     let mut throughput = vec![
         report::Throughput {
             label: "consumer loop, SQLite".into(),
@@ -852,7 +857,12 @@ async fn main() {
             let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent();
             workspace.unwrap_or(std::path::Path::new(".")).join("target")
         });
-    let page = target_dir.join("bench/pipeline.html");
+    // The smoke run's page goes beside the real one, never over it.
+    let page = target_dir.join(if benching() {
+        "bench/pipeline.html"
+    } else {
+        "bench/pipeline-smoke.html"
+    });
     match report::write(&page, &figures) {
         Ok(()) => println!("\nreport: {}", page.display()),
         Err(err) => println!("\nreport not written to {}: {err}", page.display()),
