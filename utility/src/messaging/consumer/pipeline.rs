@@ -42,7 +42,9 @@ const DELETE_ATTEMPTS: u32 = 4;
 /// A received batch on its way to the handling stage, kept invisible until it is handled.
 struct Held {
     messages: Vec<Received>,
-    _heartbeat: AbortOnDropHandle<()>,
+    /// Dropped (and so stopped) before anyone else sets the messages' visibility, so that a
+    /// late extension cannot undo it.
+    heartbeat: AbortOnDropHandle<()>,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -85,6 +87,11 @@ impl<H: Handler> Consumer<H> {
                 () = stop.cancelled() => return,
                 opened = open.wait_for(|open| *open) => if opened.is_err() { return },
             }
+            // A free place, an open gate and the stop signal can all be ready at once: no new
+            // receive after the stop, whichever the selects above picked.
+            if stop.is_cancelled() {
+                return;
+            }
             // `biased`: a receive that has already returned messages is handed on, never dropped
             // in favour of the stop signal.
             let received = tokio::select! {
@@ -122,7 +129,7 @@ impl<H: Handler> Consumer<H> {
             tokio::spawn(async move { match keep_invisible(&bus, &queue_url, &receipts, timeout).await {} });
         Held {
             messages,
-            _heartbeat: AbortOnDropHandle::new(heartbeat),
+            heartbeat: AbortOnDropHandle::new(heartbeat),
         }
     }
 
@@ -133,14 +140,14 @@ impl<H: Handler> Consumer<H> {
         gate: watch::Sender<bool>,
         stop: &CancellationToken,
     ) {
-        while let Some(held) = inbox.recv().await {
-            let settled = self.settle(&held.messages).await;
+        while let Some(Held { messages, heartbeat }) = inbox.recv().await {
+            let settled = self.settle(&messages).await;
+            drop(heartbeat);
             if !settled.delete.is_empty() {
                 // The delete stage outlives this one; a send cannot fail while it runs.
                 let _ = receipts.send(settled.delete);
             }
             self.reset_visibility(&settled.visibility).await;
-            drop(held);
             if settled.report.retried > 0 {
                 // The database failed: receiving more now would only spend other messages'
                 // receive counts. Wait until it answers again.
@@ -149,9 +156,9 @@ impl<H: Handler> Consumer<H> {
                     // Stopping with the database down: what was received for this stage goes
                     // back to the queue at once, untried.
                     inbox.close();
-                    while let Some(held) = inbox.recv().await {
-                        let back: Vec<(String, i32)> =
-                            held.messages.iter().map(|m| (m.receipt_handle.clone(), 0)).collect();
+                    while let Some(Held { messages, heartbeat }) = inbox.recv().await {
+                        drop(heartbeat);
+                        let back: Vec<(String, i32)> = messages.iter().map(|m| (m.receipt_handle.clone(), 0)).collect();
                         self.reset_visibility(&back).await;
                     }
                     return;
