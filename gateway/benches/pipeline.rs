@@ -354,21 +354,12 @@ async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize
     let stop = tokio_util::sync::CancellationToken::new();
     let (started, cpu) = (Instant::now(), Cpu::of(bus));
     let running = tokio::spawn(consumer.run(stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let handled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_messages")
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        if handled as usize >= messages {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {handled} of {messages} handled in 5 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let handled = Count {
+        rows: "SELECT COUNT(*) FROM processed_messages",
+        every: Duration::from_millis(5),
+        limit: Duration::from_secs(300),
+    };
+    handled.until(&pool, messages).await;
     // Stopping makes the consumer delete what it still holds; it returns when that is done.
     stop.cancel();
     running.await.expect("consumer task").expect("consumer");
@@ -381,23 +372,38 @@ async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize
     (elapsed, cpu)
 }
 
-/// Returns once `count` enrollments are `completed` in the gateway's database `pool`; panics
-/// after 10 minutes.
-async fn until_completed(pool: &sqlx::AnyPool, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM enrollments WHERE status = 'completed'")
-            .fetch_one(pool)
-            .await
-            .expect("count");
-        if done as usize >= count {
-            return;
+/// A `SELECT COUNT(*)` the benchmark polls until a phase is over.
+struct Count {
+    rows: &'static str,
+    every: Duration,
+    /// Past this the run fails.
+    limit: Duration,
+}
+
+/// Enrollments `completed` in a gateway's database.
+const COMPLETED: Count = Count {
+    rows: "SELECT COUNT(*) FROM enrollments WHERE status = 'completed'",
+    every: Duration::from_millis(50),
+    limit: Duration::from_secs(600),
+};
+
+impl Count {
+    /// Returns once the count on `pool` reaches `count`; panics after `limit`.
+    async fn until(&self, pool: &sqlx::AnyPool, count: usize) {
+        let deadline = Instant::now() + self.limit;
+        loop {
+            let n: i64 = sqlx::query_scalar(self.rows).fetch_one(pool).await.expect("count");
+            if n as usize >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {n} of {count} after {:?}: {}",
+                self.limit,
+                self.rows
+            );
+            tokio::time::sleep(self.every).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} of {count} sagas completed in 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -427,7 +433,7 @@ async fn scale_out(instances: usize, count: usize) -> f64 {
         }))
         .await;
     }
-    until_completed(&gateway_db, count).await;
+    COMPLETED.until(&gateway_db, count).await;
     let elapsed = started.elapsed();
     gateway_db.close().await;
     processes.stop().await;
@@ -556,7 +562,7 @@ async fn main() {
         ids.extend(submitted);
     }
     let pool = system.gateway().pool.clone();
-    until_completed(&pool, enrollments + sequential).await;
+    COMPLETED.until(&pool, enrollments + sequential).await;
     let sagas = started.elapsed();
     let saga_cpu = Cpu::of(&system.bus).since(saga_cpu);
     let requests_after = system.bus.requests().snapshot();
