@@ -343,10 +343,17 @@ async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize
     let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
         .await
         .expect("db");
+    // The bench watches on a connection of its own: on SQLite the consumer's pool has one, and
+    // polling through it would make the consumer's transactions wait for the bench.
+    let watcher = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("watching connection");
     let consumer = Consumer::new(
         queue.to_owned(),
         bus.clone(),
-        pool.clone(),
+        pool,
         NoOp,
         Arc::new(tokio::sync::Notify::new()),
         1,
@@ -359,7 +366,7 @@ async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize
         every: Duration::from_millis(5),
         limit: Duration::from_secs(300),
     };
-    handled.until(&pool, messages).await;
+    handled.until(&watcher, messages).await;
     // Stopping makes the consumer delete what it still holds; it returns when that is done.
     stop.cancel();
     running.await.expect("consumer task").expect("consumer");
