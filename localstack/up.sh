@@ -102,20 +102,17 @@ done
 
 email="sample-$(date +%s)@example.com"
 echo "up: submitting a sample enrollment for $email" >&2
-location=$(curl -sS -D - -o /dev/null -H 'content-type: application/json' \
-  -d "{\"name\": \"Sample Customer\", \"email\": \"$email\"}" "$gateway/api/enrollments" |
-  tr -d '\r' | awk 'tolower($1) == "location:" {print $2}') || location=
-if [[ -z "$location" ]]; then
-  echo "up: the gateway did not accept the sample enrollment; see its log above" >&2
-else
-  body=
-  for _ in $(seq 1 60); do
-    body=$(curl -sS "$gateway$location" || true)
-    case "$body" in *'"status":"completed"'* | *'"status":"rejected"'* | *'"status":"rolled_back"'*) break ;; esac
-    sleep 0.5
-  done
-  echo "up: GET $location -> $body" >&2
-fi
+# `Prefer: wait` holds the answer until the saga ends (201) or the wait is over (202), so the
+# script needs no list of statuses.
+answer=$(mktemp)
+code=$(curl -sS -o "$answer" -w '%{http_code}' -H 'content-type: application/json' -H 'prefer: wait=30' \
+  -d "{\"name\": \"Sample Customer\", \"email\": \"$email\"}" "$gateway/api/enrollments") || code=000
+case "$code" in
+  201) echo "up: the sample enrollment ended: $(cat "$answer")" >&2 ;;
+  202) echo "up: the sample enrollment is still running after 30 s: $(cat "$answer")" >&2 ;;
+  *) echo "up: the gateway did not accept the sample enrollment (HTTP $code); see its log above" >&2 ;;
+esac
+rm -f "$answer"
 echo "up: the system is running; the gateway answers on $gateway. Ctrl-C stops everything." >&2
 if ((instances > 1)); then
   echo "up: $instances instances of each service on PostgreSQL; gateways on ports $(seq -s ' ' 8080 10 $((8080 + 10 * (instances - 1))))" >&2

@@ -2,7 +2,6 @@
 //! event it causes (written to the outbox).
 
 use sqlx::AnyConnection;
-use utility::messaging::Endpoint;
 use utility::messaging::consumer::{Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
@@ -26,7 +25,7 @@ impl Handler for CustomerHandler {
             }
         };
         if let Some(event) = event {
-            outbox::enqueue(tx, Endpoint::CustomerEvents, &envelope.caused(event)).await?;
+            outbox::enqueue(tx, &envelope.caused(event)).await?;
         }
         Ok(())
     }

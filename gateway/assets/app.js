@@ -6,15 +6,11 @@
 "use strict";
 
 (function () {
-  const TERMINAL = ["completed", "rejected", "rolled_back"];
-  const LABELS = {
-    pending: "Received",
-    enrolled: "Customer created",
-    completed: "Completed",
-    rejected: "Rejected",
-    compensating: "Undoing the enrollment",
-    rolled_back: "Rolled back",
-  };
+  // The saga's statuses, each with its label and whether it is terminal, as the gateway declares
+  // them (written into the page by the gateway).
+  const STATUSES = JSON.parse(document.getElementById("statuses").textContent);
+  const label = (status) => (STATUSES[status] ? STATUSES[status].label : status);
+  const isTerminal = (status) => Boolean(STATUSES[status] && STATUSES[status].terminal);
   const FIELDS = ["name", "email"];
 
   const form = document.getElementById("enroll");
@@ -180,7 +176,7 @@
       item.dataset.status = step.status;
       const name = document.createElement("span");
       name.className = "step-status";
-      name.textContent = LABELS[step.status] || step.status;
+      name.textContent = label(step.status);
       const meta = document.createElement("span");
       meta.className = "step-meta";
       const time = document.createElement("time");
@@ -191,7 +187,7 @@
       previous = at;
       item.append(name, meta);
       timeline.append(item);
-      if (TERMINAL.includes(step.status) && !done) {
+      if (isTerminal(step.status) && !done) {
         done = true;
         if (source) source.close();
         finish(id);

@@ -75,10 +75,8 @@ impl SagaMetrics {
 
     /// Reads the read model into the gauges; returns the stalled count.
     async fn refresh(&self, pool: &AnyPool, stall_after: Duration) -> Result<i64, sqlx::Error> {
-        let counts: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM enrollments GROUP BY status")
-            .fetch_all(pool)
-            .await?;
-        for status in <Status as strum::VariantArray>::VARIANTS {
+        let counts = crate::store::count_by_status(pool).await?;
+        for status in Status::all() {
             let count = counts
                 .iter()
                 .find(|(name, _)| name == status.name())

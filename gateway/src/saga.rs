@@ -20,17 +20,20 @@ mod handler;
 pub use handler::SagaHandler;
 
 use serde::{Deserialize, Serialize};
-use utility::messaging::Endpoint;
 use utility::messaging::message::{BonusFailure, Message, MessageType, PostBonusPoints, ReverseBonusPoints, Unenroll};
 use uuid::Uuid;
 
-/// The saga's statuses; the snake-case names are what the API shows and the database stores.
+/// The saga's statuses: the one declaration. The snake-case names are what the API shows and the
+/// database stores; everything else said of a status (terminal or open, what an open one waits
+/// for, its label on the enrollment page, the SQL that lists open sagas, the metric filters of
+/// `infra/app.yaml`) is derived from, or checked against, the methods below.
 #[derive(
     Debug,
     Clone,
     Copy,
     PartialEq,
     Eq,
+    Hash,
     Serialize,
     Deserialize,
     strum::EnumString,
@@ -55,21 +58,55 @@ impl Status {
         self.into()
     }
 
+    /// The command an open saga waits to see handled (by its receiver, [`MessageType::route`]);
+    /// `None` for a terminal status, which waits for nothing.
+    pub fn waiting_for(self) -> Option<MessageType> {
+        match self {
+            Self::Pending => Some(MessageType::Enroll),
+            Self::Enrolled => Some(MessageType::PostBonusPoints),
+            Self::Compensating => Some(MessageType::Unenroll),
+            Self::Completed | Self::Rejected | Self::RolledBack => None,
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Rejected | Self::RolledBack)
+        self.waiting_for().is_none()
+    }
+
+    /// How the enrollment page names the status.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pending => "Received",
+            Self::Enrolled => "Customer created",
+            Self::Completed => "Completed",
+            Self::Rejected => "Rejected",
+            Self::Compensating => "Undoing the enrollment",
+            Self::RolledBack => "Rolled back",
+        }
+    }
+
+    /// Every status, in declaration order.
+    pub fn all() -> &'static [Status] {
+        <Self as strum::VariantArray>::VARIANTS
+    }
+
+    /// The terminal statuses: the outcomes a saga can end in.
+    pub fn terminal() -> impl Iterator<Item = Status> {
+        Self::all().iter().copied().filter(|s| s.is_terminal())
+    }
+
+    /// The open statuses: a saga in one of them is still moving (or stalled).
+    pub fn open() -> impl Iterator<Item = Status> {
+        Self::all().iter().copied().filter(|s| !s.is_terminal())
     }
 }
 
-/// The event types [`route`] has rows for. The gateway's SNS subscriptions in
-/// `infra/messaging.yaml` filter on exactly these (a test parses the template to hold it so).
-pub const ROUTED_EVENTS: [MessageType; 6] = [
-    MessageType::CustomerEnrolled,
-    MessageType::EnrollmentRejected,
-    MessageType::CustomerUnenrolled,
-    MessageType::BonusPointsPosted,
-    MessageType::BonusPointsFailed,
-    MessageType::BonusPointsReversed,
-];
+impl TryFrom<String> for Status {
+    type Error = strum::ParseError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
 
 /// What an event does to a saga.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,8 +119,8 @@ pub struct Step {
     /// The same, fit for the public enrollment view: fixed words per outcome, so nothing personal
     /// or internal can reach a URL that leaks through logs and referrers.
     pub public_reason: Option<&'static str>,
-    /// The command to send, and where.
-    pub command: Option<(Endpoint, Message)>,
+    /// The command to send (its route says where).
+    pub command: Option<Message>,
 }
 
 impl Step {
@@ -105,12 +142,9 @@ pub fn route(status: Status, event: &Message) -> Option<Step> {
     Some(match (status, event) {
         (Pending, Message::CustomerEnrolled(e)) => Step {
             customer_id: Some(e.customer_id),
-            command: Some((
-                Endpoint::TransactionCommands,
-                Message::PostBonusPoints(PostBonusPoints {
-                    customer_id: e.customer_id,
-                }),
-            )),
+            command: Some(Message::PostBonusPoints(PostBonusPoints {
+                customer_id: e.customer_id,
+            })),
             ..Step::to(Enrolled)
         },
         (Pending, Message::EnrollmentRejected(e)) => Step {
@@ -130,24 +164,18 @@ pub fn route(status: Status, event: &Message) -> Option<Step> {
                 }
                 BonusFailure::Other => "the enrollment bonus could not be granted",
             }),
-            command: Some((
-                Endpoint::CustomerCommands,
-                Message::Unenroll(Unenroll {
-                    customer_id: e.customer_id,
-                    reason: format!("enrollment bonus could not be posted: {}", e.reason),
-                }),
-            )),
+            command: Some(Message::Unenroll(Unenroll {
+                customer_id: e.customer_id,
+                reason: format!("enrollment bonus could not be posted: {}", e.reason),
+            })),
             ..Step::to(Compensating)
         },
         (Compensating, Message::CustomerUnenrolled(_)) => Step::to(RolledBack),
         (Compensating | RolledBack, Message::BonusPointsPosted(e)) => Step {
-            command: Some((
-                Endpoint::TransactionCommands,
-                Message::ReverseBonusPoints(ReverseBonusPoints {
-                    customer_id: e.customer_id,
-                    reason: format!("bonus posted after the enrollment had failed ({status})"),
-                }),
-            )),
+            command: Some(Message::ReverseBonusPoints(ReverseBonusPoints {
+                customer_id: e.customer_id,
+                reason: format!("bonus posted after the enrollment had failed ({status})"),
+            })),
             ..Step::to(status)
         },
         (Compensating | RolledBack, Message::BonusPointsReversed(_)) => Step::to(status),
@@ -197,24 +225,18 @@ mod tests {
         let step = route(Status::Pending, &e[0]).unwrap();
         assert_eq!(step.next, Status::Enrolled);
         assert_eq!(step.customer_id, Some(id));
-        assert!(matches!(
-            step.command,
-            Some((Endpoint::TransactionCommands, Message::PostBonusPoints(_)))
-        ));
+        assert!(matches!(step.command, Some(Message::PostBonusPoints(_))));
         assert_eq!(route(Status::Enrolled, &e[2]).unwrap().next, Status::Completed);
         let step = route(Status::Enrolled, &e[3]).unwrap();
         assert_eq!(step.next, Status::Compensating);
-        assert!(
-            matches!(step.command, Some((Endpoint::CustomerCommands, Message::Unenroll(ref u))) if u.customer_id == id)
-        );
+        assert!(matches!(step.command, Some(Message::Unenroll(ref u)) if u.customer_id == id));
         assert_eq!(route(Status::Compensating, &e[4]).unwrap().next, Status::RolledBack);
         assert_eq!(route(Status::Pending, &e[1]).unwrap().next, Status::Rejected);
     }
 
     #[test]
     fn terminal_states_never_move() {
-        for status in [Status::Completed, Status::Rejected, Status::RolledBack] {
-            assert!(status.is_terminal());
+        for status in Status::terminal() {
             for event in events(Uuid::now_v7()) {
                 if let Some(step) = route(status, &event) {
                     assert_eq!(step.next, status, "{status} moved on {}", event.type_name());
@@ -230,9 +252,7 @@ mod tests {
         for status in [Status::Compensating, Status::RolledBack] {
             let step = route(status, late).unwrap();
             assert_eq!(step.next, status);
-            assert!(
-                matches!(step.command, Some((Endpoint::TransactionCommands, Message::ReverseBonusPoints(ref r))) if r.customer_id == id)
-            );
+            assert!(matches!(step.command, Some(Message::ReverseBonusPoints(ref r)) if r.customer_id == id));
         }
         assert_eq!(route(Status::Completed, late), None);
         let reversed = Message::BonusPointsReversed(BonusPointsReversed {
@@ -320,16 +340,50 @@ mod tests {
         }
     }
 
+    /// The table has rows for exactly the types the gateway is declared to receive, so the
+    /// subscriptions (held to the declarations by `infra/tests/wire_contract.rs`) bring it every
+    /// event it routes and nothing else.
     #[test]
-    fn routed_events_are_exactly_the_types_the_table_has_rows_for() {
+    fn the_table_routes_exactly_the_types_the_gateway_receives() {
         use strum::VariantArray;
+        use utility::messaging::Participant;
+        let received: Vec<MessageType> = MessageType::received_by(Participant::Gateway).collect();
         for message_type in MessageType::VARIANTS {
             let message = sample(*message_type);
-            let routed = Status::VARIANTS.iter().any(|status| route(*status, &message).is_some());
+            let routed = Status::all().iter().any(|status| route(*status, &message).is_some());
             assert_eq!(
                 routed,
-                ROUTED_EVENTS.contains(message_type),
-                "{message_type}: the table and ROUTED_EVENTS disagree"
+                received.contains(message_type),
+                "{message_type}: the routing table and the message's declared receivers disagree"
+            );
+        }
+    }
+
+    /// Every command the table sends is one the gateway is declared to send, and every open
+    /// status waits for a command the table sends on the way into it.
+    #[test]
+    fn commands_and_waits_agree_with_the_declarations() {
+        use utility::messaging::Participant;
+        use utility::messaging::message::Kind;
+        let mut sent = Vec::new();
+        for status in Status::all() {
+            for message_type in <MessageType as strum::VariantArray>::VARIANTS {
+                if let Some(step) = route(*status, &sample(*message_type))
+                    && let Some(command) = step.command
+                {
+                    let declared = command.message_type().route();
+                    assert_eq!(declared.kind, Kind::Command, "{}", command.type_name());
+                    assert_eq!(declared.sender, Participant::Gateway, "{}", command.type_name());
+                    sent.push(command.message_type());
+                }
+            }
+        }
+        sent.push(MessageType::Enroll); // sent on acceptance, outside the table
+        for status in Status::open() {
+            let awaited = status.waiting_for().expect("an open status waits");
+            assert!(
+                sent.contains(&awaited),
+                "{status} waits for {awaited}, which nothing sends"
             );
         }
     }

@@ -5,19 +5,11 @@
 //! finishes normally when the service it waits for comes back.
 
 use crate::saga::Status;
+use crate::store;
 use serde::Serialize;
 use sqlx::AnyPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Statuses a saga can stall in, with who it is waiting for.
-const OPEN: [(Status, &str); 3] = [
-    (Status::Pending, "customer-api to handle Enroll"),
-    (Status::Enrolled, "transaction-api to handle PostBonusPoints"),
-    (Status::Compensating, "customer-api to handle Unenroll"),
-];
-
-const OPEN_SQL: &str = "status IN ('pending', 'enrolled', 'compensating')";
 
 /// Listing size limit; the oldest come first.
 const LIST_LIMIT: i64 = 500;
@@ -27,57 +19,40 @@ const LIST_LIMIT: i64 = 500;
 pub struct StalledSaga {
     #[schema(format = Uuid)]
     pub id: String,
-    #[schema(value_type = Status)]
-    pub status: String,
+    pub status: Status,
     /// When it last moved (RFC 3339, UTC).
     #[schema(format = DateTime)]
     pub updated_at: String,
     /// The service and message it waits for.
-    #[schema(value_type = String, example = "transaction-api to handle PostBonusPoints")]
-    pub waiting_for: &'static str,
+    #[schema(example = "transaction-api to handle PostBonusPoints")]
+    pub waiting_for: String,
 }
 
-/// An open saga as read from the database.
-#[derive(sqlx::FromRow)]
-struct OpenRow {
-    id: String,
-    status: String,
-    updated_at: String,
-}
-
-fn waiting_for(status: &str) -> &'static str {
-    OPEN.iter()
-        .find(|(s, _)| s.name() == status)
-        .map(|(_, who)| *who)
-        .unwrap_or("nothing")
+/// Who an open saga waits for, in words: the receiver of the command its status waits for.
+fn waiting_for(status: Status) -> String {
+    match status.waiting_for() {
+        Some(command) => {
+            let receivers: Vec<&str> = command.route().receivers.iter().map(|p| p.name()).collect();
+            format!("{} to handle {command}", receivers.join(", "))
+        }
+        None => "nothing".to_owned(),
+    }
 }
 
 /// How many open sagas have not moved since `cutoff`.
 pub async fn count(pool: &AnyPool, cutoff: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM enrollments WHERE {OPEN_SQL} AND updated_at < $1"
-    ))
-    .bind(cutoff)
-    .fetch_one(pool)
-    .await
+    store::count_stalled(pool, cutoff).await
 }
 
 pub async fn list(pool: &AnyPool, cutoff: &str) -> Result<Vec<StalledSaga>, sqlx::Error> {
-    let rows: Vec<OpenRow> = sqlx::query_as(&format!(
-        "SELECT id, status, updated_at FROM enrollments WHERE {OPEN_SQL} AND updated_at < $1
-         ORDER BY updated_at, id LIMIT $2"
-    ))
-    .bind(cutoff)
-    .bind(LIST_LIMIT)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
+    let sagas = store::stalled(pool, cutoff, false, LIST_LIMIT).await?;
+    Ok(sagas
         .into_iter()
-        .map(|row| StalledSaga {
-            waiting_for: waiting_for(&row.status),
-            id: row.id,
-            status: row.status,
-            updated_at: row.updated_at,
+        .map(|saga| StalledSaga {
+            waiting_for: waiting_for(saga.status),
+            id: saga.id,
+            status: saga.status,
+            updated_at: saga.updated_at,
         })
         .collect())
 }
@@ -112,31 +87,18 @@ impl StallWatch {
 
     async fn sweep(&self) -> Result<(), sqlx::Error> {
         let cutoff = utility::storage::cutoff(self.after);
-        let rows: Vec<OpenRow> = sqlx::query_as(&format!(
-            "SELECT id, status, updated_at FROM enrollments
-             WHERE {OPEN_SQL} AND updated_at < $1 AND stall_reported_at IS NULL
-             ORDER BY updated_at LIMIT $2"
-        ))
-        .bind(&cutoff)
-        .bind(LIST_LIMIT)
-        .fetch_all(&self.pool)
-        .await?;
+        let sagas = store::stalled(&self.pool, &cutoff, true, LIST_LIMIT).await?;
         let now = utility::storage::now();
-        for row in rows {
+        for saga in sagas {
             tracing::warn!(
-                enrollment_id = %row.id,
-                status = %row.status,
-                since = %row.updated_at,
-                waiting_for = waiting_for(&row.status),
+                enrollment_id = %saga.id,
+                status = %saga.status,
+                since = %saga.updated_at,
+                waiting_for = waiting_for(saga.status),
                 "saga stalled"
             );
             // Only if it has not moved meanwhile; a saga that moved is no longer stalled.
-            sqlx::query("UPDATE enrollments SET stall_reported_at = $1 WHERE id = $2 AND updated_at = $3")
-                .bind(&now)
-                .bind(&row.id)
-                .bind(&row.updated_at)
-                .execute(&self.pool)
-                .await?;
+            store::mark_stall_reported(&self.pool, &saga, &now).await?;
         }
         Ok(())
     }
@@ -148,11 +110,13 @@ mod tests {
 
     #[test]
     fn every_open_status_names_what_it_waits_for() {
-        use strum::VariantArray;
-        for status in Status::VARIANTS.iter().filter(|s| !s.is_terminal()) {
-            assert_ne!(waiting_for(status.name()), "nothing");
-            assert!(OPEN_SQL.contains(&format!("'{}'", status.name())));
+        for status in Status::open() {
+            assert!(waiting_for(status).ends_with(&format!("to handle {}", status.waiting_for().unwrap())));
         }
-        assert_eq!(OPEN.len(), Status::VARIANTS.iter().filter(|s| !s.is_terminal()).count());
+        assert_eq!(
+            waiting_for(Status::Enrolled),
+            "transaction-api to handle PostBonusPoints"
+        );
+        assert_eq!(waiting_for(Status::Completed), "nothing");
     }
 }

@@ -1,21 +1,26 @@
-//! The gateway's database: enrollments (the saga read model) and their history. The saga's
-//! handler that advances them lives beside the routing table (`saga/handler.rs`).
+//! The gateway's database: enrollments (the saga read model) and their history. Every statement
+//! on these tables is here; the saga's handler (`saga/handler.rs`), the stall sweeper, live
+//! updates and the metrics call these functions. Statuses are typed ([`Status`]) from the row to
+//! the answer.
 
-use crate::saga::Status;
+use crate::saga::{Status, Step};
 use serde::Serialize;
 use sqlx::{AnyConnection, AnyPool};
+use std::sync::LazyLock;
 use utility::domain::{CustomerName, Email};
-use utility::messaging::Endpoint;
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{Enroll, Message};
 use utility::messaging::outbox;
 use uuid::Uuid;
 
-/// One step of the saga.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+/// One step of the saga. The id is the SSE event id a client resumes from; the public view's
+/// history leaves it out.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HistoryEntry {
-    #[schema(value_type = Status)]
-    pub status: String,
+    #[serde(skip)]
+    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
     /// When the gateway recorded it (RFC 3339, UTC).
     #[schema(format = DateTime)]
     pub at: String,
@@ -28,8 +33,7 @@ pub struct HistoryEntry {
 pub struct PublicView {
     #[schema(format = Uuid)]
     pub id: String,
-    #[schema(value_type = Status)]
-    pub status: String,
+    pub status: Status,
     /// The customer this enrollment created (the submitter's own id; what it names is
     /// operator-only).
     #[schema(format = Uuid)]
@@ -47,8 +51,8 @@ pub struct PublicView {
 pub struct OperatorEntry {
     #[schema(format = Uuid)]
     pub id: String,
-    #[schema(value_type = Status)]
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
     #[schema(format = Uuid)]
     pub customer_id: Option<String>,
     pub bonus_points: Option<i64>,
@@ -64,11 +68,12 @@ pub struct OperatorEntry {
     pub stalled: bool,
 }
 
-/// An enrollment found by its idempotency key.
+/// The enrollment an earlier request with the same idempotency key created.
 #[derive(sqlx::FromRow)]
-pub struct Existing {
+pub struct PriorSubmission {
     pub id: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
     #[sqlx(rename = "request_fingerprint")]
     pub fingerprint: String,
 }
@@ -77,7 +82,8 @@ pub struct Existing {
 #[derive(sqlx::FromRow)]
 struct EnrollmentRow {
     id: String,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: Status,
     customer_id: Option<String>,
     bonus_points: Option<i64>,
     public_reason: Option<String>,
@@ -100,11 +106,12 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO enrollments (id, name, email, status, idempotency_key, request_fingerprint, created_at, updated_at)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $6)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
     )
     .bind(new.id.to_string())
     .bind(new.name.as_str())
     .bind(new.email.as_str())
+    .bind(Status::Pending.name())
     .bind(new.idempotency_key)
     .bind(new.fingerprint)
     .bind(&now)
@@ -119,11 +126,11 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
         new.id,
     )
     .with_traceparent(Some(new.traceparent.clone()));
-    outbox::enqueue(&mut tx, Endpoint::CustomerCommands, &command).await?;
+    outbox::enqueue(&mut tx, &command).await?;
     tx.commit().await
 }
 
-pub async fn find_by_key(pool: &AnyPool, key: &str) -> Result<Option<Existing>, sqlx::Error> {
+pub async fn find_by_key(pool: &AnyPool, key: &str) -> Result<Option<PriorSubmission>, sqlx::Error> {
     sqlx::query_as("SELECT id, status, request_fingerprint FROM enrollments WHERE idempotency_key = $1")
         .bind(key)
         .fetch_optional(pool)
@@ -142,14 +149,9 @@ pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option
     let Some(row) = row else {
         return Ok(None);
     };
-    let history: Vec<HistoryEntry> = sqlx::query_as(&format!(
-        "SELECT status, at, event FROM enrollment_history WHERE enrollment_id = $1 {HISTORY_ORDER}"
-    ))
-    .bind(id.to_string())
-    .fetch_all(pool)
-    .await?;
+    let history = history(pool, id).await?;
     Ok(Some(PublicView {
-        stalled: is_open(&row.status) && row.updated_at.as_str() < stall_cutoff,
+        stalled: !row.status.is_terminal() && row.updated_at.as_str() < stall_cutoff,
         id: row.id,
         status: row.status,
         customer_id: row.customer_id,
@@ -159,19 +161,9 @@ pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option
     }))
 }
 
-/// One history entry with its id, as event streams send it (the id is the SSE event id a client
-/// resumes from).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct HistoryRecord {
-    pub id: String,
-    pub status: String,
-    pub at: String,
-    pub event: Option<String>,
-}
-
 /// An enrollment's history, oldest first; empty when there is no such enrollment (every
 /// enrollment has its acceptance entry).
-pub async fn history(pool: &AnyPool, id: Uuid) -> Result<Vec<HistoryRecord>, sqlx::Error> {
+pub async fn history(pool: &AnyPool, id: Uuid) -> Result<Vec<HistoryEntry>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT id, status, at, event FROM enrollment_history WHERE enrollment_id = $1 {HISTORY_ORDER}"
     ))
@@ -221,13 +213,119 @@ pub async fn list(
     .fetch_all(pool)
     .await?;
     for entry in &mut entries {
-        entry.stalled = is_open(&entry.status) && entry.updated_at.as_str() < stall_cutoff;
+        entry.stalled = !entry.status.is_terminal() && entry.updated_at.as_str() < stall_cutoff;
     }
     Ok(entries)
 }
 
-pub fn is_open(status: &str) -> bool {
-    status.parse::<Status>().is_ok_and(|s| !s.is_terminal())
+/// What the saga's handler reads of an enrollment before it applies an event.
+#[derive(sqlx::FromRow)]
+pub struct SagaState {
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    /// When the stall sweeper reported it, if it has not moved since.
+    pub stall_reported_at: Option<String>,
+    pub created_at: String,
+}
+
+/// The saga `id` as the handler's transaction sees it.
+pub async fn saga(tx: &mut AnyConnection, id: Uuid) -> Result<Option<SagaState>, sqlx::Error> {
+    sqlx::query_as("SELECT status, stall_reported_at, created_at FROM enrollments WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(tx)
+        .await
+}
+
+/// Moves the saga from `from` to `step.next` with what the step records, and clears any stall
+/// report. Conditional on `from`: `false` when another writer moved the saga first.
+pub async fn advance(
+    tx: &mut AnyConnection,
+    id: Uuid,
+    from: Status,
+    step: &Step,
+    now: &str,
+) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
+             bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason),
+             public_reason = COALESCE($5, public_reason), updated_at = $6, stall_reported_at = NULL
+         WHERE id = $7 AND status = $8",
+    )
+    .bind(step.next.name())
+    .bind(step.customer_id.map(|c| c.to_string()))
+    .bind(step.bonus_points)
+    .bind(step.reason.as_deref())
+    .bind(step.public_reason)
+    .bind(now)
+    .bind(id.to_string())
+    .bind(from.name())
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
+
+/// `status IN (...)` over the open statuses, as [`Status`] declares them.
+static OPEN: LazyLock<String> = LazyLock::new(|| {
+    let names: Vec<String> = Status::open().map(|s| format!("'{}'", s.name())).collect();
+    format!("status IN ({})", names.join(", "))
+});
+
+/// An open saga that has not moved since a cutoff.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OpenSaga {
+    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    pub updated_at: String,
+}
+
+/// How many open sagas have not moved since `cutoff`.
+pub async fn count_stalled(pool: &AnyPool, cutoff: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM enrollments WHERE {} AND updated_at < $1",
+        *OPEN
+    ))
+    .bind(cutoff)
+    .fetch_one(pool)
+    .await
+}
+
+/// Open sagas that have not moved since `cutoff`, oldest first, at most `limit`; with
+/// `unreported`, only those the stall sweeper has not reported yet.
+pub async fn stalled(pool: &AnyPool, cutoff: &str, unreported: bool, limit: i64) -> Result<Vec<OpenSaga>, sqlx::Error> {
+    let unreported = if unreported {
+        "AND stall_reported_at IS NULL"
+    } else {
+        ""
+    };
+    sqlx::query_as(&format!(
+        "SELECT id, status, updated_at FROM enrollments WHERE {} AND updated_at < $1 {unreported}
+         ORDER BY updated_at, id LIMIT $2",
+        *OPEN
+    ))
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Notes that `saga` was reported stalled at `now`, unless it has moved since it was read.
+pub async fn mark_stall_reported(pool: &AnyPool, saga: &OpenSaga, now: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE enrollments SET stall_reported_at = $1 WHERE id = $2 AND updated_at = $3")
+        .bind(now)
+        .bind(&saga.id)
+        .bind(&saga.updated_at)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Enrollments by status (statuses without any are left out).
+pub async fn count_by_status(pool: &AnyPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, COUNT(*) FROM enrollments GROUP BY status")
+        .fetch_all(pool)
+        .await
 }
 
 /// Appends a history entry with the enrollment's next sequence number. Taking the number locks

@@ -2,7 +2,6 @@
 //! the consumer's transaction.
 
 use sqlx::AnyConnection;
-use utility::messaging::Endpoint;
 use utility::messaging::consumer::{Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
@@ -56,7 +55,7 @@ impl Handler for LedgerHandler {
             }
         };
         if let Some(event) = event {
-            outbox::enqueue(tx, Endpoint::TransactionEvents, &envelope.caused(event)).await?;
+            outbox::enqueue(tx, &envelope.caused(event)).await?;
         }
         Ok(())
     }

@@ -46,8 +46,7 @@ pub(super) struct EnrollmentInput {
 pub(super) struct Accepted {
     #[schema(format = Uuid)]
     id: String,
-    #[schema(value_type = Status)]
-    status: String,
+    status: Status,
 }
 
 /// A 202: the short acknowledgement, or, with `Prefer: wait`, the enrollment as it stood when
@@ -167,11 +166,11 @@ fn traceparent() -> String {
         .unwrap_or_else(utility::messaging::envelope::new_traceparent)
 }
 
-fn accepted(id: impl std::fmt::Display, status: &str) -> Response {
+fn accepted(id: impl std::fmt::Display, status: Status) -> Response {
     let location = format!("/api/enrollments/{id}");
     let body = Accepted {
         id: id.to_string(),
-        status: status.to_owned(),
+        status,
     };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -223,7 +222,7 @@ pub(super) async fn create(
     if let Some(key) = key.as_deref()
         && let Some(existing) = replay(&state.pool, key, &fingerprint).await?
     {
-        return answer(&state, &existing.id, &existing.status, wait).await;
+        return answer(&state, &existing.id, existing.status, wait).await;
     }
     let id = Uuid::now_v7();
     tracing::Span::current().record("enrollment_id", tracing::field::display(id));
@@ -243,13 +242,13 @@ pub(super) async fn create(
             let existing = replay(&state.pool, key, &fingerprint).await?.ok_or_else(|| {
                 Problem::internal(anyhow::anyhow!("idempotency key {key} conflicted but is not stored"))
             })?;
-            return answer(&state, &existing.id, &existing.status, wait).await;
+            return answer(&state, &existing.id, existing.status, wait).await;
         }
         Err(err) => return Err(err.into()),
     }
     state.outbox_signal.notify_one();
     tracing::info!("enrollment accepted");
-    answer(&state, &id.to_string(), Status::Pending.name(), wait).await
+    answer(&state, &id.to_string(), Status::Pending, wait).await
 }
 
 /// The longest a client may ask to be held (`Prefer: wait`).
@@ -275,7 +274,7 @@ fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
 
 /// The answer to a submission: without `Prefer: wait`, 202 with the id and status; with it, the
 /// whole enrollment once it is terminal (201 Created) or the wait is over (202 Accepted).
-async fn answer(state: &AppState, id: &str, status: &str, wait: Option<u64>) -> Result<Response, Problem> {
+async fn answer(state: &AppState, id: &str, status: Status, wait: Option<u64>) -> Result<Response, Problem> {
     // Without a free place to wait, the preference is not applied (RFC 7240 lets a server ignore it).
     let Some((seconds, _place)) = wait.and_then(|s| Some((s, state.hub.wait_permit()?))) else {
         return Ok(accepted(id, status));
@@ -290,7 +289,7 @@ async fn answer(state: &AppState, id: &str, status: &str, wait: Option<u64>) -> 
             return Ok(accepted(id, status));
         }
     };
-    let code = if is_terminal(&view.status) {
+    let code = if view.status.is_terminal() {
         StatusCode::CREATED
     } else {
         StatusCode::ACCEPTED
@@ -311,10 +310,6 @@ fn applied(response: &mut Response, seconds: u64) {
     headers.insert(header::VARY, HeaderValue::from_static("prefer"));
 }
 
-fn is_terminal(status: &str) -> bool {
-    status.parse::<Status>().is_ok_and(Status::is_terminal)
-}
-
 /// The enrollment once it is terminal, or as it stands when `wait` is over (or the service
 /// stops). Waiting costs no query of its own: the live-updates poller says when to look again.
 async fn wait_for(state: &AppState, id: Uuid, wait: Duration) -> Result<Option<store::PublicView>, Problem> {
@@ -325,7 +320,7 @@ async fn wait_for(state: &AppState, id: Uuid, wait: Duration) -> Result<Option<s
         let Some(view) = store::view(&state.pool, id, &cutoff).await? else {
             return Ok(None);
         };
-        if is_terminal(&view.status) || state.hub.is_closed() {
+        if view.status.is_terminal() || state.hub.is_closed() {
             return Ok(Some(view));
         }
         tokio::select! {
@@ -341,7 +336,7 @@ async fn wait_for(state: &AppState, id: Uuid, wait: Duration) -> Result<Option<s
 }
 
 /// The enrollment a repeated `Idempotency-Key` names, or 409 if the body differs.
-async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<store::Existing>, Problem> {
+async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<store::PriorSubmission>, Problem> {
     let Some(existing) = store::find_by_key(pool, key).await? else {
         return Ok(None);
     };

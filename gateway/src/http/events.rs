@@ -10,8 +10,7 @@
 use super::AppState;
 use super::enrollments::parse_id;
 use crate::live::Subscription;
-use crate::saga::Status;
-use crate::store::{self, HistoryRecord};
+use crate::store::{self, HistoryEntry};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -124,7 +123,7 @@ struct Feed {
     subscription: Subscription,
     /// The id of the last entry the client has (sent here, or named by `Last-Event-ID`).
     last_sent: Option<String>,
-    pending: VecDeque<HistoryRecord>,
+    pending: VecDeque<HistoryEntry>,
     /// The terminal entry has been sent: nothing more will come.
     done: bool,
     /// The last read of the history failed; the next comes after [`READ_RETRY`].
@@ -137,7 +136,7 @@ impl Feed {
     /// Queues the entries after `last_sent` (all of them when it is unknown: better a repeat the
     /// client can recognise by id than a gap). Marks the feed done when the client already has
     /// the terminal entry.
-    fn take_new(&mut self, history: Vec<HistoryRecord>) {
+    fn take_new(&mut self, history: Vec<HistoryEntry>) {
         let start = match &self.last_sent {
             Some(last) => history.iter().position(|e| &e.id == last).map_or(0, |i| i + 1),
             None => 0,
@@ -192,11 +191,11 @@ impl Feed {
     }
 }
 
-fn is_terminal(entry: &HistoryRecord) -> bool {
-    entry.status.parse::<Status>().is_ok_and(Status::is_terminal)
+fn is_terminal(entry: &HistoryEntry) -> bool {
+    entry.status.is_terminal()
 }
 
-fn event(entry: &HistoryRecord) -> Event {
+fn event(entry: &HistoryEntry) -> Event {
     Event::default()
         .event("status")
         .id(entry.id.clone())

@@ -3,11 +3,32 @@
 //! elsewhere. The Content-Security-Policy allows this origin only, so an injected script or a
 //! stray third-party resource cannot run, and `nosniff` keeps each file the type we say it is.
 
+use crate::saga::Status;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::LazyLock;
+use utility::domain::{CustomerName, Email};
 use utility::http::{Problem, ProblemPath};
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
+
+/// The page as served: the statuses (label, terminal) and the fields' limits are written in from
+/// their declarations, so the page cannot drift from the saga or the validation.
+static INDEX: LazyLock<String> = LazyLock::new(|| {
+    let statuses: serde_json::Map<String, serde_json::Value> = Status::all()
+        .iter()
+        .map(|s| {
+            let entry = serde_json::json!({"label": s.label(), "terminal": s.is_terminal()});
+            (s.name().to_owned(), entry)
+        })
+        .collect();
+    // JSON inside a <script> element: no `<` may appear, or `</script>` could end it early.
+    let statuses = serde_json::Value::Object(statuses).to_string().replace('<', "\\u003c");
+    INDEX_HTML
+        .replace("{{statuses}}", &statuses)
+        .replace("{{name_max_chars}}", &CustomerName::MAX_CHARS.to_string())
+        .replace("{{email_max_chars}}", &Email::MAX_CHARS.to_string())
+});
 const APP_CSS: &str = include_str!("../../assets/app.css");
 const APP_JS: &str = include_str!("../../assets/app.js");
 
@@ -43,7 +64,7 @@ pub(super) fn asset(content_type: &'static str, body: impl IntoResponse) -> Resp
     responses((status = 200, description = "The page.", body = String, content_type = "text/html")),
 )]
 pub(super) async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+    asset("text/html; charset=utf-8", INDEX.as_str())
 }
 
 /// The files under `/assets/`, as the API document names them.
@@ -76,5 +97,26 @@ pub(super) async fn assets(ProblemPath(file): ProblemPath<String>) -> Response {
         "app.css" => asset("text/css; charset=utf-8", APP_CSS),
         "app.js" => asset("text/javascript; charset=utf-8", APP_JS),
         _ => utility::http::problem::not_found_route().await.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_carries_every_status_and_no_placeholder() {
+        assert!(!INDEX.contains("{{"), "a placeholder was left in the page");
+        let start = INDEX
+            .find(r#"<script id="statuses" type="application/json">"#)
+            .expect("statuses block");
+        let json = &INDEX[start..];
+        let json = &json[json.find('>').unwrap() + 1..json.find("</script>").unwrap()];
+        let statuses: serde_json::Value = serde_json::from_str(json).expect("the block is JSON");
+        for status in Status::all() {
+            assert_eq!(statuses[status.name()]["label"], status.label());
+            assert_eq!(statuses[status.name()]["terminal"], status.is_terminal());
+        }
+        assert!(INDEX.contains(&format!(r#"maxlength="{}""#, CustomerName::MAX_CHARS)));
     }
 }

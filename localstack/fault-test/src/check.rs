@@ -6,12 +6,16 @@
 
 use crate::load::Accepted;
 use crate::system::{CUSTOMER, GATEWAY, System, TRANSACTION};
+use gateway::saga::Status;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-pub const TERMINAL: [&str; 3] = ["completed", "rejected", "rolled_back"];
+/// A status the saga ends in, as the gateway declares its statuses.
+pub fn is_terminal(status: &str) -> bool {
+    status.parse::<Status>().is_ok_and(|s| s.is_terminal())
+}
 
 /// What one phase's enrollments ended as.
 #[derive(Debug, Default)]
@@ -41,7 +45,7 @@ pub async fn wait_terminal(system: &System, ids: &[String], limit: Duration) -> 
                 .await
                 .map(|rows| {
                     rows.iter()
-                        .filter(|(id, status)| wanted.contains(id.as_str()) && TERMINAL.contains(&status.as_str()))
+                        .filter(|(id, status)| wanted.contains(id.as_str()) && is_terminal(status))
                         .count()
                 })
                 .ok(),
@@ -132,7 +136,7 @@ pub async fn invariants(system: &System, accepted: &[Accepted]) -> anyhow::Resul
             continue;
         };
         let steps = history.get(id).cloned().unwrap_or_default();
-        let terminal_steps = steps.iter().filter(|s| TERMINAL.contains(&s.as_str())).count();
+        let terminal_steps = steps.iter().filter(|s| is_terminal(s)).count();
         let customers_of = customer_rows.get(id).cloned().unwrap_or_default();
         let bonuses = bonus_rows.get(id).cloned().unwrap_or_default();
         let mut repeated: BTreeMap<&str, usize> = BTreeMap::new();
@@ -147,16 +151,21 @@ pub async fn invariants(system: &System, accepted: &[Accepted]) -> anyhow::Resul
                 bonuses.len()
             ));
         }
-        if !TERMINAL.contains(&enrollment.status.as_str()) {
-            tally.lost.push(id.clone());
-            violate(format!("{id} ({email}): still `{}` at the deadline", enrollment.status));
-            continue;
-        }
+        let outcome = match enrollment.status.parse::<Status>() {
+            Ok(status) if status.is_terminal() => status,
+            _ => {
+                tally.lost.push(id.clone());
+                violate(format!("{id} ({email}): still `{}` at the deadline", enrollment.status));
+                continue;
+            }
+        };
         tally.terminal += 1;
         *tally.by_status.entry(enrollment.status.clone()).or_default() += 1;
         let customer = customers_of.first();
-        match enrollment.status.as_str() {
-            "completed" => {
+        // What each outcome means in the three databases; a new terminal status must say what
+        // it means here (the match is exhaustive).
+        match outcome {
+            Status::Completed => {
                 let active = customer.is_some_and(|(cid, _, status)| {
                     status == "active" && enrollment.customer_id.as_deref() == Some(cid.as_str())
                 });
@@ -171,7 +180,7 @@ pub async fn invariants(system: &System, accepted: &[Accepted]) -> anyhow::Resul
                     )),
                 }
             }
-            "rolled_back" => {
+            Status::RolledBack => {
                 match customer {
                     Some((_, _, status)) if status == "unenrolled" => {}
                     other => violate(format!("{id}: rolled back but its customer is {other:?}")),
@@ -184,13 +193,15 @@ pub async fn invariants(system: &System, accepted: &[Accepted]) -> anyhow::Resul
                     violate(format!("{id}: rolled back but its customer holds {balance} points"));
                 }
             }
-            _ => {
+            Status::Rejected => {
                 if customer.is_some() || !bonuses.is_empty() {
                     violate(format!(
                         "{id}: rejected but has a customer {customer:?} or bonus {bonuses:?}"
                     ));
                 }
             }
+            // Open statuses were counted as lost above.
+            Status::Pending | Status::Enrolled | Status::Compensating => {}
         }
     }
     let mut active_by_email: HashMap<&str, Vec<&str>> = HashMap::new();

@@ -122,6 +122,54 @@ impl Endpoint {
     }
 }
 
+/// The services that take part in the saga, by the name each runs under. Each consumes one
+/// queue; a service that publishes events has a topic of its own.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "kebab-case")]
+pub enum Participant {
+    Gateway,
+    CustomerApi,
+    TransactionApi,
+}
+
+impl Participant {
+    /// The name the service runs under (its binary, its logs' `service.name`).
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    /// The queue it consumes.
+    pub const fn queue(self) -> Endpoint {
+        match self {
+            Self::Gateway => Endpoint::GatewayEvents,
+            Self::CustomerApi => Endpoint::CustomerCommands,
+            Self::TransactionApi => Endpoint::TransactionCommands,
+        }
+    }
+
+    /// The topic it publishes its events to; `None` for a service that publishes none.
+    pub const fn topic(self) -> Option<Endpoint> {
+        match self {
+            Self::Gateway => None,
+            Self::CustomerApi => Some(Endpoint::CustomerEvents),
+            Self::TransactionApi => Some(Endpoint::TransactionEvents),
+        }
+    }
+}
+
 /// Every output key the messaging stack has, each once, in table order.
 pub fn stack_output_keys() -> Vec<&'static str> {
     let mut keys = Vec::new();

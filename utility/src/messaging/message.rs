@@ -3,7 +3,13 @@
 //! Commands name what the receiver is asked to do and travel over SQS straight to one queue;
 //! events state what happened and are published to the producer's SNS topic. The correlation id
 //! of every message is the enrollment id, so it is not repeated in the payloads.
+//!
+//! Each type declares its [`Route`] beside it ([`MessageType::route`]): who sends it, who
+//! receives it, and so where the outbox sends it. Handlers and the saga's routing table never
+//! name a queue or a topic; the messaging template's subscriptions are checked against these
+//! declarations (`infra/tests/wire_contract.rs`).
 
+use super::endpoint::{Endpoint, Participant};
 use crate::domain::{CustomerName, Email};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -114,11 +120,81 @@ pub enum Message {
     BonusPointsReversed(BonusPointsReversed),
 }
 
+/// A command asks one service to act; an event tells whoever subscribes what happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Command,
+    Event,
+}
+
+/// Who sends a message type and who receives it, and so where it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub kind: Kind,
+    pub sender: Participant,
+    /// A command's one receiver, or the services subscribed to an event.
+    pub receivers: &'static [Participant],
+    /// A command goes to its receiver's queue, an event to its sender's topic.
+    pub destination: Endpoint,
+}
+
+impl Route {
+    const fn command(sender: Participant, receiver: &'static [Participant; 1]) -> Self {
+        Self {
+            kind: Kind::Command,
+            sender,
+            receivers: receiver,
+            destination: receiver[0].queue(),
+        }
+    }
+
+    const fn event(sender: Participant, receivers: &'static [Participant]) -> Self {
+        let Some(destination) = sender.topic() else {
+            panic!("a service that sends events needs a topic");
+        };
+        Self {
+            kind: Kind::Event,
+            sender,
+            receivers,
+            destination,
+        }
+    }
+}
+
 impl MessageType {
     /// The wire name (`type` in the envelope, the `type` message attribute, the SNS filter
     /// policies in `infra/messaging.yaml`).
     pub fn name(self) -> &'static str {
         self.into()
+    }
+
+    /// The one declaration of where this type goes. Each route is built at compile time, so a
+    /// route that cannot be (an event from a service without a topic) does not build.
+    pub const fn route(self) -> Route {
+        use Participant::{CustomerApi, Gateway, TransactionApi};
+        match self {
+            Self::Enroll | Self::Unenroll => const { Route::command(Gateway, &[CustomerApi]) },
+            Self::PostBonusPoints | Self::ReverseBonusPoints => const { Route::command(Gateway, &[TransactionApi]) },
+            Self::CustomerEnrolled | Self::EnrollmentRejected | Self::CustomerUnenrolled => {
+                const { Route::event(CustomerApi, &[Gateway]) }
+            }
+            Self::BonusPointsPosted | Self::BonusPointsFailed | Self::BonusPointsReversed => {
+                const { Route::event(TransactionApi, &[Gateway]) }
+            }
+        }
+    }
+
+    /// The queue or topic the outbox sends this type to.
+    pub const fn destination(self) -> Endpoint {
+        self.route().destination
+    }
+
+    /// Every type `participant` receives, in declaration order.
+    pub fn received_by(participant: Participant) -> impl Iterator<Item = MessageType> {
+        <Self as strum::VariantArray>::VARIANTS
+            .iter()
+            .copied()
+            .filter(move |t| t.route().receivers.contains(&participant))
     }
 }
 
@@ -129,6 +205,11 @@ impl Message {
 
     pub fn type_name(&self) -> &'static str {
         self.message_type().name()
+    }
+
+    /// Where the outbox sends it ([`MessageType::route`]).
+    pub fn destination(&self) -> Endpoint {
+        self.message_type().destination()
     }
 }
 
@@ -150,5 +231,30 @@ mod tests {
             assert_eq!(message_type.name().parse::<MessageType>().unwrap(), *message_type);
         }
         assert_eq!(MessageType::VARIANTS.len(), 10);
+    }
+
+    #[test]
+    fn commands_go_to_their_one_receiver_and_events_to_their_sender_s_topic() {
+        for message_type in MessageType::VARIANTS {
+            let route = message_type.route();
+            assert!(
+                !route.receivers.contains(&route.sender),
+                "{message_type} is sent to itself"
+            );
+            match route.kind {
+                Kind::Command => {
+                    assert_eq!(route.receivers.len(), 1, "{message_type}");
+                    assert_eq!(route.destination, route.receivers[0].queue());
+                    assert!(!route.destination.is_topic());
+                }
+                Kind::Event => {
+                    assert_eq!(Some(route.destination), route.sender.topic());
+                    assert!(route.destination.is_topic());
+                }
+            }
+        }
+        let gateway: Vec<_> = MessageType::received_by(Participant::Gateway).collect();
+        assert!(gateway.contains(&MessageType::CustomerEnrolled));
+        assert!(!gateway.contains(&MessageType::Enroll));
     }
 }

@@ -33,9 +33,11 @@ const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 /// Rows read per relay round.
 const PAGE: i64 = 100;
 
-/// Writes `envelope` for `destination` on the caller's transaction, with the trace context of
-/// an `outbox enqueue` span (a child of the request or message being handled).
-pub async fn enqueue(conn: &mut AnyConnection, destination: Endpoint, envelope: &Envelope) -> Result<(), sqlx::Error> {
+/// Writes `envelope` on the caller's transaction, for the destination its type declares
+/// ([`super::message::MessageType::route`]), with the trace context of an `outbox enqueue` span
+/// (a child of the request or message being handled).
+pub async fn enqueue(conn: &mut AnyConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    let destination = envelope.message.destination();
     let span = tracing::info_span!(
         "outbox enqueue",
         otel.name = format!("outbox enqueue {}", envelope.type_name()),

@@ -1,0 +1,120 @@
+//! The messaging template and the declarations in code cannot drift apart. Every message type
+//! declares who sends it and who receives it (`utility::messaging::message::MessageType::route`);
+//! here `infra/messaging.yaml` is held to those declarations: for each topic and each service
+//! that receives events from it there is exactly one subscription, from that topic to that
+//! service's queue, with raw delivery, a dead-letter queue, and a filter policy on the `type`
+//! message attribute that admits exactly the event types declared for that pair. An event type
+//! missing from a filter would never arrive and its sagas would stall; one too many would cost a
+//! receive and a warning for nothing.
+
+use serde_norway::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use strum::VariantArray;
+use utility::messaging::message::Kind;
+use utility::messaging::{Endpoint, MessageType, Participant};
+
+/// `!Ref X` or `!GetAtt X.Arn`, as written in the template: the logical id `X`.
+fn logical_id(value: &Value) -> Option<&str> {
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
+        Value::Tagged(tagged) if tagged.tag == "GetAtt" => tagged.value.as_str()?.strip_suffix(".Arn"),
+        _ => None,
+    }
+}
+
+/// The logical id of each endpoint's resource, read from the output that names its ARN (the
+/// endpoint table says which output that is).
+fn resources(template: &Value) -> BTreeMap<String, Endpoint> {
+    Endpoint::VARIANTS
+        .iter()
+        .map(|endpoint| {
+            let output = endpoint.outputs().arn;
+            let id = logical_id(&template["Outputs"][output]["Value"])
+                .unwrap_or_else(|| panic!("output {output} names no resource"));
+            (id.to_owned(), *endpoint)
+        })
+        .collect()
+}
+
+/// (topic, receiving queue) -> the event types the declarations send along that path.
+fn declared() -> BTreeMap<(Endpoint, Endpoint), BTreeSet<String>> {
+    let mut paths: BTreeMap<(Endpoint, Endpoint), BTreeSet<String>> = BTreeMap::new();
+    for message_type in MessageType::VARIANTS {
+        let route = message_type.route();
+        if route.kind != Kind::Event {
+            continue;
+        }
+        for receiver in route.receivers {
+            paths
+                .entry((route.destination, receiver.queue()))
+                .or_default()
+                .insert(message_type.name().to_owned());
+        }
+    }
+    paths
+}
+
+#[test]
+fn the_subscriptions_deliver_exactly_the_declared_events() {
+    let template: Value = serde_norway::from_str(infra::MESSAGING_TEMPLATE).expect("messaging.yaml parses");
+    let resources = resources(&template);
+    let mut found: BTreeMap<(Endpoint, Endpoint), BTreeSet<String>> = BTreeMap::new();
+    for (name, resource) in template["Resources"].as_mapping().expect("Resources") {
+        if resource["Type"].as_str() != Some("AWS::SNS::Subscription") {
+            continue;
+        }
+        let name = name.as_str().unwrap_or_default();
+        let properties = &resource["Properties"];
+        let endpoint = |key: &str| {
+            let id = logical_id(&properties[key]).unwrap_or_else(|| panic!("{name}: {key} names no resource"));
+            *resources
+                .get(id)
+                .unwrap_or_else(|| panic!("{name}: {key} {id} is not an endpoint of the table"))
+        };
+        let (topic, queue) = (endpoint("TopicArn"), endpoint("Endpoint"));
+        assert_eq!(properties["Protocol"].as_str(), Some("sqs"), "{name}");
+        assert_eq!(
+            properties["RawMessageDelivery"].as_bool(),
+            Some(true),
+            "{name}: raw delivery"
+        );
+        assert!(
+            matches!(properties["RedrivePolicy"]["deadLetterTargetArn"], Value::Tagged(_)),
+            "{name}: no dead-letter queue"
+        );
+        assert_eq!(
+            properties["FilterPolicyScope"].as_str(),
+            Some("MessageAttributes"),
+            "{name}: the filter must read the `type` message attribute"
+        );
+        let types: Vec<String> = properties["FilterPolicy"]["type"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name} has no filter on `type`"))
+            .iter()
+            .map(|t| t.as_str().expect("type names are strings").to_owned())
+            .collect();
+        let unique: BTreeSet<String> = types.iter().cloned().collect();
+        assert_eq!(unique.len(), types.len(), "{name}: a type is admitted twice: {types:?}");
+        assert!(
+            found.insert((topic, queue), unique).is_none(),
+            "two subscriptions from {topic} to {queue}"
+        );
+    }
+    assert_eq!(
+        found,
+        declared(),
+        "messaging.yaml's subscriptions and the messages' declared routes disagree"
+    );
+}
+
+/// The declarations name every queue of the template as some service's, and every topic as
+/// some service's: nothing in the template is left without an owner in code.
+#[test]
+fn every_queue_and_topic_belongs_to_a_declared_service() {
+    for endpoint in Endpoint::VARIANTS {
+        let owned = Participant::VARIANTS
+            .iter()
+            .any(|p| p.queue() == *endpoint || p.topic() == Some(*endpoint));
+        assert!(owned, "{endpoint} belongs to no service");
+    }
+}
