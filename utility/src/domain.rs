@@ -1,7 +1,9 @@
 //! Domain values that cross service boundaries. Each one can only be built through its parser,
 //! so a value of the type is valid wherever it travels (HTTP body, command payload, database).
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a field was refused. `field` names the JSON field so HTTP errors can point at it.
@@ -74,6 +76,25 @@ impl From<CustomerName> for String {
     }
 }
 
+impl JsonSchema for CustomerName {
+    fn schema_name() -> Cow<'static, str> {
+        "CustomerName".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": Self::MAX_CHARS,
+            "description": "A customer's name: trimmed, no control characters.",
+        })
+    }
+}
+
 impl fmt::Display for CustomerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -134,6 +155,25 @@ impl TryFrom<String> for Email {
 impl From<Email> for String {
     fn from(value: Email) -> Self {
         value.0
+    }
+}
+
+impl JsonSchema for Email {
+    fn schema_name() -> Cow<'static, str> {
+        "Email".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "format": "email",
+            "maxLength": Self::MAX_CHARS,
+            "description": "An e-mail address, lower-cased.",
+        })
     }
 }
 

@@ -6,8 +6,9 @@
 //! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
 //! Both are behind load shedding ([`edge`]). `GET /` and `/assets/*` serve the enrollment page
-//! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
+//! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]), `/asyncapi.json` the bus's ([`bus`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
 
+mod bus;
 pub mod edge;
 mod enrollments;
 mod events;
@@ -85,6 +86,7 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
         .routes(public(routes!(page::index)))
         .routes(public(routes!(page::assets)))
         .routes(public(routes!(reference::openapi_json)))
+        .routes(public(routes!(bus::asyncapi_json)))
         .routes(public(routes!(reference::docs)))
         .routes(public(submit))
         .routes(public(routes!(enrollments::show)))

@@ -65,14 +65,22 @@ struct Wire {
     payload: serde_json::Value,
 }
 
-/// The envelope as written: the message's `type` and `payload` come from its serde tagging.
-#[derive(Serialize)]
-struct WireOut<'a> {
+/// The envelope as written: the message's `type` and `payload` come from its serde tagging. Its
+/// JSON schema is the one the bus document gives ([`super::asyncapi`]).
+#[derive(Serialize, schemars::JsonSchema)]
+pub(super) struct WireOut<'a> {
+    /// Unique per message; a redelivery or a duplicate publish repeats it, and consumers
+    /// recognise it by this id.
     message_id: Uuid,
+    /// The version of the envelope and payload schemas.
     schema_version: u32,
+    /// The enrollment this message belongs to.
     correlation_id: Uuid,
+    /// The message that caused this one (absent for the first command of a saga).
     causation_id: Option<Uuid>,
+    /// When the producer wrote it (RFC 3339, UTC).
     occurred_at: DateTime<Utc>,
+    /// W3C trace context of the enrollment's trace.
     traceparent: Option<&'a str>,
     #[serde(flatten)]
     message: &'a Message,

@@ -11,64 +11,70 @@
 
 use super::endpoint::{Endpoint, Participant};
 use crate::domain::{CustomerName, Email};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Asks the customer-api to create a customer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Enroll {
     pub name: CustomerName,
     pub email: Email,
 }
 
 /// Asks the customer-api to roll an enrollment back (the compensation step).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Unenroll {
     pub customer_id: Uuid,
     pub reason: String,
 }
 
 /// Asks the transaction-api to post the enrollment bonus.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PostBonusPoints {
     pub customer_id: Uuid,
 }
 
 /// Asks the transaction-api to take back an enrollment bonus that was posted after the saga had
 /// already failed (a late `BonusPointsPosted`): points are never left on an unenrolled customer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ReverseBonusPoints {
     pub customer_id: Uuid,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The customer-api created the customer of this enrollment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerEnrolled {
     pub customer_id: Uuid,
     pub name: CustomerName,
     pub email: Email,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The customer-api refused the enrollment: its e-mail address already has an active customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EnrollmentRejected {
     pub email: Email,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The customer-api rolled the enrollment's customer back (the answer to `Unenroll`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerUnenrolled {
     pub customer_id: Uuid,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The transaction-api posted the enrollment bonus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BonusPointsPosted {
     pub customer_id: Uuid,
     pub points: i64,
     pub balance: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The transaction-api could not post the enrollment bonus; the gateway compensates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BonusPointsFailed {
     pub customer_id: Uuid,
     /// The transaction-api's own words, for operators.
@@ -80,7 +86,7 @@ pub struct BonusPointsFailed {
 
 /// Why an enrollment bonus could not be posted. Unknown values (from a newer producer) read as
 /// `Other`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BonusFailure {
     /// The campaign's budget cannot cover another bonus.
@@ -90,7 +96,8 @@ pub enum BonusFailure {
     Other,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The transaction-api took back a bonus posted after its saga had failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BonusPointsReversed {
     pub customer_id: Uuid,
     pub points: i64,
@@ -100,8 +107,9 @@ pub struct BonusPointsReversed {
 /// Every message the saga knows: the one declaration of the wire contract's types. The variant
 /// name is the wire `type` and its struct the `payload` (serde's adjacent tagging, which the
 /// envelope uses for exactly those two fields); [`MessageType`] is derived from it, so adding a
-/// message type means adding a variant here and nothing else in this crate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::EnumDiscriminants)]
+/// message type means adding a variant here and its arm in [`MessageType::route`], and nothing
+/// else in this crate (the AsyncAPI document and the payload schemas follow).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, strum::EnumDiscriminants)]
 #[serde(tag = "type", content = "payload")]
 #[strum_discriminants(
     name(MessageType),

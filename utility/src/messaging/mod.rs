@@ -9,6 +9,7 @@
 //! - At-least-once handling: [`consumer`] (receive, handle in a transaction, delete) and
 //!   [`outbox`] (write with the state change, publish afterwards).
 
+pub mod asyncapi;
 pub mod bus;
 pub mod consumer;
 pub mod endpoint;
