@@ -13,6 +13,7 @@ mod enrollments;
 mod events;
 mod operator;
 mod page;
+mod prefer;
 mod reference;
 
 use axum::error_handling::HandleErrorLayer;
