@@ -254,6 +254,82 @@ async fn each_operation_states_its_headers_and_problem_answers() {
     );
 }
 
+/// The header parameter `name` of `POST /api/enrollments`.
+fn submit_header<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["paths"]["/api/enrollments"]["post"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["in"] == "header" && p["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} header documented"))
+}
+
+fn submission(name: &str, email: &str, key: Option<&str>) -> Request<Body> {
+    let mut request = Request::post("/api/enrollments").header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let body = serde_json::json!({"name": name, "email": email});
+    request.body(Body::from(body.to_string())).unwrap()
+}
+
+/// The lengths the document states are the domain's, and the gateway takes exactly up to them:
+/// a value of the documented maximum is accepted and one character more is refused.
+#[tokio::test]
+async fn the_documented_limits_are_the_ones_the_gateway_applies() {
+    let api = GatewayApi::start(Backend::Sqlite).await;
+    let doc = document(&api).await;
+    let input = &doc["components"]["schemas"]["EnrollmentInput"]["properties"];
+    let max = |schema: &Value| schema["maxLength"].as_u64().expect("maxLength") as usize;
+    let (name_max, email_max) = (max(&input["name"]), max(&input["email"]));
+    let key_max = max(&submit_header(&doc, "Idempotency-Key")["schema"]);
+    assert_eq!(name_max, utility::domain::CustomerName::MAX_CHARS);
+    assert_eq!(email_max, utility::domain::Email::MAX_CHARS);
+    for (what, limit) in [("name", name_max), ("email", email_max), ("Idempotency-Key", key_max)] {
+        let description = match what {
+            "Idempotency-Key" => submit_header(&doc, what)["description"].as_str(),
+            field => input[field]["description"].as_str(),
+        };
+        assert!(
+            description.unwrap().contains(&limit.to_string()),
+            "{what}: the description does not state {limit}"
+        );
+    }
+
+    let email = |length: usize| format!("{}@example.com", "e".repeat(length - "@example.com".len()));
+    let fine = api.call(submission(
+        &"n".repeat(name_max),
+        &email(email_max),
+        Some(&"k".repeat(key_max)),
+    ));
+    assert_eq!(fine.await.status, 202, "every field at its documented maximum");
+    let refused = |answer: &support::api::Answer| -> Vec<String> {
+        answer.problem(422)["invalid-params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let long_name = api
+        .call(submission(&"n".repeat(name_max + 1), "ada@example.com", None))
+        .await;
+    assert_eq!(refused(&long_name), ["name"]);
+    let long_email = api.call(submission("Ada", &email(email_max + 1), None)).await;
+    assert_eq!(refused(&long_email), ["email"]);
+    let long_key = api
+        .call(submission("Ada", "ada@example.com", Some(&"k".repeat(key_max + 1))))
+        .await;
+    assert!(
+        long_key.problem(400)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{}",
+        long_key.body
+    );
+}
+
 /// Every `$ref` in `value`.
 fn references(value: &Value) -> Vec<String> {
     match value {

@@ -13,6 +13,10 @@ use serde_json::{Value, json};
 use sqlx::AnyPool;
 use utility::domain::{CustomerName, Email, FieldError};
 use utility::http::{Problem, ProblemJson, ProblemPath};
+use utoipa::IntoParams;
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
 use uuid::Uuid;
 
 /// Longest accepted `Idempotency-Key`.
@@ -24,18 +28,46 @@ const MAX_KEY_LEN: usize = 255;
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub(super) struct EnrollmentInput {
-    /// The customer's name: 1 to 200 characters once trimmed, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
-        example = "Ada Lovelace"
-    )]
+    #[schema(schema_with = name_schema)]
     name: String,
-    /// An e-mail address (stored lower-cased), at most 254 characters: one `@`, a dotted
-    /// domain, no spaces.
-    #[schema(format = Email, min_length = 3, max_length = 254, example = "ada@example.com")]
+    #[schema(schema_with = email_schema)]
     email: String,
+}
+
+// The limits the document states are the domain's own constants, set here because utoipa's
+// attributes take only literals for them.
+
+/// `name`, as [`CustomerName::parse`] takes it.
+fn name_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(format!(
+            "The customer's name: 1 to {} characters once trimmed, no control characters.",
+            CustomerName::MAX_CHARS
+        )))
+        .min_length(Some(1))
+        .max_length(Some(CustomerName::MAX_CHARS))
+        .pattern(Some(
+            r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        ))
+        .examples(["Ada Lovelace"])
+        .build()
+}
+
+/// `email`, as [`Email::parse`] takes it.
+fn email_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
+        .description(Some(format!(
+            "An e-mail address (stored lower-cased), at most {} characters: one `@`, a dotted \
+             domain, no spaces.",
+            Email::MAX_CHARS
+        )))
+        .min_length(Some(3))
+        .max_length(Some(Email::MAX_CHARS))
+        .examples(["ada@example.com"])
+        .build()
 }
 
 /// A 202: the short acknowledgement, or, with `Prefer: wait`, the enrollment as it stood when
@@ -48,37 +80,47 @@ pub(super) enum Submitted {
     Enrollment(store::PublicView),
 }
 
-/// The request headers of the public routes, as the API document shows them.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub(super) struct SubmitHeaders {
-    /// Makes the submission safe to retry: the same key and body answer the first
-    /// submission's enrollment; the same key with another body answers 409. 1 to 255 visible
-    /// ASCII characters.
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
-    idempotency_key: Option<String>,
-    /// W3C trace context; the saga's trace continues it.
-    #[param(
-        rename = "traceparent",
-        pattern = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
-    )]
-    traceparent: Option<String>,
-    /// RFC 7240 `wait=N`: hold the answer until the saga is terminal or N seconds pass
-    /// (N is capped at 30). Other preferences are ignored.
-    #[param(rename = "Prefer", example = "wait=10")]
-    prefer: Option<String>,
+/// The request headers of `POST /api/enrollments`, as the API document shows them.
+pub(super) struct SubmitHeaders;
+
+impl IntoParams for SubmitHeaders {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let idempotency_key = ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(format!(
+                "Makes the submission safe to retry: the same key and body answer the first \
+                 submission's enrollment; the same key with another body answers 409. 1 to \
+                 {MAX_KEY_LEN} visible ASCII characters."
+            )))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_KEY_LEN)),
+            ));
+        let traceparent = ParameterBuilder::new()
+            .name("traceparent")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some("W3C trace context; the saga's trace continues it."))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")),
+            ));
+        vec![idempotency_key.build(), traceparent.build(), prefer::parameter()]
+    }
 }
 
 /// `Prefer` on `GET /api/enrollments/{id}`.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub(super) struct WaitHeader {
-    /// RFC 7240 `wait=N`: hold the answer until the saga is terminal or N seconds pass
-    /// (N is capped at 30).
-    #[param(rename = "Prefer", example = "wait=10")]
-    prefer: Option<String>,
+pub(super) struct WaitHeader;
+
+impl IntoParams for WaitHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![prefer::parameter()]
+    }
 }
 
 /// The enrollment id in the path.

@@ -14,6 +14,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 use utility::http::Problem;
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use uuid::Uuid;
 
 /// The longest a client may ask to be held.
@@ -27,6 +30,21 @@ pub(super) struct Accepted {
     id: String,
     #[schema(value_type = Status)]
     status: String,
+}
+
+/// The `Prefer` request header, as the API document shows it.
+pub(super) fn parameter() -> Parameter {
+    ParameterBuilder::new()
+        .name("Prefer")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(format!(
+            "RFC 7240 `wait=N`: hold the answer until the saga is terminal or N seconds pass \
+             (N is capped at {MAX_WAIT_SECONDS}). Other preferences are ignored."
+        )))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .example(Some("wait=10".into()))
+        .build()
 }
 
 /// `Prefer: wait=N` (other preferences beside it are ignored), capped at [`MAX_WAIT_SECONDS`].
@@ -163,7 +181,7 @@ mod tests {
         assert_eq!(prefer("wait=10"), Some(10));
         assert_eq!(prefer("respond-async, wait=5"), Some(5));
         assert_eq!(prefer("WAIT = \"7\""), Some(7));
-        assert_eq!(prefer("wait=3600"), Some(30));
+        assert_eq!(prefer("wait=3600"), Some(MAX_WAIT_SECONDS));
         assert_eq!(prefer("wait=soon"), None);
         assert_eq!(prefer("return=minimal"), None);
         assert_eq!(preferred_wait(&HeaderMap::new()), None);
