@@ -176,6 +176,11 @@ async fn each_operation_states_its_headers_and_problem_answers() {
         headers.contains("Idempotency-Key") && headers.contains("Prefer"),
         "{headers:?}"
     );
+    // Ignored when malformed, so no value of it is refused: nothing but a string is declared.
+    assert_eq!(
+        submit_header(&doc, "traceparent")["schema"],
+        serde_json::json!({"type": "string"})
+    );
     let statuses: BTreeSet<&str> = submit["responses"]
         .as_object()
         .unwrap()

@@ -9,7 +9,11 @@ use serde_json::{Value, json};
 use support::Backend;
 use support::api::GatewayApi;
 
-on_both_backends!(bad_input_gets_problem_details, idempotency_key_replays_or_conflicts);
+on_both_backends!(
+    bad_input_gets_problem_details,
+    idempotency_key_replays_or_conflicts,
+    a_malformed_traceparent_is_ignored
+);
 
 fn post(body: impl Into<Body>, content_type: Option<&str>) -> Request<Body> {
     let mut request = Request::post("/api/enrollments");
@@ -171,6 +175,27 @@ async fn idempotency_key_replays_or_conflicts(backend: Backend) {
     // One enrollment and one Enroll command per key.
     assert_eq!(count(&api, "SELECT COUNT(*) FROM enrollments").await, 2);
     assert_eq!(utility::messaging::outbox::pending(&api.pool).await.unwrap(), 2);
+}
+
+/// `traceparent` only ever continues a trace: a value that is not W3C trace context starts a new
+/// one instead of refusing the submission (and the document declares a plain string).
+async fn a_malformed_traceparent_is_ignored(backend: Backend) {
+    let api = GatewayApi::start(backend).await;
+    for (i, value) in [
+        "{}",
+        "00-not-a-trace-01",
+        "",
+        "ff-00000000000000000000000000000000-0000000000000000-00",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut request = json_post(&json!({"name": "Ada", "email": format!("trace-{i}@example.com")}), None);
+        request.headers_mut().insert("traceparent", value.parse().unwrap());
+        let answer = api.call(request).await;
+        assert_eq!(answer.status, 202, "traceparent {value:?}: {}", answer.body);
+    }
+    assert_eq!(count(&api, "SELECT COUNT(*) FROM enrollments").await, 4);
 }
 
 /// A service refuses to start when its topology is missing, naming what is missing and how to

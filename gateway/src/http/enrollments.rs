@@ -104,12 +104,12 @@ impl IntoParams for SubmitHeaders {
             .name("traceparent")
             .parameter_in(ParameterIn::Header)
             .required(Required::False)
-            .description(Some("W3C trace context; the saga's trace continues it."))
-            .schema(Some(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some("^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")),
-            ));
+            .description(Some(
+                "W3C trace context: the saga's trace continues a well-formed one. Any other \
+                 value is ignored (the saga starts a trace of its own), so the document \
+                 declares a plain string: no value is refused.",
+            ))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)));
         vec![idempotency_key.build(), traceparent.build(), prefer::parameter()]
     }
 }
