@@ -335,6 +335,34 @@ async fn the_documented_limits_are_the_ones_the_gateway_applies() {
     );
 }
 
+/// Every `Idempotency-Key` the document allows is one the gateway accepts: keys drawn from the
+/// documented pattern and length (the boundaries included) are each answered 202, never 400.
+#[tokio::test]
+async fn every_idempotency_key_the_document_allows_is_accepted() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let api = GatewayApi::start(Backend::Sqlite).await;
+    let doc = document(&api).await;
+    let schema = &submit_header(&doc, "Idempotency-Key")["schema"];
+    let pattern = schema["pattern"].as_str().expect("the key's pattern is documented");
+    let (min, max) = (
+        schema["minLength"].as_u64().unwrap() as usize,
+        schema["maxLength"].as_u64().unwrap() as usize,
+    );
+    let regex = pattern.trim_start_matches('^').trim_end_matches('$');
+    let keys = proptest::string::string_regex(regex)
+        .expect("a pattern proptest reads")
+        .prop_filter("within the documented length", move |k| (min..=max).contains(&k.len()));
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut drawn: Vec<String> = (0..200)
+        .map(|_| keys.new_tree(&mut runner).unwrap().current())
+        .collect();
+    drawn.extend(["!".repeat(min), format!("a{}z", " ".repeat(max - 2)), "~".repeat(max)]);
+    for key in drawn {
+        let answer = api.call(submission("Ada", "ada@example.com", Some(&key))).await;
+        assert_eq!(answer.status, 202, "Idempotency-Key {key:?}: {}", answer.body);
+    }
+}
+
 /// Every `$ref` in `value`.
 fn references(value: &Value) -> Vec<String> {
     match value {

@@ -21,6 +21,10 @@ use uuid::Uuid;
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 255;
+/// The `Idempotency-Key`s [`idempotency_key`] accepts, as the document states them: visible
+/// ASCII, spaces only between other characters (HTTP drops a field value's surrounding
+/// whitespace before the gateway sees it). The length is [`MAX_KEY_LEN`].
+const KEY_PATTERN: &str = "^[!-~](?:[ -~]*[!-~])?$";
 
 /// The body of `POST /api/enrollments`, as the API document shows it. The handler reads the
 /// body as JSON and checks the fields itself ([`EnrollmentRequest::parse`]), so that every bad
@@ -92,13 +96,14 @@ impl IntoParams for SubmitHeaders {
             .description(Some(format!(
                 "Makes the submission safe to retry: the same key and body answer the first \
                  submission's enrollment; the same key with another body answers 409. 1 to \
-                 {MAX_KEY_LEN} visible ASCII characters."
+                 {MAX_KEY_LEN} visible ASCII characters, spaces allowed between them."
             )))
             .schema(Some(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
                     .min_length(Some(1))
-                    .max_length(Some(MAX_KEY_LEN)),
+                    .max_length(Some(MAX_KEY_LEN))
+                    .pattern(Some(KEY_PATTERN)),
             ));
         let traceparent = ParameterBuilder::new()
             .name("traceparent")
