@@ -12,7 +12,8 @@ use support::api::GatewayApi;
 on_both_backends!(
     bad_input_gets_problem_details,
     idempotency_key_replays_or_conflicts,
-    a_malformed_traceparent_is_ignored
+    a_malformed_traceparent_is_ignored,
+    an_empty_listing_parameter_is_refused_not_read_as_absent
 );
 
 fn post(body: impl Into<Body>, content_type: Option<&str>) -> Request<Body> {
@@ -196,6 +197,37 @@ async fn a_malformed_traceparent_is_ignored(backend: Backend) {
         assert_eq!(answer.status, 202, "traceparent {value:?}: {}", answer.body);
     }
     assert_eq!(count(&api, "SELECT COUNT(*) FROM enrollments").await, 4);
+}
+
+/// `cursor=` (a last page's null `next_cursor` passed on) is refused rather than read as "from
+/// the start", and so are `status=` and `limit=`: each names itself in one 422, as the document
+/// declares a UUID, a status and a number for them.
+async fn an_empty_listing_parameter_is_refused_not_read_as_absent(backend: Backend) {
+    let api = GatewayApi::start(backend).await;
+    let listing = |query: &str| {
+        Request::get(format!("/api/enrollments?{query}"))
+            .header("authorization", format!("Bearer {}", support::OPERATOR_TOKEN))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let invalid = |body: &Value| -> Vec<String> {
+        body["invalid-params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for parameter in ["cursor", "status", "limit"] {
+        let answer = api.call(listing(&format!("{parameter}="))).await;
+        assert_eq!(invalid(answer.problem(422)), [parameter], "{parameter}=");
+    }
+    let answer = api.call(listing("status=&limit=&cursor=")).await;
+    assert_eq!(invalid(answer.problem(422)), ["status", "limit", "cursor"]);
+    // Absent, each takes its default.
+    let answer = api.call(listing("")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["next_cursor"], Value::Null);
 }
 
 /// A service refuses to start when its topology is missing, naming what is missing and how to

@@ -21,7 +21,10 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
 /// The listing's query. Read as text and checked by [`Listing::parse`], so that every bad
-/// parameter is named in one 422; the document shows what each must be.
+/// parameter is named in one 422; the document shows what each must be. A parameter given with
+/// an empty value is refused, not read as absent: `cursor=` is what a client sends when it
+/// passes a last page's null `next_cursor` on, and reading it as "from the start" would have
+/// that client page through the listing forever.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
@@ -31,7 +34,7 @@ pub(super) struct ListQuery {
     /// Page size, 1 to 500 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (omit it for the first page).
     #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
 }
@@ -73,7 +76,7 @@ impl Listing {
     fn parse(query: ListQuery) -> Result<Self, Problem> {
         let mut errors = Vec::new();
         let status = match query.status.as_deref() {
-            None | Some("") => None,
+            None => None,
             Some(text) => match text.parse::<Status>() {
                 Ok(status) => Some(status),
                 Err(_) => {
@@ -90,7 +93,7 @@ impl Listing {
             },
         };
         let limit = match query.limit.as_deref() {
-            None | Some("") => DEFAULT_LIMIT,
+            None => DEFAULT_LIMIT,
             Some(text) => match text.parse::<i64>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
                 _ => {
@@ -103,7 +106,7 @@ impl Listing {
             },
         };
         let before = match query.cursor.as_deref() {
-            None | Some("") => None,
+            None => None,
             Some(text) => match Uuid::parse_str(text) {
                 Ok(id) => Some(id),
                 Err(_) => {
@@ -135,7 +138,7 @@ impl Listing {
     responses(
         (status = 200, description = "A page of enrollments.", body = EnrollmentPage),
         (status = 400, description = "The query string is malformed.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A parameter is invalid; `invalid-params` names each one.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is invalid (an empty one included); `invalid-params` names each one.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn list(
