@@ -246,6 +246,16 @@ async fn each_operation_states_its_headers_and_problem_answers() {
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
+    // Present only where there is a customer to follow, never null (see http_api.rs).
+    let entry = &schemas["OperatorEntry"];
+    assert_eq!(
+        entry["properties"]["customer_id"],
+        serde_json::json!({"type": "string", "format": "uuid", "description": entry["properties"]["customer_id"]["description"]})
+    );
+    assert!(
+        !entry["required"].as_array().unwrap().iter().any(|f| f == "customer_id"),
+        "{entry}"
+    );
     assert_eq!(
         schemas["Status"]["enum"],
         serde_json::json!([

@@ -13,7 +13,8 @@ on_both_backends!(
     bad_input_gets_problem_details,
     idempotency_key_replays_or_conflicts,
     a_malformed_traceparent_is_ignored,
-    an_empty_listing_parameter_is_refused_not_read_as_absent
+    an_empty_listing_parameter_is_refused_not_read_as_absent,
+    the_listing_names_a_customer_only_where_there_is_one
 );
 
 fn post(body: impl Into<Body>, content_type: Option<&str>) -> Request<Body> {
@@ -228,6 +229,40 @@ async fn an_empty_listing_parameter_is_refused_not_read_as_absent(backend: Backe
     let answer = api.call(listing("")).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body["next_cursor"], Value::Null);
+}
+
+/// A row of the operator listing carries `customer_id` only once the saga has enrolled a
+/// customer: every id it shows can be followed to `GET /api/customers/{id}`, none is null.
+async fn the_listing_names_a_customer_only_where_there_is_one(backend: Backend) {
+    let api = GatewayApi::start(backend).await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let answer = api
+            .call(json_post(
+                &json!({"name": "Ada", "email": format!("listed-{i}@example.com")}),
+                None,
+            ))
+            .await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        ids.push(answer.body["id"].as_str().unwrap().to_owned());
+    }
+    let customer = uuid::Uuid::now_v7().to_string();
+    sqlx::query("UPDATE enrollments SET customer_id = $1 WHERE id = $2")
+        .bind(&customer)
+        .bind(&ids[1])
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    let listing = Request::get("/api/enrollments")
+        .header("authorization", format!("Bearer {}", support::OPERATOR_TOKEN))
+        .body(Body::empty())
+        .unwrap();
+    let answer = api.call(listing).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let rows = answer.body["enrollments"].as_array().unwrap();
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap();
+    assert_eq!(row(&ids[0]).get("customer_id"), None, "{}", row(&ids[0]));
+    assert_eq!(row(&ids[1])["customer_id"], customer.as_str());
 }
 
 /// A service refuses to start when its topology is missing, naming what is missing and how to
