@@ -222,6 +222,8 @@ pub(super) async fn customer(
 /// Read a customer's points (operator).
 ///
 /// The transaction-api's ledger for the customer. The answer is the transaction-api's, passed on.
+/// The ledger knows customers only by the points posted to them, so a customer it has never
+/// seen, whatever the id, has a zero balance and an empty ledger: there is no 404.
 #[utoipa::path(
     get,
     path = "/api/customers/{id}/points",
@@ -230,9 +232,8 @@ pub(super) async fn customer(
     params(CustomerId),
     security(("operator_token" = [])),
     responses(
-        (status = 200, description = "The customer's points and ledger.", body = Object),
+        (status = 200, description = "The customer's balance and ledger; for a customer the ledger has never seen, a zero balance and an empty ledger.", body = Object),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No points for this customer.", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The transaction-api did not answer.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
