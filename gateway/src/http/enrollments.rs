@@ -30,6 +30,7 @@ const KEY_PATTERN: &str = "^[!-~](?:[ -~]*[!-~])?$";
 /// body as JSON and checks the fields itself ([`EnrollmentRequest::parse`]), so that every bad
 /// field is named in one 422, which serde's first-error-wins would not do.
 #[derive(utoipa::ToSchema)]
+#[schema(description = "An enrollment to submit. Every invalid field is named in one 422.")]
 #[allow(dead_code)]
 pub(super) struct EnrollmentInput {
     #[schema(schema_with = name_schema)]
@@ -111,8 +112,7 @@ impl IntoParams for SubmitHeaders {
             .required(Required::False)
             .description(Some(
                 "W3C trace context: the saga's trace continues a well-formed one. Any other \
-                 value is ignored (the saga starts a trace of its own), so the document \
-                 declares a plain string: no value is refused.",
+                 value is ignored, never refused: the saga then starts a trace of its own.",
             ))
             .schema(Some(ObjectBuilder::new().schema_type(Type::String)));
         vec![idempotency_key.build(), traceparent.build(), prefer::parameter()]
