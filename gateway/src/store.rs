@@ -53,7 +53,10 @@ pub struct OperatorEntry {
     pub id: String,
     #[sqlx(try_from = "String")]
     pub status: Status,
-    #[schema(format = Uuid)]
+    /// The customer the saga enrolled; absent until there is one, so that every `customer_id`
+    /// of the listing is an id to follow to `GET /api/customers/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = Uuid, nullable = false)]
     pub customer_id: Option<String>,
     pub bonus_points: Option<i64>,
     /// The detailed reason, as the services gave it.

@@ -2,9 +2,10 @@
 //!
 //! In process: the document lists exactly the gateway's routes (a route missing from it, or one
 //! documented but not served, fails), each operation states the problem statuses and headers a
-//! client meets, and `/docs` renders every operation. Against the real system (LocalStack and
-//! the three services): schemathesis generates requests from the document and checks every
-//! answer against it, no 5xx, on both backends.
+//! client meets, `/docs` renders every operation, and the limits, patterns and answers it states
+//! are the gateway's. Against the real system (LocalStack and the three services): schemathesis
+//! generates requests and scenarios from the document and holds every answer to it with all of
+//! its checks, on both backends.
 
 mod support;
 
@@ -12,7 +13,7 @@ use axum::body::Body;
 use axum::http::Request;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use support::api::GatewayApi;
+use support::api::{GatewayApi, Served};
 use support::{Backend, OPERATOR_TOKEN, Options, System};
 
 on_both_backends!(schemathesis_finds_no_contradiction);
@@ -71,6 +72,7 @@ fn expected(routes: &[(&str, &str)]) -> BTreeSet<(String, String)> {
 async fn the_document_lists_exactly_the_served_routes() {
     let api = GatewayApi::start(Backend::Sqlite).await;
     let doc = document(&api).await;
+    std::fs::write("/tmp/openapi.json", serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     assert!(
         doc["openapi"].as_str().unwrap().starts_with("3.1."),
         "{}",
@@ -176,6 +178,11 @@ async fn each_operation_states_its_headers_and_problem_answers() {
         headers.contains("Idempotency-Key") && headers.contains("Prefer"),
         "{headers:?}"
     );
+    // Ignored when malformed, so no value of it is refused: nothing but a string is declared.
+    assert_eq!(
+        submit_header(&doc, "traceparent")["schema"],
+        serde_json::json!({"type": "string"})
+    );
     let statuses: BTreeSet<&str> = submit["responses"]
         .as_object()
         .unwrap()
@@ -241,6 +248,16 @@ async fn each_operation_states_its_headers_and_problem_answers() {
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
+    // Present only where there is a customer to follow, never null (see http_api.rs).
+    let entry = &schemas["OperatorEntry"];
+    assert_eq!(
+        entry["properties"]["customer_id"],
+        serde_json::json!({"type": "string", "format": "uuid", "description": entry["properties"]["customer_id"]["description"]})
+    );
+    assert!(
+        !entry["required"].as_array().unwrap().iter().any(|f| f == "customer_id"),
+        "{entry}"
+    );
     assert_eq!(
         schemas["Status"]["enum"],
         serde_json::json!([
@@ -252,6 +269,156 @@ async fn each_operation_states_its_headers_and_problem_answers() {
             "rolled_back"
         ])
     );
+}
+
+/// The header parameter `name` of `POST /api/enrollments`.
+fn submit_header<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["paths"]["/api/enrollments"]["post"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["in"] == "header" && p["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} header documented"))
+}
+
+fn submission(name: &str, email: &str, key: Option<&str>) -> Request<Body> {
+    let mut request = Request::post("/api/enrollments").header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let body = serde_json::json!({"name": name, "email": email});
+    request.body(Body::from(body.to_string())).unwrap()
+}
+
+/// The lengths the document states are the domain's, and the gateway takes exactly up to them:
+/// a value of the documented maximum is accepted and one character more is refused.
+#[tokio::test]
+async fn the_documented_limits_are_the_ones_the_gateway_applies() {
+    let api = GatewayApi::start(Backend::Sqlite).await;
+    let doc = document(&api).await;
+    let input = &doc["components"]["schemas"]["EnrollmentInput"]["properties"];
+    let max = |schema: &Value| schema["maxLength"].as_u64().expect("maxLength") as usize;
+    let (name_max, email_max) = (max(&input["name"]), max(&input["email"]));
+    let key_max = max(&submit_header(&doc, "Idempotency-Key")["schema"]);
+    assert_eq!(name_max, utility::domain::CustomerName::MAX_CHARS);
+    assert_eq!(email_max, utility::domain::Email::MAX_CHARS);
+    for (what, limit) in [("name", name_max), ("email", email_max), ("Idempotency-Key", key_max)] {
+        let description = match what {
+            "Idempotency-Key" => submit_header(&doc, what)["description"].as_str(),
+            field => input[field]["description"].as_str(),
+        };
+        assert!(
+            description.unwrap().contains(&limit.to_string()),
+            "{what}: the description does not state {limit}"
+        );
+    }
+
+    let email = |length: usize| format!("{}@example.com", "e".repeat(length - "@example.com".len()));
+    let fine = api.call(submission(
+        &"n".repeat(name_max),
+        &email(email_max),
+        Some(&"k".repeat(key_max)),
+    ));
+    assert_eq!(fine.await.status, 202, "every field at its documented maximum");
+    let refused = |answer: &support::api::Answer| -> Vec<String> {
+        answer.problem(422)["invalid-params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let long_name = api
+        .call(submission(&"n".repeat(name_max + 1), "ada@example.com", None))
+        .await;
+    assert_eq!(refused(&long_name), ["name"]);
+    let long_email = api.call(submission("Ada", &email(email_max + 1), None)).await;
+    assert_eq!(refused(&long_email), ["email"]);
+    let long_key = api
+        .call(submission("Ada", "ada@example.com", Some(&"k".repeat(key_max + 1))))
+        .await;
+    assert!(
+        long_key.problem(400)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{}",
+        long_key.body
+    );
+}
+
+/// Every `Idempotency-Key` the document allows is one the gateway accepts: keys drawn from the
+/// documented pattern and length (the boundaries included) are each answered 202, never 400.
+#[tokio::test]
+async fn every_idempotency_key_the_document_allows_is_accepted() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let api = GatewayApi::start(Backend::Sqlite).await;
+    let doc = document(&api).await;
+    let schema = &submit_header(&doc, "Idempotency-Key")["schema"];
+    let pattern = schema["pattern"].as_str().expect("the key's pattern is documented");
+    let (min, max) = (
+        schema["minLength"].as_u64().unwrap() as usize,
+        schema["maxLength"].as_u64().unwrap() as usize,
+    );
+    let regex = pattern.trim_start_matches('^').trim_end_matches('$');
+    let keys = proptest::string::string_regex(regex)
+        .expect("a pattern proptest reads")
+        .prop_filter("within the documented length", move |k| (min..=max).contains(&k.len()));
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut drawn: Vec<String> = (0..200)
+        .map(|_| keys.new_tree(&mut runner).unwrap().current())
+        .collect();
+    drawn.extend(["!".repeat(min), format!("a{}z", " ".repeat(max - 2)), "~".repeat(max)]);
+    for key in drawn {
+        let answer = api.call(submission("Ada", "ada@example.com", Some(&key))).await;
+        assert_eq!(answer.status, 202, "Idempotency-Key {key:?}: {}", answer.body);
+    }
+}
+
+/// The operator proxies answer a customer nobody enrolled as their documents say: the
+/// customer-api with 404, the transaction-api with 200, a zero balance and an empty ledger (its
+/// ledger knows customers only by their points), so the points route documents no 404.
+#[tokio::test]
+async fn the_proxies_answer_an_unknown_customer_as_documented() {
+    let customer_db = support::TestDb::new(Backend::Sqlite, "customer").await;
+    let transaction_db = support::TestDb::new(Backend::Sqlite, "transaction").await;
+    let connect = |url: String, migrations| async move { utility::storage::connect(&url, migrations).await.unwrap() };
+    let customer = Served::start(customer_api::router(
+        connect(customer_db.url.clone(), customer_api::migrations()).await,
+    ))
+    .await;
+    let transaction = Served::start(transaction_api::router(
+        connect(transaction_db.url.clone(), transaction_api::migrations()).await,
+    ))
+    .await;
+    let config = gateway::Config {
+        customer_api_url: customer.url(""),
+        transaction_api_url: transaction.url(""),
+        ..support::gateway_config()
+    };
+    let api = GatewayApi::with_config(Backend::Sqlite, config).await;
+    let doc = document(&api).await;
+    let unknown = uuid::Uuid::now_v7();
+    for (path, status) in [("/api/customers/{id}", 404), ("/api/customers/{id}/points", 200)] {
+        let documented = &doc["paths"][path]["get"]["responses"];
+        assert!(
+            documented.get(status.to_string()).is_some(),
+            "{path} does not document {status}"
+        );
+        let request = Request::get(path.replace("{id}", &unknown.to_string()))
+            .header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let answer = api.call(request).await;
+        assert_eq!(answer.status, status, "{path}: {}", answer.body);
+        if status == 200 {
+            assert!(documented.get("404").is_none(), "{path} documents a 404 it never gives");
+            assert_eq!(answer.body["balance"], 0, "{}", answer.body);
+            assert_eq!(answer.body["ledger"], serde_json::json!([]), "{}", answer.body);
+        }
+    }
+    customer.stop().await;
+    transaction.stop().await;
 }
 
 /// Every `$ref` in `value`.
@@ -300,21 +467,25 @@ async fn docs_renders_every_operation_from_this_binary() {
     assert!(html.contains("Idempotency-Key") && html.contains("application/problem+json"));
 }
 
+/// Every check schemathesis has, in every phase; each phase runs until `--max-examples` cases
+/// per operation (the stateful phase: scenarios of up to 6 steps), which keeps one run to
+/// 650-800 cases and under 30 s.
+const SCHEMATHESIS_CHECKS: [&str; 4] = ["--checks", "all", "--phases", "examples,coverage,fuzzing,stateful"];
+
 /// schemathesis against the real gateway, in front of the real system: requests generated from
-/// the document (valid and invalid), each answer checked against it.
+/// the document (valid and invalid, singly and as scenarios that follow the links it infers
+/// between operations), each answer checked against the document: status, headers and body
+/// conform, no 5xx, what the document calls valid is accepted and what it calls invalid refused.
 async fn schemathesis_finds_no_contradiction(backend: Backend) {
     let system = System::start(backend, Options::default()).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contract/schemathesis.sh");
     let seed = std::env::var("SCHEMATHESIS_SEED").unwrap_or_else(|_| "20261125".to_owned());
+    let started = std::time::Instant::now();
     let output = tokio::process::Command::new(&script)
         .arg("run")
         .arg(system.url("/openapi.json"))
         .args(["--url", &system.url("")])
-        .args([
-            "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,\
-             response_headers_conformance,response_schema_conformance",
-        ])
+        .args(SCHEMATHESIS_CHECKS)
         .args(["--header", &format!("Authorization: Bearer {OPERATOR_TOKEN}")])
         .args(["--max-examples", "40", "--seed", &seed, "--request-timeout", "40"])
         .args(["--max-failures", "10"])
@@ -328,6 +499,28 @@ async fn schemathesis_finds_no_contradiction(backend: Backend) {
     assert!(
         output.status.success(),
         "schemathesis found answers that contradict the document (seed {seed}):\n{stdout}\n{stderr}"
+    );
+    let summary = |label: &str| -> Option<String> {
+        let at = stdout.lines().position(|l| l.trim() == label)?;
+        Some(stdout.lines().nth(at + 1)?.trim().to_owned())
+    };
+    eprintln!(
+        "schemathesis ({backend:?}, seed {seed}): {} in {:.1} s",
+        summary("Test cases:").unwrap_or_default(),
+        started.elapsed().as_secs_f64()
+    );
+    // Every phase ran, the stateful one included (it is skipped when it finds no link to follow).
+    let phases: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| l.trim() != "Test Phases:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        phases,
+        ["✅ Examples", "✅ Coverage", "✅ Fuzzing", "✅ Stateful"],
+        "{stdout}"
     );
     // It tested every operation of the document, not an empty or unreadable one.
     let count = |label: &str| -> Option<String> {

@@ -9,7 +9,13 @@ use serde_json::{Value, json};
 use support::Backend;
 use support::api::GatewayApi;
 
-on_both_backends!(bad_input_gets_problem_details, idempotency_key_replays_or_conflicts);
+on_both_backends!(
+    bad_input_gets_problem_details,
+    idempotency_key_replays_or_conflicts,
+    a_malformed_traceparent_is_ignored,
+    an_empty_listing_parameter_is_refused_not_read_as_absent,
+    the_listing_names_a_customer_only_where_there_is_one
+);
 
 fn post(body: impl Into<Body>, content_type: Option<&str>) -> Request<Body> {
     let mut request = Request::post("/api/enrollments");
@@ -171,6 +177,92 @@ async fn idempotency_key_replays_or_conflicts(backend: Backend) {
     // One enrollment and one Enroll command per key.
     assert_eq!(count(&api, "SELECT COUNT(*) FROM enrollments").await, 2);
     assert_eq!(utility::messaging::outbox::pending(&api.pool).await.unwrap(), 2);
+}
+
+/// `traceparent` only ever continues a trace: a value that is not W3C trace context starts a new
+/// one instead of refusing the submission (and the document declares a plain string).
+async fn a_malformed_traceparent_is_ignored(backend: Backend) {
+    let api = GatewayApi::start(backend).await;
+    for (i, value) in [
+        "{}",
+        "00-not-a-trace-01",
+        "",
+        "ff-00000000000000000000000000000000-0000000000000000-00",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut request = json_post(&json!({"name": "Ada", "email": format!("trace-{i}@example.com")}), None);
+        request.headers_mut().insert("traceparent", value.parse().unwrap());
+        let answer = api.call(request).await;
+        assert_eq!(answer.status, 202, "traceparent {value:?}: {}", answer.body);
+    }
+    assert_eq!(count(&api, "SELECT COUNT(*) FROM enrollments").await, 4);
+}
+
+/// `cursor=` (a last page's null `next_cursor` passed on) is refused rather than read as "from
+/// the start", and so are `status=` and `limit=`: each names itself in one 422, as the document
+/// declares a UUID, a status and a number for them.
+async fn an_empty_listing_parameter_is_refused_not_read_as_absent(backend: Backend) {
+    let api = GatewayApi::start(backend).await;
+    let listing = |query: &str| {
+        Request::get(format!("/api/enrollments?{query}"))
+            .header("authorization", format!("Bearer {}", support::OPERATOR_TOKEN))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let invalid = |body: &Value| -> Vec<String> {
+        body["invalid-params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for parameter in ["cursor", "status", "limit"] {
+        let answer = api.call(listing(&format!("{parameter}="))).await;
+        assert_eq!(invalid(answer.problem(422)), [parameter], "{parameter}=");
+    }
+    let answer = api.call(listing("status=&limit=&cursor=")).await;
+    assert_eq!(invalid(answer.problem(422)), ["status", "limit", "cursor"]);
+    // Absent, each takes its default.
+    let answer = api.call(listing("")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["next_cursor"], Value::Null);
+}
+
+/// A row of the operator listing carries `customer_id` only once the saga has enrolled a
+/// customer: every id it shows can be followed to `GET /api/customers/{id}`, none is null.
+async fn the_listing_names_a_customer_only_where_there_is_one(backend: Backend) {
+    let api = GatewayApi::start(backend).await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let answer = api
+            .call(json_post(
+                &json!({"name": "Ada", "email": format!("listed-{i}@example.com")}),
+                None,
+            ))
+            .await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        ids.push(answer.body["id"].as_str().unwrap().to_owned());
+    }
+    let customer = uuid::Uuid::now_v7().to_string();
+    sqlx::query("UPDATE enrollments SET customer_id = $1 WHERE id = $2")
+        .bind(&customer)
+        .bind(&ids[1])
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    let listing = Request::get("/api/enrollments")
+        .header("authorization", format!("Bearer {}", support::OPERATOR_TOKEN))
+        .body(Body::empty())
+        .unwrap();
+    let answer = api.call(listing).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let rows = answer.body["enrollments"].as_array().unwrap();
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap();
+    assert_eq!(row(&ids[0]).get("customer_id"), None, "{}", row(&ids[0]));
+    assert_eq!(row(&ids[1])["customer_id"], customer.as_str());
 }
 
 /// A service refuses to start when its topology is missing, naming what is missing and how to

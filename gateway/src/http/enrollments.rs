@@ -3,50 +3,76 @@
 //! nothing personal (no name, no e-mail, no operator detail in the reason), since such a URL
 //! leaks through logs and referrers.
 
-use super::AppState;
+use super::{AppState, prefer};
 use crate::saga::Status;
 use crate::store::{self, NewEnrollment};
-use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use serde_json::{Value, json};
 use sqlx::AnyPool;
-use std::time::Duration;
 use utility::domain::{CustomerName, Email, FieldError};
 use utility::http::{Problem, ProblemJson, ProblemPath};
+use utoipa::IntoParams;
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
 use uuid::Uuid;
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 255;
+/// The `Idempotency-Key`s [`idempotency_key`] accepts, as the document states them: visible
+/// ASCII, spaces only between other characters (HTTP drops a field value's surrounding
+/// whitespace before the gateway sees it). The length is [`MAX_KEY_LEN`].
+const KEY_PATTERN: &str = "^[!-~](?:[ -~]*[!-~])?$";
 
 /// The body of `POST /api/enrollments`, as the API document shows it. The handler reads the
 /// body as JSON and checks the fields itself ([`EnrollmentRequest::parse`]), so that every bad
 /// field is named in one 422, which serde's first-error-wins would not do.
 #[derive(utoipa::ToSchema)]
+#[schema(description = "An enrollment to submit. Every invalid field is named in one 422.")]
 #[allow(dead_code)]
 pub(super) struct EnrollmentInput {
-    /// The customer's name: 1 to 200 characters once trimmed, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
-        example = "Ada Lovelace"
-    )]
+    #[schema(schema_with = name_schema)]
     name: String,
-    /// An e-mail address (stored lower-cased), at most 254 characters: one `@`, a dotted
-    /// domain, no spaces.
-    #[schema(format = Email, min_length = 3, max_length = 254, example = "ada@example.com")]
+    #[schema(schema_with = email_schema)]
     email: String,
 }
 
-/// The answer to a submission without `Prefer: wait` (or with a wait that could not be applied).
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Accepted {
-    #[schema(format = Uuid)]
-    id: String,
-    status: Status,
+// The limits the document states are the domain's own constants, set here because utoipa's
+// attributes take only literals for them.
+
+/// `name`, as [`CustomerName::parse`] takes it.
+fn name_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(format!(
+            "The customer's name: 1 to {} characters once trimmed, no control characters.",
+            CustomerName::MAX_CHARS
+        )))
+        .min_length(Some(1))
+        .max_length(Some(CustomerName::MAX_CHARS))
+        .pattern(Some(
+            r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        ))
+        .examples(["Ada Lovelace"])
+        .build()
+}
+
+/// `email`, as [`Email::parse`] takes it.
+fn email_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
+        .description(Some(format!(
+            "An e-mail address (stored lower-cased), at most {} characters: one `@`, a dotted \
+             domain, no spaces.",
+            Email::MAX_CHARS
+        )))
+        .min_length(Some(3))
+        .max_length(Some(Email::MAX_CHARS))
+        .examples(["ada@example.com"])
+        .build()
 }
 
 /// A 202: the short acknowledgement, or, with `Prefer: wait`, the enrollment as it stood when
@@ -55,41 +81,51 @@ pub(super) struct Accepted {
 #[serde(untagged)]
 #[allow(dead_code)]
 pub(super) enum Submitted {
-    Accepted(Accepted),
+    Accepted(super::prefer::Accepted),
     Enrollment(store::PublicView),
 }
 
-/// The request headers of the public routes, as the API document shows them.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub(super) struct SubmitHeaders {
-    /// Makes the submission safe to retry: the same key and body answer the first
-    /// submission's enrollment; the same key with another body answers 409. 1 to 255 visible
-    /// ASCII characters.
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
-    idempotency_key: Option<String>,
-    /// W3C trace context; the saga's trace continues it.
-    #[param(
-        rename = "traceparent",
-        pattern = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
-    )]
-    traceparent: Option<String>,
-    /// RFC 7240 `wait=N`: hold the answer until the saga is terminal or N seconds pass
-    /// (N is capped at 30). Other preferences are ignored.
-    #[param(rename = "Prefer", example = "wait=10")]
-    prefer: Option<String>,
+/// The request headers of `POST /api/enrollments`, as the API document shows them.
+pub(super) struct SubmitHeaders;
+
+impl IntoParams for SubmitHeaders {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let idempotency_key = ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(format!(
+                "Makes the submission safe to retry: the same key and body answer the first \
+                 submission's enrollment; the same key with another body answers 409. 1 to \
+                 {MAX_KEY_LEN} visible ASCII characters, spaces allowed between them."
+            )))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_KEY_LEN))
+                    .pattern(Some(KEY_PATTERN)),
+            ));
+        let traceparent = ParameterBuilder::new()
+            .name("traceparent")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "W3C trace context: the saga's trace continues a well-formed one. Any other \
+                 value is ignored, never refused: the saga then starts a trace of its own.",
+            ))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)));
+        vec![idempotency_key.build(), traceparent.build(), prefer::parameter()]
+    }
 }
 
 /// `Prefer` on `GET /api/enrollments/{id}`.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub(super) struct WaitHeader {
-    /// RFC 7240 `wait=N`: hold the answer until the saga is terminal or N seconds pass
-    /// (N is capped at 30).
-    #[param(rename = "Prefer", example = "wait=10")]
-    prefer: Option<String>,
+pub(super) struct WaitHeader;
+
+impl IntoParams for WaitHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![prefer::parameter()]
+    }
 }
 
 /// The enrollment id in the path.
@@ -166,19 +202,6 @@ fn traceparent() -> String {
         .unwrap_or_else(utility::messaging::envelope::new_traceparent)
 }
 
-fn accepted(id: impl std::fmt::Display, status: Status) -> Response {
-    let location = format!("/api/enrollments/{id}");
-    let body = Accepted {
-        id: id.to_string(),
-        status,
-    };
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    response
-}
-
 /// Submit an enrollment.
 ///
 /// Stores it and starts its saga: the customer is enrolled, then the enrollment bonus is
@@ -218,11 +241,11 @@ pub(super) async fn create(
     let key = idempotency_key(&headers)?;
     let request = EnrollmentRequest::parse(&body)?;
     let fingerprint = request.fingerprint();
-    let wait = preferred_wait(&headers);
+    let wait = prefer::preferred_wait(&headers);
     if let Some(key) = key.as_deref()
         && let Some(existing) = replay(&state.pool, key, &fingerprint).await?
     {
-        return answer(&state, &existing.id, existing.status, wait).await;
+        return prefer::answer(&state, &existing.id, existing.status, wait).await;
     }
     let id = Uuid::now_v7();
     tracing::Span::current().record("enrollment_id", tracing::field::display(id));
@@ -242,97 +265,13 @@ pub(super) async fn create(
             let existing = replay(&state.pool, key, &fingerprint).await?.ok_or_else(|| {
                 Problem::internal(anyhow::anyhow!("idempotency key {key} conflicted but is not stored"))
             })?;
-            return answer(&state, &existing.id, existing.status, wait).await;
+            return prefer::answer(&state, &existing.id, existing.status, wait).await;
         }
         Err(err) => return Err(err.into()),
     }
     state.outbox_signal.notify_one();
     tracing::info!("enrollment accepted");
-    answer(&state, &id.to_string(), Status::Pending, wait).await
-}
-
-/// The longest a client may ask to be held (`Prefer: wait`).
-const MAX_WAIT_SECONDS: u64 = 30;
-
-/// `Prefer: wait=N` (RFC 7240; other preferences beside it are ignored), capped at 30 s.
-fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|preference| {
-            let (name, value) = preference.split(';').next()?.split_once('=')?;
-            name.trim()
-                .eq_ignore_ascii_case("wait")
-                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())
-                .flatten()
-        })
-        .next()
-        .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
-}
-
-/// The answer to a submission: without `Prefer: wait`, 202 with the id and status; with it, the
-/// whole enrollment once it is terminal (201 Created) or the wait is over (202 Accepted).
-async fn answer(state: &AppState, id: &str, status: Status, wait: Option<u64>) -> Result<Response, Problem> {
-    // Without a free place to wait, the preference is not applied (RFC 7240 lets a server ignore it).
-    let Some((seconds, _place)) = wait.and_then(|s| Some((s, state.hub.wait_permit()?))) else {
-        return Ok(accepted(id, status));
-    };
-    let uuid = Uuid::parse_str(id).map_err(Problem::internal)?;
-    // The enrollment is stored: whatever goes wrong while waiting, the answer is still that it
-    // was accepted (an error here would make a client without a key submit it again).
-    let view = match wait_for(state, uuid, Duration::from_secs(seconds)).await {
-        Ok(Some(view)) => view,
-        Ok(None) | Err(_) => {
-            tracing::warn!(enrollment_id = %id, "waiting for the outcome failed; answering 202");
-            return Ok(accepted(id, status));
-        }
-    };
-    let code = if view.status.is_terminal() {
-        StatusCode::CREATED
-    } else {
-        StatusCode::ACCEPTED
-    };
-    let mut response = (code, Json(view)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&format!("/api/enrollments/{id}")) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    applied(&mut response, seconds);
-    Ok(response)
-}
-
-fn applied(response: &mut Response, seconds: u64) {
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::try_from(format!("wait={seconds}")) {
-        headers.insert("preference-applied", value);
-    }
-    headers.insert(header::VARY, HeaderValue::from_static("prefer"));
-}
-
-/// The enrollment once it is terminal, or as it stands when `wait` is over (or the service
-/// stops). Waiting costs no query of its own: the live-updates poller says when to look again.
-async fn wait_for(state: &AppState, id: Uuid, wait: Duration) -> Result<Option<store::PublicView>, Problem> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut subscription = state.hub.subscribe(&id.to_string());
-    loop {
-        let cutoff = utility::storage::cutoff(state.stall_after);
-        let Some(view) = store::view(&state.pool, id, &cutoff).await? else {
-            return Ok(None);
-        };
-        if view.status.is_terminal() || state.hub.is_closed() {
-            return Ok(Some(view));
-        }
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => {
-                let cutoff = utility::storage::cutoff(state.stall_after);
-                return Ok(store::view(&state.pool, id, &cutoff).await?);
-            }
-            changed = subscription.changed() => if !changed {
-                return Ok(Some(view));
-            }
-        }
-    }
+    prefer::answer(&state, &id.to_string(), Status::Pending, wait).await
 }
 
 /// The enrollment a repeated `Idempotency-Key` names, or 409 if the body differs.
@@ -374,25 +313,7 @@ pub(super) async fn show(
     ProblemPath(id): ProblemPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let id = parse_id(&id, "enrollment")?;
-    let not_found = || Problem::not_found(format!("no enrollment {id}"));
-    let wait = preferred_wait(&headers).and_then(|s| Some((s, state.hub.wait_permit()?)));
-    let Some((seconds, _place)) = wait else {
-        let cutoff = utility::storage::cutoff(state.stall_after);
-        let view = store::view(&state.pool, id, &cutoff).await?.ok_or_else(not_found)?;
-        let mut response = Json(view).into_response();
-        // The answer depends on Prefer, whether or not it was applied.
-        response
-            .headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("prefer"));
-        return Ok(response);
-    };
-    let view = wait_for(&state, id, Duration::from_secs(seconds))
-        .await?
-        .ok_or_else(not_found)?;
-    let mut response = Json(view).into_response();
-    applied(&mut response, seconds);
-    Ok(response)
+    prefer::read(&state, parse_id(&id, "enrollment")?, &headers).await
 }
 
 #[cfg(test)]
@@ -400,25 +321,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefer_wait_is_read_as_rfc_7240_says_and_capped() {
-        let prefer = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("prefer", value.parse().unwrap());
-            preferred_wait(&headers)
-        };
-        assert_eq!(prefer("wait=10"), Some(10));
-        assert_eq!(prefer("respond-async, wait=5"), Some(5));
-        assert_eq!(prefer("WAIT = \"7\""), Some(7));
-        assert_eq!(prefer("wait=3600"), Some(30));
-        assert_eq!(prefer("wait=soon"), None);
-        assert_eq!(prefer("return=minimal"), None);
-        assert_eq!(preferred_wait(&HeaderMap::new()), None);
-    }
-
-    #[test]
     fn request_errors_name_every_bad_field() {
         let problem = EnrollmentRequest::parse(&json!({"name": 5})).err().unwrap();
-        assert_eq!(problem.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
         let fields: Vec<_> = problem.invalid_params.iter().map(|p| p.name).collect();
         assert_eq!(fields, ["name", "email"]);
         assert!(EnrollmentRequest::parse(&json!([1])).is_err());

@@ -14,6 +14,7 @@ mod enrollments;
 mod events;
 mod operator;
 mod page;
+mod prefer;
 mod reference;
 
 use axum::error_handling::HandleErrorLayer;

@@ -21,7 +21,10 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
 /// The listing's query. Read as text and checked by [`Listing::parse`], so that every bad
-/// parameter is named in one 422; the document shows what each must be.
+/// parameter is named in one 422; the document shows what each must be. A parameter given with
+/// an empty value is refused, not read as absent: `cursor=` is what a client sends when it
+/// passes a last page's null `next_cursor` on, and reading it as "from the start" would have
+/// that client page through the listing forever.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
@@ -31,7 +34,7 @@ pub(super) struct ListQuery {
     /// Page size, 1 to 500 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (omit it for the first page).
     #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
 }
@@ -73,7 +76,7 @@ impl Listing {
     fn parse(query: ListQuery) -> Result<Self, Problem> {
         let mut errors = Vec::new();
         let status = match query.status.as_deref() {
-            None | Some("") => None,
+            None => None,
             Some(text) => match text.parse::<Status>() {
                 Ok(status) => Some(status),
                 Err(_) => {
@@ -90,7 +93,7 @@ impl Listing {
             },
         };
         let limit = match query.limit.as_deref() {
-            None | Some("") => DEFAULT_LIMIT,
+            None => DEFAULT_LIMIT,
             Some(text) => match text.parse::<i64>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
                 _ => {
@@ -103,7 +106,7 @@ impl Listing {
             },
         };
         let before = match query.cursor.as_deref() {
-            None | Some("") => None,
+            None => None,
             Some(text) => match Uuid::parse_str(text) {
                 Ok(id) => Some(id),
                 Err(_) => {
@@ -135,7 +138,7 @@ impl Listing {
     responses(
         (status = 200, description = "A page of enrollments.", body = EnrollmentPage),
         (status = 400, description = "The query string is malformed.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A parameter is invalid; `invalid-params` names each one.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is invalid (an empty one included); `invalid-params` names each one.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn list(
@@ -219,6 +222,8 @@ pub(super) async fn customer(
 /// Read a customer's points (operator).
 ///
 /// The transaction-api's ledger for the customer. The answer is the transaction-api's, passed on.
+/// The ledger knows customers only by the points posted to them, so a customer it has never
+/// seen, whatever the id, has a zero balance and an empty ledger: there is no 404.
 #[utoipa::path(
     get,
     path = "/api/customers/{id}/points",
@@ -227,9 +232,8 @@ pub(super) async fn customer(
     params(CustomerId),
     security(("operator_token" = [])),
     responses(
-        (status = 200, description = "The customer's points and ledger.", body = Object),
+        (status = 200, description = "The customer's balance and ledger; for a customer the ledger has never seen, a zero balance and an empty ledger.", body = Object),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No points for this customer.", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The transaction-api did not answer.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
