@@ -30,8 +30,10 @@ echo "test: shellcheck and systemd-analyze on infra/ec2" >&2
 infra/ec2/check.sh
 # The EC2 deployment test runs against moto (infra/tests/deploy_moto.rs); install it up front.
 infra/moto/moto.sh install >/dev/null
-# The gateway's contract test runs schemathesis (gateway/tests/api_document.rs).
+# The gateway's contract test runs schemathesis (gateway/tests/api_document.rs), and the
+# bus-document test the AsyncAPI parser (gateway/tests/bus_document.rs).
 gateway/contract/schemathesis.sh install >/dev/null
+gateway/contract/asyncapi/check.sh install
 
 echo "test: cargo test --workspace" >&2
 log=$(mktemp)

@@ -107,7 +107,7 @@ fn while_down(method: &str, path: &str, id: &str, unknown: uuid::Uuid) -> WhileD
             get(&format!("/api/customers/{unknown}/points")),
         )]),
         // Compiled into the binary.
-        ("GET", "/" | "/openapi.json" | "/docs") => Answers(vec![get(path)]),
+        ("GET", "/" | "/openapi.json" | "/asyncapi.json" | "/docs") => Answers(vec![get(path)]),
         ("GET", "/assets/{file}") => Answers(vec![get("/assets/app.css"), get("/assets/app.js")]),
         // Scraped during an outage most of all: the saga gauges keep their last reading.
         ("GET", "/metrics") => Answers(vec![get("/metrics")]),

@@ -172,7 +172,13 @@ impl Reference {
         };
         Self {
             json: serde_json::to_string(&value).unwrap_or_default(),
-            html: html::page(&heading, &[html::openapi(&value, OPENAPI_JSON)]),
+            html: html::page(
+                &heading,
+                &[
+                    html::openapi(&value, OPENAPI_JSON),
+                    html::asyncapi(&super::bus::DOCUMENT, "/asyncapi.json"),
+                ],
+            ),
         }
     }
 }

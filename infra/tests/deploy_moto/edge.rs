@@ -155,6 +155,7 @@ const REQUESTS: &[(&str, &str, Route)] = &[
     ("HEAD", "/", Route::Gateway),
     ("GET", "/assets/app.js", Route::Gateway),
     ("GET", "/openapi.json", Route::Gateway),
+    ("GET", "/asyncapi.json", Route::Gateway),
     ("GET", "/docs", Route::Gateway),
     ("GET", "/docs/index.html", Route::Gateway),
     ("GET", "/health", Route::Gateway),
@@ -286,9 +287,10 @@ pub async fn assert_public_listener(
                 vec!["GET", "HEAD", "OPTIONS"],
                 Route::Gateway
             ),
+            (40, vec!["/", "/health"], vec!["GET", "HEAD"], Route::Gateway),
             (
-                40,
-                vec!["/", "/openapi.json", "/health"],
+                45,
+                vec!["/openapi.json", "/asyncapi.json"],
                 vec!["GET", "HEAD"],
                 Route::Gateway
             ),

@@ -1,10 +1,10 @@
 //! The readable page of `/docs`: plain HTML built once from the documents the gateway serves, with
 //! no script and nothing fetched from elsewhere (the page's CSP holds it to this origin).
 //!
-//! The page is a heading and a sequence of parts, one per document ([`openapi`] for the HTTP
-//! API). Another document joins the page as another part: a function from that document to its
-//! HTML, passed to [`page`] after the others. Its element ids must not collide with the OpenAPI
-//! part's (`tag-…`, `schema-…` and the operation ids).
+//! The page is a heading and a sequence of parts, one per document: [`openapi`] for the HTTP API,
+//! [`asyncapi`] for the bus. Another document joins the page as another part: a function from
+//! that document to its HTML, passed to [`page`] after the others. Element ids do not collide:
+//! the OpenAPI part's are `tag-…`, `schema-…` and the operation ids, the bus part's start `bus-`.
 
 use serde_json::Value;
 use std::fmt::Write;
@@ -98,6 +98,125 @@ pub(super) fn openapi(doc: &Value, address: &str) -> String {
     html
 }
 
+/// The AsyncAPI document's part: its description and where to fetch it (`address`), the
+/// channels (queues and topics) with what travels on each, what each service sends and receives
+/// (with the topics' subscriptions and their filters), then each message's payload.
+pub(super) fn asyncapi(doc: &Value, address: &str) -> String {
+    let empty = serde_json::Map::new();
+    let mut html = format!(
+        "<section><h2 id=\"bus\">The bus</h2>{}<p>Machine-readable: <a href=\"{1}\">{1}</a> (AsyncAPI {2}).</p>",
+        prose(doc["info"]["description"].as_str().unwrap_or("")),
+        escape(address),
+        escape(doc["asyncapi"].as_str().unwrap_or("")),
+    );
+    let message_link = |reference: &Value| {
+        let name = reference["$ref"]
+            .as_str()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("");
+        format!("<a href=\"#bus-message-{0}\">{0}</a>", escape(name))
+    };
+    html.push_str(
+        "<h3 id=\"bus-channels\">Channels</h3><table><tr><th>channel</th><th>address</th><th>messages</th></tr>",
+    );
+    for (name, channel) in doc["channels"].as_object().unwrap_or(&empty) {
+        let messages: Vec<String> = channel["messages"]
+            .as_object()
+            .unwrap_or(&empty)
+            .values()
+            .map(message_link)
+            .collect();
+        let _ = write!(
+            html,
+            "<tr><td id=\"bus-channel-{}\">{}<br><small>{}</small></td><td><code>{}</code></td><td>{}</td></tr>",
+            escape(name),
+            escape(channel["title"].as_str().unwrap_or(name)),
+            escape(channel["description"].as_str().unwrap_or("")),
+            escape(channel["address"].as_str().unwrap_or("")),
+            messages.join(", "),
+        );
+    }
+    html.push_str("</table><h3 id=\"bus-operations\">Who sends and who receives</h3>");
+    for (id, operation) in doc["operations"].as_object().unwrap_or(&empty) {
+        let messages: Vec<String> = operation["messages"]
+            .as_array()
+            .map(|m| m.iter().map(message_link).collect())
+            .unwrap_or_default();
+        let _ = write!(
+            html,
+            "<article id=\"bus-operation-{}\"><h4>{}</h4><p>{} ({}): {}</p>",
+            escape(id),
+            escape(operation["title"].as_str().unwrap_or(id)),
+            escape(operation["summary"].as_str().unwrap_or("")),
+            escape(operation["action"].as_str().unwrap_or("")),
+            messages.join(", "),
+        );
+        let consumers = operation["bindings"]["sns"]["consumers"].as_array();
+        for consumer in consumers.into_iter().flatten() {
+            let types: Vec<String> = consumer["filterPolicy"]["type"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .filter_map(Value::as_str)
+                        .map(|t| format!("<code>{}</code>", escape(t)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = write!(
+                html,
+                "<p>Subscription to <code>{}</code> (raw delivery, dead letters to <code>{}</code>), admitting <code>type</code> {}.</p>",
+                escape(consumer["endpoint"]["name"].as_str().unwrap_or("")),
+                escape(
+                    consumer["redrivePolicy"]["deadLetterQueue"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                ),
+                types.join(", "),
+            );
+        }
+        html.push_str("</article>");
+    }
+    html.push_str("<h3 id=\"bus-messages\">Messages</h3>");
+    for (name, message) in doc["components"]["messages"].as_object().unwrap_or(&empty) {
+        let _ = write!(
+            html,
+            "<article id=\"bus-message-{0}\"><h4>{0}</h4>{1}{2}",
+            escape(name),
+            prose(message["summary"].as_str().unwrap_or("")),
+            prose(message["description"].as_str().unwrap_or("")),
+        );
+        html.push_str("<table><tr><th>field</th><th>type</th><th>description</th></tr>");
+        let envelope = &message["payload"];
+        let rows = envelope["properties"]
+            .as_object()
+            .unwrap_or(&empty)
+            .iter()
+            .flat_map(|(field, schema)| {
+                let nested = (field == "payload").then(|| schema["properties"].as_object()).flatten();
+                let own = std::iter::once((field.clone(), schema));
+                let inner = nested
+                    .into_iter()
+                    .flatten()
+                    .map(|(inner, schema)| (format!("payload.{inner}"), schema));
+                own.chain(inner)
+            });
+        for (field, schema) in rows {
+            let _ = write!(
+                html,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                escape(&field),
+                schema_summary(schema),
+                escape(schema["description"].as_str().unwrap_or("")),
+            );
+        }
+        html.push_str("</table></article>");
+    }
+    html.push_str("</section>");
+    html
+}
+
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -155,6 +274,9 @@ fn schema_summary(schema: &Value) -> String {
     let mut text = escape(&kind);
     if let Some(format) = schema.get("format").and_then(Value::as_str) {
         let _ = write!(text, " ({})", escape(format));
+    }
+    if let Some(value) = schema.get("const") {
+        let _ = write!(text, " <code>{}</code>", escape(&value.to_string()));
     }
     if let Some(values) = schema.get("enum").and_then(Value::as_array) {
         let values: Vec<String> = values
