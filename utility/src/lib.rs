@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | [`domain`] | validated values (names, e-mails) and field errors | - |
 //! | [`backoff`] | retry delays with full jitter | - |
+//! | [`error`] | an error and its causes as one line of text | - |
 //! | [`observe`] | trace context across the bus, Prometheus metrics | - |
 //! | [`storage`] | the database pool, migrations, the stored time format, error classes, retention | - |
 //! | [`messaging`] | the wire contract (envelope, messages, endpoints), the bus client, topology lookup, consumer loop, outbox | `storage`, `domain`, `backoff` |
@@ -16,6 +17,7 @@
 
 pub mod backoff;
 pub mod domain;
+pub mod error;
 pub mod http;
 pub mod messaging;
 pub mod observe;

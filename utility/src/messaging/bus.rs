@@ -27,7 +27,7 @@ impl BusError {
     fn sdk<E: std::error::Error + Send + Sync + 'static>(operation: &'static str) -> impl FnOnce(E) -> Self {
         move |err| Self {
             operation,
-            detail: aws_smithy_types_display(&err),
+            detail: crate::error::chain(&err),
             source: Some(Box::new(err)),
         }
     }
@@ -52,18 +52,6 @@ impl BusError {
 
 fn describe_failure(failure: &aws_sdk_sqs::types::BatchResultErrorEntry) -> String {
     format!("{}: {}", failure.code, failure.message.as_deref().unwrap_or(""))
-}
-
-/// The SDK's own `Display` for service errors is terse; this includes the error code and message.
-fn aws_smithy_types_display(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// Messages in a queue: visible and waiting, and received but not yet deleted.
