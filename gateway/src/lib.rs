@@ -17,9 +17,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use utility::http::RequestLimits;
 use utility::messaging::Endpoint;
-use utility::messaging::consumer::Consumer;
-use utility::runtime::ServiceCore;
-use utility::runtime::config::{CommonConfig, Secret};
+use utility::runtime::config::{CommonConfig, Secret, ServiceInfo};
+use utility::runtime::{Service, ServiceCore, Task};
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Config {
@@ -82,6 +81,12 @@ impl Default for Config {
             events_poll_ms: 250,
             cors_allowed_origins: String::new(),
         }
+    }
+}
+
+impl AsRef<CommonConfig> for Config {
+    fn as_ref(&self) -> &CommonConfig {
+        &self.common
     }
 }
 
@@ -182,68 +187,63 @@ pub fn migrations() -> sqlx::migrate::Migrator {
     sqlx::migrate!()
 }
 
-pub struct Application {
-    core: ServiceCore,
-    consumer: Consumer<saga::SagaHandler>,
-    edge: http::Edge,
+/// The gateway as a [`Service`]: saga events in, commands out, and the public and operator HTTP
+/// API in front.
+pub struct Gateway {
     config: Config,
+    edge: http::Edge,
 }
 
-impl Application {
-    pub async fn build(config: Config, bus: utility::messaging::bus::Bus) -> anyhow::Result<Self> {
+impl Gateway {
+    fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.config.stall_after_seconds)
+    }
+}
+
+impl Service for Gateway {
+    const INFO: ServiceInfo = utility::service_info!();
+    const QUEUE: Endpoint = Endpoint::GatewayEvents;
+    const ENDPOINTS: &'static [Endpoint] = &ENDPOINTS;
+    type Config = Config;
+    type Handler = saga::SagaHandler;
+
+    fn migrations() -> sqlx::migrate::Migrator {
+        migrations()
+    }
+
+    fn from_config(config: Config) -> anyhow::Result<Self> {
         let edge = config.edge()?;
         if edge.operator.is_none() {
             tracing::info!("operator routes are off: OPERATOR_TOKEN is not set");
         }
-        let core = ServiceCore::build(
-            env!("CARGO_PKG_NAME"),
-            config.common.clone(),
-            migrations(),
-            &ENDPOINTS,
-            bus,
-        )
-        .await?;
-        let saga_metrics = metrics::SagaMetrics::register(
-            &core.metrics,
-            core.background_pool.clone(),
-            Duration::from_secs(config.stall_after_seconds),
-        );
-        let consumer = core.consumer(Endpoint::GatewayEvents, saga::SagaHandler { metrics: saga_metrics })?;
-        Ok(Self {
-            core,
-            consumer,
-            edge,
-            config,
-        })
+        Ok(Self { config, edge })
     }
 
-    pub fn port(&self) -> u16 {
-        self.core.port()
+    fn handler(&self, core: &ServiceCore) -> saga::SagaHandler {
+        let metrics = metrics::SagaMetrics::register(&core.metrics, core.background_pool.clone(), self.stall_after());
+        saga::SagaHandler { metrics }
     }
 
-    pub fn pool(&self) -> &AnyPool {
-        &self.core.pool
-    }
-
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// `/metrics` is among the operator routes, behind the operator token.
+    fn routes(&self, core: &ServiceCore, shutdown: &CancellationToken) -> anyhow::Result<axum::Router> {
         let state = self.config.api_state(
-            self.core.pool.clone(),
-            self.core.relay.signal(),
+            core.http_pool.clone(),
+            core.relay.signal(),
             shutdown.clone(),
-            self.core.metrics.clone(),
+            core.metrics.clone(),
         )?;
-        let watch = stalls::StallWatch::new(self.core.background_pool.clone(), state.stall_after);
-        let sweeper: utility::runtime::Task = Box::pin(watch.run(shutdown.clone()));
-        let router = http::routes(state, &self.edge).merge(self.core.health_routes(Endpoint::GatewayEvents)?);
-        let limits = self.config.limits();
-        self.core
-            .run(
-                router,
-                limits,
-                self.consumer,
-                vec![("stall sweeper", sweeper)],
-                shutdown,
-            )
-            .await
+        Ok(http::routes(state, &self.edge))
+    }
+
+    fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
+        let watch = stalls::StallWatch::new(core.background_pool.clone(), self.stall_after());
+        vec![("stall sweeper", Box::pin(watch.run(shutdown.clone())))]
+    }
+
+    fn limits(&self) -> RequestLimits {
+        self.config.limits()
     }
 }
+
+/// The service built and ready to run: `Application::build(config, bus)`, then `run_until_stopped`.
+pub type Application = utility::runtime::Application<Gateway>;
