@@ -6,8 +6,11 @@ mod http;
 mod live;
 mod metrics;
 pub mod saga;
+mod settings;
 mod stalls;
 mod store;
+
+pub use settings::{Origin, ProxyCidr};
 
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
@@ -17,7 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use utility::http::RequestLimits;
 use utility::messaging::Endpoint;
-use utility::runtime::config::{CommonConfig, Secret, ServiceInfo};
+use utility::runtime::config::{CommaSeparated, CommonConfig, Secret, ServiceInfo};
 use utility::runtime::{Service, ServiceCore, Task};
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -43,8 +46,9 @@ pub struct Config {
     /// Submissions a client may make in a burst before the per-minute rate applies.
     pub rate_limit_burst: u32,
     /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXY_CIDRS`, comma-separated
-    /// CIDRs; on EC2 the load balancer's subnets). Empty: the peer is the client.
-    pub trusted_proxy_cidrs: String,
+    /// CIDRs such as `10.0.0.0/16`, or bare addresses; on EC2 the load balancer's subnets).
+    /// Empty: the peer is the client.
+    pub trusted_proxy_cidrs: CommaSeparated<ProxyCidr>,
     /// API requests handled at once; more are refused at once with 503 (`MAX_CONCURRENT_REQUESTS`).
     pub max_concurrent_requests: usize,
     /// Open event streams at most (`MAX_EVENT_STREAMS`); more are refused with 503.
@@ -55,9 +59,10 @@ pub struct Config {
     pub max_waiting_requests: usize,
     /// How often the live-updates poller looks for new history while someone waits.
     pub events_poll_ms: u64,
-    /// Origins whose pages may call the public API (`CORS_ALLOWED_ORIGINS`, comma-separated, e.g.
-    /// `https://app.example.com`); empty, the default: none, only the gateway's own page.
-    pub cors_allowed_origins: String,
+    /// Origins whose pages may call the public API (`CORS_ALLOWED_ORIGINS`, comma-separated, each
+    /// `scheme://host[:port]` without a path, e.g. `https://app.example.com`; `*` is refused);
+    /// empty, the default: none, only the gateway's own page.
+    pub cors_allowed_origins: CommaSeparated<Origin>,
 }
 
 /// Shortest operator token accepted.
@@ -74,12 +79,12 @@ impl Default for Config {
             operator_token: None,
             rate_limit_per_minute: 60,
             rate_limit_burst: 20,
-            trusted_proxy_cidrs: String::new(),
+            trusted_proxy_cidrs: CommaSeparated::default(),
             max_concurrent_requests: 256,
             max_event_streams: 1000,
             max_waiting_requests: 64,
             events_poll_ms: 250,
-            cors_allowed_origins: String::new(),
+            cors_allowed_origins: CommaSeparated::default(),
         }
     }
 }
@@ -95,8 +100,8 @@ impl Config {
         RequestLimits::new(self.max_body_bytes)
     }
 
-    /// The edge as configured; a token too short or a CIDR that does not parse is refused here,
-    /// at start-up, naming the setting.
+    /// The edge as configured; a token too short is refused here, at start-up, naming the setting
+    /// (the proxies and origins were parsed with the configuration).
     fn edge(&self) -> anyhow::Result<http::Edge> {
         let operator = match self.operator_token.as_ref().map(|token| token.expose().as_str()) {
             None | Some("") => None,
@@ -108,21 +113,8 @@ impl Config {
                 Some(http::edge::OperatorToken::new(token))
             }
         };
-        let proxies = http::edge::TrustedProxies::parse(&self.trusted_proxy_cidrs).map_err(anyhow::Error::msg)?;
-        let origins = self
-            .cors_allowed_origins
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .map(|origin| {
-                anyhow::ensure!(
-                    origin != "*" && !origin.ends_with('/') && origin.contains("://"),
-                    "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin (scheme://host[:port], no path)"
-                );
-                axum::http::HeaderValue::from_str(origin)
-                    .map_err(|_| anyhow::anyhow!("CORS_ALLOWED_ORIGINS: {origin:?} is not a valid header value"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let proxies = http::edge::TrustedProxies::new(self.trusted_proxy_cidrs.iter().map(|p| p.net()).collect());
+        let origins: Vec<_> = self.cors_allowed_origins.iter().map(|o| o.header().clone()).collect();
         Ok(http::Edge {
             cors: (!origins.is_empty()).then(|| http::cors(origins)),
             operator,
