@@ -9,9 +9,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
 use utility::messaging::Endpoint;
-use utility::messaging::consumer::Consumer;
-use utility::runtime::ServiceCore;
-use utility::runtime::config::CommonConfig;
+use utility::runtime::config::{CommonConfig, ServiceInfo};
+use utility::runtime::{Service, ServiceCore};
 
 pub use customers::CustomerHandler;
 
@@ -26,6 +25,12 @@ impl Default for Config {
         Self {
             common: CommonConfig::new(([127, 0, 0, 1], 8081).into(), "sqlite:data/customer-api.db"),
         }
+    }
+}
+
+impl AsRef<CommonConfig> for Config {
+    fn as_ref(&self) -> &CommonConfig {
+        &self.common
     }
 }
 
@@ -47,31 +52,32 @@ pub fn migrations() -> sqlx::migrate::Migrator {
     sqlx::migrate!()
 }
 
-pub struct Application {
-    core: ServiceCore,
-    consumer: Consumer<CustomerHandler>,
-}
+/// The customer-api as a [`Service`]: customer commands in, customer events out.
+pub struct CustomerApi;
 
-impl Application {
-    pub async fn build(config: Config, bus: utility::messaging::bus::Bus) -> anyhow::Result<Self> {
-        let core = ServiceCore::build(env!("CARGO_PKG_NAME"), config.common, migrations(), &ENDPOINTS, bus).await?;
-        let consumer = core.consumer(Endpoint::CustomerCommands, CustomerHandler)?;
-        Ok(Self { core, consumer })
+impl Service for CustomerApi {
+    const INFO: ServiceInfo = utility::service_info!();
+    const QUEUE: Endpoint = Endpoint::CustomerCommands;
+    const ENDPOINTS: &'static [Endpoint] = &ENDPOINTS;
+    type Config = Config;
+    type Handler = CustomerHandler;
+
+    fn migrations() -> sqlx::migrate::Migrator {
+        migrations()
     }
 
-    pub fn port(&self) -> u16 {
-        self.core.port()
+    fn from_config(_: Config) -> anyhow::Result<Self> {
+        Ok(Self)
     }
 
-    pub fn pool(&self) -> &AnyPool {
-        &self.core.pool
+    fn handler(&self, _: &ServiceCore) -> CustomerHandler {
+        CustomerHandler
     }
 
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let limits = utility::http::RequestLimits::default();
-        let router = http::routes(self.core.pool.clone())
-            .merge(self.core.health_routes(Endpoint::CustomerCommands)?)
-            .merge(self.core.metrics_routes());
-        self.core.run(router, limits, self.consumer, Vec::new(), shutdown).await
+    fn routes(&self, core: &ServiceCore, _: &CancellationToken) -> anyhow::Result<axum::Router> {
+        Ok(http::routes(core.http_pool.clone()).merge(core.metrics_routes()))
     }
 }
+
+/// The service built and ready to run: `Application::build(config, bus)`, then `run_until_stopped`.
+pub type Application = utility::runtime::Application<CustomerApi>;

@@ -6,8 +6,11 @@ mod http;
 mod live;
 mod metrics;
 pub mod saga;
+mod settings;
 mod stalls;
 mod store;
+
+pub use settings::{Origin, ProxyCidr};
 
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
@@ -17,9 +20,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use utility::http::RequestLimits;
 use utility::messaging::Endpoint;
-use utility::messaging::consumer::Consumer;
-use utility::runtime::ServiceCore;
-use utility::runtime::config::{CommonConfig, Secret};
+use utility::runtime::config::{CommaSeparated, CommonConfig, Secret, ServiceInfo};
+use utility::runtime::{Service, ServiceCore, Task};
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Config {
@@ -44,8 +46,9 @@ pub struct Config {
     /// Submissions a client may make in a burst before the per-minute rate applies.
     pub rate_limit_burst: u32,
     /// Proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXY_CIDRS`, comma-separated
-    /// CIDRs; on EC2 the load balancer's subnets). Empty: the peer is the client.
-    pub trusted_proxy_cidrs: String,
+    /// CIDRs such as `10.0.0.0/16`, or bare addresses; on EC2 the load balancer's subnets).
+    /// Empty: the peer is the client.
+    pub trusted_proxy_cidrs: CommaSeparated<ProxyCidr>,
     /// API requests handled at once; more are refused at once with 503 (`MAX_CONCURRENT_REQUESTS`).
     pub max_concurrent_requests: usize,
     /// Open event streams at most (`MAX_EVENT_STREAMS`); more are refused with 503.
@@ -56,9 +59,10 @@ pub struct Config {
     pub max_waiting_requests: usize,
     /// How often the live-updates poller looks for new history while someone waits.
     pub events_poll_ms: u64,
-    /// Origins whose pages may call the public API (`CORS_ALLOWED_ORIGINS`, comma-separated, e.g.
-    /// `https://app.example.com`); empty, the default: none, only the gateway's own page.
-    pub cors_allowed_origins: String,
+    /// Origins whose pages may call the public API (`CORS_ALLOWED_ORIGINS`, comma-separated, each
+    /// `scheme://host[:port]` without a path, e.g. `https://app.example.com`; `*` is refused);
+    /// empty, the default: none, only the gateway's own page.
+    pub cors_allowed_origins: CommaSeparated<Origin>,
 }
 
 /// Shortest operator token accepted.
@@ -75,13 +79,19 @@ impl Default for Config {
             operator_token: None,
             rate_limit_per_minute: 60,
             rate_limit_burst: 20,
-            trusted_proxy_cidrs: String::new(),
+            trusted_proxy_cidrs: CommaSeparated::default(),
             max_concurrent_requests: 256,
             max_event_streams: 1000,
             max_waiting_requests: 64,
             events_poll_ms: 250,
-            cors_allowed_origins: String::new(),
+            cors_allowed_origins: CommaSeparated::default(),
         }
+    }
+}
+
+impl AsRef<CommonConfig> for Config {
+    fn as_ref(&self) -> &CommonConfig {
+        &self.common
     }
 }
 
@@ -90,8 +100,8 @@ impl Config {
         RequestLimits::new(self.max_body_bytes)
     }
 
-    /// The edge as configured; a token too short or a CIDR that does not parse is refused here,
-    /// at start-up, naming the setting.
+    /// The edge as configured; a token too short is refused here, at start-up, naming the setting
+    /// (the proxies and origins were parsed with the configuration).
     fn edge(&self) -> anyhow::Result<http::Edge> {
         let operator = match self.operator_token.as_ref().map(|token| token.expose().as_str()) {
             None | Some("") => None,
@@ -103,21 +113,8 @@ impl Config {
                 Some(http::edge::OperatorToken::new(token))
             }
         };
-        let proxies = http::edge::TrustedProxies::parse(&self.trusted_proxy_cidrs).map_err(anyhow::Error::msg)?;
-        let origins = self
-            .cors_allowed_origins
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .map(|origin| {
-                anyhow::ensure!(
-                    origin != "*" && !origin.ends_with('/') && origin.contains("://"),
-                    "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin (scheme://host[:port], no path)"
-                );
-                axum::http::HeaderValue::from_str(origin)
-                    .map_err(|_| anyhow::anyhow!("CORS_ALLOWED_ORIGINS: {origin:?} is not a valid header value"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let proxies = http::edge::TrustedProxies::new(self.trusted_proxy_cidrs.iter().map(|p| p.net()).collect());
+        let origins: Vec<_> = self.cors_allowed_origins.iter().map(|o| o.header().clone()).collect();
         Ok(http::Edge {
             cors: (!origins.is_empty()).then(|| http::cors(origins)),
             operator,
@@ -182,68 +179,63 @@ pub fn migrations() -> sqlx::migrate::Migrator {
     sqlx::migrate!()
 }
 
-pub struct Application {
-    core: ServiceCore,
-    consumer: Consumer<saga::SagaHandler>,
-    edge: http::Edge,
+/// The gateway as a [`Service`]: saga events in, commands out, and the public and operator HTTP
+/// API in front.
+pub struct Gateway {
     config: Config,
+    edge: http::Edge,
 }
 
-impl Application {
-    pub async fn build(config: Config, bus: utility::messaging::bus::Bus) -> anyhow::Result<Self> {
+impl Gateway {
+    fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.config.stall_after_seconds)
+    }
+}
+
+impl Service for Gateway {
+    const INFO: ServiceInfo = utility::service_info!();
+    const QUEUE: Endpoint = Endpoint::GatewayEvents;
+    const ENDPOINTS: &'static [Endpoint] = &ENDPOINTS;
+    type Config = Config;
+    type Handler = saga::SagaHandler;
+
+    fn migrations() -> sqlx::migrate::Migrator {
+        migrations()
+    }
+
+    fn from_config(config: Config) -> anyhow::Result<Self> {
         let edge = config.edge()?;
         if edge.operator.is_none() {
             tracing::info!("operator routes are off: OPERATOR_TOKEN is not set");
         }
-        let core = ServiceCore::build(
-            env!("CARGO_PKG_NAME"),
-            config.common.clone(),
-            migrations(),
-            &ENDPOINTS,
-            bus,
-        )
-        .await?;
-        let saga_metrics = metrics::SagaMetrics::register(
-            &core.metrics,
-            core.background_pool.clone(),
-            Duration::from_secs(config.stall_after_seconds),
-        );
-        let consumer = core.consumer(Endpoint::GatewayEvents, saga::SagaHandler { metrics: saga_metrics })?;
-        Ok(Self {
-            core,
-            consumer,
-            edge,
-            config,
-        })
+        Ok(Self { config, edge })
     }
 
-    pub fn port(&self) -> u16 {
-        self.core.port()
+    fn handler(&self, core: &ServiceCore) -> saga::SagaHandler {
+        let metrics = metrics::SagaMetrics::register(&core.metrics, core.background_pool.clone(), self.stall_after());
+        saga::SagaHandler { metrics }
     }
 
-    pub fn pool(&self) -> &AnyPool {
-        &self.core.pool
-    }
-
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// `/metrics` is among the operator routes, behind the operator token.
+    fn routes(&self, core: &ServiceCore, shutdown: &CancellationToken) -> anyhow::Result<axum::Router> {
         let state = self.config.api_state(
-            self.core.pool.clone(),
-            self.core.relay.signal(),
+            core.http_pool.clone(),
+            core.relay.signal(),
             shutdown.clone(),
-            self.core.metrics.clone(),
+            core.metrics.clone(),
         )?;
-        let watch = stalls::StallWatch::new(self.core.background_pool.clone(), state.stall_after);
-        let sweeper: utility::runtime::Task = Box::pin(watch.run(shutdown.clone()));
-        let router = http::routes(state, &self.edge).merge(self.core.health_routes(Endpoint::GatewayEvents)?);
-        let limits = self.config.limits();
-        self.core
-            .run(
-                router,
-                limits,
-                self.consumer,
-                vec![("stall sweeper", sweeper)],
-                shutdown,
-            )
-            .await
+        Ok(http::routes(state, &self.edge))
+    }
+
+    fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
+        let watch = stalls::StallWatch::new(core.background_pool.clone(), self.stall_after());
+        vec![("stall sweeper", Box::pin(watch.run(shutdown.clone())))]
+    }
+
+    fn limits(&self) -> RequestLimits {
+        self.config.limits()
     }
 }
+
+/// The service built and ready to run: `Application::build(config, bus)`, then `run_until_stopped`.
+pub type Application = utility::runtime::Application<Gateway>;

@@ -147,7 +147,7 @@ async fn submissions_are_limited_per_client_address() {
             // One a minute after the burst: nothing refills while the test runs.
             rate_limit_per_minute: 1,
             rate_limit_burst: 3,
-            trusted_proxy_cidrs: "10.0.0.0/16".to_owned(),
+            trusted_proxy_cidrs: "10.0.0.0/16".parse().unwrap(),
             ..support::gateway_config()
         },
     )

@@ -173,7 +173,7 @@ pub async fn verify_uploaded(s3: &aws_sdk_s3::Client, bucket: &str, id: &str) ->
                 operation: "GetObject",
                 bucket: bucket.to_owned(),
                 key: manifest_key.clone(),
-                detail: crate::sdk_error::causes(&e),
+                detail: utility::error::chain(&e),
             })?
             .into_bytes(),
         Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {

@@ -4,6 +4,7 @@
 
 use aws_sdk_cloudformation::error::{ProvideErrorMetadata, SdkError};
 use std::error::Error;
+use utility::error::chain;
 
 /// `Code: message` for an error the service answered, else the causes joined by `: `.
 pub fn describe<E, R>(err: &SdkError<E, R>) -> String
@@ -17,26 +18,12 @@ where
             match (e.code(), e.message()) {
                 (Some(code), Some(message)) => format!("{code}: {message}"),
                 (Some(code), None) => code.to_owned(),
-                _ => causes(e),
+                _ => chain(e),
             }
         }
-        other => causes(other),
+        other => chain(other),
     };
     one_line(&text)
-}
-
-/// An error and its sources, each once (many wrappers repeat their source's text).
-pub fn causes(err: &(dyn Error + 'static)) -> String {
-    let mut parts: Vec<String> = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
 }
 
 pub fn one_line(text: &str) -> String {

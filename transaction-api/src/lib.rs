@@ -9,9 +9,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
 use utility::messaging::Endpoint;
-use utility::messaging::consumer::Consumer;
-use utility::runtime::ServiceCore;
-use utility::runtime::config::CommonConfig;
+use utility::runtime::config::{CommonConfig, ServiceInfo};
+use utility::runtime::{Service, ServiceCore};
 
 pub use ledger::{Campaign, LedgerHandler};
 
@@ -37,6 +36,13 @@ impl Default for Config {
     }
 }
 
+impl AsRef<CommonConfig> for Config {
+    fn as_ref(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
+/// Consumed queue first, then what the service publishes to.
 pub const ENDPOINTS: [Endpoint; 2] = [Endpoint::TransactionCommands, Endpoint::TransactionEvents];
 
 /// The HTTP API as it is served, less `/health` and `/ready` (which need the bus).
@@ -54,32 +60,36 @@ pub fn migrations() -> sqlx::migrate::Migrator {
     sqlx::migrate!()
 }
 
-pub struct Application {
-    core: ServiceCore,
-    consumer: Consumer<LedgerHandler>,
+/// The transaction-api as a [`Service`]: bonus commands in, transaction events out, within the
+/// campaign's budget.
+pub struct TransactionApi {
+    campaign: Campaign,
 }
 
-impl Application {
-    pub async fn build(config: Config, bus: utility::messaging::bus::Bus) -> anyhow::Result<Self> {
+impl Service for TransactionApi {
+    const INFO: ServiceInfo = utility::service_info!();
+    const QUEUE: Endpoint = Endpoint::TransactionCommands;
+    const ENDPOINTS: &'static [Endpoint] = &ENDPOINTS;
+    type Config = Config;
+    type Handler = LedgerHandler;
+
+    fn migrations() -> sqlx::migrate::Migrator {
+        migrations()
+    }
+
+    fn from_config(config: Config) -> anyhow::Result<Self> {
         let campaign = Campaign::new(config.bonus_points, config.bonus_budget_points)?;
-        let core = ServiceCore::build(env!("CARGO_PKG_NAME"), config.common, migrations(), &ENDPOINTS, bus).await?;
-        let consumer = core.consumer(Endpoint::TransactionCommands, LedgerHandler::new(campaign))?;
-        Ok(Self { core, consumer })
+        Ok(Self { campaign })
     }
 
-    pub fn port(&self) -> u16 {
-        self.core.port()
+    fn handler(&self, _: &ServiceCore) -> LedgerHandler {
+        LedgerHandler::new(self.campaign)
     }
 
-    pub fn pool(&self) -> &AnyPool {
-        &self.core.pool
-    }
-
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let limits = utility::http::RequestLimits::default();
-        let router = http::routes(self.core.pool.clone())
-            .merge(self.core.health_routes(Endpoint::TransactionCommands)?)
-            .merge(self.core.metrics_routes());
-        self.core.run(router, limits, self.consumer, Vec::new(), shutdown).await
+    fn routes(&self, core: &ServiceCore, _: &CancellationToken) -> anyhow::Result<axum::Router> {
+        Ok(http::routes(core.http_pool.clone()).merge(core.metrics_routes()))
     }
 }
+
+/// The service built and ready to run: `Application::build(config, bus)`, then `run_until_stopped`.
+pub type Application = utility::runtime::Application<TransactionApi>;

@@ -5,11 +5,17 @@
 use super::envelope::Envelope;
 use aws_config::{BehaviorVersion, SdkConfig, timeout::TimeoutConfig};
 use aws_sdk_sns::types::{MessageAttributeValue as SnsAttribute, PublishBatchRequestEntry};
+use aws_sdk_sqs::error::BuildError;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
     MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
+use std::collections::HashMap;
 use std::time::Duration;
+
+mod requests;
+
+pub use requests::Requests;
 
 /// SQS and SNS take at most ten entries per batch call.
 pub const MAX_BATCH: usize = 10;
@@ -27,7 +33,7 @@ impl BusError {
     fn sdk<E: std::error::Error + Send + Sync + 'static>(operation: &'static str) -> impl FnOnce(E) -> Self {
         move |err| Self {
             operation,
-            detail: aws_smithy_types_display(&err),
+            detail: crate::error::chain(&err),
             source: Some(Box::new(err)),
         }
     }
@@ -38,32 +44,17 @@ impl BusError {
     }
 
     /// `Ok` when no entry of a batch call failed, else an error listing each failure.
-    fn unless_failed(operation: &'static str, failed: Vec<String>) -> Result<(), Self> {
+    fn unless_failed(operation: &'static str, failed: &[EntryFailure]) -> Result<(), Self> {
         if failed.is_empty() {
             return Ok(());
         }
+        let each: Vec<String> = failed.iter().map(|f| format!("{}: {}", f.code, f.message)).collect();
         Err(Self {
             operation,
-            detail: format!("{} entries failed: {}", failed.len(), failed.join("; ")),
+            detail: format!("{} entries failed: {}", failed.len(), each.join("; ")),
             source: None,
         })
     }
-}
-
-fn describe_failure(failure: &aws_sdk_sqs::types::BatchResultErrorEntry) -> String {
-    format!("{}: {}", failure.code, failure.message.as_deref().unwrap_or(""))
-}
-
-/// The SDK's own `Display` for service errors is terse; this includes the error code and message.
-fn aws_smithy_types_display(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// Messages in a queue: visible and waiting, and received but not yet deleted.
@@ -125,6 +116,37 @@ impl EntryFailure {
     }
 }
 
+impl From<aws_sdk_sqs::types::BatchResultErrorEntry> for EntryFailure {
+    fn from(f: aws_sdk_sqs::types::BatchResultErrorEntry) -> Self {
+        Self {
+            id: f.id,
+            code: f.code,
+            message: f.message.unwrap_or_default(),
+            sender_fault: f.sender_fault,
+        }
+    }
+}
+
+impl From<aws_sdk_sns::types::BatchResultErrorEntry> for EntryFailure {
+    fn from(f: aws_sdk_sns::types::BatchResultErrorEntry) -> Self {
+        Self {
+            id: f.id,
+            code: f.code,
+            message: f.message.unwrap_or_default(),
+            sender_fault: f.sender_fault,
+        }
+    }
+}
+
+impl BatchOutcome {
+    fn of(sent: impl IntoIterator<Item = String>, failed: impl IntoIterator<Item = impl Into<EntryFailure>>) -> Self {
+        Self {
+            sent: sent.into_iter().collect(),
+            failed: failed.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 /// A message ready to go on the bus. `id` is the envelope's message id; it doubles as the batch
 /// entry id, which must be unique within a batch.
 #[derive(Debug, Clone)]
@@ -139,43 +161,18 @@ pub struct Outgoing {
 
 impl Outgoing {
     /// The message attributes filter policies, operators and traces rely on (3 of the 10 SQS
-    /// and SNS allow; SNS passes them on to SQS with raw message delivery).
-    fn attributes(&self) -> impl Iterator<Item = (&'static str, &str)> {
+    /// and SNS allow; SNS passes them on to SQS with raw message delivery), each a `String`
+    /// attribute built by `value` (SQS and SNS have a type of their own for it).
+    fn attributes<A>(&self, value: impl Fn(&str) -> Result<A, BuildError>) -> Result<HashMap<String, A>, BuildError> {
         [
             ("type", self.message_type.as_str()),
             ("correlation_id", self.correlation_id.as_str()),
         ]
         .into_iter()
         .chain(self.traceparent.as_deref().map(|t| ("traceparent", t)))
+        .map(|(name, text)| Ok((name.to_owned(), value(text)?)))
+        .collect()
     }
-}
-
-fn sqs_entry(m: &Outgoing) -> Result<SendMessageBatchRequestEntry, BusError> {
-    let error = BusError::sdk("SendMessageBatch");
-    let mut entry = SendMessageBatchRequestEntry::builder().id(&m.id).message_body(&m.body);
-    for (name, value) in m.attributes() {
-        let attribute = MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(value)
-            .build()
-            .map_err(BusError::sdk("SendMessageBatch"))?;
-        entry = entry.message_attributes(name, attribute);
-    }
-    entry.build().map_err(error)
-}
-
-fn sns_entry(m: &Outgoing) -> Result<PublishBatchRequestEntry, BusError> {
-    let error = BusError::sdk("PublishBatch");
-    let mut entry = PublishBatchRequestEntry::builder().id(&m.id).message(&m.body);
-    for (name, value) in m.attributes() {
-        let attribute = SnsAttribute::builder()
-            .data_type("String")
-            .string_value(value)
-            .build()
-            .map_err(BusError::sdk("PublishBatch"))?;
-        entry = entry.message_attributes(name, attribute);
-    }
-    entry.build().map_err(error)
 }
 
 impl From<&Envelope> for Outgoing {
@@ -190,75 +187,21 @@ impl From<&Envelope> for Outgoing {
     }
 }
 
+/// What a consumer needs to know of its queue's configuration (the template is the truth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Seconds.
+    pub visibility_timeout: i32,
+    /// Receives before the redrive policy moves a message to the dead-letter queue.
+    pub max_receive_count: Option<u32>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Bus {
     sqs: aws_sdk_sqs::Client,
     sns: aws_sdk_sns::Client,
     cloudformation: aws_sdk_cloudformation::Client,
     requests: Requests,
-}
-
-/// Every SQS and SNS request the bus sends, by operation: each HTTP attempt, retries included,
-/// since that is what AWS bills. Counted by an SDK interceptor just before each attempt goes out.
-#[derive(Clone, Debug, Default)]
-pub struct Requests {
-    by_operation: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
-    metric: prometheus_client::metrics::family::Family<
-        crate::observe::metrics::OperationLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-}
-
-impl Requests {
-    /// Requests so far, by `Service.Operation` (e.g. `SQS.ReceiveMessage`).
-    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
-        self.by_operation.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-
-    /// All requests so far.
-    pub fn total(&self) -> u64 {
-        self.snapshot().values().sum()
-    }
-
-    /// The Prometheus family (`saga_bus_requests_total{operation}`) a service registers.
-    pub fn metric(
-        &self,
-    ) -> prometheus_client::metrics::family::Family<
-        crate::observe::metrics::OperationLabels,
-        prometheus_client::metrics::counter::Counter,
-    > {
-        self.metric.clone()
-    }
-
-    fn count(&self, operation: String) {
-        self.metric
-            .get_or_create(&crate::observe::metrics::OperationLabels {
-                operation: operation.clone(),
-            })
-            .inc();
-        if let Ok(mut map) = self.by_operation.lock() {
-            *map.entry(operation).or_default() += 1;
-        }
-    }
-}
-
-impl aws_smithy_runtime_api::client::interceptors::Intercept for Requests {
-    fn name(&self) -> &'static str {
-        "BusRequests"
-    }
-
-    fn read_before_transmit(
-        &self,
-        _context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
-        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
-        cfg: &mut aws_sdk_sqs::config::ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        let operation = cfg
-            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
-            .map_or_else(|| "unknown".to_owned(), |m| format!("{}.{}", m.service(), m.name()));
-        self.count(operation);
-        Ok(())
-    }
 }
 
 /// Loads the standard AWS configuration (`AWS_ENDPOINT_URL`, `AWS_REGION`, credential chain).
@@ -367,111 +310,109 @@ impl Bus {
 
     /// Deletes messages by receipt handle, ten per call.
     pub async fn delete_batch(&self, queue_url: &str, receipts: &[&str]) -> Result<(), BusError> {
-        let mut failed = Vec::new();
-        for chunk in receipts.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, receipt)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(*receipt)
-                        .build()
-                        .map_err(BusError::sdk("DeleteMessageBatch"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let output = self
+        const OPERATION: &str = "DeleteMessageBatch";
+        let entry = |i: usize, receipt: &&str| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(*receipt)
+                .build()
+        };
+        let call = |entries| {
+            let request = self
                 .sqs
                 .delete_message_batch()
                 .queue_url(queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(BusError::sdk("DeleteMessageBatch"))?;
-            failed.extend(output.failed.iter().map(describe_failure));
-        }
-        BusError::unless_failed("DeleteMessageBatch", failed)
+                .set_entries(Some(entries));
+            async move {
+                let output = request.send().await;
+                output.map(|output| BatchOutcome::of(output.successful.into_iter().map(|s| s.id), output.failed))
+            }
+        };
+        let outcome = batched(OPERATION, receipts, entry, call).await?;
+        BusError::unless_failed(OPERATION, &outcome.failed)
     }
 
-    /// Sets how long each message stays hidden before SQS hands it out again.
+    /// Sets how long each message stays hidden before SQS hands it out again, ten per call.
     pub async fn change_visibility_batch(&self, queue_url: &str, changes: &[(&str, i32)]) -> Result<(), BusError> {
-        let mut failed = Vec::new();
-        for chunk in changes.chunks(MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, (receipt, seconds))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(*receipt)
-                        .visibility_timeout(*seconds)
-                        .build()
-                        .map_err(BusError::sdk("ChangeMessageVisibilityBatch"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let output = self
+        const OPERATION: &str = "ChangeMessageVisibilityBatch";
+        let entry = |i: usize, (receipt, seconds): &(&str, i32)| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(*receipt)
+                .visibility_timeout(*seconds)
+                .build()
+        };
+        let call = |entries| {
+            let request = self
                 .sqs
                 .change_message_visibility_batch()
                 .queue_url(queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(BusError::sdk("ChangeMessageVisibilityBatch"))?;
-            failed.extend(output.failed.iter().map(describe_failure));
-        }
-        BusError::unless_failed("ChangeMessageVisibilityBatch", failed)
+                .set_entries(Some(entries));
+            async move {
+                let output = request.send().await;
+                output.map(|output| BatchOutcome::of(output.successful.into_iter().map(|s| s.id), output.failed))
+            }
+        };
+        let outcome = batched(OPERATION, changes, entry, call).await?;
+        BusError::unless_failed(OPERATION, &outcome.failed)
     }
 
     /// Sends commands to a queue, ten per call, and reports each entry's fate.
     #[tracing::instrument(level = "debug", skip_all, fields(messaging.system = "aws_sqs", queue = queue_name(queue_url), count = messages.len()), err)]
     pub async fn send_batch(&self, queue_url: &str, messages: &[Outgoing]) -> Result<BatchOutcome, BusError> {
-        let mut outcome = BatchOutcome::default();
-        for chunk in messages.chunks(MAX_BATCH) {
-            let entries = chunk.iter().map(sqs_entry).collect::<Result<Vec<_>, _>>()?;
-            let output = self
+        let entry = |_, m: &Outgoing| {
+            let attribute = |text: &str| {
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(text)
+                    .build()
+            };
+            SendMessageBatchRequestEntry::builder()
+                .id(&m.id)
+                .message_body(&m.body)
+                .set_message_attributes(Some(m.attributes(attribute)?))
+                .build()
+        };
+        let call = |entries| {
+            let request = self
                 .sqs
                 .send_message_batch()
                 .queue_url(queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(BusError::sdk("SendMessageBatch"))?;
-            outcome.failed.extend(output.failed.into_iter().map(|f| EntryFailure {
-                id: f.id,
-                code: f.code,
-                message: f.message.unwrap_or_default(),
-                sender_fault: f.sender_fault,
-            }));
-            outcome.sent.extend(output.successful.into_iter().map(|s| s.id));
-        }
-        Ok(outcome)
+                .set_entries(Some(entries));
+            async move {
+                let output = request.send().await;
+                output.map(|output| BatchOutcome::of(output.successful.into_iter().map(|s| s.id), output.failed))
+            }
+        };
+        batched("SendMessageBatch", messages, entry, call).await
     }
 
     /// Publishes events to a topic, ten per call, and reports each entry's fate.
     #[tracing::instrument(level = "debug", skip_all, fields(messaging.system = "aws_sns", topic = topic_arn, count = messages.len()), err)]
     pub async fn publish_batch(&self, topic_arn: &str, messages: &[Outgoing]) -> Result<BatchOutcome, BusError> {
-        let mut outcome = BatchOutcome::default();
-        for chunk in messages.chunks(MAX_BATCH) {
-            let entries = chunk.iter().map(sns_entry).collect::<Result<Vec<_>, _>>()?;
-            let output = self
+        let entry = |_, m: &Outgoing| {
+            let attribute = |text: &str| SnsAttribute::builder().data_type("String").string_value(text).build();
+            PublishBatchRequestEntry::builder()
+                .id(&m.id)
+                .message(&m.body)
+                .set_message_attributes(Some(m.attributes(attribute)?))
+                .build()
+        };
+        let call = |entries| {
+            let request = self
                 .sns
                 .publish_batch()
                 .topic_arn(topic_arn)
-                .set_publish_batch_request_entries(Some(entries))
-                .send()
-                .await
-                .map_err(BusError::sdk("PublishBatch"))?;
-            outcome.failed.extend(output.failed().iter().map(|f| EntryFailure {
-                id: f.id.clone(),
-                code: f.code.clone(),
-                message: f.message.clone().unwrap_or_default(),
-                sender_fault: f.sender_fault,
-            }));
-            outcome
-                .sent
-                .extend(output.successful().iter().filter_map(|s| s.id.clone()));
-        }
-        Ok(outcome)
+                .set_publish_batch_request_entries(Some(entries));
+            async move {
+                let output = request.send().await;
+                output.map(|output| {
+                    let sent = output.successful.unwrap_or_default().into_iter().filter_map(|s| s.id);
+                    BatchOutcome::of(sent, output.failed.unwrap_or_default())
+                })
+            }
+        };
+        batched("PublishBatch", messages, entry, call).await
     }
 
     /// How many messages a queue holds, waiting and in flight (SQS's approximate counts).
@@ -510,18 +451,7 @@ impl Bus {
             .map(|_| ())
             .map_err(BusError::sdk("GetQueueAttributes"))
     }
-}
 
-/// What a consumer needs to know of its queue's configuration (the template is the truth).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueSettings {
-    /// Seconds.
-    pub visibility_timeout: i32,
-    /// Receives before the redrive policy moves a message to the dead-letter queue.
-    pub max_receive_count: Option<u32>,
-}
-
-impl Bus {
     /// The queue's visibility timeout and redrive limit.
     pub async fn queue_settings(&self, queue_url: &str) -> Result<QueueSettings, BusError> {
         use aws_sdk_sqs::types::QueueAttributeName as Name;
@@ -557,4 +487,139 @@ impl Bus {
 /// The last path segment of a queue URL: its name.
 pub fn queue_name(queue_url: &str) -> &str {
     queue_url.rsplit('/').next().unwrap_or(queue_url)
+}
+
+/// Sends `items` in calls of at most [`MAX_BATCH`] entries, one call after another: `entry` builds
+/// each item's entry (given its index within its call), `call` sends one call's entries and says
+/// what became of each. Entries the bus refused are gathered, not errors; a call that fails as a
+/// whole (or an entry that cannot be built) stops here with the error, and the calls before it
+/// stay made.
+async fn batched<T, E, F, SdkErr>(
+    operation: &'static str,
+    items: &[T],
+    entry: impl Fn(usize, &T) -> Result<E, BuildError>,
+    call: impl Fn(Vec<E>) -> F,
+) -> Result<BatchOutcome, BusError>
+where
+    F: Future<Output = Result<BatchOutcome, SdkErr>>,
+    SdkErr: std::error::Error + Send + Sync + 'static,
+{
+    let mut outcome = BatchOutcome::default();
+    for chunk in items.chunks(MAX_BATCH) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, item)| entry(i, item))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BusError::sdk(operation))?;
+        let answer = call(entries).await.map_err(BusError::sdk(operation))?;
+        outcome.sent.extend(answer.sent);
+        outcome.failed.extend(answer.failed);
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An entry that builds: the item itself, with the index it got within its call.
+    fn entry(i: usize, item: &u32) -> Result<(usize, u32), BuildError> {
+        Ok((i, *item))
+    }
+
+    fn refused(id: String) -> EntryFailure {
+        EntryFailure {
+            id,
+            code: "InternalError".to_owned(),
+            message: "try again".to_owned(),
+            sender_fault: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_carry_at_most_ten_entries_indexed_from_zero_and_gather_every_answer() {
+        let items: Vec<u32> = (0..23).collect();
+        let calls = Mutex::new(Vec::new());
+        let call = |entries: Vec<(usize, u32)>| {
+            calls.lock().unwrap().push(entries.clone());
+            // The bus refuses every item divisible by 7.
+            let (failed, sent): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(_, item)| item % 7 == 0);
+            let outcome = BatchOutcome {
+                sent: sent.iter().map(|(_, item)| item.to_string()).collect(),
+                failed: failed.iter().map(|(_, item)| refused(item.to_string())).collect(),
+            };
+            async move { Ok::<_, std::io::Error>(outcome) }
+        };
+        let outcome = batched("Op", &items, entry, call).await.unwrap();
+        let calls = calls.into_inner().unwrap();
+        assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 3]);
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.iter().enumerate().all(|(i, (index, _))| i == *index))
+        );
+        let failed: Vec<&str> = outcome.failed.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(failed, ["0", "7", "14", "21"]);
+        assert_eq!(outcome.sent.len(), 19);
+        let err = BusError::unless_failed("Op", &outcome.failed).unwrap_err().to_string();
+        assert!(
+            err.starts_with("Op failed: 4 entries failed: InternalError: try again; "),
+            "{err}"
+        );
+        assert!(BusError::unless_failed("Op", &[]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_call_that_fails_whole_stops_the_rest_naming_the_operation() {
+        let items: Vec<u32> = (0..30).collect();
+        let calls = Mutex::new(0);
+        let call = |entries: Vec<(usize, u32)>| {
+            let n = {
+                let mut calls = calls.lock().unwrap();
+                *calls += 1;
+                *calls
+            };
+            let answer = if n == 2 {
+                Err(std::io::Error::other("connection reset"))
+            } else {
+                Ok(BatchOutcome::of(
+                    entries.iter().map(|(_, item)| item.to_string()),
+                    Vec::<EntryFailure>::new(),
+                ))
+            };
+            async move { answer }
+        };
+        let err = batched("SendMessageBatch", &items, entry, call).await.unwrap_err();
+        assert_eq!(*calls.lock().unwrap(), 2, "no call after the failed one");
+        assert_eq!(err.to_string(), "SendMessageBatch failed: connection reset");
+    }
+
+    #[test]
+    fn every_attribute_is_a_string_and_the_trace_context_only_when_there_is_one() {
+        let mut message = Outgoing {
+            id: "m".to_owned(),
+            message_type: "Enroll".to_owned(),
+            correlation_id: "c".to_owned(),
+            body: "{}".to_owned(),
+            traceparent: None,
+        };
+        let text = |value: &str| Ok::<_, BuildError>(value.to_owned());
+        let attributes = message.attributes(text).unwrap();
+        assert_eq!(attributes.len(), 2);
+        assert_eq!(attributes["type"], "Enroll");
+        assert_eq!(attributes["correlation_id"], "c");
+        message.traceparent = Some("00-t-s-01".to_owned());
+        assert_eq!(message.attributes(text).unwrap()["traceparent"], "00-t-s-01");
+        let built = message
+            .attributes(|v| {
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(v)
+                    .build()
+            })
+            .unwrap();
+        assert!(built.values().all(|a| a.data_type() == "String"));
+    }
 }

@@ -12,7 +12,10 @@
 //! - a key in the `CONFIG_FILE` that is not a field stops the service, naming the key;
 //! - a number outside the field's `#[schemars(range(min = .., max = ..))]` stops the service,
 //!   naming the variable and where the value came from;
-//! - a field of type [`Secret`] is never shown: not by `--help`, not in errors, not by `Debug`.
+//! - a field of type [`Secret`] is never shown: not by `--help`, not in errors, not by `Debug`;
+//! - a value of a type that parses itself (a [`CommaSeparated`] list of CIDRs, say) is parsed
+//!   here, so one that does not parse stops the service like any other, naming the variable and
+//!   where the value came from, instead of failing later at the first use.
 //!
 //! A new setting therefore takes a documented field, its default, and a range when it has one.
 
@@ -30,9 +33,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 mod cli;
+mod list;
 mod schema;
 
 pub use cli::{Invocation, ServiceInfo, from_command_line, help, parse_args};
+pub use list::CommaSeparated;
 pub use schema::undocumented;
 use schema::{Setting, settings};
 
@@ -304,6 +309,8 @@ mod tests {
         token: Option<Secret<String>>,
         /// A password with a default.
         password: Secret<String>,
+        /// Ports to watch, comma-separated.
+        ports: CommaSeparated<u16>,
     }
 
     impl Default for Sample {
@@ -313,6 +320,7 @@ mod tests {
                 points: 5,
                 token: None,
                 password: Secret::new("swordfish".to_owned()),
+                ports: CommaSeparated::default(),
             }
         }
     }
@@ -461,6 +469,27 @@ mod tests {
             "{found:?}"
         );
         assert_eq!(found[1], "PASSWORD (from the environment) does not parse");
+    }
+
+    #[test]
+    fn a_list_is_parsed_at_load_and_a_bad_item_named_with_its_setting() {
+        let config = load_from(Sample::default(), None, env(&[("PORTS", "80, 443")])).unwrap();
+        assert_eq!(*config.ports, [80, 443]);
+        let config = load_from(Sample::default(), None, env(&[("PORTS", "80")])).unwrap();
+        assert_eq!(*config.ports, [80], "a value the environment reads as a number");
+        let found = problems(load_from(Sample::default(), None, env(&[("PORTS", "80, http")])));
+        assert_eq!(found, ["PORTS (from the environment): invalid digit found in string"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "ports = \"80,65536\"\n").unwrap();
+        let found = problems(load_from(Sample::default(), Some(&path), env(&[])));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("PORTS (from TOML file")
+                && found[0].ends_with("number too large to fit in target type"),
+            "{found:?}"
+        );
     }
 
     #[test]

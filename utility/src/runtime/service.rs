@@ -22,13 +22,13 @@ const HTTP_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// What every service is built from: its database, the bus, the resolved topology, the outbox
 /// relay and the bound HTTP listener. Building it verifies the database (migrations applied) and
 /// every queue and topic the service needs; running it supervises the HTTP server, the consumer
-/// and the relay with the staged shutdown described above.
+/// and the relay with the staged shutdown of [`super::supervisor`].
 pub struct ServiceCore {
     /// The service's name (logs, metrics).
     pub service: &'static str,
     pub config: CommonConfig,
-    /// The HTTP handlers' pool.
-    pub pool: sqlx::AnyPool,
+    /// The HTTP handlers' pool (see [`crate::storage::Pools`]).
+    pub http_pool: sqlx::AnyPool,
     /// The consumer's, the relay's and the sweepers' pool (see [`crate::storage::Pools`]).
     pub background_pool: sqlx::AnyPool,
     pub bus: Bus,
@@ -70,7 +70,7 @@ impl ServiceCore {
         Ok(Self {
             service,
             config,
-            pool: pools.http,
+            http_pool: pools.http,
             background_pool: pools.background,
             bus,
             topology,
@@ -112,7 +112,7 @@ impl ServiceCore {
     /// `/health` and `/ready` for a service that consumes `queue`.
     pub fn health_routes(&self, queue: Endpoint) -> anyhow::Result<axum::Router> {
         Ok(health::health_routes(Readiness {
-            pool: self.pool.clone(),
+            pool: self.http_pool.clone(),
             bus: self.bus.clone(),
             queue_url: self.topology.address(queue)?.to_owned(),
         }))
