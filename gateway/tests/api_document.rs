@@ -6,16 +6,14 @@
 //! the three services): schemathesis generates requests from the document and checks every
 //! answer against it, no 5xx, on both backends.
 
-mod support;
-
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use support::api::GatewayApi;
-use support::{Backend, OPERATOR_TOKEN, Options, System};
+use testkit::api::GatewayApi;
+use testkit::{Backend, OPERATOR_TOKEN, Options, System};
 
-on_both_backends!(schemathesis_finds_no_contradiction);
+testkit::on_both_backends!(schemathesis_finds_no_contradiction);
 
 /// Every route the gateway serves, as (method, path). The public routes, the page, the document
 /// and the health checks; the operator routes are in [`OPERATOR`].
@@ -149,7 +147,7 @@ async fn the_document_lists_exactly_the_served_routes() {
     // Without an operator token the operator routes are neither served nor documented.
     let config = gateway::Config {
         operator_token: None,
-        ..support::gateway_config()
+        ..testkit::gateway_config()
     };
     let closed = GatewayApi::with_config(Backend::Sqlite, config).await;
     let doc = document(&closed).await;

@@ -3,17 +3,15 @@
 //! message, no address). The database "stops" by cutting the connection relay in front of a real
 //! PostgreSQL server: open connections drop, new ones are refused.
 
-mod support;
-
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::json;
 use sqlx::any::AnyPoolOptions;
 use std::sync::Arc;
 use std::time::Duration;
-use support::api::{Answer, Served, call};
-use support::proxy::{Cuttable, server_address};
-use support::{Backend, TestDb};
+use testkit::api::{Answer, Served, call};
+use testkit::proxy::{Cuttable, server_address};
+use testkit::{Backend, TestDb};
 use tokio::sync::Notify;
 
 /// A pool through the relay, quick to give up so the test stays short (production waits 10 s).
@@ -32,7 +30,7 @@ async fn pool_through(relay: &Cuttable, db: &TestDb, migrations: sqlx::migrate::
 
 fn get(uri: &str) -> Request<Body> {
     Request::get(uri)
-        .header("authorization", format!("Bearer {}", support::OPERATOR_TOKEN))
+        .header("authorization", format!("Bearer {}", testkit::OPERATOR_TOKEN))
         .body(Body::empty())
         .unwrap()
 }
@@ -58,7 +56,7 @@ fn assert_unavailable(answer: &Answer, route: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_503_while_the_database_is_down() {
-    support::init_logs();
+    testkit::init_logs();
     let gateway_db = TestDb::new(Backend::Postgres, "gateway").await;
     let customer_db = TestDb::new(Backend::Postgres, "customer").await;
     let transaction_db = TestDb::new(Backend::Postgres, "transaction").await;
@@ -75,7 +73,7 @@ async fn every_route_answers_503_while_the_database_is_down() {
     let config = gateway::Config {
         customer_api_url: customer.url(""),
         transaction_api_url: transaction.url(""),
-        ..support::gateway_config()
+        ..testkit::gateway_config()
     };
     let gateway_pool = pool_through(&relay, &gateway_db, gateway::migrations()).await;
     let gateway = gateway::router(&config, gateway_pool, Arc::new(Notify::new())).unwrap();

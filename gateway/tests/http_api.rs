@@ -1,15 +1,13 @@
 //! The gateway's HTTP contract for bad input and idempotent retries, in process (the real router
 //! over a fresh database, no bus), and start-up checks of the topology (against LocalStack).
 
-mod support;
-
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::{Value, json};
-use support::Backend;
-use support::api::GatewayApi;
+use testkit::Backend;
+use testkit::api::GatewayApi;
 
-on_both_backends!(bad_input_gets_problem_details, idempotency_key_replays_or_conflicts);
+testkit::on_both_backends!(bad_input_gets_problem_details, idempotency_key_replays_or_conflicts);
 
 fn post(body: impl Into<Body>, content_type: Option<&str>) -> Request<Body> {
     let mut request = Request::post("/api/enrollments");
@@ -108,7 +106,7 @@ async fn bad_input_gets_problem_details(backend: Backend) {
     let mut with_token = get("/api/customers/nope");
     with_token.headers_mut().insert(
         "authorization",
-        format!("Bearer {}", support::OPERATOR_TOKEN).parse().unwrap(),
+        format!("Bearer {}", testkit::OPERATOR_TOKEN).parse().unwrap(),
     );
     api.call(with_token).await.problem(400);
     api.call(get("/no/such/route")).await.problem(404);
@@ -177,9 +175,9 @@ async fn idempotency_key_replays_or_conflicts(backend: Backend) {
 /// provision it; it creates nothing itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_refuse_to_start_without_their_topology() {
-    support::init_logs();
-    let bus = support::bus().await;
-    let db = support::TestDb::new(Backend::Sqlite, "customer").await;
+    testkit::init_logs();
+    let bus = testkit::bus().await;
+    let db = testkit::TestDb::new(Backend::Sqlite, "customer").await;
     let mut common = utility::runtime::config::CommonConfig::new(([127, 0, 0, 1], 0).into(), db.url.clone());
     common.topology.topology_stack = format!("missing-{}", uuid::Uuid::new_v4().simple());
     let err = customer_api::Application::build(customer_api::Config { common: common.clone() }, bus.clone())
