@@ -11,12 +11,14 @@
 //! | [`system`] | [`System`]: the three services in this process (feature `services`) |
 //! | [`api`] | a router called in process ([`api::call`]) or served on a port ([`api::Served`]); the gateway's ([`api::GatewayApi`], feature `services`) |
 //! | [`raw`], [`proxy`] | raw HTTP/1.1 bytes on a socket; a database connection relay a test can cut |
+//! | [`cli`] | the checks every service binary's command line gets |
 //!
 //! Environment: `AWS_ENDPOINT_URL` (default `http://127.0.0.1:4566`), `TEST_POSTGRES_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`, an admin connection used to create and
 //! drop one database per service per test), `TEST_LOG` to see the services' logs.
 
 pub mod api;
+pub mod cli;
 pub mod db;
 pub mod emulator;
 pub mod otlp;
