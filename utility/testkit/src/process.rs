@@ -70,8 +70,7 @@ pub fn send(signal: Signal, pid: u32, group: bool) -> anyhow::Result<()> {
 /// The directory of the service binaries that go with the running test or bench: the profile
 /// directory cargo put this executable's `deps/` in (`target/debug` for tests, `target/release`
 /// for `cargo bench`). A crate's tests can only name their own crate's binaries
-/// (`CARGO_BIN_EXE_*`), so the three services are built here, in the same profile, when one is
-/// missing.
+/// (`CARGO_BIN_EXE_*`), so the binaries are built here, in the same profile, when one is missing.
 pub fn binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("the path of this executable");
     let mut dir = exe.parent().expect("a directory").to_owned();
@@ -82,10 +81,9 @@ pub fn binaries() -> PathBuf {
     if services.iter().any(|name| !dir.join(name).exists()) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = std::process::Command::new(cargo);
-        build.arg("build").arg("--bins");
-        for name in services {
-            build.args(["-p", name]);
-        }
+        // Every binary of the workspace, as `make` builds them: selecting packages (`-p`) would
+        // resolve the dependencies' features differently and compile them a second time.
+        build.args(["build", "--workspace", "--bins"]);
         if dir.ends_with("release") {
             build.arg("--release");
         }
