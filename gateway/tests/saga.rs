@@ -164,13 +164,7 @@ async fn redelivered_commands_have_one_effect(backend: Backend) {
     }
     // Both copies of each were received and deleted (not left to retry, not dead-lettered).
     for queue in ["CustomerCommandsQueueUrl", "TransactionCommandsQueueUrl"] {
-        let what = format!("{queue} to be rid of the duplicates");
-        eventually(&what, DEADLINE, async || {
-            let depth = system.queue_depth(queue).await;
-            Poll::ready_if(depth == 0, (), depth)
-        })
-        .await
-        .unwrap();
+        system.wait_for_queue_depth(queue, 0).await;
     }
     for dlq in ["CustomerCommandsDlqUrl", "TransactionCommandsDlqUrl"] {
         assert_eq!(system.queue_depth(dlq).await, 0, "{dlq}");
@@ -250,12 +244,9 @@ async fn malformed_messages_reach_the_dead_letter_queue_while_the_service_keeps_
         system.send_raw("CustomerCommandsQueueUrl", body).await;
     }
 
-    eventually("every poison message to reach the DLQ", DEADLINE, async || {
-        let depth = system.queue_depth("CustomerCommandsDlqUrl").await;
-        Poll::ready_if(depth == poison.len() as i64, (), depth)
-    })
-    .await
-    .unwrap();
+    system
+        .wait_for_queue_depth("CustomerCommandsDlqUrl", poison.len() as i64)
+        .await;
     let received = system
         .bus
         .sqs()
@@ -444,12 +435,8 @@ async fn a_rejected_enrollment_never_gains_a_customer(backend: Backend) {
     let mut again: Value = serde_json::from_str(&body).unwrap();
     again["message_id"] = uuid::Uuid::now_v7().to_string().into();
     system.send_raw("CustomerCommandsQueueUrl", &again.to_string()).await;
-    eventually("the command to be handled", DEADLINE, async || {
-        let depth = system.queue_depth("CustomerCommandsQueueUrl").await;
-        Poll::ready_if(depth == 0, (), depth)
-    })
-    .await
-    .unwrap();
+    // Handled: gone from the queue.
+    system.wait_for_queue_depth("CustomerCommandsQueueUrl", 0).await;
     assert_eq!(system.queue_depth("CustomerCommandsDlqUrl").await, 0);
     let customers = scalar_i64(
         &customer_pool,
@@ -503,14 +490,9 @@ async fn commands_naming_another_enrollments_customer_are_refused(backend: Backe
             &command("ReverseBonusPoints", other_enrollment, payload),
         )
         .await;
+    // Each refused command reached its DLQ.
     for dlq in ["CustomerCommandsDlqUrl", "TransactionCommandsDlqUrl"] {
-        let what = format!("the refused command to reach {dlq}");
-        eventually(&what, DEADLINE, async || {
-            let depth = system.queue_depth(dlq).await;
-            Poll::ready_if(depth == 1, (), depth)
-        })
-        .await
-        .unwrap();
+        system.wait_for_queue_depth(dlq, 1).await;
     }
     let (_, customer) = system.get_json(&format!("/api/customers/{victim_customer}")).await;
     assert_eq!(customer["status"], "active", "{customer}");

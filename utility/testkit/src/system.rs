@@ -259,6 +259,18 @@ impl System {
             .total()
     }
 
+    /// Polls the queue of stack output `output` until it holds `depth` messages, visible and in
+    /// flight; fails after [`DEADLINE`].
+    pub async fn wait_for_queue_depth(&self, output: &str, depth: i64) {
+        let what = format!("{output} to hold {depth} messages");
+        eventually(&what, DEADLINE, async || {
+            let now = self.queue_depth(output).await;
+            Poll::ready_if(now == depth, (), now)
+        })
+        .await
+        .unwrap()
+    }
+
     /// Sends raw bodies to a queue, as a misbehaving producer would.
     pub async fn send_raw(&self, output: &str, body: &str) {
         self.bus
