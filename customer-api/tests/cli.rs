@@ -1,48 +1,22 @@
 //! The binary's command line and configuration checks, before it touches the database or the
-//! bus (the mechanism itself is tested in `utility::runtime::config` and `gateway/tests/cli.rs`).
+//! bus: the checks every service gets (`testkit::cli_tests!`) and its own refusals (the
+//! mechanism itself is tested in `utility::runtime::config` and `gateway/tests/cli.rs`).
 
-use std::process::{Command, Output};
+use testkit::cli::{run, text};
 
-fn service(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_customer-api"))
-        .args(args)
-        .env_clear()
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("DATABASE_URL", "sqlite::memory:")
-        .envs(env.iter().copied())
-        .output()
-        .expect("the binary runs")
-}
+const CUSTOMER_API: &str = env!("CARGO_BIN_EXE_customer-api");
 
-#[test]
-fn every_setting_has_a_description() {
-    assert_eq!(
-        utility::runtime::config::undocumented::<customer_api::Config>(),
-        Vec::<String>::new()
-    );
-}
-
-#[test]
-fn help_and_version() {
-    let help = service(&["--help"], &[]);
-    assert!(help.status.success());
-    let help = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        help.contains("  DATABASE_URL  [default: sqlite:data/customer-api.db]"),
-        "{help}"
-    );
-    let version = service(&["-V"], &[]);
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout),
-        format!("customer-api {}\n", env!("CARGO_PKG_VERSION"))
-    );
-}
+testkit::cli_tests!(
+    CUSTOMER_API,
+    customer_api::Config,
+    ["  DATABASE_URL  [default: sqlite:data/customer-api.db]"]
+);
 
 #[test]
 fn a_short_processed_retention_is_refused_by_name() {
-    let out = service(&[], &[("PROCESSED_RETENTION_DAYS", "14")]);
+    let out = run(CUSTOMER_API, &[], &[("PROCESSED_RETENTION_DAYS", "14")]);
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = text(&out.stderr);
     assert!(
         err.contains("PROCESSED_RETENTION_DAYS is 14 (from the environment); it must be at least 15"),
         "{err}"

@@ -34,12 +34,10 @@
 
 #[path = "pipeline/report.rs"]
 mod report;
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Backend, Options, System};
+use testkit::{Backend, Layout, Options, Patience, Poll, Processes, System, TestDb, TestStack, eventually};
 use utility::messaging::bus::{Bus, Outgoing};
 use utility::messaging::consumer::{Consumer, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
@@ -339,7 +337,7 @@ async fn raw_pipelined(bus: &Bus, queue: &str, messages: usize) -> (Duration, Cp
 /// `queue` first: how long until all are handled and deleted.
 async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize) -> (Duration, Cpu) {
     send_all(bus, queue, &envelopes(messages)).await;
-    let db = support::TestDb::new(backend, "bench").await;
+    let db = TestDb::new(backend, "bench").await;
     let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
         .await
         .expect("db");
@@ -397,20 +395,13 @@ const COMPLETED: Count = Count {
 impl Count {
     /// Returns once the count on `pool` reaches `count`; panics after `limit`.
     async fn until(&self, pool: &sqlx::AnyPool, count: usize) {
-        let deadline = Instant::now() + self.limit;
-        loop {
+        let what = format!("{count} rows of `{}`", self.rows);
+        eventually(&what, Patience::within(self.limit).every(self.every), async || {
             let n: i64 = sqlx::query_scalar(self.rows).fetch_one(pool).await.expect("count");
-            if n as usize >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {n} of {count} after {:?}: {}",
-                self.limit,
-                self.rows
-            );
-            tokio::time::sleep(self.every).await;
-        }
+            Poll::ready_if(n as usize >= count, (), format!("only {n} of {count}"))
+        })
+        .await
+        .unwrap();
     }
 }
 
@@ -418,17 +409,18 @@ impl Count {
 /// service: `count` enrollments submitted at once, spread over the gateways, until the last one
 /// is `completed`.
 async fn scale_out(instances: usize, count: usize) -> f64 {
-    let processes = support::procs::Processes::start_with(support::procs::Layout {
-        traces: false,
+    let processes = Processes::start_with(Layout {
         receive_wait_seconds: 20,
         backend: Backend::Postgres,
         instances,
+        ..Layout::default()
     })
-    .await;
+    .await
+    .expect("the services start");
     let gateways = processes.gateways();
     let gateway_db = sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
-        .connect(&processes.dbs[2].url)
+        .connect(&processes.dbs[testkit::processes::GATEWAY].url)
         .await
         .expect("gateway database");
     let started = Instant::now();
@@ -451,8 +443,8 @@ async fn scale_out(instances: usize, count: usize) -> f64 {
 async fn main() {
     let messages = size("BENCH_MESSAGES", 2000);
     let enrollments = size("BENCH_ENROLLMENTS", 300);
-    let bus = support::bus().await;
-    let stack = support::TestStack::deploy(&bus).await;
+    let bus = testkit::bus().await;
+    let stack = TestStack::deploy(&bus).await;
     let queue = stack.output("TransactionCommandsQueueUrl").to_owned();
     println!("pipeline benchmark: {messages} messages, {enrollments} enrollments\n");
 
@@ -597,15 +589,15 @@ async fn main() {
     system.stop().await;
 
     // 8. The real binaries under the same concurrent load (no span export).
-    let processes = support::procs::Processes::start(false, 20).await;
+    let processes = Processes::start(false, 20).await;
     let services = [
-        ("gateway", &processes.gateway),
-        ("customer-api", &processes.customer),
-        ("transaction-api", &processes.transaction),
+        ("gateway", processes.gateway()),
+        ("customer-api", processes.customer()),
+        ("transaction-api", processes.transaction()),
     ];
     let cpu_before: Vec<f64> = services
         .iter()
-        .map(|(_, s)| s.child.id().and_then(process_figures).map_or(0.0, |f| f.1))
+        .map(|(_, s)| s.pid().and_then(process_figures).map_or(0.0, |f| f.1))
         .collect();
     let process_sagas = enrollments;
     for chunk in (0..process_sagas).collect::<Vec<_>>().chunks(16) {
@@ -620,7 +612,7 @@ async fn main() {
         .iter()
         .zip(&cpu_before)
         .map(|((name, s), before)| {
-            let (rss, cpu) = s.child.id().and_then(process_figures).unwrap_or((f64::NAN, f64::NAN));
+            let (rss, cpu) = s.pid().and_then(process_figures).unwrap_or((f64::NAN, f64::NAN));
             (*name, rss, (cpu - before) / process_sagas as f64)
         })
         .collect();

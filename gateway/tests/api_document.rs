@@ -7,16 +7,14 @@
 //! generates requests and scenarios from the document and holds every answer to it with all of
 //! its checks, on both backends.
 
-mod support;
-
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use support::api::{GatewayApi, Served};
-use support::{Backend, OPERATOR_TOKEN, Options, System};
+use testkit::api::{GatewayApi, Served};
+use testkit::{Backend, OPERATOR_TOKEN, Options, System};
 
-on_both_backends!(schemathesis_finds_no_contradiction);
+testkit::on_both_backends!(schemathesis_finds_no_contradiction);
 
 /// Every route the gateway serves, as (method, path). The public routes, the page, the document
 /// and the health checks; the operator routes are in [`OPERATOR`].
@@ -151,7 +149,7 @@ async fn the_document_lists_exactly_the_served_routes() {
     // Without an operator token the operator routes are neither served nor documented.
     let config = gateway::Config {
         operator_token: None,
-        ..support::gateway_config()
+        ..testkit::gateway_config()
     };
     let closed = GatewayApi::with_config(Backend::Sqlite, config).await;
     let doc = document(&closed).await;
@@ -320,7 +318,7 @@ async fn the_documented_limits_are_the_ones_the_gateway_applies() {
         Some(&"k".repeat(key_max)),
     ));
     assert_eq!(fine.await.status, 202, "every field at its documented maximum");
-    let refused = |answer: &support::api::Answer| -> Vec<String> {
+    let refused = |answer: &testkit::api::Answer| -> Vec<String> {
         answer.problem(422)["invalid-params"]
             .as_array()
             .unwrap()
@@ -380,8 +378,8 @@ async fn every_idempotency_key_the_document_allows_is_accepted() {
 /// ledger knows customers only by their points), so the points route documents no 404.
 #[tokio::test]
 async fn the_proxies_answer_an_unknown_customer_as_documented() {
-    let customer_db = support::TestDb::new(Backend::Sqlite, "customer").await;
-    let transaction_db = support::TestDb::new(Backend::Sqlite, "transaction").await;
+    let customer_db = testkit::TestDb::new(Backend::Sqlite, "customer").await;
+    let transaction_db = testkit::TestDb::new(Backend::Sqlite, "transaction").await;
     let connect = |url: String, migrations| async move { utility::storage::connect(&url, migrations).await.unwrap() };
     let customer = Served::start(customer_api::router(
         connect(customer_db.url.clone(), customer_api::migrations()).await,
@@ -394,7 +392,7 @@ async fn the_proxies_answer_an_unknown_customer_as_documented() {
     let config = gateway::Config {
         customer_api_url: customer.url(""),
         transaction_api_url: transaction.url(""),
-        ..support::gateway_config()
+        ..testkit::gateway_config()
     };
     let api = GatewayApi::with_config(Backend::Sqlite, config).await;
     let doc = document(&api).await;

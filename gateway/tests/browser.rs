@@ -10,14 +10,11 @@
 //! Needs `chromium` and `chromedriver` on the PATH (Debian: `apt-get install chromium
 //! chromium-driver`; `.ci/run` installs them). Without them the test fails, saying so.
 
-mod support;
-
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
-use support::{Backend, DEADLINE, Options, System};
-use tokio::process::{Child, Command};
+use testkit::{Backend, DEADLINE, Options, Patience, Poll, Process, Shown, System, eventually};
 
 const INSTALL: &str = "install Debian's chromium and chromium-driver (apt-get update && apt-get install -y \
                        chromium chromium-driver); .ci/run does";
@@ -32,7 +29,9 @@ fn on_path(names: &[&str]) -> Option<PathBuf> {
 /// Chromium under chromedriver, both gone on drop.
 struct Browser {
     client: Client,
-    driver: Child,
+    /// A test that fails leaves its WebDriver session open: dropping the process stops
+    /// chromedriver's whole process group, Chromium included, so no browser outlives the test.
+    _driver: Process,
     _profile: tempfile::TempDir,
 }
 
@@ -42,20 +41,15 @@ impl Browser {
             .unwrap_or_else(|| panic!("the browser test needs Chromium, which is not on the PATH: {INSTALL}"));
         let chromedriver = on_path(&["chromedriver"])
             .unwrap_or_else(|| panic!("the browser test needs chromedriver, which is not on the PATH: {INSTALL}"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            // Its own process group, so that a failed test takes Chromium down with it (see Drop).
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", chromedriver.display()));
+        let port = testkit::free_port();
         let profile = tempfile::tempdir().expect("a profile directory");
+        // Its output (and Chromium's) goes to a file beside the profile, not into the test's.
+        let mut driver = Process::new("chromedriver", &chromedriver)
+            .arg(format!("--port={port}"))
+            .log_file(profile.path().join("chromedriver.log"));
+        driver
+            .start()
+            .unwrap_or_else(|e| panic!("starting {}: {e:#}", chromedriver.display()));
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".to_owned(),
@@ -70,23 +64,23 @@ impl Browser {
             }),
         );
         let webdriver = format!("http://127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let client = loop {
+        let what = format!("a WebDriver session from chromedriver on {webdriver}");
+        let patience = Patience::within(Duration::from_secs(30)).every(Duration::from_millis(200));
+        let client = eventually(&what, patience, async || {
             let attempt = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
                 .capabilities(capabilities.clone())
                 .connect(&webdriver)
                 .await;
             match attempt {
-                Ok(client) => break client,
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    panic!("no WebDriver session from chromedriver on {webdriver}: {e}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Ok(client) => Poll::Ready(client),
+                Err(e) => Poll::Pending(Shown(e)),
             }
-        };
+        })
+        .await
+        .unwrap();
         Self {
             client,
-            driver,
+            _driver: driver,
             _profile: profile,
         }
     }
@@ -101,18 +95,14 @@ impl Browser {
 
     /// Waits until the element's text satisfies `ready`; returns it. Fails after [`DEADLINE`].
     async fn wait_text(&self, css: &str, ready: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        let waited = eventually(&format!("the expected text in {css}"), DEADLINE, async || {
             let text = self.text(css).await;
-            if ready(&text) {
-                return text;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{css} never got the expected text; last: {text:?}; page: {}",
-                self.text("main").await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Poll::ready_if(ready(&text), text.clone(), text)
+        })
+        .await;
+        match waited {
+            Ok(text) => text,
+            Err(timed_out) => panic!("{timed_out}; page: {}", self.text("main").await),
         }
     }
 
@@ -154,21 +144,8 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
-    /// A test that fails leaves its WebDriver session open: stop chromedriver's whole process
-    /// group, Chromium included, so no browser outlives the test.
-    fn drop(&mut self) {
-        if let Some(pid) = self.driver.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-}
-
 async fn count(system: &System, sql: &str, bind: &str) -> i64 {
-    support::scalar_i64(&system.gateway().pool, sql, bind).await
+    testkit::scalar_i64(&system.gateway().pool, sql, bind).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

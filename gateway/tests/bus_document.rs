@@ -9,17 +9,15 @@
 //! other. The AsyncAPI parser validates the document against the specification's schema and the
 //! bindings' schemas (`gateway/contract/asyncapi/check.sh`, Node.js). `/docs` shows it.
 
-mod support;
-
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::{Value, json};
 use serde_norway::Value as Yaml;
 use std::collections::{BTreeMap, BTreeSet};
-use support::Backend;
-use support::api::GatewayApi;
+use testkit::Backend;
+use testkit::api::GatewayApi;
 
-async fn fetch(api: &GatewayApi, uri: &str) -> support::api::Answer {
+async fn fetch(api: &GatewayApi, uri: &str) -> testkit::api::Answer {
     let answer = api.call(Request::get(uri).body(Body::empty()).unwrap()).await;
     assert_eq!(answer.status, 200, "{uri}: {}", answer.text);
     answer

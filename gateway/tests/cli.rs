@@ -1,58 +1,26 @@
 //! The binary's command line and configuration checks, before it touches the database or the
-//! bus: `--help` lists every setting, `--version`, and refusals that name the bad setting.
+//! bus: every setting documented and listed by `--help` with its default, `--version`
+//! (`testkit::cli_tests!`), and refusals that name the bad setting.
 
-use std::process::{Command, Output};
+use testkit::cli::{run, text};
 
-fn gateway(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(args)
-        .env_clear()
-        // Nothing may be reached: a refusal must come before any I/O.
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("DATABASE_URL", "sqlite::memory:")
-        .envs(env.iter().copied())
-        .output()
-        .expect("the gateway binary runs")
-}
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[test]
-fn every_setting_has_a_description() {
-    assert_eq!(
-        utility::runtime::config::undocumented::<gateway::Config>(),
-        Vec::<String>::new()
-    );
-}
-
-#[test]
-fn help_lists_every_setting_with_its_default() {
-    let out = gateway(&["--help"], &[]);
-    assert!(out.status.success());
-    let help = text(&out.stdout);
-    for line in [
+testkit::cli_tests!(
+    GATEWAY,
+    gateway::Config,
+    [
         "  HTTP_ADDR  [default: 127.0.0.1:8080]",
         "  CUSTOMER_API_URL  [default: http://127.0.0.1:8081]",
         "  MAX_BODY_BYTES  [default: 16384; at least 1]",
         "  RECEIVE_WAIT_SECONDS  [default: 20; 0 to 20]",
         "  TOPOLOGY_STACK  [default: saga-messaging]",
-    ] {
-        assert!(help.contains(line), "{line:?} missing from:\n{help}");
-    }
-}
-
-#[test]
-fn version() {
-    let out = gateway(&["--version"], &[]);
-    assert!(out.status.success());
-    assert_eq!(text(&out.stdout), format!("gateway {}\n", env!("CARGO_PKG_VERSION")));
-}
+    ]
+);
 
 #[test]
 fn an_unknown_argument_is_refused() {
-    let out = gateway(&["--port", "80"], &[]);
+    let out = run(GATEWAY, &["--port", "80"], &[]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("unknown argument `--port`"),
@@ -63,7 +31,11 @@ fn an_unknown_argument_is_refused() {
 
 #[test]
 fn out_of_range_values_and_unknown_file_keys_are_refused_by_name() {
-    let out = gateway(&[], &[("RECEIVE_WAIT_SECONDS", "25"), ("STALL_AFTER_SECONDS", "0")]);
+    let out = run(
+        GATEWAY,
+        &[],
+        &[("RECEIVE_WAIT_SECONDS", "25"), ("STALL_AFTER_SECONDS", "0")],
+    );
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
@@ -75,7 +47,7 @@ fn out_of_range_values_and_unknown_file_keys_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
     std::fs::write(&file, "max_body_byte = 100\n").unwrap();
-    let out = gateway(&[], &[("CONFIG_FILE", file.to_str().unwrap())]);
+    let out = run(GATEWAY, &[], &[("CONFIG_FILE", file.to_str().unwrap())]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(

@@ -6,17 +6,15 @@
 //! The routes come from the gateway's API document: each documented operation must say what it
 //! answers while the database is down ([`while_down`]), so a new route cannot escape the test.
 
-mod support;
-
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::json;
 use sqlx::any::AnyPoolOptions;
 use std::sync::Arc;
 use std::time::Duration;
-use support::api::{Answer, Served, call};
-use support::proxy::{Cuttable, server_address};
-use support::{Backend, TestDb};
+use testkit::api::{Answer, Served, call};
+use testkit::proxy::{Cuttable, server_address};
+use testkit::{Backend, TestDb};
 use tokio::sync::Notify;
 
 /// A pool through the relay, quick to give up so the test stays short (production waits 10 s).
@@ -35,7 +33,7 @@ async fn pool_through(relay: &Cuttable, db: &TestDb, migrations: sqlx::migrate::
 
 fn get(uri: &str) -> Request<Body> {
     Request::get(uri)
-        .header("authorization", format!("Bearer {}", support::OPERATOR_TOKEN))
+        .header("authorization", format!("Bearer {}", testkit::OPERATOR_TOKEN))
         .body(Body::empty())
         .unwrap()
 }
@@ -123,7 +121,7 @@ fn while_down(method: &str, path: &str, id: &str, unknown: uuid::Uuid) -> WhileD
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_503_while_the_database_is_down() {
-    support::init_logs();
+    testkit::init_logs();
     let gateway_db = TestDb::new(Backend::Postgres, "gateway").await;
     let customer_db = TestDb::new(Backend::Postgres, "customer").await;
     let transaction_db = TestDb::new(Backend::Postgres, "transaction").await;
@@ -140,7 +138,7 @@ async fn every_route_answers_503_while_the_database_is_down() {
     let config = gateway::Config {
         customer_api_url: customer.url(""),
         transaction_api_url: transaction.url(""),
-        ..support::gateway_config()
+        ..testkit::gateway_config()
     };
     let gateway_pool = pool_through(&relay, &gateway_db, gateway::migrations()).await;
     let gateway = gateway::router(&config, gateway_pool, Arc::new(Notify::new())).unwrap();

@@ -11,14 +11,12 @@
 //! or a 1 MB header. Those cases are marked "protocol level" below and accept that status or a
 //! plain close, but still no 5xx and no hang. Every request has a timeout.
 
-mod support;
-
 use proptest::prelude::*;
 use serde_json::Value;
 use std::time::Duration;
-use support::Backend;
-use support::api::{GatewayApi, Served};
-use support::raw::{assert_problem, assert_refused, raw, request};
+use testkit::Backend;
+use testkit::api::{GatewayApi, Served};
+use testkit::raw::{assert_problem, assert_refused, raw, request};
 
 /// No answer within this is a hang.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -229,7 +227,7 @@ async fn abusive_requests_get_problem_details_never_5xx_or_hangs() {
     problem(post(json, wide.into_bytes()).await.unwrap(), 422, "a wide array").await;
 
     // --- ids in paths (with the operator token, so the operator route reaches its id check)
-    let bearer = format!("Bearer {}", support::OPERATOR_TOKEN);
+    let bearer = format!("Bearer {}", testkit::OPERATOR_TOKEN);
     for (prefix, headers) in [
         ("/api/enrollments/", Vec::new()),
         ("/api/customers/", vec![("authorization", bearer.as_bytes())]),

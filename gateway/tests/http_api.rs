@@ -1,15 +1,13 @@
 //! The gateway's HTTP contract for bad input and idempotent retries, in process (the real router
 //! over a fresh database, no bus), and start-up checks of the topology (against LocalStack).
 
-mod support;
-
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::{Value, json};
-use support::Backend;
-use support::api::GatewayApi;
+use testkit::Backend;
+use testkit::api::GatewayApi;
 
-on_both_backends!(
+testkit::on_both_backends!(
     bad_input_gets_problem_details,
     idempotency_key_replays_or_conflicts,
     a_malformed_traceparent_is_ignored,
@@ -114,7 +112,7 @@ async fn bad_input_gets_problem_details(backend: Backend) {
     let mut with_token = get("/api/customers/nope");
     with_token.headers_mut().insert(
         "authorization",
-        format!("Bearer {}", support::OPERATOR_TOKEN).parse().unwrap(),
+        format!("Bearer {}", testkit::OPERATOR_TOKEN).parse().unwrap(),
     );
     api.call(with_token).await.problem(400);
     api.call(get("/no/such/route")).await.problem(404);
@@ -207,7 +205,7 @@ async fn an_empty_listing_parameter_is_refused_not_read_as_absent(backend: Backe
     let api = GatewayApi::start(backend).await;
     let listing = |query: &str| {
         Request::get(format!("/api/enrollments?{query}"))
-            .header("authorization", format!("Bearer {}", support::OPERATOR_TOKEN))
+            .header("authorization", format!("Bearer {}", testkit::OPERATOR_TOKEN))
             .body(Body::empty())
             .unwrap()
     };
@@ -254,7 +252,7 @@ async fn the_listing_names_a_customer_only_where_there_is_one(backend: Backend) 
         .await
         .unwrap();
     let listing = Request::get("/api/enrollments")
-        .header("authorization", format!("Bearer {}", support::OPERATOR_TOKEN))
+        .header("authorization", format!("Bearer {}", testkit::OPERATOR_TOKEN))
         .body(Body::empty())
         .unwrap();
     let answer = api.call(listing).await;
@@ -269,9 +267,9 @@ async fn the_listing_names_a_customer_only_where_there_is_one(backend: Backend) 
 /// provision it; it creates nothing itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_refuse_to_start_without_their_topology() {
-    support::init_logs();
-    let bus = support::bus().await;
-    let db = support::TestDb::new(Backend::Sqlite, "customer").await;
+    testkit::init_logs();
+    let bus = testkit::bus().await;
+    let db = testkit::TestDb::new(Backend::Sqlite, "customer").await;
     let mut common = utility::runtime::config::CommonConfig::new(([127, 0, 0, 1], 0).into(), db.url.clone());
     common.topology.topology_stack = format!("missing-{}", uuid::Uuid::new_v4().simple());
     let err = customer_api::Application::build(customer_api::Config { common: common.clone() }, bus.clone())

@@ -2,14 +2,12 @@
 //! by the terminal status or by a stopping gateway, and fed across gateway instances), and
 //! request/reply with `Prefer: wait`.
 
-mod support;
-
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::api::{GatewayApi, Served};
-use support::{Backend, Options, System};
+use testkit::api::{GatewayApi, Served};
+use testkit::{Backend, DEADLINE, Options, Poll, System, eventually};
 
-on_both_backends!(
+testkit::on_both_backends!(
     events_follow_the_saga_and_resume_without_repeats,
     prefer_wait_answers_with_the_outcome
 );
@@ -78,7 +76,7 @@ async fn events_follow_the_saga_and_resume_without_repeats(backend: Backend) {
     let email = format!("live-{}@example.com", uuid::Uuid::new_v4().simple());
     let id = system.submit("Live", &email).await;
     let url = system.url(&format!("/api/enrollments/{id}/events"));
-    let (events, ended) = read_events(open(&system, &url, None).await, support::DEADLINE).await;
+    let (events, ended) = read_events(open(&system, &url, None).await, DEADLINE).await;
     assert!(ended, "the stream did not end after the terminal status: {events:?}");
     assert_eq!(statuses(&events), ["pending", "enrolled", "completed"]);
     assert!(events.iter().all(|e| e.event == "status" && !e.id.is_empty()));
@@ -86,7 +84,7 @@ async fn events_follow_the_saga_and_resume_without_repeats(backend: Backend) {
     assert!(events[1].data["at"].is_string());
 
     // Resuming after `enrolled` gives what followed it, once.
-    let (resumed, ended) = read_events(open(&system, &url, Some(&events[1].id)).await, support::DEADLINE).await;
+    let (resumed, ended) = read_events(open(&system, &url, Some(&events[1].id)).await, DEADLINE).await;
     assert!(ended);
     assert_eq!(statuses(&resumed), ["completed"]);
     assert_eq!(resumed[0].id, events[2].id);
@@ -115,7 +113,7 @@ async fn prefer_wait_answers_with_the_outcome(backend: Backend) {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "completed", "{body}");
     assert_eq!(body["bonus_points"], 500);
-    assert_eq!(support::history(&body), ["pending", "enrolled", "completed"]);
+    assert_eq!(testkit::history(&body), ["pending", "enrolled", "completed"]);
     assert_eq!(location, format!("/api/enrollments/{}", body["id"].as_str().unwrap()));
     // A GET that asks to wait for a finished saga answers at once; an absurd wait is capped.
     let started = tokio::time::Instant::now();
@@ -150,7 +148,7 @@ async fn a_second_gateway_instance_streams_what_the_first_consumed() {
         .await
         .unwrap();
     let second = gateway::router(
-        &support::gateway_config(),
+        &testkit::gateway_config(),
         pool,
         std::sync::Arc::new(tokio::sync::Notify::new()),
     )
@@ -169,7 +167,7 @@ async fn a_second_gateway_instance_streams_what_the_first_consumed() {
         .unwrap();
     let id = answer["id"].as_str().unwrap().to_owned();
     let url = second.url(&format!("/api/enrollments/{id}/events"));
-    let stream = tokio::spawn(read_events(open(&system, &url, None).await, support::DEADLINE));
+    let stream = tokio::spawn(read_events(open(&system, &url, None).await, DEADLINE));
     // Let the saga go: the first instance, restarted with its relay, publishes the held command.
     system.gateway.take().unwrap().stop().await.unwrap();
     system.start_gateway(true).await;
@@ -177,7 +175,7 @@ async fn a_second_gateway_instance_streams_what_the_first_consumed() {
     assert!(ended, "{events:?}");
     assert_eq!(statuses(&events), ["pending", "enrolled", "completed"]);
     // Resuming from the first entry gives the rest, once, in order.
-    let (resumed, _) = read_events(open(&system, &url, Some(&events[0].id)).await, support::DEADLINE).await;
+    let (resumed, _) = read_events(open(&system, &url, Some(&events[0].id)).await, DEADLINE).await;
     assert_eq!(statuses(&resumed), ["enrolled", "completed"]);
     second.stop().await;
     system.stop().await;
@@ -221,7 +219,7 @@ async fn waits_end_with_the_wait_and_streams_are_bounded() {
         Backend::Sqlite,
         gateway::Config {
             max_event_streams: 1,
-            ..support::gateway_config()
+            ..testkit::gateway_config()
         },
     )
     .await;
@@ -232,7 +230,7 @@ async fn waits_end_with_the_wait_and_streams_are_bounded() {
         Backend::Sqlite,
         gateway::Config {
             max_waiting_requests: 0,
-            ..support::gateway_config()
+            ..testkit::gateway_config()
         },
     )
     .await;
@@ -264,7 +262,7 @@ async fn waits_end_with_the_wait_and_streams_are_bounded() {
     assert_eq!(response.headers()["preference-applied"], "wait=1");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "pending");
-    assert_eq!(support::history(&body), ["pending"]);
+    assert_eq!(testkit::history(&body), ["pending"]);
     let id = body["id"].as_str().unwrap();
 
     // One stream may be open; the next is refused until it closes.
@@ -275,17 +273,11 @@ async fn waits_end_with_the_wait_and_streams_are_bounded() {
     assert_eq!(second.status(), 503);
     assert!(second.headers().contains_key("retry-after"));
     drop(first);
-    let deadline = tokio::time::Instant::now() + support::DEADLINE;
-    loop {
+    eventually("the closed stream's place to come back", DEADLINE, async || {
         let again = http.get(&events).send().await.unwrap();
-        if again.status() == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the closed stream's place never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Poll::ready_if(again.status() == 200, (), again.status())
+    })
+    .await
+    .unwrap();
     server.stop().await;
 }

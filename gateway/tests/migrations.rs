@@ -3,12 +3,10 @@
 //! migrated with its rows, the history still references its enrollment, and a status the old
 //! CHECK did not list can now be stored (the statuses are declared in code, which writes them).
 
-mod support;
-
 use sqlx::Row;
-use support::{Backend, TestDb};
+use testkit::{Backend, TestDb};
 
-on_both_backends!(the_status_check_goes_and_every_row_stays);
+testkit::on_both_backends!(the_status_check_goes_and_every_row_stays);
 
 /// The gateway's migrations before `version`, as a migrator of their own.
 async fn migrations_before(version: i64) -> (sqlx::migrate::Migrator, tempfile::TempDir) {

@@ -7,12 +7,9 @@
 //! - their JSON log lines carry that trace id, and the access log line says who asked what;
 //! - `/metrics` of each service counts what happened, and the `gauges` line reports the backlog.
 
-mod support;
-
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
-use support::procs::Processes;
-use support::{OPERATOR_TOKEN, eventually};
+use testkit::{DEADLINE, OPERATOR_TOKEN, Poll, Processes, Shown, eventually};
 
 fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
     span["attributes"].as_array()?.iter().find(|a| a["key"] == key)?["value"]["stringValue"].as_str()
@@ -61,32 +58,34 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
         ("gateway", "process gateway-events"),
     ];
     // Wait until the terminal hop's span has been exported, then read the chain up from it.
-    let chain = eventually("the saga's spans to arrive over OTLP", || {
-        let spans = system.collector.spans();
-        let client_trace = client_trace.clone();
-        let client_span = client_span.to_owned();
-        async move {
-            let trace: Vec<Value> = spans
-                .into_iter()
-                .filter(|s| s["traceId"] == client_trace.as_str())
-                .collect();
-            let terminal = trace
-                .iter()
-                .find(|s| s["service"] == "gateway" && attribute(s, "message_type") == Some("BonusPointsPosted"))?;
-            let by_id: HashMap<&str, &Value> = trace.iter().map(|s| (s["spanId"].as_str().unwrap_or(""), s)).collect();
-            let mut chain = vec![terminal.clone()];
-            let mut parent = terminal["parentSpanId"].as_str().unwrap_or("");
-            while let Some(span) = by_id.get(parent) {
-                chain.push((*span).clone());
-                parent = span["parentSpanId"].as_str().unwrap_or("");
-            }
-            chain.reverse();
-            // Complete once the root is reached: the span whose parent is the client's.
-            (chain[0]["parentSpanId"] == client_span.as_str()).then_some(chain)
+    let chain = eventually("the saga's spans to arrive over OTLP", DEADLINE, async || {
+        let trace: Vec<Value> = system
+            .collector
+            .spans()
+            .into_iter()
+            .filter(|s| s["traceId"] == client_trace.as_str())
+            .collect();
+        let terminal = trace
+            .iter()
+            .find(|s| s["service"] == "gateway" && attribute(s, "message_type") == Some("BonusPointsPosted"));
+        let Some(terminal) = terminal else {
+            return Poll::Pending(format!("{} spans of the trace, none of the terminal hop", trace.len()));
+        };
+        let by_id: HashMap<&str, &Value> = trace.iter().map(|s| (s["spanId"].as_str().unwrap_or(""), s)).collect();
+        let mut chain = vec![terminal.clone()];
+        let mut parent = terminal["parentSpanId"].as_str().unwrap_or("");
+        while let Some(span) = by_id.get(parent) {
+            chain.push((*span).clone());
+            parent = span["parentSpanId"].as_str().unwrap_or("");
         }
+        chain.reverse();
+        // Complete once the root is reached: the span whose parent is the client's.
+        let reached = chain[0]["parentSpanId"] == client_span;
+        let seen = format!("a chain of {} spans up from the terminal hop", chain.len());
+        Poll::ready_if(reached, chain, seen)
     })
     .await
-    .unwrap_or_else(|| {
+    .unwrap_or_else(|timed_out| {
         let spans = system.collector.spans();
         let names: Vec<String> = spans
             .iter()
@@ -98,7 +97,7 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
             })
             .collect();
         panic!(
-            "no complete chain in trace {client_trace}; spans received:\n{}",
+            "no complete chain in trace {client_trace} ({timed_out}); spans received:\n{}",
             names.join("\n")
         )
     });
@@ -145,14 +144,14 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
     assert!(starts.windows(2).all(|w| w[0] <= w[1]), "start times {starts:?}");
 
     // Every line is JSON.
-    for service in [&system.gateway, &system.customer, &system.transaction] {
+    for service in [system.gateway(), system.customer(), system.transaction()] {
         for line in service.logs() {
             assert!(line.is_object(), "not a JSON log line: {line}");
         }
     }
     // Logs join: every line that names this enrollment carries the trace id.
     let mut joined = 0;
-    for service in [&system.gateway, &system.customer, &system.transaction] {
+    for service in [system.gateway(), system.customer(), system.transaction()] {
         for line in service.logs() {
             let names_it = line["correlation_id"] == id.as_str() || line["enrollment_id"] == id.as_str();
             if names_it {
@@ -165,7 +164,7 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
     assert!(joined >= 6, "only {joined} log lines named the enrollment");
     // The access log line of the submission, at INFO.
     let access = system
-        .gateway
+        .gateway()
         .logs()
         .into_iter()
         .find(|l| l["message"] == "request" && l["request_id"] == "req-observability-1")
@@ -178,7 +177,7 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
     assert_eq!(access["trace_id"], client_trace.as_str());
     // And the saga's end.
     let finished = system
-        .gateway
+        .gateway()
         .logs()
         .into_iter()
         .find(|l| l["message"] == "saga finished" && l["enrollment_id"] == id.as_str())
@@ -196,7 +195,7 @@ async fn metrics_count_what_happened() {
         let email = format!("metrics-{}@example.com", uuid::Uuid::new_v4().simple());
         system.enroll(&email, &[]).await;
     }
-    let gateway = system.metrics(&system.gateway).await;
+    let gateway = system.metrics(system.gateway()).await;
     assert_eq!(
         sample(&gateway, r#"saga_sagas{status="completed"}"#),
         Some(f64::from(n)),
@@ -230,52 +229,48 @@ async fn metrics_count_what_happened() {
         "{gateway}"
     );
     // Every outbox row went out: the backlog returns to zero on each service.
-    for service in [&system.gateway, &system.customer, &system.transaction] {
-        let url = system.url(service, "/metrics");
-        let http = system.http.clone();
-        eventually("the outbox backlog to drain", || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let text = http
-                    .get(&url)
-                    .bearer_auth(OPERATOR_TOKEN)
-                    .send()
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
-                (sample(&text, "saga_outbox_pending") == Some(0.0)
-                    && sample(&text, "saga_outbox_oldest_pending_age_seconds") == Some(0.0))
-                .then_some(())
-            }
+    for service in [system.gateway(), system.customer(), system.transaction()] {
+        let what = format!("the outbox backlog of {} to drain", service.name);
+        eventually(&what, DEADLINE, async || {
+            let answer = system
+                .http
+                .get(service.url("/metrics"))
+                .bearer_auth(OPERATOR_TOKEN)
+                .send()
+                .await;
+            let text = match answer {
+                Ok(answer) => answer.text().await.unwrap_or_default(),
+                Err(err) => return Poll::Pending((None, None, Some(err.to_string()))),
+            };
+            let pending = sample(&text, "saga_outbox_pending");
+            let oldest = sample(&text, "saga_outbox_oldest_pending_age_seconds");
+            Poll::ready_if(pending == Some(0.0) && oldest == Some(0.0), (), (pending, oldest, None))
         })
         .await
-        .expect("backlog drained");
+        .unwrap();
     }
-    let customer = system.metrics(&system.customer).await;
+    let customer = system.metrics(system.customer()).await;
     let commands = queue("CustomerCommandsQueueUrl");
     let labels = format!(r#"saga_messages_total{{queue="{commands}",type="Enroll",outcome="handled"}}"#);
     assert_eq!(sample(&customer, &labels), Some(f64::from(n)), "{customer}");
     // The gateway's /metrics is an operator route.
-    let anonymous = system
-        .http
-        .get(system.url(&system.gateway, "/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = system.http.get(system.gateway().url("/metrics")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     // The gauges line, every GAUGES_LOG_SECONDS: the backlog, and on the gateway the stalled sagas.
-    let gauges = eventually("a gauges line after the sagas", || {
-        let logs = system.gateway.logs();
-        async move {
-            logs.into_iter()
-                .rev()
-                .find(|l| l["message"] == "gauges" && l["outbox_pending"] == 0)
+    let gauges = eventually("a gauges line after the sagas", DEADLINE, async || {
+        let logs = system.gateway().logs();
+        let last = logs.iter().rev().find(|l| l["message"] == "gauges").cloned();
+        match logs
+            .into_iter()
+            .rev()
+            .find(|l| l["message"] == "gauges" && l["outbox_pending"] == 0)
+        {
+            Some(line) => Poll::Ready(line),
+            None => Poll::Pending(last.map(Shown)),
         }
     })
     .await
-    .expect("gauges line");
+    .unwrap();
     assert_eq!(gauges["service"], "gateway");
     assert_eq!(gauges["stalled_sagas"], 0);
     assert!(gauges["outbox_oldest_age_seconds"].is_number(), "{gauges}");

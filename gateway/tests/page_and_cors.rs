@@ -2,13 +2,11 @@
 //! assets come with a same-origin Content-Security-Policy and `nosniff`; an origin listed in
 //! `CORS_ALLOWED_ORIGINS` gets CORS headers on a preflight and on a POST, any other origin none.
 
-mod support;
-
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::json;
-use support::Backend;
-use support::api::GatewayApi;
+use testkit::Backend;
+use testkit::api::GatewayApi;
 use tower::ServiceExt;
 
 const ALLOWED: &str = "https://app.example.com";
@@ -32,7 +30,7 @@ async fn body_text(api: &GatewayApi, uri: &str) -> (u16, axum::http::HeaderMap, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_and_its_assets_are_served_same_origin_only() {
-    let api = GatewayApi::with_config(Backend::Sqlite, support::gateway_config()).await;
+    let api = GatewayApi::with_config(Backend::Sqlite, testkit::gateway_config()).await;
     for (uri, content_type, needle) in [
         ("/", "text/html", "<form id=\"enroll\""),
         ("/assets/app.css", "text/css", "--error"),
@@ -85,7 +83,7 @@ fn post(origin: &str) -> Request<Body> {
 async fn an_allowed_origin_gets_cors_headers_and_another_does_not() {
     let config = gateway::Config {
         cors_allowed_origins: format!("{ALLOWED}, https://second.example.org").parse().unwrap(),
-        ..support::gateway_config()
+        ..testkit::gateway_config()
     };
     let api = GatewayApi::with_config(Backend::Sqlite, config).await;
 
@@ -128,7 +126,7 @@ async fn an_allowed_origin_gets_cors_headers_and_another_does_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_configured_origins_no_cors_headers_are_sent() {
-    let api = GatewayApi::with_config(Backend::Sqlite, support::gateway_config()).await;
+    let api = GatewayApi::with_config(Backend::Sqlite, testkit::gateway_config()).await;
     let answer = api.call(preflight(ALLOWED)).await;
     assert_eq!(answer.header("access-control-allow-origin"), None);
     let accepted = api.call(post(ALLOWED)).await;

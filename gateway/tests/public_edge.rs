@@ -1,18 +1,16 @@
 //! The gateway's edge, in process: operator routes behind the bearer token (and off without
 //! one), the per-client submission limit, load shedding, and the operator listing.
 
-mod support;
-
 use axum::body::Body;
 use axum::extract::connect_info::ConnectInfo;
 use axum::http::Request;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::api::{Answer, GatewayApi, Served, call};
-use support::{Backend, OPERATOR_TOKEN, TestDb};
+use testkit::api::{Answer, GatewayApi, Served, call};
+use testkit::{Backend, OPERATOR_TOKEN, TestDb};
 
-on_both_backends!(operator_listing_pages_and_filters);
+testkit::on_both_backends!(operator_listing_pages_and_filters);
 
 fn enrollment(n: usize) -> Value {
     json!({"name": format!("Edge {n}"), "email": format!("edge-{n}-{}@example.com", uuid::Uuid::new_v4())})
@@ -74,7 +72,7 @@ async fn operator_routes_need_the_token_and_are_off_without_one() {
     let config = gateway::Config {
         customer_api_url: customer.url(""),
         transaction_api_url: transaction.url(""),
-        ..support::gateway_config()
+        ..testkit::gateway_config()
     };
     let api = GatewayApi::with_config(Backend::Sqlite, config.clone()).await;
     let accepted = api.call(submit_from("203.0.113.1:5000", None, 0)).await;
@@ -128,7 +126,7 @@ async fn operator_routes_need_the_token_and_are_off_without_one() {
     // A token too short to be safe stops the gateway from starting.
     let short = gateway::Config {
         operator_token: Some(utility::runtime::config::Secret::new("short".to_owned())),
-        ..support::gateway_config()
+        ..testkit::gateway_config()
     };
     let pool = off.pool.clone();
     let err = gateway::router(&short, pool, std::sync::Arc::new(tokio::sync::Notify::new()))
@@ -148,7 +146,7 @@ async fn submissions_are_limited_per_client_address() {
             rate_limit_per_minute: 1,
             rate_limit_burst: 3,
             trusted_proxy_cidrs: "10.0.0.0/16".parse().unwrap(),
-            ..support::gateway_config()
+            ..testkit::gateway_config()
         },
     )
     .await;
@@ -215,7 +213,7 @@ async fn requests_beyond_capacity_are_shed_at_once() {
         Backend::Sqlite,
         gateway::Config {
             max_concurrent_requests: 2,
-            ..support::gateway_config()
+            ..testkit::gateway_config()
         },
     )
     .await;

@@ -1,11 +1,9 @@
 //! The enrollment saga end to end: the three services, a real LocalStack, real databases.
 
-mod support;
-
 use serde_json::Value;
-use support::{Backend, Options, System, history, scalar_i64};
+use testkit::{Backend, DEADLINE, Options, Poll, Shown, System, eventually, history, scalar_i64};
 
-on_both_backends!(
+testkit::on_both_backends!(
     enrollment_completes_with_customer_active_and_points_posted,
     exhausted_budget_rolls_the_enrollment_back,
     duplicate_email_is_rejected,
@@ -29,7 +27,7 @@ async fn enrollment_completes_with_customer_active_and_points_posted(backend: Ba
     let email = unique_email("happy");
 
     let id = system.submit("Ada Lovelace", &email).await;
-    let done = system.wait_for_status(&id, &support::TERMINAL).await;
+    let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
 
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["bonus_points"], 500);
@@ -74,12 +72,12 @@ async fn exhausted_budget_rolls_the_enrollment_back(backend: Backend) {
 
     // The first enrollment takes the whole budget...
     let first = system.submit("First", &unique_email("first")).await;
-    let done = system.wait_for_status(&first, &support::TERMINAL).await;
+    let done = system.wait_for_status(&first, &testkit::TERMINAL).await;
     assert_eq!(done["status"], "completed", "{done}");
 
     // ...so the second cannot get its bonus and is rolled back.
     let second = system.submit("Second", &unique_email("second")).await;
-    let done = system.wait_for_status(&second, &support::TERMINAL).await;
+    let done = system.wait_for_status(&second, &testkit::TERMINAL).await;
     assert_eq!(done["status"], "rolled_back", "{done}");
     assert_eq!(history(&done), ["pending", "enrolled", "compensating", "rolled_back"]);
     assert_eq!(done["bonus_points"], Value::Null);
@@ -109,12 +107,12 @@ async fn duplicate_email_is_rejected(backend: Backend) {
 
     let first = system.submit("Grace", &email).await;
     assert_eq!(
-        system.wait_for_status(&first, &support::TERMINAL).await["status"],
+        system.wait_for_status(&first, &testkit::TERMINAL).await["status"],
         "completed"
     );
 
     let second = system.submit("Grace Again", &email.to_uppercase()).await;
-    let done = system.wait_for_status(&second, &support::TERMINAL).await;
+    let done = system.wait_for_status(&second, &testkit::TERMINAL).await;
     assert_eq!(done["status"], "rejected", "{done}");
     assert_eq!(history(&done), ["pending", "rejected"]);
     assert_eq!(done["customer_id"], Value::Null);
@@ -145,7 +143,7 @@ async fn redelivered_commands_have_one_effect(backend: Backend) {
     let system = System::start(backend, Options::default()).await;
     let email = unique_email("again");
     let id = system.submit("Alan", &email).await;
-    let done = system.wait_for_status(&id, &support::TERMINAL).await;
+    let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
     assert_eq!(done["status"], "completed");
     let customer_id = done["customer_id"].as_str().unwrap().to_owned();
 
@@ -166,9 +164,7 @@ async fn redelivered_commands_have_one_effect(backend: Backend) {
     }
     // Both copies of each were received and deleted (not left to retry, not dead-lettered).
     for queue in ["CustomerCommandsQueueUrl", "TransactionCommandsQueueUrl"] {
-        let drained =
-            support::eventually(queue, || async { (system.queue_depth(queue).await == 0).then_some(()) }).await;
-        assert!(drained.is_some(), "{queue} still holds the duplicates");
+        system.wait_for_queue_depth(queue, 0).await;
     }
     for dlq in ["CustomerCommandsDlqUrl", "TransactionCommandsDlqUrl"] {
         assert_eq!(system.queue_depth(dlq).await, 0, "{dlq}");
@@ -217,7 +213,7 @@ async fn outbox_row_written_before_a_crash_is_published_after_restart(backend: B
 
     // A new gateway process on the same database publishes what the old one left.
     system.start_gateway(true).await;
-    let done = system.wait_for_status(&id, &support::TERMINAL).await;
+    let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(
         utility::messaging::outbox::pending(&system.gateway().pool)
@@ -248,11 +244,9 @@ async fn malformed_messages_reach_the_dead_letter_queue_while_the_service_keeps_
         system.send_raw("CustomerCommandsQueueUrl", body).await;
     }
 
-    let arrived = support::eventually("poison messages in the DLQ", || async {
-        (system.queue_depth("CustomerCommandsDlqUrl").await == poison.len() as i64).then_some(())
-    })
-    .await;
-    assert!(arrived.is_some(), "not every poison message reached the DLQ");
+    system
+        .wait_for_queue_depth("CustomerCommandsDlqUrl", poison.len() as i64)
+        .await;
     let received = system
         .bus
         .sqs()
@@ -273,7 +267,7 @@ async fn malformed_messages_reach_the_dead_letter_queue_while_the_service_keeps_
     // The customer-api kept serving throughout.
     let id = system.submit("After Poison", &unique_email("after")).await;
     assert_eq!(
-        system.wait_for_status(&id, &support::TERMINAL).await["status"],
+        system.wait_for_status(&id, &testkit::TERMINAL).await["status"],
         "completed"
     );
     system.stop().await;
@@ -289,12 +283,12 @@ async fn stalled_saga_is_visible_and_completes_when_the_service_returns(backend:
 
     let id = system.submit("Patient", &unique_email("stall")).await;
     system.wait_for_status(&id, &["enrolled"]).await;
-    let stalled = support::eventually("the saga to be reported stalled", || async {
+    let stalled = eventually("the saga to be shown stalled", DEADLINE, async || {
         let (_, body) = system.get_json(&format!("/api/enrollments/{id}")).await;
-        (body["stalled"] == true).then_some(body)
+        Poll::ready_if(body["stalled"] == true, body.clone(), Shown(body))
     })
     .await
-    .expect("the saga is shown stalled");
+    .unwrap();
     assert_eq!(stalled["status"], "enrolled");
     let (status, listing) = system.get_json("/api/enrollments/stalled").await;
     assert_eq!(status, 200, "{listing}");
@@ -313,7 +307,7 @@ async fn stalled_saga_is_visible_and_completes_when_the_service_returns(backend:
 
     // The transaction-api comes back: the saga finishes by itself and is no longer stalled.
     system.start_transaction(None).await;
-    let done = system.wait_for_status(&id, &support::TERMINAL).await;
+    let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["stalled"], false);
     let (_, listing) = system.get_json("/api/enrollments/stalled").await;
@@ -336,7 +330,7 @@ async fn late_bonus_after_a_rollback_is_reversed(backend: Backend) {
     };
     let mut system = System::start(backend, options).await;
     let id = system.submit("Late", &unique_email("late")).await;
-    let done = system.wait_for_status(&id, &support::TERMINAL).await;
+    let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
     assert_eq!(done["status"], "rolled_back", "{done}");
     let customer_id = done["customer_id"].as_str().unwrap().to_owned();
 
@@ -354,15 +348,15 @@ async fn late_bonus_after_a_rollback_is_reversed(backend: Backend) {
         .send_raw("TransactionCommandsQueueUrl", &resent.to_string())
         .await;
 
-    let reversed = support::eventually("the late bonus to be reversed", || async {
+    let reversed = eventually("a BonusPointsReversed entry in the history", DEADLINE, async || {
         let (_, body) = system.get_json(&format!("/api/enrollments/{id}")).await;
-        body["history"]
+        let reversed = body["history"]
             .as_array()
-            .is_some_and(|h| h.iter().any(|e| e["event"] == "BonusPointsReversed"))
-            .then_some(body)
+            .is_some_and(|h| h.iter().any(|e| e["event"] == "BonusPointsReversed"));
+        Poll::ready_if(reversed, body.clone(), Shown(body))
     })
     .await
-    .expect("a BonusPointsReversed entry in the history");
+    .unwrap();
     assert_eq!(reversed["status"], "rolled_back");
     let events: Vec<&str> = reversed["history"]
         .as_array()
@@ -403,11 +397,11 @@ async fn a_rejected_enrollment_never_gains_a_customer(backend: Backend) {
     let system = System::start(backend, Options::default()).await;
     let email = unique_email("freed");
     let first = system.submit("First", &email).await;
-    let done = system.wait_for_status(&first, &support::TERMINAL).await;
+    let done = system.wait_for_status(&first, &testkit::TERMINAL).await;
     assert_eq!(done["status"], "completed");
     let second = system.submit("Second", &email).await;
     assert_eq!(
-        system.wait_for_status(&second, &support::TERMINAL).await["status"],
+        system.wait_for_status(&second, &testkit::TERMINAL).await["status"],
         "rejected"
     );
 
@@ -419,17 +413,17 @@ async fn a_rejected_enrollment_never_gains_a_customer(backend: Backend) {
     });
     system.send_raw("CustomerCommandsQueueUrl", &unenroll.to_string()).await;
     let customer_pool = system.customer.as_ref().unwrap().pool.clone();
-    let freed = support::eventually("the first customer to be unenrolled", || async {
+    eventually("the first customer to be unenrolled", DEADLINE, async || {
         let active = scalar_i64(
             &customer_pool,
             "SELECT COUNT(*) FROM customers WHERE email = $1 AND status = 'active'",
             &email,
         )
         .await;
-        (active == 0).then_some(())
+        Poll::ready_if(active == 0, (), format!("{active} active"))
     })
-    .await;
-    assert!(freed.is_some());
+    .await
+    .unwrap();
 
     // The rejected enrollment's command again, with a new message id.
     let body: String =
@@ -441,11 +435,8 @@ async fn a_rejected_enrollment_never_gains_a_customer(backend: Backend) {
     let mut again: Value = serde_json::from_str(&body).unwrap();
     again["message_id"] = uuid::Uuid::now_v7().to_string().into();
     system.send_raw("CustomerCommandsQueueUrl", &again.to_string()).await;
-    let drained = support::eventually("the command to be handled", || async {
-        (system.queue_depth("CustomerCommandsQueueUrl").await == 0).then_some(())
-    })
-    .await;
-    assert!(drained.is_some());
+    // Handled: gone from the queue.
+    system.wait_for_queue_depth("CustomerCommandsQueueUrl", 0).await;
     assert_eq!(system.queue_depth("CustomerCommandsDlqUrl").await, 0);
     let customers = scalar_i64(
         &customer_pool,
@@ -476,9 +467,9 @@ fn command(kind: &str, enrollment: &str, payload: Value) -> String {
 async fn commands_naming_another_enrollments_customer_are_refused(backend: Backend) {
     let system = System::start(backend, Options::default()).await;
     let victim = system.submit("Victim", &unique_email("victim")).await;
-    let victim = system.wait_for_status(&victim, &support::TERMINAL).await;
+    let victim = system.wait_for_status(&victim, &testkit::TERMINAL).await;
     let other = system.submit("Other", &unique_email("other")).await;
-    let other = system.wait_for_status(&other, &support::TERMINAL).await;
+    let other = system.wait_for_status(&other, &testkit::TERMINAL).await;
     assert_eq!(
         (victim["status"].as_str(), other["status"].as_str()),
         (Some("completed"), Some("completed"))
@@ -499,12 +490,9 @@ async fn commands_naming_another_enrollments_customer_are_refused(backend: Backe
             &command("ReverseBonusPoints", other_enrollment, payload),
         )
         .await;
+    // Each refused command reached its DLQ.
     for dlq in ["CustomerCommandsDlqUrl", "TransactionCommandsDlqUrl"] {
-        let dead = support::eventually("the refused command to reach its DLQ", || async {
-            (system.queue_depth(dlq).await == 1).then_some(())
-        })
-        .await;
-        assert!(dead.is_some(), "{dlq}");
+        system.wait_for_queue_depth(dlq, 1).await;
     }
     let (_, customer) = system.get_json(&format!("/api/customers/{victim_customer}")).await;
     assert_eq!(customer["status"], "active", "{customer}");
@@ -546,7 +534,7 @@ async fn an_http_flood_costs_no_message_its_receive(backend: Backend) {
             while !stop.is_cancelled() {
                 let request = match worker % 3 {
                     0 => client.get(&show),
-                    1 => client.get(&list).bearer_auth(support::OPERATOR_TOKEN),
+                    1 => client.get(&list).bearer_auth(testkit::OPERATOR_TOKEN),
                     _ => client
                         .post(&post)
                         .json(&serde_json::json!({"name": "", "email": "flood"})),
@@ -567,7 +555,7 @@ async fn an_http_flood_costs_no_message_its_receive(backend: Backend) {
     }
     let mut done = Vec::new();
     for id in &ids {
-        done.push(system.wait_for_status(id, &support::TERMINAL).await["status"].clone());
+        done.push(system.wait_for_status(id, &testkit::TERMINAL).await["status"].clone());
     }
     stop.cancel();
     let mut requests = 0;
@@ -609,21 +597,25 @@ async fn sagas_complete_while_every_http_connection_is_taken(backend: Backend) {
     let watcher = utility::storage::connect(&system.gateway_db.url, gateway::migrations())
         .await
         .unwrap();
-    let finished = support::eventually("every saga to finish with the HTTP pools taken", || async {
+    eventually("every saga to finish with the HTTP pools taken", DEADLINE, async || {
         let done: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM enrollments WHERE status IN ('completed', 'rejected', 'rolled_back')",
         )
         .fetch_one(&watcher)
         .await
         .unwrap();
-        (done == ids.len() as i64).then_some(())
+        Poll::ready_if(
+            done == ids.len() as i64,
+            (),
+            format!("{done} of {} finished", ids.len()),
+        )
     })
-    .await;
-    assert!(finished.is_some(), "sagas stalled while the HTTP pools were taken");
+    .await
+    .expect("sagas stalled while the HTTP pools were taken");
     drop(held);
     for id in &ids {
         assert_eq!(
-            system.wait_for_status(id, &support::TERMINAL).await["status"],
+            system.wait_for_status(id, &testkit::TERMINAL).await["status"],
             "completed"
         );
     }

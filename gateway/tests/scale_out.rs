@@ -1,14 +1,12 @@
 //! Several instances of a service on one PostgreSQL database: their outbox relays claim rows
 //! with `FOR UPDATE SKIP LOCKED`, so each row is published by one instance, once, however the
-//! relays' rounds overlap. (The fault suite's `kill9x2` phase runs two instances of every
+//! relays' rounds overlap. (The fault suite's `kill9-pair` phase runs two instances of every
 //! service under `kill -9`.)
-
-mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Backend, TestDb};
+use testkit::{Backend, DEADLINE, Poll, TestDb, eventually};
 use utility::messaging::Endpoint;
 use utility::messaging::outbox::Relay;
 use utility::messaging::topology::Topology;
@@ -16,7 +14,7 @@ use utility::messaging::topology::Topology;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_of_two_instances_publish_each_row_once() {
     const ROWS: usize = 600;
-    let bus = support::bus().await;
+    let bus = testkit::bus().await;
     let queue = bus
         .sqs()
         .create_queue()
@@ -73,13 +71,7 @@ async fn relays_of_two_instances_publish_each_row_once() {
 
     // What reached the queue: every row, once.
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let deadline = std::time::Instant::now() + support::DEADLINE;
-    while seen.len() < ROWS || seen.values().sum::<usize>() < ROWS {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} of {ROWS} rows arrived",
-            seen.len()
-        );
+    eventually("every row to arrive", DEADLINE, async || {
         let received = bus.receive(&queue, 1).await.unwrap();
         let receipts: Vec<&str> = received.iter().map(|m| m.receipt_handle.as_str()).collect();
         if !receipts.is_empty() {
@@ -88,7 +80,15 @@ async fn relays_of_two_instances_publish_each_row_once() {
         for message in &received {
             *seen.entry(message.body.clone()).or_default() += 1;
         }
-    }
+        let arrived = seen.len();
+        Poll::ready_if(
+            arrived >= ROWS && seen.values().sum::<usize>() >= ROWS,
+            (),
+            format!("{arrived} of {ROWS} rows"),
+        )
+    })
+    .await
+    .unwrap();
     // A second copy would arrive within a receive or two of the rest.
     for _ in 0..3 {
         for message in bus.receive(&queue, 1).await.unwrap() {

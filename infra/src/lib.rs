@@ -3,8 +3,6 @@
 //! suites (one isolated stack per test, by name prefix) and AWS. [`app`] and [`release`] add the
 //! EC2 deployment (`sagactl deploy-app`) on top of the same stack functions.
 
-pub mod ephemeral;
-pub use ephemeral::EphemeralStack;
 pub mod app;
 pub mod release;
 

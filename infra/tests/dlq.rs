@@ -6,7 +6,7 @@
 
 use infra::MessagingParams;
 use infra::dlq::{self, DeadLetter};
-use std::time::Duration;
+use testkit::{DEADLINE, Poll, TestStack, bus, emulator_endpoint, eventually};
 use utility::domain::{CustomerName, Email};
 use utility::messaging::Endpoint;
 use utility::messaging::bus::{Bus, Outgoing};
@@ -14,37 +14,14 @@ use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{CustomerEnrolled, Enroll, EnrollmentRejected, Message};
 use uuid::Uuid;
 
-const DEADLINE: Duration = Duration::from_secs(45);
-
-fn endpoint() -> String {
-    utility::messaging::bus::emulator_endpoint()
-}
-
-async fn bus() -> Bus {
-    Bus::for_emulator(&endpoint()).await
-}
-
-/// An isolated messaging stack, deleted on drop (so also when an assertion fails).
-struct TestStack(infra::EphemeralStack);
-
-impl TestStack {
-    async fn deploy(bus: &Bus) -> Self {
-        let params = MessagingParams {
-            max_receive_count: 2,
-            visibility_timeout_seconds: 10,
-            ..MessagingParams::new(format!("d{}", &Uuid::new_v4().simple().to_string()[..12]))
-        };
-        let stack = infra::EphemeralStack::deploy(bus.cloudformation(), &params)
-            .await
-            .unwrap_or_else(|e| panic!("deploying the test stack failed (is LocalStack running?): {e}"));
-        Self(stack)
-    }
-
-    fn url(&self, key: &str) -> &str {
-        self.0
-            .output(key)
-            .unwrap_or_else(|| panic!("stack output {key} missing"))
-    }
+/// An isolated messaging stack (deleted on drop, so also when an assertion fails) whose queues
+/// dead-letter a message on its second receive.
+async fn dead_lettering_stack(bus: &Bus) -> TestStack {
+    let params = MessagingParams {
+        max_receive_count: 2,
+        ..TestStack::params()
+    };
+    TestStack::deploy_with(bus, params).await
 }
 
 fn name() -> CustomerName {
@@ -62,13 +39,12 @@ async fn visible(bus: &Bus, url: &str) -> i64 {
 /// Receives a message from `work` without deleting it, as a consumer that keeps failing would,
 /// until SQS has moved it to `dlq`.
 async fn dead_letter_the_real_way(bus: &Bus, work: &str, dlq: &str) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while visible(bus, dlq).await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the message never reached {dlq}"
-        );
-        bus.sqs()
+    eventually(&format!("the message to reach {dlq}"), DEADLINE, async || {
+        if visible(bus, dlq).await > 0 {
+            return Poll::Ready(());
+        }
+        let received = bus
+            .sqs()
             .receive_message()
             .queue_url(work)
             .visibility_timeout(0)
@@ -76,7 +52,10 @@ async fn dead_letter_the_real_way(bus: &Bus, work: &str, dlq: &str) {
             .send()
             .await
             .expect("receive");
-    }
+        Poll::Pending(format!("received {} from {work}", received.messages().len()))
+    })
+    .await
+    .unwrap();
 }
 
 /// The bodies and `type` attributes now in a queue (consumed: the test owns the queue).
@@ -121,7 +100,7 @@ fn ids(letters: &[DeadLetter]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
     let bus = bus().await;
-    let stack = TestStack::deploy(&bus).await;
+    let stack = dead_lettering_stack(&bus).await;
 
     // A valid command nobody could handle, and a body that is not JSON at all: both the real way.
     let enroll = Envelope::new(
@@ -131,12 +110,12 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
         }),
         Uuid::now_v7(),
     );
-    let commands = stack.url("CustomerCommandsQueueUrl");
+    let commands = stack.output("CustomerCommandsQueueUrl");
     bus.send_batch(commands, &[Outgoing::from(&enroll)])
         .await
         .expect("send");
-    dead_letter_the_real_way(&bus, commands, stack.url("CustomerCommandsDlqUrl")).await;
-    let transactions = stack.url("TransactionCommandsQueueUrl");
+    dead_letter_the_real_way(&bus, commands, stack.output("CustomerCommandsDlqUrl")).await;
+    let transactions = stack.output("TransactionCommandsQueueUrl");
     bus.sqs()
         .send_message()
         .queue_url(transactions)
@@ -144,7 +123,7 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
         .send()
         .await
         .expect("send");
-    dead_letter_the_real_way(&bus, transactions, stack.url("TransactionCommandsDlqUrl")).await;
+    dead_letter_the_real_way(&bus, transactions, stack.output("TransactionCommandsDlqUrl")).await;
 
     // An event in the gateway's DLQ and one SNS could not deliver, put there directly.
     let enrolled = Envelope::new(
@@ -162,17 +141,17 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
         }),
         Uuid::now_v7(),
     );
-    bus.send_batch(stack.url("GatewayEventsDlqUrl"), &[Outgoing::from(&enrolled)])
+    bus.send_batch(stack.output("GatewayEventsDlqUrl"), &[Outgoing::from(&enrolled)])
         .await
         .expect("send");
     bus.send_batch(
-        stack.url("CustomerEventsSubscriptionDlqUrl"),
+        stack.output("CustomerEventsSubscriptionDlqUrl"),
         &[Outgoing::from(&rejected)],
     )
     .await
     .expect("send");
 
-    let queues = dlq::resolve(&stack.0.outputs, None).expect("the stack has every DLQ output");
+    let queues = dlq::resolve(&stack.outputs, None).expect("the stack has every DLQ output");
     let first = dlq::list(&bus, &queues, 100).await.expect("list");
     assert_eq!(first.len(), 4, "{first:#?}");
     let [enroll_letter] = by_dlq(&first, "customer-commands-dlq")[..] else {
@@ -207,8 +186,8 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
     let output = tokio::time::timeout(
         DEADLINE,
         tokio::process::Command::new(env!("CARGO_BIN_EXE_sagactl"))
-            .args(["dlq", "list", "--json", "--stack", &stack.0.name])
-            .env("AWS_ENDPOINT_URL", endpoint())
+            .args(["dlq", "list", "--json", "--stack", &stack.name])
+            .env("AWS_ENDPOINT_URL", emulator_endpoint())
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -258,7 +237,7 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
     let back = drain(&bus, transactions, 1).await;
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].0, "{not json");
-    let mut events: Vec<String> = drain(&bus, stack.url("GatewayEventsQueueUrl"), 2)
+    let mut events: Vec<String> = drain(&bus, stack.output("GatewayEventsQueueUrl"), 2)
         .await
         .into_iter()
         .map(|(body, kind)| {
@@ -278,8 +257,8 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeliverable_events_go_back_to_the_gateway_queue() {
     let bus = bus().await;
-    let stack = TestStack::deploy(&bus).await;
-    let gateway_events = stack.url("GatewayEventsQueueUrl").to_owned();
+    let stack = dead_lettering_stack(&bus).await;
+    let gateway_events = stack.output("GatewayEventsQueueUrl").to_owned();
     bus.sqs()
         .delete_queue()
         .queue_url(&gateway_events)
@@ -294,23 +273,17 @@ async fn undeliverable_events_go_back_to_the_gateway_queue() {
         }),
         Uuid::now_v7(),
     );
-    bus.publish_batch(stack.url("CustomerEventsTopicArn"), &[Outgoing::from(&event)])
+    bus.publish_batch(stack.output("CustomerEventsTopicArn"), &[Outgoing::from(&event)])
         .await
         .expect("publish");
 
-    let queues = dlq::resolve(&stack.0.outputs, Some(Endpoint::GatewayEvents)).expect("DLQ outputs");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let letters = loop {
+    let queues = dlq::resolve(&stack.outputs, Some(Endpoint::GatewayEvents)).expect("DLQ outputs");
+    let letters = eventually("SNS to dead-letter the event", DEADLINE, async || {
         let letters = dlq::list(&bus, &queues, 100).await.expect("list");
-        if !letters.is_empty() {
-            break letters;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "SNS never dead-lettered the event"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        Poll::ready_if(!letters.is_empty(), letters, "no dead letter")
+    })
+    .await
+    .unwrap();
     let [letter] = &letters[..] else {
         panic!("one undeliverable event: {letters:#?}")
     };

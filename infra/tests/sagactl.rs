@@ -64,12 +64,7 @@ fn destroy_refuses_aws_and_remote_endpoints_without_yes_before_any_call() {
 /// is, and the failure to reach it is one readable line per cause, printed once.
 #[test]
 fn a_local_endpoint_needs_no_yes_and_failures_read_as_one_line_per_cause() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("http://127.0.0.1:{}", testkit::free_port());
     let (output, _) = sagactl(
         &["destroy", "--prefix", "saga"],
         &[("AWS_ENDPOINT_URL", &endpoint), ("AWS_MAX_ATTEMPTS", "1")],

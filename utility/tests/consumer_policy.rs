@@ -10,6 +10,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::{Poll, bus_at, eventually};
 use tokio_util::sync::CancellationToken;
 use utility::domain::{CustomerName, Email};
 use utility::messaging::bus::Bus;
@@ -25,14 +26,6 @@ const MAX_RECEIVES: u32 = 3;
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 /// The handlers' time limit in these tests, beyond their scripted work.
 const HANDLER_LIMIT: Duration = Duration::from_secs(2);
-
-async fn bus_at(endpoint: &str) -> Bus {
-    Bus::for_emulator(endpoint).await
-}
-
-async fn localstack() -> Bus {
-    Bus::for_emulator(&utility::messaging::bus::emulator_endpoint()).await
-}
 
 /// A work queue with its DLQ; both deleted on drop.
 struct Queues {
@@ -169,30 +162,9 @@ struct Running {
 }
 
 async fn start(bus: &Bus, queue: &str, handler: Scripted) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}/policy.db", dir.path().display());
-    let pool = utility::storage::connect(&url, sqlx::migrate::Migrator::DEFAULT)
-        .await
-        .unwrap();
     // Scripted slow work is within the limit; a scripted hang is not.
     let limit = handler.work_for + HANDLER_LIMIT;
-    let consumer = Consumer::new(
-        queue.to_owned(),
-        bus.clone(),
-        pool.clone(),
-        handler,
-        Arc::new(tokio::sync::Notify::new()),
-        1,
-    )
-    .with_handler_timeout(limit);
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(consumer.run(stop.clone()));
-    Running {
-        stop,
-        handle,
-        pool,
-        _dir: dir,
-    }
+    start_with(bus, queue, handler, limit).await
 }
 
 impl Running {
@@ -206,19 +178,18 @@ impl Running {
     }
 }
 
+/// Waits until `check` holds; fails after [`DEADLINE`].
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(what, DEADLINE, async || Poll::ready_if(check().await, (), ()))
+        .await
+        .unwrap();
 }
 
 /// A message whose first attempt fails transiently comes back after [`FIRST_RETRY`] (not at
 /// once, and not after the queue's 30 s timeout), is handled on the second attempt, and is
 /// recorded once: the failed attempt's transaction left nothing behind.
 async fn retried_once_after_the_first_retry_delay(handler: Scripted) {
-    let bus = localstack().await;
+    let bus = testkit::bus().await;
     let queues = Queues::create(&bus, 30).await;
     let running = start(&bus, &queues.work, handler.clone()).await;
     let sent = envelope();
@@ -277,7 +248,7 @@ async fn a_handler_past_its_time_limit_is_abandoned_and_retried() {
         hang_first: 1,
         ..Scripted::default()
     };
-    let bus = localstack().await;
+    let bus = testkit::bus().await;
     let queues = Queues::create(&bus, 30).await;
     let running = start(&bus, &queues.work, handler.clone()).await;
     queues.send(&envelope()).await;
@@ -298,7 +269,7 @@ async fn a_handler_past_its_time_limit_is_abandoned_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_work_keeps_its_message_invisible() {
-    let bus = localstack().await;
+    let bus = testkit::bus().await;
     let queues = Queues::create(&bus, 4).await;
     let handler = Scripted {
         work_for: Duration::from_secs(10),
@@ -339,7 +310,7 @@ async fn slow_work_keeps_its_message_invisible() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_bounded_by_the_redrive_count() {
-    let bus = localstack().await;
+    let bus = testkit::bus().await;
     let queues = Queues::create(&bus, 30).await;
     let handler = Scripted {
         refuse: true,
@@ -463,7 +434,7 @@ impl Handler for Writing {
 /// Sends `count` messages in one batch, so that one receive returns them together, and starts a
 /// consumer over a database with an `effects` table. The envelopes come back in send order.
 async fn batch_of(count: usize, faults: &[(usize, Fault)]) -> (Queues, Writing, Running, Vec<Envelope>) {
-    let bus = localstack().await;
+    let bus = testkit::bus().await;
     let queues = Queues::create(&bus, 30).await;
     let sent: Vec<Envelope> = (0..count).map(|_| envelope()).collect();
     let handler = Writing::default();
@@ -480,9 +451,10 @@ async fn batch_of(count: usize, faults: &[(usize, Fault)]) -> (Queues, Writing, 
     (queues, handler, running, sent)
 }
 
+/// A consumer of `queue` over a fresh SQLite database that also has an `effects` table.
 async fn start_with<H: Handler>(bus: &Bus, queue: &str, handler: H, limit: Duration) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}/batch.db", dir.path().display());
+    let url = format!("sqlite:{}/policy.db", dir.path().display());
     let pool = utility::storage::connect(&url, sqlx::migrate::Migrator::DEFAULT)
         .await
         .unwrap();
@@ -590,7 +562,7 @@ async fn a_hung_handler_in_a_batch_loses_and_doubles_nothing() {
 /// duplicate of the first's uncommitted effect, within the same transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_twice_in_one_batch_takes_effect_once() {
-    let bus = localstack().await;
+    let bus = testkit::bus().await;
     let queues = Queues::create(&bus, 30).await;
     let twice = envelope();
     let handler = Writing::default();
@@ -615,7 +587,7 @@ async fn the_same_message_twice_in_one_batch_takes_effect_once() {
 /// message it would see each earlier message of the batch as it commits).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_commits_once_after_all_its_messages() {
-    let bus = localstack().await;
+    let bus = testkit::bus().await;
     let queues = Queues::create(&bus, 30).await;
     let sent: Vec<Envelope> = (0..6).map(|_| envelope()).collect();
     let outgoing: Vec<_> = sent.iter().map(Into::into).collect();
@@ -646,9 +618,7 @@ async fn a_batch_commits_once_after_all_its_messages() {
     );
     let mut handled = 0;
     let mut largest_batch = 0;
-    let deadline = Instant::now() + DEADLINE;
-    while handled < sent.len() {
-        assert!(Instant::now() < deadline, "only {handled} handled");
+    eventually("every message to be handled", DEADLINE, async || {
         let committed_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects")
             .fetch_one(&pool)
             .await
@@ -662,7 +632,10 @@ async fn a_batch_commits_once_after_all_its_messages() {
             seen.iter().all(|&n| n == committed_before),
             "another reader saw effects of this batch before its end: {seen:?}, {committed_before} committed before it"
         );
-    }
+        Poll::ready_if(handled >= sent.len(), (), format!("only {handled} handled"))
+    })
+    .await
+    .unwrap();
     assert!(
         largest_batch >= 2,
         "the messages never came in one receive; nothing was shown"
@@ -683,10 +656,10 @@ async fn processed(pool: &sqlx::AnyPool) -> i64 {
 /// (one delete per receive would make the two counts equal). Each is handled once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_are_gathered_across_receives() {
-    let producer = localstack().await;
+    let producer = testkit::bus().await;
     let queues = Queues::create(&producer, 30).await;
     // The consumer's own bus, so its request counter holds its calls alone.
-    let consumer_bus = localstack().await;
+    let consumer_bus = testkit::bus().await;
     let handler = Scripted::default();
     let running = start(&consumer_bus, &queues.work, handler.clone()).await;
     const SENT: i64 = 40;
@@ -718,7 +691,7 @@ async fn deletes_are_gathered_across_receives() {
 /// or not handled and still in it; none is both, and none is neither.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_finishes_the_batch_received_ahead() {
-    let bus = localstack().await;
+    let bus = testkit::bus().await;
     let queues = Queues::create(&bus, 30).await;
     const SENT: usize = 20;
     let sent: Vec<Envelope> = (0..SENT).map(|_| envelope()).collect();
@@ -730,7 +703,7 @@ async fn stopping_finishes_the_batch_received_ahead() {
         work_for: Duration::from_millis(100),
         ..Scripted::default()
     };
-    let running = start(&localstack().await, &queues.work, handler.clone()).await;
+    let running = start(&testkit::bus().await, &queues.work, handler.clone()).await;
     // Nothing left to receive (the emulator returns ten a receive when it has them): the first
     // batch is being handled and the second is held ahead of it.
     until("both batches to be received", async || {

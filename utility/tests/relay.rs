@@ -5,13 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 use utility::messaging::Endpoint;
-use utility::messaging::bus::Bus;
 use utility::messaging::outbox::Relay;
 use utility::messaging::topology::Topology;
-
-async fn localstack() -> Bus {
-    Bus::for_emulator(&utility::messaging::bus::emulator_endpoint()).await
-}
 
 async fn insert(pool: &sqlx::AnyPool, id: &str, destination: &str, body: &str) {
     sqlx::query(
@@ -29,7 +24,7 @@ async fn insert(pool: &sqlx::AnyPool, id: &str, destination: &str, body: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_rows_are_set_aside_and_do_not_block_the_others() {
-    let bus = localstack().await;
+    let bus = testkit::bus().await;
     let name = format!("relay-{}", uuid::Uuid::new_v4().simple());
     let queue = bus
         .sqs()

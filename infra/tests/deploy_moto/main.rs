@@ -22,11 +22,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
+use testkit::{Poll, Process, eventually};
 
 /// A moto server on a free port, stopped when dropped.
 struct Moto {
-    child: tokio::process::Child,
+    _server: Process,
     endpoint: String,
+    /// Its output: a request a line, too much for the test's own.
+    _logs: tempfile::TempDir,
 }
 
 impl Moto {
@@ -41,29 +44,32 @@ impl Moto {
         assert!(out.status.success(), "infra/moto/moto.sh path failed");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let server = PathBuf::from(stdout.trim().lines().last().unwrap_or_default());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new(&server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", server.display()));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "moto_server did not listen on {port} within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let port = testkit::free_port();
+        let logs = tempfile::tempdir().unwrap();
+        let mut process = Process::new("moto_server", &server)
+            .arg("-H")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(port.to_string())
+            .log_file(logs.path().join("moto.log"));
+        process
+            .start()
+            .unwrap_or_else(|e| panic!("start {}: {e:#}", server.display()));
+        let what = format!("moto_server to listen on {port}");
+        eventually(
+            &what,
+            Duration::from_secs(60),
+            async || match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(_) => Poll::Ready(()),
+                Err(err) => Poll::Pending(err.kind()),
+            },
+        )
+        .await
+        .unwrap();
         Self {
-            child,
+            _server: process,
             endpoint: format!("http://127.0.0.1:{port}"),
+            _logs: logs,
         }
     }
 
@@ -75,12 +81,6 @@ impl Moto {
             .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
             .load()
             .await
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
     }
 }
 

@@ -242,7 +242,7 @@ async fn compare_api(
     let mut tasks = tokio::task::JoinSet::new();
     for Accepted { id, .. } in accepted {
         let (http, url, id) = (
-            system.http.clone(),
+            system.processes.http.clone(),
             format!("{}/api/enrollments/{id}", system.gateway_url()),
             id.clone(),
         );

@@ -7,9 +7,10 @@ use rand::seq::SliceRandom;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use testkit::{Patience, Poll, eventually};
 use tokio::time::Instant;
 use utility::messaging::Endpoint;
-use utility::messaging::bus::Outgoing;
+use utility::messaging::bus::{Outgoing, QueueDepth};
 
 /// Envelopes the services have published so far (their outbox rows marked sent), by destination.
 pub async fn sent_envelopes(system: &System) -> anyhow::Result<Vec<(Endpoint, Outgoing)>> {
@@ -50,9 +51,9 @@ pub async fn resend(system: &System, mut messages: Vec<(Endpoint, Outgoing)>) ->
         let address = system.output(endpoint.outputs().address)?;
         let batch: Vec<Outgoing> = chunk.iter().map(|(_, m)| m.clone()).collect();
         let accepted = if endpoint.is_topic() {
-            system.bus.publish_batch(address, &batch).await?
+            system.processes.bus.publish_batch(address, &batch).await?
         } else {
-            system.bus.send_batch(address, &batch).await?
+            system.processes.bus.send_batch(address, &batch).await?
         };
         sent += accepted.sent.len();
     }
@@ -73,24 +74,20 @@ pub async fn resend_new(system: &System, done: &mut HashSet<String>) -> anyhow::
 pub async fn queue_depths(system: &System, keys: &[&str]) -> anyhow::Result<HashMap<String, i64>> {
     let mut depths = HashMap::new();
     for key in keys {
-        let depth = system
-            .bus
-            .queue_depth(system.output(key)?)
-            .await
-            .with_context(|| format!("queue depth of {key}"))?;
-        depths.insert((*key).to_owned(), depth.total());
+        depths.insert((*key).to_owned(), queue_depth(system, key).await?.total());
     }
     Ok(depths)
 }
 
 /// Messages received from the queue and not yet deleted (held by a consumer).
 pub async fn in_flight(system: &System, key: &str) -> anyhow::Result<i64> {
-    let depth = system
-        .bus
-        .queue_depth(system.output(key)?)
-        .await
-        .with_context(|| format!("queue depth of {key}"))?;
-    Ok(depth.in_flight)
+    Ok(queue_depth(system, key).await?.in_flight)
+}
+
+async fn queue_depth(system: &System, key: &str) -> anyhow::Result<QueueDepth> {
+    let url = system.output(key)?;
+    let depth = system.processes.bus.queue_depth(url).await;
+    depth.with_context(|| format!("queue depth of {key}"))
 }
 
 /// The output keys of the three work queues (from the endpoint table).
@@ -112,19 +109,15 @@ pub fn dead_letter_queues() -> Vec<&'static str> {
 
 /// Waits until the work queues are empty (nothing waiting, nothing in flight).
 pub async fn drain(system: &System, limit: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let depths = queue_depths(system, &work_queues()).await?;
-        if depths.values().all(|&d| d == 0) {
-            return Ok(());
+    let patience = Patience::within(limit).every(Duration::from_millis(500));
+    eventually("the work queues to drain", patience, async || {
+        match queue_depths(system, &work_queues()).await {
+            Ok(depths) if depths.values().all(|&d| d == 0) => Poll::Ready(Ok(())),
+            Ok(depths) => Poll::Pending(depths),
+            Err(err) => Poll::Ready(Err(err)),
         }
-        anyhow::ensure!(
-            started.elapsed() < limit,
-            "work queues not drained within {} s: {depths:?}",
-            limit.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await?
 }
 
 /// One poison message as sent.
@@ -209,6 +202,7 @@ pub async fn send_poison(system: &System) -> anyhow::Result<(Vec<Poison>, String
 
 async fn send_raw(system: &System, url: &str, body: String) -> anyhow::Result<String> {
     let out = system
+        .processes
         .bus
         .sqs()
         .send_message()
@@ -229,6 +223,7 @@ pub async fn find_in_dlqs(system: &System, poison: &[Poison], limit: Duration) -
     while found.len() < poison.len() && started.elapsed() < limit {
         for key in &dlqs {
             let out = system
+                .processes
                 .bus
                 .sqs()
                 .receive_message()
@@ -255,12 +250,8 @@ pub async fn find_in_dlqs(system: &System, poison: &[Poison], limit: Duration) -
 pub fn warn_lines(system: &System, poison: &[Poison]) -> HashMap<String, usize> {
     let ids: HashSet<&str> = poison.iter().map(|p| p.sqs_message_id.as_str()).collect();
     let mut counts: HashMap<String, usize> = poison.iter().map(|p| (p.sqs_message_id.clone(), 0)).collect();
-    for service in &system.services {
-        let text = std::fs::read_to_string(&service.log).unwrap_or_default();
-        for line in text.lines() {
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
+    for service in &system.processes.services {
+        for value in service.logs() {
             if value["level"] != "WARN" {
                 continue;
             }

@@ -12,7 +12,6 @@ mod load;
 mod outage;
 mod phase;
 mod phases;
-mod procs;
 mod servers;
 mod system;
 
@@ -145,7 +144,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let (postgres, storage) = match args.backend {
         Backend::Sqlite => (None, Storage::Sqlite),
         Backend::Postgres => {
-            let mut server = servers::OwnPostgres::create(procs::free_port()?).await?;
+            let mut server = servers::OwnPostgres::create(testkit::free_port()).await?;
             server.start().await?;
             let admin_url = server.admin_url();
             (Some(server), Storage::Postgres { admin_url })

@@ -8,23 +8,23 @@ use crate::phase::{Context, Fault, Report, TERM_LIMIT, accepted_ids, check_dlqs_
 use crate::servers::OwnLocalStack;
 use crate::system::{NAMES, System, TRANSACTION};
 use std::time::Duration;
+use testkit::{Patience, Poll, eventually};
 use tokio::time::Instant;
 
 /// Polls every service's `/ready` until each has answered `want` at least once.
 async fn wait_all_ready_status(system: &System, want: u16, limit: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let mut seen = [false; 3];
-    while !seen.iter().all(|s| *s) {
-        for (i, service) in system.services.iter().enumerate() {
-            seen[i] |= service.ready_status(&system.http).await == Some(want);
+    let services = &system.processes.services;
+    let mut seen = vec![false; services.len()];
+    let what = format!("every service to answer /ready {want}");
+    let patience = Patience::within(limit).every(Duration::from_millis(250));
+    eventually(&what, patience, async || {
+        for (i, service) in services.iter().enumerate() {
+            seen[i] |= service.ready_status(&system.processes.http).await == Some(want);
         }
-        anyhow::ensure!(
-            started.elapsed() < limit,
-            "not every service answered /ready {want} within {} s (seen: {seen:?})",
-            limit.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Poll::ready_if(seen.iter().all(|s| *s), (), seen.clone())
+    })
+    .await?;
     Ok(started.elapsed())
 }
 
@@ -32,7 +32,7 @@ async fn wait_all_ready_status(system: &System, want: u16, limit: Duration) -> a
 /// phase drains the queues first; what it checks is that enrollments accepted during the outage
 /// wait in the gateway's outbox and complete once the bus and the topology are back.
 pub async fn bus(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
-    let port = crate::procs::free_port()?;
+    let port = testkit::free_port();
     let mut localstack = OwnLocalStack::new(port, ctx.settings.run_dir.join("bus_outage-localstack"));
     localstack.start().await?;
     let mut system = ctx
@@ -65,7 +65,7 @@ pub async fn bus(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
     ids.extend(during.accepted.iter().map(|a| a.id.clone()));
     // A stop during the outage must still be clean and quick (the relay's last flush is
     // bounded); the service comes back once the bus is there, since start-up needs the topology.
-    match system.services[TRANSACTION].terminate(TERM_LIMIT).await {
+    match system.processes.services[TRANSACTION].terminate(TERM_LIMIT).await {
         Ok(took) => report.notes.push(format!(
             "transaction-api exited 0 {:.1} s after SIGTERM during the outage",
             took.as_secs_f64()
@@ -77,7 +77,12 @@ pub async fn bus(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
     }
     let remaining = ctx.outage.saturating_sub(outage_start.elapsed());
     tokio::time::sleep(remaining).await;
-    for service in system.services.iter_mut().filter(|s| s.name != NAMES[TRANSACTION]) {
+    for service in system
+        .processes
+        .services
+        .iter_mut()
+        .filter(|s| s.name != NAMES[TRANSACTION])
+    {
         if !service.alive() {
             report
                 .tally
@@ -87,8 +92,8 @@ pub async fn bus(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     localstack.start().await?;
-    infra::deploy_messaging(system.bus.cloudformation(), &system.params.stack_name(), &system.params).await?;
-    system.services[TRANSACTION].start()?;
+    system.processes.stack.redeploy().await?;
+    system.processes.services[TRANSACTION].start()?;
     let fault_end = Instant::now();
     report.notes.push(format!(
         "bus down for {:.1} s (LocalStack stop, start, topology redeployed)",

@@ -92,7 +92,7 @@ impl Context {
     ) -> tokio::task::JoinHandle<LoadResult> {
         let tag = format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
         tokio::spawn(load::run(
-            system.http.clone(),
+            system.processes.http.clone(),
             system.gateway_urls(),
             count,
             spread,
@@ -147,15 +147,9 @@ pub(crate) fn log_lines(system: &System, message: &str) -> usize {
 /// Lines of the services' JSON logs that match.
 pub(crate) fn log_count(system: &System, matches: impl Fn(&serde_json::Value) -> bool) -> usize {
     system
+        .processes
         .services
         .iter()
-        .map(|s| {
-            std::fs::read_to_string(&s.log)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| matches(v))
-                .count()
-        })
+        .map(|s| s.logs().iter().filter(|v| v.is_object() && matches(v)).count())
         .sum()
 }

@@ -43,7 +43,7 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
             for i in [GATEWAY, CUSTOMER, TRANSACTION] {
                 tokio::time::sleep(step).await;
                 let holding = wait_until_holding(&system, i, step).await?;
-                system.services[i].kill9().await?;
+                system.processes.services[i].kill().await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let ready = system.restart(i).await?;
                 report.notes.push(format!(
@@ -61,7 +61,7 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
             for index in [GATEWAY, CUSTOMER, TRANSACTION].into_iter().flat_map(|i| [i, i + 3]) {
                 tokio::time::sleep(step).await;
                 let holding = wait_until_holding(&system, index, step).await?;
-                system.services[index].kill9().await?;
+                system.processes.services[index].kill().await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let ready = system.restart(index).await?;
                 // The queue's in-flight count includes what the other instance holds.
@@ -82,7 +82,7 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
             for i in [GATEWAY, CUSTOMER, TRANSACTION] {
                 tokio::time::sleep(step).await;
                 let holding = wait_until_holding(&system, i, step).await?;
-                match system.services[i].terminate(TERM_LIMIT).await {
+                match system.processes.services[i].terminate(TERM_LIMIT).await {
                     Ok(took) => report.notes.push(format!(
                         "{} stopped {}, exited 0 {:.1} s after SIGTERM",
                         NAMES[i],
@@ -162,7 +162,7 @@ const CONSUMES: [&str; 3] = [
 /// With two instances of the service, the queue's count includes what the other one holds.
 async fn wait_until_holding(system: &System, i: usize, limit: Duration) -> anyhow::Result<i64> {
     let started = Instant::now();
-    let service = &system.services[i];
+    let service = &system.processes.services[i];
     loop {
         service.freeze(true)?;
         let held = inject::in_flight(system, CONSUMES[i % 3]).await;

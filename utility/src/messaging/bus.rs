@@ -209,24 +209,7 @@ pub async fn load_aws_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
 }
 
-/// The emulator endpoint tests and tools use: `AWS_ENDPOINT_URL`, else LocalStack's default.
-pub fn emulator_endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
-}
-
 impl Bus {
-    /// A bus on an emulator (LocalStack, moto) at `endpoint`, with its dummy credentials and
-    /// `us-east-1`, whatever the environment holds. For tests and local tools, never for AWS.
-    pub async fn for_emulator(endpoint: &str) -> Self {
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .endpoint_url(endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .test_credentials()
-            .load()
-            .await;
-        Self::new(&sdk)
-    }
-
     pub async fn from_env() -> Self {
         Self::new(&load_aws_config().await)
     }

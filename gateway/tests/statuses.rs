@@ -1,8 +1,12 @@
-//! The EC2 application stack (`infra/app.yaml`) turns the gateway's `saga finished` log line into
-//! one count per outcome. The outcomes are the saga's terminal statuses, declared once in
-//! `gateway::saga::Status`: a terminal status without a metric filter would finish sagas that no
-//! dashboard or alarm sees, and a filter for a status that is not terminal would count nothing.
-//! (The moto audit, `infra/tests/deploy_moto`, holds the dashboard to the filters.)
+//! The saga's statuses are declared once, in `gateway::saga::Status`; what other files say of them
+//! is held to that declaration here.
+//!
+//! - The EC2 application stack (`infra/app.yaml`) turns the gateway's `saga finished` log line
+//!   into one count per outcome: a terminal status without a metric filter would finish sagas
+//!   that no dashboard or alarm sees, and a filter for a status that is not terminal would count
+//!   nothing. (The moto audit, `infra/tests/deploy_moto`, holds the dashboard to the filters.)
+//! - The test harness (`testkit`, which cannot depend on the gateway for everyone) names the
+//!   terminal statuses its waits end on.
 
 use gateway::saga::Status;
 use serde_norway::Value;
@@ -35,5 +39,15 @@ fn there_is_one_outcome_metric_per_terminal_status() {
     assert_eq!(
         unique, terminal,
         "app.yaml's outcome metrics and the terminal statuses disagree"
+    );
+}
+
+#[test]
+fn the_test_harness_waits_for_the_terminal_statuses() {
+    let harness: BTreeSet<&str> = testkit::TERMINAL.into_iter().collect();
+    let terminal: BTreeSet<&str> = Status::terminal().map(Status::name).collect();
+    assert_eq!(
+        harness, terminal,
+        "testkit::TERMINAL and the terminal statuses disagree"
     );
 }

@@ -1,29 +1,17 @@
-//! The system under test: the three real services in-process, each with a fresh database, wired
-//! through an isolated copy of the messaging stack on a real LocalStack.
-//!
-//! Environment: `AWS_ENDPOINT_URL` (default `http://127.0.0.1:4566`), `TEST_POSTGRES_URL`
-//! (default `postgres://postgres@127.0.0.1:5432/postgres`, an admin connection used to create and
-//! drop one database per service per test), `TEST_LOG` to see the services' logs.
+//! The system under test in this process: the three real services, each with a fresh database,
+//! wired through an isolated copy of the messaging stack on a real LocalStack.
 
-#![allow(dead_code)]
-
-pub mod api;
-pub mod procs;
-pub mod proxy;
-pub mod raw;
-
-use infra::MessagingParams;
+use crate::db::{Backend, TestDb};
+use crate::poll::{Poll, Shown, eventually};
+use crate::stack::TestStack;
+use crate::{DEADLINE, OPERATOR_TOKEN};
 use serde_json::{Value, json};
-use sqlx::{AnyPool, Connection, Row};
+use sqlx::AnyPool;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utility::messaging::bus::Bus;
 use utility::runtime::config::CommonConfig;
-use uuid::Uuid;
-
-/// The operator token of every test gateway.
-pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 
 /// A gateway configuration for tests: operator routes on with [`OPERATOR_TOKEN`], no rate limit
 /// (tests submit quickly from one address; the limit has tests of its own).
@@ -32,137 +20,6 @@ pub fn gateway_config() -> gateway::Config {
         operator_token: Some(utility::runtime::config::Secret::new(OPERATOR_TOKEN.to_owned())),
         rate_limit_per_minute: 0,
         ..gateway::Config::default()
-    }
-}
-
-/// How long any eventual condition may take before a test fails.
-pub const DEADLINE: Duration = Duration::from_secs(45);
-pub const TERMINAL: [&str; 3] = ["completed", "rejected", "rolled_back"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs an async test body once per storage backend.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name($crate::support::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name($crate::support::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-pub fn init_logs() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        // Nothing is exported from in-process tests (the OTLP test runs the real binaries).
-        let _ = utility::runtime::telemetry::init(utility::runtime::telemetry::LogFormat::Text, "tests");
-    }
-}
-
-pub async fn bus() -> Bus {
-    Bus::for_emulator(&utility::messaging::bus::emulator_endpoint()).await
-}
-
-/// A fresh database: a SQLite file in a temporary directory, or a new PostgreSQL database.
-pub struct TestDb {
-    pub url: String,
-    pg_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-fn admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-impl TestDb {
-    pub async fn new(backend: Backend, label: &str) -> Self {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temporary directory");
-                Self {
-                    url: format!("sqlite:{}/{label}.db", dir.path().display()),
-                    pg_name: None,
-                    _dir: Some(dir),
-                }
-            }
-            Backend::Postgres => {
-                sqlx::any::install_default_drivers();
-                let name = format!("saga_test_{label}_{}", Uuid::new_v4().simple()).replace('-', "_");
-                let admin = admin_url();
-                let mut conn = sqlx::AnyConnection::connect(&admin)
-                    .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for the postgres tests: {e}"));
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create database");
-                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-                Self {
-                    url: format!("{base}/{name}"),
-                    pg_name: Some(name),
-                    _dir: None,
-                }
-            }
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else { return };
-        // Drop runs outside any runtime we may block on: clean up on a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(mut conn) = sqlx::AnyConnection::connect(&admin_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// An isolated copy of the messaging stack, deleted on drop.
-pub struct TestStack {
-    pub name: String,
-    stack: infra::EphemeralStack,
-}
-
-impl TestStack {
-    pub async fn deploy(bus: &Bus) -> Self {
-        let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let params = MessagingParams {
-            visibility_timeout_seconds: 10,
-            ..MessagingParams::new(prefix)
-        };
-        let stack = infra::EphemeralStack::deploy(bus.cloudformation(), &params)
-            .await
-            .unwrap_or_else(|e| panic!("deploying the test stack failed (is LocalStack running?): {e}"));
-        Self {
-            name: stack.name.clone(),
-            stack,
-        }
-    }
-
-    pub fn output(&self, key: &str) -> &str {
-        self.stack
-            .output(key)
-            .unwrap_or_else(|| panic!("stack output {key} missing"))
     }
 }
 
@@ -240,8 +97,8 @@ pub struct System {
 
 impl System {
     pub async fn start(backend: Backend, options: Options) -> Self {
-        init_logs();
-        let bus = bus().await;
+        crate::init_logs();
+        let bus = crate::bus().await;
         let stack = TestStack::deploy(&bus).await;
         let gateway_db = TestDb::new(backend, "gateway").await;
         let customer_db = TestDb::new(backend, "customer").await;
@@ -379,18 +236,14 @@ impl System {
 
     /// Polls the enrollment until its status is one of `statuses`; fails after [`DEADLINE`].
     pub async fn wait_for_status(&self, id: &str, statuses: &[&str]) -> Value {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        let what = format!("enrollment {id} to reach {statuses:?}");
+        eventually(&what, DEADLINE, async || {
             let (_, body) = self.get_json(&format!("/api/enrollments/{id}")).await;
-            if body["status"].as_str().is_some_and(|s| statuses.contains(&s)) {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "enrollment {id} never reached {statuses:?}; last seen {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let reached = body["status"].as_str().is_some_and(|s| statuses.contains(&s));
+            Poll::ready_if(reached, body.clone(), Shown(body))
+        })
+        .await
+        .unwrap()
     }
 
     pub fn queue_url(&self, output: &str) -> String {
@@ -404,6 +257,18 @@ impl System {
             .await
             .expect("queue attributes")
             .total()
+    }
+
+    /// Polls the queue of stack output `output` until it holds `depth` messages, visible and in
+    /// flight; fails after [`DEADLINE`].
+    pub async fn wait_for_queue_depth(&self, output: &str, depth: i64) {
+        let what = format!("{output} to hold {depth} messages");
+        eventually(&what, DEADLINE, async || {
+            let now = self.queue_depth(output).await;
+            Poll::ready_if(now == depth, (), now)
+        })
+        .await
+        .unwrap()
     }
 
     /// Sends raw bodies to a queue, as a misbehaving producer would.
@@ -441,44 +306,4 @@ where
         shutdown,
         handle,
     }
-}
-
-/// Polls `probe` every 100 ms until it yields a value or [`DEADLINE`] passes.
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            eprintln!("gave up waiting for {what}");
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One column of one row, as text.
-pub async fn scalar_i64(pool: &AnyPool, sql: &str, bind: &str) -> i64 {
-    sqlx::query(sql)
-        .bind(bind)
-        .fetch_one(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .try_get::<i64, _>(0)
-        .expect("integer column")
-}
-
-/// The statuses of an enrollment's history, in order.
-pub fn history(body: &Value) -> Vec<String> {
-    body["history"]
-        .as_array()
-        .expect("history array")
-        .iter()
-        .map(|h| h["status"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }

@@ -3,14 +3,10 @@
 //! need no LocalStack: requests go through `Router::oneshot`, or through a real socket where the
 //! test is about the wire (raw bytes, slow bodies, connection handling).
 
-use super::{Backend, TestDb};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use serde_json::Value;
-use sqlx::AnyPool;
-use std::sync::Arc;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -62,26 +58,29 @@ pub async fn call(router: &Router, request: Request<Body>) -> Answer {
 }
 
 /// The gateway's API over a fresh database.
+#[cfg(feature = "services")]
 pub struct GatewayApi {
     pub router: Router,
-    pub pool: AnyPool,
+    pub pool: sqlx::AnyPool,
     pub config: gateway::Config,
-    _db: TestDb,
+    _db: crate::TestDb,
 }
 
+#[cfg(feature = "services")]
 impl GatewayApi {
-    /// With [`super::gateway_config`].
-    pub async fn start(backend: Backend) -> Self {
-        Self::with_config(backend, super::gateway_config()).await
+    /// With [`crate::gateway_config`].
+    pub async fn start(backend: crate::Backend) -> Self {
+        Self::with_config(backend, crate::gateway_config()).await
     }
 
-    pub async fn with_config(backend: Backend, config: gateway::Config) -> Self {
-        super::init_logs();
-        let db = TestDb::new(backend, "gateway").await;
+    pub async fn with_config(backend: crate::Backend, config: gateway::Config) -> Self {
+        crate::init_logs();
+        let db = crate::TestDb::new(backend, "gateway").await;
         let pool = utility::storage::connect(&db.url, gateway::migrations())
             .await
             .expect("gateway database");
-        let router = gateway::router(&config, pool.clone(), Arc::new(Notify::new())).expect("gateway router");
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        let router = gateway::router(&config, pool.clone(), notify).expect("gateway router");
         Self {
             router,
             pool,
