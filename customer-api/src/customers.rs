@@ -2,7 +2,7 @@
 //! event it causes (written to the outbox).
 
 use sqlx::AnyConnection;
-use utility::messaging::consumer::{Handler, HandlerError};
+use utility::messaging::consumer::{AfterCommit, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
     CustomerEnrolled, CustomerUnenrolled, Enroll, EnrollmentRejected, Message, Unenroll,
@@ -13,7 +13,7 @@ use uuid::Uuid;
 pub struct CustomerHandler;
 
 impl Handler for CustomerHandler {
-    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
         let event = match &envelope.message {
             Message::Enroll(command) => enroll(tx, envelope.correlation_id, command).await?,
             Message::Unenroll(command) => unenroll(tx, envelope.correlation_id, command).await?,
@@ -24,10 +24,18 @@ impl Handler for CustomerHandler {
                 )));
             }
         };
+        let after = match &event {
+            // A compensation is rare and worth a line; enrollments are counted, not logged.
+            Some(Message::CustomerUnenrolled(unenrolled)) => {
+                let (customer_id, reason) = (unenrolled.customer_id, unenrolled.reason.clone());
+                AfterCommit::then(move || tracing::info!(%customer_id, %reason, "customer unenrolled"))
+            }
+            _ => AfterCommit::nothing(),
+        };
         if let Some(event) = event {
             outbox::enqueue(tx, &envelope.caused(event)).await?;
         }
-        Ok(())
+        Ok(after)
     }
 }
 
@@ -42,7 +50,7 @@ async fn enroll(
         .await?;
     if rejected_before.is_some() {
         // The same enrollment arrived under a new message id; its rejection already went out.
-        tracing::info!("enrollment already rejected; nothing to do");
+        tracing::debug!("enrollment already rejected; nothing to do");
         return Ok(None);
     }
     let customer_id = Uuid::now_v7();
@@ -61,7 +69,7 @@ async fn enroll(
     .await?
     .rows_affected();
     if inserted == 1 {
-        tracing::info!(%customer_id, "customer enrolled");
+        tracing::debug!(%customer_id, "customer enrolled");
         return Ok(Some(Message::CustomerEnrolled(CustomerEnrolled {
             customer_id,
             name: command.name.clone(),
@@ -74,10 +82,10 @@ async fn enroll(
         .await?;
     if same_saga.is_some() {
         // The same enrollment arrived under a new message id; its event already went out.
-        tracing::info!("enrollment already applied; nothing to do");
+        tracing::debug!("enrollment already applied; nothing to do");
         return Ok(None);
     }
-    tracing::info!("e-mail already enrolled; rejecting");
+    tracing::debug!("e-mail already enrolled; rejecting");
     let reason = format!("a customer with e-mail {} is already enrolled", command.email);
     sqlx::query(
         "INSERT INTO rejected_enrollments (enrollment_id, email, reason, rejected_at)
@@ -117,7 +125,7 @@ async fn unenroll(
             )));
         }
         // Already rolled back: confirm again so the saga can finish.
-        Some("unenrolled") => tracing::info!("customer already unenrolled"),
+        Some("unenrolled") => tracing::debug!("customer already unenrolled"),
         Some(_) => {
             sqlx::query(
                 "UPDATE customers SET status = 'unenrolled', unenrolled_at = $1, unenroll_reason = $2
@@ -129,7 +137,6 @@ async fn unenroll(
             .bind(enrollment_id.to_string())
             .execute(&mut *tx)
             .await?;
-            tracing::info!(customer_id = %command.customer_id, reason = %command.reason, "customer unenrolled");
         }
     }
     Ok(Some(Message::CustomerUnenrolled(CustomerUnenrolled {

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::{Backend, Layout, Options, Patience, Poll, Processes, System, TestDb, TestStack, eventually};
 use utility::messaging::bus::{Bus, Outgoing};
-use utility::messaging::consumer::{Consumer, Handler, HandlerError};
+use utility::messaging::consumer::{AfterCommit, Consumer, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::storage::AnyConnection;
 
@@ -86,8 +86,8 @@ async fn send_all(bus: &Bus, queue: &str, messages: &[Outgoing]) {
 struct NoOp;
 
 impl Handler for NoOp {
-    async fn handle(&self, _tx: &mut AnyConnection, _envelope: &Envelope) -> Result<(), HandlerError> {
-        Ok(())
+    async fn handle(&self, _tx: &mut AnyConnection, _envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
+        Ok(AfterCommit::nothing())
     }
 }
 

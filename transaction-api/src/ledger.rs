@@ -2,7 +2,7 @@
 //! the consumer's transaction.
 
 use sqlx::AnyConnection;
-use utility::messaging::consumer::{Handler, HandlerError};
+use utility::messaging::consumer::{AfterCommit, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
     BonusFailure, BonusPointsFailed, BonusPointsPosted, BonusPointsReversed, Message, PostBonusPoints,
@@ -43,7 +43,7 @@ impl LedgerHandler {
 }
 
 impl Handler for LedgerHandler {
-    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
         let event = match &envelope.message {
             Message::PostBonusPoints(command) => self.post_bonus(tx, envelope.correlation_id, command).await?,
             Message::ReverseBonusPoints(command) => reverse_bonus(tx, envelope.correlation_id, command).await?,
@@ -54,10 +54,22 @@ impl Handler for LedgerHandler {
                 )));
             }
         };
+        // Refusals and reversals are rare and worth a line; bonuses are counted, not logged.
+        let after = match &event {
+            Some(Message::BonusPointsFailed(failed)) => {
+                let (customer_id, reason) = (failed.customer_id, failed.reason.clone());
+                AfterCommit::then(move || tracing::info!(%customer_id, %reason, "bonus refused"))
+            }
+            Some(Message::BonusPointsReversed(reversed)) => {
+                let (customer_id, points) = (reversed.customer_id, reversed.points);
+                AfterCommit::then(move || tracing::info!(%customer_id, points, "late bonus reversed"))
+            }
+            _ => AfterCommit::nothing(),
+        };
         if let Some(event) = event {
             outbox::enqueue(tx, &envelope.caused(event)).await?;
         }
-        Ok(())
+        Ok(after)
     }
 }
 
@@ -77,7 +89,7 @@ impl LedgerHandler {
         if already.is_some() {
             // A second command for the same enrollment (not a redelivery, which the consumer
             // already filtered): the bonus and its event exist; do nothing more.
-            tracing::info!("enrollment bonus already posted; nothing to do");
+            tracing::debug!("enrollment bonus already posted; nothing to do");
             return Ok(None);
         }
         let points = self.campaign.points;
@@ -101,7 +113,6 @@ impl LedgerHandler {
             let budget = self.campaign.budget.unwrap_or_default();
             let reason =
                 format!("campaign budget exhausted: granting {points} points would exceed the budget of {budget}");
-            tracing::info!(%customer_id, %reason, "bonus refused");
             return Ok(Some(Message::BonusPointsFailed(BonusPointsFailed {
                 customer_id,
                 reason,
@@ -121,7 +132,7 @@ impl LedgerHandler {
         .execute(&mut *tx)
         .await?;
         let balance = add_to_balance(tx, customer_id, points).await?;
-        tracing::info!(%customer_id, points, balance, "bonus posted");
+        tracing::debug!(%customer_id, points, balance, "bonus posted");
         Ok(Some(Message::BonusPointsPosted(BonusPointsPosted {
             customer_id,
             points,
@@ -168,7 +179,7 @@ async fn reverse_bonus(
     .await?
     .rows_affected();
     if inserted == 0 {
-        tracing::info!("enrollment bonus already reversed; nothing to do");
+        tracing::debug!("enrollment bonus already reversed; nothing to do");
         return Ok(None);
     }
     sqlx::query("UPDATE campaigns SET granted_points = granted_points - $1 WHERE id = $2")
@@ -177,7 +188,7 @@ async fn reverse_bonus(
         .execute(&mut *tx)
         .await?;
     let balance = add_to_balance(tx, customer_id, -points).await?;
-    tracing::info!(%customer_id, points, balance, reason = %command.reason, "late bonus reversed");
+    tracing::debug!(%customer_id, points, balance, reason = %command.reason, "bonus reversed");
     Ok(Some(Message::BonusPointsReversed(BonusPointsReversed {
         customer_id,
         points,

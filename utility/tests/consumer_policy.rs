@@ -14,7 +14,7 @@ use testkit::{Poll, bus_at, eventually};
 use tokio_util::sync::CancellationToken;
 use utility::domain::{CustomerName, Email};
 use utility::messaging::bus::Bus;
-use utility::messaging::consumer::{Consumer, Handler, HandlerError};
+use utility::messaging::consumer::{AfterCommit, Consumer, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{Enroll, Message};
 use utility::storage::AnyConnection;
@@ -120,7 +120,7 @@ impl Scripted {
 }
 
 impl Handler for Scripted {
-    async fn handle(&self, _tx: &mut AnyConnection, _envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(&self, _tx: &mut AnyConnection, _envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
         let n = {
             let mut calls = self.calls.lock().unwrap();
             calls.push(Instant::now());
@@ -140,7 +140,7 @@ impl Handler for Scripted {
         if self.refuse {
             return Err(HandlerError::Refused("scripted refusal".into()));
         }
-        Ok(())
+        Ok(AfterCommit::nothing())
     }
 }
 
@@ -381,9 +381,19 @@ struct Writing {
     first_attempt: Arc<Mutex<std::collections::HashMap<String, Fault>>>,
     attempts: Arc<Mutex<std::collections::HashMap<String, usize>>>,
     /// When set, each attempt first counts the effects committed so far, through this second
-    /// connection (what another reader of the database sees), into `committed_seen`.
+    /// connection (what another reader of the database sees), into `log`, and each commit is
+    /// logged after it happened.
     reader: Arc<std::sync::OnceLock<sqlx::AnyPool>>,
-    committed_seen: Arc<Mutex<Vec<i64>>>,
+    log: Arc<Mutex<Vec<Logged>>>,
+}
+
+/// What the `Writing` handler saw, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logged {
+    /// An attempt began; another reader saw this many effects committed.
+    Attempt { committed_seen: i64 },
+    /// An attempt's transaction committed.
+    Committed,
 }
 
 #[derive(Clone, Copy)]
@@ -401,14 +411,16 @@ impl Writing {
 }
 
 impl Handler for Writing {
-    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
         let id = envelope.message_id.to_string();
         *self.attempts.lock().unwrap().entry(id.clone()).or_default() += 1;
         if let Some(reader) = self.reader.get() {
             let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects")
                 .fetch_one(reader)
                 .await?;
-            self.committed_seen.lock().unwrap().push(committed);
+            self.log.lock().unwrap().push(Logged::Attempt {
+                committed_seen: committed,
+            });
         }
         sqlx::query("INSERT INTO effects (message_id) VALUES ($1)")
             .bind(&id)
@@ -423,7 +435,10 @@ impl Handler for Writing {
             }
         };
         match fault {
-            None => Ok(()),
+            None => {
+                let log = self.log.clone();
+                Ok(AfterCommit::then(move || log.lock().unwrap().push(Logged::Committed)))
+            }
             Some(Fault::Database) => Err(HandlerError::Database(sqlx::Error::PoolTimedOut)),
             Some(Fault::Refuse) => Err(HandlerError::Refused("scripted refusal".into())),
             Some(Fault::Hang) => std::future::pending().await,
@@ -584,7 +599,8 @@ async fn the_same_message_twice_in_one_batch_takes_effect_once() {
 
 /// The batch commits once, at its end: while its messages are handled, another reader of the
 /// database sees none of their effects, only those of earlier batches (with a transaction per
-/// message it would see each earlier message of the batch as it commits).
+/// message it would see each earlier message of the batch as it commits). One batch at a time,
+/// so the attempts between two commits are one batch's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_commits_once_after_all_its_messages() {
     let bus = testkit::bus().await;
@@ -615,32 +631,42 @@ async fn a_batch_commits_once_after_all_its_messages() {
         handler.clone(),
         Arc::new(tokio::sync::Notify::new()),
         1,
-    );
-    let mut handled = 0;
-    let mut largest_batch = 0;
-    eventually("every message to be handled", DEADLINE, async || {
-        let committed_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        handler.committed_seen.lock().unwrap().clear();
-        let report = consumer.poll_once().await.unwrap();
-        handled += report.handled;
-        largest_batch = largest_batch.max(report.handled);
-        let seen = handler.committed_seen.lock().unwrap().clone();
-        assert!(
-            seen.iter().all(|&n| n == committed_before),
-            "another reader saw effects of this batch before its end: {seen:?}, {committed_before} committed before it"
-        );
-        Poll::ready_if(handled >= sent.len(), (), format!("only {handled} handled"))
+    )
+    .with_max_batches(1);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    until("every message to be handled", async || {
+        effects(&pool, &sent).await == [1; 6]
     })
-    .await
-    .unwrap();
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    let log = handler.log.lock().unwrap().clone();
+    let mut committed = 0;
+    let mut batch = Vec::new();
+    let mut largest_batch = 0;
+    for entry in &log {
+        match entry {
+            Logged::Attempt { committed_seen } => batch.push(*committed_seen),
+            Logged::Committed => {
+                if !batch.is_empty() {
+                    assert!(
+                        batch.iter().all(|&seen| seen == committed),
+                        "another reader saw effects of a batch before its end: {batch:?} with {committed} committed before it ({log:?})"
+                    );
+                    largest_batch = largest_batch.max(batch.len());
+                    batch.clear();
+                }
+                committed += 1;
+            }
+        }
+    }
+    assert_eq!(committed, 6, "{log:?}");
     assert!(
         largest_batch >= 2,
-        "the messages never came in one receive; nothing was shown"
+        "the messages never came in one receive; nothing was shown: {log:?}"
     );
-    assert_eq!(effects(&pool, &sent).await, [1; 6]);
 }
 
 /// Messages the consumer has committed (its processed-message table).

@@ -4,7 +4,7 @@
 use super::route;
 use crate::store;
 use sqlx::AnyConnection;
-use utility::messaging::consumer::{Handler, HandlerError};
+use utility::messaging::consumer::{AfterCommit, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::outbox;
 
@@ -14,7 +14,7 @@ pub struct SagaHandler {
 }
 
 impl Handler for SagaHandler {
-    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
         let id = envelope.correlation_id;
         let saga = store::saga(tx, id)
             .await?
@@ -22,9 +22,10 @@ impl Handler for SagaHandler {
         let current = saga.status;
         let Some(step) = route(current, &envelope.message) else {
             tracing::warn!(status = %current, "event does not apply to the saga in its current status; ignored");
-            return Ok(());
+            return Ok(AfterCommit::nothing());
         };
         let now = utility::storage::now();
+        let mut after = AfterCommit::nothing();
         if step.next == current {
             // A late event: recorded, its command sent, but the saga, its clock and its stall
             // report stay as they are.
@@ -37,29 +38,37 @@ impl Handler for SagaHandler {
                     "enrollment {id} changed while this event was applied"
                 )));
             }
-            if saga.stall_reported_at.is_some() {
-                tracing::info!(status = %current, "stalled saga is moving again");
-            }
-            tracing::info!(from = %current, to = %step.next, "saga advanced");
-            if step.next.is_terminal() {
-                // Once per saga: the conditional update above moves it to a terminal status once.
+            tracing::debug!(from = %current, to = %step.next, "saga advanced");
+            let moving_again = saga.stall_reported_at.is_some();
+            let finished = step.next.is_terminal().then(|| {
                 let duration = chrono::DateTime::parse_from_rfc3339(&saga.created_at)
                     .ok()
                     .and_then(|at| (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).to_std().ok())
                     .unwrap_or_default();
-                self.metrics.finished(step.next, duration);
-                tracing::info!(
-                    outcome = %step.next,
-                    duration_ms = duration.as_millis() as u64,
-                    enrollment_id = %id,
-                    "saga finished"
-                );
-            }
+                (step.next, duration)
+            });
+            // Logged and counted once the transaction has committed: once per saga, since the
+            // conditional update above moves it to a terminal status once.
+            let metrics = self.metrics.clone();
+            after = AfterCommit::then(move || {
+                if moving_again {
+                    tracing::info!(status = %current, "stalled saga is moving again");
+                }
+                if let Some((outcome, duration)) = finished {
+                    metrics.finished(outcome, duration);
+                    tracing::info!(
+                        %outcome,
+                        duration_ms = duration.as_millis() as u64,
+                        enrollment_id = %id,
+                        "saga finished"
+                    );
+                }
+            });
         }
         store::record_history(tx, id, step.next, envelope.type_name(), &now).await?;
         if let Some(command) = step.command {
             outbox::enqueue(tx, &envelope.caused(command)).await?;
         }
-        Ok(())
+        Ok(after)
     }
 }

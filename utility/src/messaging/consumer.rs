@@ -4,42 +4,39 @@
 //! 1. Parse the body into an [`Envelope`]. A body that does not parse is logged with its reason
 //!    and made visible again at once; after `maxReceiveCount` receives the queue's redrive policy
 //!    moves it to the dead-letter queue. The service keeps serving.
-//! 2. For each message, in a savepoint of the batch's one transaction: record the envelope's
-//!    `message_id` in `processed_messages` (a conflict means the effect is already committed, or
-//!    is earlier in this batch: a redelivery, so nothing more is done), apply the handler, which
-//!    writes state and outbox rows on the same transaction. A message that fails is rolled back
-//!    to its savepoint alone. Then one commit for the batch. If the batch's transaction cannot be
-//!    carried through (a handler over its time limit, a failed commit), nothing of it committed,
-//!    and its messages are handled again one transaction each.
-//! 3. Delete the message only after its transaction committed. Transient failures (database) leave
+//! 2. Handle the batch's well-formed messages in one transaction ([`batch`]): record their
+//!    `message_id`s in `processed_messages` (a conflict means the effect is already committed, or
+//!    is earlier in this batch: a redelivery, so nothing more is done), then apply the handler to
+//!    each new one after a savepoint of its own, so a message that fails is rolled back alone.
+//!    One commit for the batch.
+//! 3. Delete a message only after its transaction committed. Transient failures (database) leave
 //!    the message to come back after a growing visibility timeout, and the consumer stops
 //!    receiving until the database answers again; refusals (a message this service cannot act on)
 //!    go the dead-letter way like malformed ones.
 //! 4. From its receive until it is handled, a heartbeat keeps a batch invisible.
 //!
-//! [`Consumer::run`] overlaps these steps ([`pipeline`]): the next batch is received while the
-//! current one commits, and deletes are gathered across batches. [`Consumer::poll_once`] takes
-//! them one after the other, for tests.
+//! [`Consumer::run`] runs several batches at once ([`pipeline`]): receives in flight while
+//! earlier batches commit, up to [`Consumer::with_max_batches`], and deletes gathered across
+//! batches.
 //!
 //! Each message is handled in a `process <queue>` span whose parent is the span that published
-//! it (the `traceparent` message attribute, else the envelope's), and counted in the service's
-//! [`Metrics`] by outcome.
+//! it (the `traceparent` message attribute, else the envelope's). Its [`Outcome`] is logged in that
+//! span after the commit that makes it true, and counted in the service's [`Metrics`].
 
+mod batch;
 mod pipeline;
 
-use super::bus::{Bus, BusError, QueueSettings, Received, queue_name};
-use super::envelope::Envelope;
+use super::bus::{Bus, QueueSettings, Received, queue_name};
+use super::envelope::{Envelope, EnvelopeError};
 use crate::backoff::Backoff;
 use crate::observe::context;
 use crate::observe::metrics::{HandlerLabels, Metrics, QueueLabels};
-use sqlx::{AnyConnection, AnyPool, Connection};
-use std::convert::Infallible;
+use sqlx::{AnyConnection, AnyPool};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// What a service does with one message, inside the transaction the consumer opened.
 pub trait Handler: Send + Sync + 'static {
@@ -47,7 +44,32 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         tx: &mut AnyConnection,
         envelope: &Envelope,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    ) -> impl Future<Output = Result<AfterCommit, HandlerError>> + Send;
+}
+
+/// What a handler leaves to be done once its transaction has committed: logging an outcome,
+/// counting it. Run only after the commit that makes it true, so an abandoned transaction (which
+/// is applied again later) neither logs nor counts twice. Nothing that correctness needs.
+#[derive(Default)]
+#[must_use = "return it from the handler, or nothing is done after the commit"]
+pub struct AfterCommit(Option<Box<dyn FnOnce() + Send>>);
+
+impl AfterCommit {
+    /// Nothing to do after the commit.
+    pub fn nothing() -> Self {
+        Self(None)
+    }
+
+    /// `action`, once the transaction has committed.
+    pub fn then(action: impl FnOnce() + Send + 'static) -> Self {
+        Self(Some(Box::new(action)))
+    }
+
+    fn run(self) {
+        if let Some(action) = self.0 {
+            action();
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,26 +87,79 @@ pub enum HandlerError {
     Conflict(String),
 }
 
-/// What happened to one batch; tests drive [`Consumer::poll_once`] and read this.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchReport {
-    pub received: usize,
-    pub handled: usize,
-    pub duplicates: usize,
-    /// Malformed or refused: left for the dead-letter queue.
-    pub rejected: usize,
-    /// Transient failure: left to be received again.
-    pub retried: usize,
+/// What became of one message. Its log line, its metric label and what is done with it next
+/// ([`Outcome::next`]) all follow from this one value.
+#[derive(Debug)]
+enum Outcome {
+    /// Its effect committed.
+    Handled(AfterCommit),
+    /// Its effect was already committed (a redelivery, a duplicate publish).
+    Duplicate,
+    /// The body is not an envelope this build reads.
+    Malformed(String),
+    /// Well-formed, but this service will not act on it.
+    Refused(String),
+    /// Another writer changed the state first.
+    Conflict(String),
+    /// The database failed, or the message was not tried because it had.
+    DatabaseFailed(String),
+    /// The handler ran past its time limit.
+    TimedOut,
 }
 
-enum Outcome {
-    Handled,
-    Duplicate,
-    Rejected,
-    /// A transient conflict: try again later.
+impl std::fmt::Debug for AfterCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "AfterCommit(..)"
+        } else {
+            "AfterCommit"
+        })
+    }
+}
+
+/// What is done with a message once its outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Its effect is committed: delete it.
+    Delete,
+    /// It will never succeed here: visible again at once, so the redrive policy (which counts
+    /// receives, not time) moves it to the dead-letter queue soon.
+    DeadLetter,
+    /// Try again after a delay that grows with its receive count.
     Retry,
-    /// The database failed: try again later, and pause receiving until it answers.
-    DatabaseFailed,
+    /// As [`Next::Retry`], and stop receiving until the database answers.
+    RetryWhenDatabaseAnswers,
+}
+
+impl Outcome {
+    fn next(&self) -> Next {
+        match self {
+            Self::Handled(_) | Self::Duplicate => Next::Delete,
+            Self::Malformed(_) | Self::Refused(_) => Next::DeadLetter,
+            Self::Conflict(_) => Next::Retry,
+            Self::DatabaseFailed(_) | Self::TimedOut => Next::RetryWhenDatabaseAnswers,
+        }
+    }
+
+    /// The `outcome` label of `saga_messages_total`.
+    fn label(&self) -> &'static str {
+        match self.next() {
+            Next::Delete if matches!(self, Self::Duplicate) => "duplicate",
+            Next::Delete => "handled",
+            Next::DeadLetter => "rejected",
+            Next::Retry | Next::RetryWhenDatabaseAnswers => "retried",
+        }
+    }
+}
+
+impl From<HandlerError> for Outcome {
+    fn from(err: HandlerError) -> Self {
+        match err {
+            HandlerError::Refused(reason) => Self::Refused(reason),
+            HandlerError::Conflict(reason) => Self::Conflict(reason),
+            HandlerError::Database(err) => Self::DatabaseFailed(err.to_string()),
+        }
+    }
 }
 
 pub struct Consumer<H> {
@@ -95,12 +170,16 @@ pub struct Consumer<H> {
     outbox_signal: Arc<Notify>,
     wait_seconds: i32,
     handler_timeout: Duration,
+    max_batches: usize,
     settings: OnceCell<QueueSettings>,
     metrics: Metrics,
 }
 
 /// Longest a handler may take unless [`Consumer::with_handler_timeout`] says otherwise.
 const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Batches in flight at most unless [`Consumer::with_max_batches`] says otherwise.
+pub const DEFAULT_MAX_BATCHES: usize = 8;
 
 impl<H: Handler> Consumer<H> {
     pub fn new(
@@ -119,6 +198,7 @@ impl<H: Handler> Consumer<H> {
             outbox_signal,
             wait_seconds,
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
+            max_batches: DEFAULT_MAX_BATCHES,
             settings: OnceCell::new(),
             metrics: Metrics::new(),
         }
@@ -135,6 +215,13 @@ impl<H: Handler> Consumer<H> {
     /// failure: a hung query cannot hold a message, kept invisible by the heartbeat, forever.
     pub fn with_handler_timeout(mut self, limit: Duration) -> Self {
         self.handler_timeout = limit;
+        self
+    }
+
+    /// Batches received or being handled at once, at most (at least 1). Receives in flight grow
+    /// towards it while they come back full and shrink to one long poll when the queue is idle.
+    pub fn with_max_batches(mut self, max: usize) -> Self {
+        self.max_batches = max.max(1);
         self
     }
 
@@ -158,83 +245,82 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// One receive, the handling of what it returned and its delete, one step after the other:
-    /// what tests drive to see a batch's outcome. [`Consumer::run`] overlaps these steps.
-    pub async fn poll_once(&self) -> Result<BatchReport, BusError> {
-        let messages = self.bus.receive(&self.queue_url, self.wait_seconds).await?;
-        if messages.is_empty() {
-            self.count_receive(0);
-            return Ok(BatchReport::default());
+    fn queue_labels(&self) -> QueueLabels {
+        QueueLabels {
+            queue: queue_name(&self.queue_url).to_owned(),
         }
-        let receipts: Vec<String> = messages.iter().map(|m| m.receipt_handle.clone()).collect();
-        let timeout = self.settings().await.visibility_timeout;
-        let settled = tokio::select! {
-            settled = self.settle(&messages) => settled,
-            never = keep_invisible(&self.bus, &self.queue_url, &receipts, timeout) => match never {},
-        };
-        if !settled.delete.is_empty() {
-            let delete: Vec<&str> = settled.delete.iter().map(String::as_str).collect();
-            self.bus.delete_batch(&self.queue_url, &delete).await?;
-        }
-        self.reset_visibility(&settled.visibility).await;
-        Ok(settled.report)
     }
 
     /// Counts one receive of `messages` messages.
     fn count_receive(&self, messages: usize) {
-        let queue = QueueLabels {
-            queue: queue_name(&self.queue_url).to_owned(),
-        };
         if messages == 0 {
-            self.metrics.empty_receives.get_or_create(&queue).inc();
+            self.metrics.empty_receives.get_or_create(&self.queue_labels()).inc();
         } else {
             self.metrics
                 .receive_batch_size
-                .get_or_create(&queue)
+                .get_or_create(&self.queue_labels())
                 .observe(messages as f64);
         }
     }
 
-    /// Handles a received batch (not empty) and says what is to become of each message: the
-    /// receipts to delete (committed, or duplicates) and the visibility to give the others.
-    /// Wakes the relay when something committed.
-    async fn settle(&self, messages: &[Received]) -> Settled {
+    /// The received messages as items of a batch: each parsed, in its `process` span, counted.
+    fn open<'m>(&self, messages: &'m [Received]) -> Vec<Item<'m>> {
         self.count_receive(messages.len());
-        let mut settled = Settled {
-            report: BatchReport {
-                received: messages.len(),
-                ..BatchReport::default()
-            },
-            delete: Vec::new(),
-            visibility: Vec::new(),
-        };
-        let outcomes = self.handle_batch(messages).await;
-        let report = &mut settled.report;
-        for (message, outcome) in messages.iter().zip(outcomes) {
-            let receipt = message.receipt_handle.clone();
-            match outcome {
-                Outcome::Handled => {
-                    report.handled += 1;
-                    settled.delete.push(receipt);
-                }
-                Outcome::Duplicate => {
-                    report.duplicates += 1;
-                    settled.delete.push(receipt);
-                }
-                Outcome::Rejected => {
-                    report.rejected += 1;
-                    // Visible again at once: the redrive policy counts receives, not time.
-                    settled.visibility.push((receipt, 0));
-                }
-                Outcome::Retry | Outcome::DatabaseFailed => {
-                    report.retried += 1;
-                    settled
-                        .visibility
-                        .push((receipt, retry_delay_seconds(message.receive_count)));
+        let queue = queue_name(&self.queue_url);
+        let items: Vec<Item> = messages.iter().map(|message| Item::open(queue, message)).collect();
+        for item in &items {
+            self.metrics.message(queue, item.kind, "received");
+        }
+        items
+    }
+
+    /// Handles a received batch (not empty) in one transaction and says what is to become of
+    /// each message it decided: the receipts to delete (committed, or duplicates) and the
+    /// visibility to give the others. Also returns the indexes of messages too slow for the batch,
+    /// for [`Consumer::settle_alone`]. Wakes the relay when something committed.
+    async fn settle(&self, items: &[Item<'_>]) -> (Settled, Vec<usize>) {
+        let (well_formed, malformed): (Vec<usize>, Vec<usize>) =
+            (0..items.len()).partition(|&i| items[i].envelope.is_ok());
+        let (mut decided, slow) = self.handle_batch(items, &well_formed).await;
+        for i in malformed {
+            let reason = items[i]
+                .envelope
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            decided.push((i, (Outcome::Malformed(reason), Duration::ZERO)));
+        }
+        (self.conclude_all(items, decided).await, slow)
+    }
+
+    /// Handles each of `slow` in a transaction of its own, with the full time limit.
+    async fn settle_alone(&self, items: &[Item<'_>], slow: &[usize]) -> Settled {
+        let mut decided = Vec::with_capacity(slow.len());
+        for &i in slow {
+            decided.push((i, self.apply_alone(&items[i]).await));
+        }
+        self.conclude_all(items, decided).await
+    }
+
+    async fn conclude_all(&self, items: &[Item<'_>], decided: Vec<batch::Applied>) -> Settled {
+        let queue = queue_name(&self.queue_url);
+        let max_receive_count = self.settings().await.max_receive_count;
+        let mut settled = Settled::default();
+        for (i, (outcome, took)) in decided {
+            let item = &items[i];
+            let receipt = item.message.receipt_handle.clone();
+            match self.conclude(queue, item, outcome, took, max_receive_count) {
+                Next::Delete => settled.delete.push(receipt),
+                Next::DeadLetter => settled.visibility.push((receipt, 0)),
+                next @ (Next::Retry | Next::RetryWhenDatabaseAnswers) => {
+                    settled.database_failed |= next == Next::RetryWhenDatabaseAnswers;
+                    let delay = retry_delay_seconds(item.message.receive_count);
+                    settled.visibility.push((receipt, delay));
                 }
             }
         }
-        if report.handled > 0 {
+        if !settled.delete.is_empty() {
             self.outbox_signal.notify_one();
         }
         settled
@@ -268,219 +354,36 @@ impl<H: Handler> Consumer<H> {
             .await
     }
 
-    /// Handles a received batch and returns each message's outcome, in order.
-    ///
-    /// The well-formed messages share one transaction, each inside a savepoint: a message the
-    /// handler refuses or cannot apply is rolled back to its savepoint alone, and the others
-    /// commit together (one commit, one fsync on SQLite, for the batch). When the batch's
-    /// transaction itself fails (a handler over its time limit, a failed commit, a lost
-    /// connection), nothing of it committed: the messages are handled again one transaction
-    /// each, the one over its time limit excepted.
-    async fn handle_batch(&self, messages: &[Received]) -> Vec<Outcome> {
-        let queue = queue_name(&self.queue_url);
-        let items: Vec<Item> = messages.iter().map(|message| Item::open(queue, message)).collect();
-        for item in &items {
-            self.metrics.message(queue, item.kind, "received");
-        }
-        let well_formed: Vec<usize> = (0..items.len()).filter(|&i| items[i].envelope.is_ok()).collect();
-        let mut verdicts: Vec<Option<(Verdict, Duration)>> = vec![None; items.len()];
-        match self.apply_batch(&items, &well_formed).await {
-            Ok(applied) => {
-                for (i, verdict) in applied {
-                    verdicts[i] = Some(verdict);
-                }
-            }
-            Err(broken) => {
-                if let Some(item) = broken.culprit.and_then(|i| items.get(i)) {
-                    item.span.in_scope(|| {
-                        tracing::warn!(
-                            limit_ms = self.handler_timeout.as_millis() as u64,
-                            "handler exceeded its time limit; message will be retried"
-                        )
-                    });
-                }
-                tracing::warn!(
-                    queue,
-                    reason = broken.reason,
-                    messages = well_formed.len(),
-                    "batch transaction abandoned; handling its messages one transaction each"
-                );
-                for &i in &well_formed {
-                    let verdict = if Some(i) == broken.culprit {
-                        (Verdict::TimedOut, self.handler_timeout)
-                    } else if verdicts
-                        .iter()
-                        .flatten()
-                        .any(|(v, _)| matches!(v, Verdict::Database(_) | Verdict::TimedOut))
-                    {
-                        // Once the database has failed, hand the rest back untried instead of
-                        // waiting out the pool's acquire timeout once per message.
-                        (
-                            Verdict::Database("not tried: the database failed".into()),
-                            Duration::ZERO,
-                        )
-                    } else {
-                        self.apply_alone(&items[i]).await
-                    };
-                    verdicts[i] = Some(verdict);
-                }
-            }
-        }
-        let max_receive_count = self.settings().await.max_receive_count;
-        items
-            .iter()
-            .zip(verdicts)
-            .map(|(item, verdict)| {
-                let (verdict, took) = verdict.unwrap_or((Verdict::Malformed, Duration::ZERO));
-                self.conclude(queue, item, verdict, took, max_receive_count)
-            })
-            .collect()
-    }
-
-    /// The well-formed messages in one transaction, a savepoint each. `Err` when the transaction
-    /// could not be carried through; nothing of it committed then.
-    async fn apply_batch(
-        &self,
-        items: &[Item<'_>],
-        indexes: &[usize],
-    ) -> Result<Vec<(usize, (Verdict, Duration))>, Broken> {
-        if indexes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let broken = |reason, culprit| Broken { reason, culprit };
-        let mut tx = match tokio::time::timeout(self.handler_timeout, self.pool.begin()).await {
-            Ok(Ok(tx)) => tx,
-            _ => return Err(broken("cannot begin", None)),
-        };
-        let mut applied = Vec::with_capacity(indexes.len());
-        for &i in indexes {
-            let item = &items[i];
-            let Ok(envelope) = &item.envelope else { continue };
-            let started = std::time::Instant::now();
-            let step = tokio::time::timeout(self.handler_timeout, self.apply_in_savepoint(&mut tx, envelope))
-                .instrument(item.span.clone())
-                .await;
-            match step {
-                Ok(Ok(verdict)) => applied.push((i, (verdict, started.elapsed()))),
-                Ok(Err(_)) => return Err(broken("savepoint lost", None)),
-                Err(_) => return Err(broken("time limit", Some(i))),
-            }
-        }
-        match tokio::time::timeout(self.handler_timeout, tx.commit()).await {
-            Ok(Ok(())) => Ok(applied),
-            _ => Err(broken("commit failed", None)),
-        }
-    }
-
-    /// One message inside the batch's transaction. `Err` only when the savepoint itself could
-    /// not be set or undone (the transaction is then unusable).
-    async fn apply_in_savepoint(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<Verdict, sqlx::Error> {
-        let mut savepoint = tx.begin().await?;
-        match self.record_and_apply(&mut savepoint, envelope).await {
-            Ok(first) => {
-                savepoint.commit().await?;
-                Ok(if first { Verdict::Handled } else { Verdict::Duplicate })
-            }
-            Err(err) => {
-                savepoint.rollback().await?;
-                Ok(Verdict::from(err))
-            }
-        }
-    }
-
-    /// One message in a transaction of its own (when its batch's could not be carried through).
-    async fn apply_alone(&self, item: &Item<'_>) -> (Verdict, Duration) {
-        let Ok(envelope) = &item.envelope else {
-            return (Verdict::Malformed, Duration::ZERO);
-        };
-        let started = std::time::Instant::now();
-        let applied = async {
-            let mut tx = self.pool.begin().await?;
-            let first = self.record_and_apply(&mut tx, envelope).await?;
-            tx.commit().await?;
-            Ok::<_, HandlerError>(first)
-        };
-        let verdict = match tokio::time::timeout(self.handler_timeout, applied.instrument(item.span.clone())).await {
-            Ok(Ok(true)) => Verdict::Handled,
-            Ok(Ok(false)) => Verdict::Duplicate,
-            Ok(Err(err)) => Verdict::from(err),
-            Err(_) => {
-                item.span.in_scope(|| {
-                    tracing::warn!(
-                        limit_ms = self.handler_timeout.as_millis() as u64,
-                        "handler exceeded its time limit; message will be retried"
-                    )
-                });
-                Verdict::TimedOut
-            }
-        };
-        (verdict, started.elapsed())
-    }
-
-    /// Records the envelope's `message_id` and applies the handler on `conn`. `Ok(false)` when
-    /// the message had already been handled (nothing is applied then).
-    async fn record_and_apply(&self, conn: &mut AnyConnection, envelope: &Envelope) -> Result<bool, HandlerError> {
-        let first = sqlx::query(
-            "INSERT INTO processed_messages (message_id, message_type, correlation_id, processed_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(envelope.message_id.to_string())
-        .bind(envelope.type_name())
-        .bind(envelope.correlation_id.to_string())
-        .bind(crate::storage::now())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-            == 1;
-        if first {
-            self.handler.handle(conn, envelope).await?;
-        }
-        Ok(first)
-    }
-
-    /// Logs a message's outcome in its span (after the commit that made it true) and counts it.
+    /// Logs a message's outcome in its span (after the commit that made it true), runs what its
+    /// handler left for after the commit, counts it, and says what is to become of it.
     fn conclude(
         &self,
         queue: &str,
         item: &Item<'_>,
-        verdict: Verdict,
+        outcome: Outcome,
         took: Duration,
         max_receive_count: Option<u32>,
-    ) -> Outcome {
+    ) -> Next {
         let _entered = item.span.enter();
-        let outcome = match verdict {
-            Verdict::Handled => {
-                tracing::info!("message handled");
-                Outcome::Handled
+        let next = outcome.next();
+        let label = outcome.label();
+        match outcome {
+            Outcome::Handled(after) => {
+                tracing::debug!("message handled");
+                after.run();
             }
-            Verdict::Duplicate => {
-                tracing::info!("duplicate delivery; effect already committed");
-                Outcome::Duplicate
-            }
-            Verdict::Malformed => {
-                let reason = item
-                    .envelope
-                    .as_ref()
-                    .err()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
+            Outcome::Duplicate => tracing::debug!("duplicate delivery; effect already committed"),
+            Outcome::Malformed(reason) => {
                 tracing::warn!(%reason, body_bytes = item.message.body.len(), "malformed message left for the dead-letter queue");
-                Outcome::Rejected
             }
-            Verdict::Refused(reason) => {
-                tracing::warn!(%reason, "message refused; left for the dead-letter queue");
-                Outcome::Rejected
-            }
-            Verdict::Database(error) => {
-                tracing::warn!(%error, "database error; message will be retried");
-                Outcome::DatabaseFailed
-            }
-            Verdict::Conflict(reason) => {
-                tracing::warn!(%reason, "concurrent change; message will be retried");
-                Outcome::Retry
-            }
-            Verdict::TimedOut => Outcome::DatabaseFailed,
-        };
+            Outcome::Refused(reason) => tracing::warn!(%reason, "message refused; left for the dead-letter queue"),
+            Outcome::DatabaseFailed(error) => tracing::warn!(%error, "database error; message will be retried"),
+            Outcome::Conflict(reason) => tracing::warn!(%reason, "concurrent change; message will be retried"),
+            Outcome::TimedOut => tracing::warn!(
+                limit_ms = self.handler_timeout.as_millis() as u64,
+                "handler exceeded its time limit; message will be retried"
+            ),
+        }
         self.metrics
             .handler_duration
             .get_or_create(&HandlerLabels {
@@ -488,49 +391,31 @@ impl<H: Handler> Consumer<H> {
                 r#type: item.kind.to_owned(),
             })
             .observe(took.as_secs_f64());
-        let counted = match outcome {
-            Outcome::Handled => "handled",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Rejected => "failed",
-            Outcome::Retry | Outcome::DatabaseFailed => "retried",
-        };
-        self.metrics.message(queue, item.kind, counted);
+        self.metrics.message(queue, item.kind, label);
         let last_receive = max_receive_count.is_some_and(|max| item.message.receive_count >= max);
-        if !matches!(outcome, Outcome::Handled | Outcome::Duplicate) && last_receive {
+        if next != Next::Delete && last_receive {
             self.metrics.message(queue, item.kind, "dead_lettered");
         }
-        outcome
-    }
-}
-
-/// Extends the visibility of the held messages every third of the visibility timeout (room for
-/// a slow extension call). Never returns; the caller drops it when the batch is done.
-async fn keep_invisible(bus: &Bus, queue_url: &str, held: &[String], timeout: i32) -> Infallible {
-    let every = Duration::from_millis(u64::from(timeout.unsigned_abs()) * 1000 / 3).max(Duration::from_millis(300));
-    let extend: Vec<(&str, i32)> = held.iter().map(|receipt| (receipt.as_str(), timeout)).collect();
-    loop {
-        tokio::time::sleep(every).await;
-        match bus.change_visibility_batch(queue_url, &extend).await {
-            Ok(()) => tracing::debug!(messages = extend.len(), timeout, "visibility extended for slow work"),
-            Err(err) => tracing::warn!(error = %err, "could not extend visibility; messages may be redelivered"),
-        }
+        next
     }
 }
 
 /// What is to become of a handled batch's messages.
+#[derive(Default)]
 struct Settled {
-    report: BatchReport,
     /// Receipts of the messages whose effect is committed.
     delete: Vec<String>,
     /// Receipts of the others, with the seconds until each is received again.
     visibility: Vec<(String, i32)>,
+    /// The database failed on one of them: stop receiving until it answers.
+    database_failed: bool,
 }
 
 /// One received message on its way through a batch: its parsed envelope and its `process` span,
 /// whose parent is the span that published it.
 struct Item<'m> {
     message: &'m Received,
-    envelope: Result<Envelope, super::envelope::EnvelopeError>,
+    envelope: Result<Envelope, EnvelopeError>,
     kind: &'static str,
     span: tracing::Span,
 }
@@ -570,35 +455,6 @@ impl<'m> Item<'m> {
     }
 }
 
-/// What became of one message, before it is logged and counted.
-#[derive(Debug, Clone)]
-enum Verdict {
-    Handled,
-    Duplicate,
-    Malformed,
-    Refused(String),
-    Conflict(String),
-    Database(String),
-    TimedOut,
-}
-
-impl From<HandlerError> for Verdict {
-    fn from(err: HandlerError) -> Self {
-        match err {
-            HandlerError::Refused(reason) => Self::Refused(reason),
-            HandlerError::Conflict(reason) => Self::Conflict(reason),
-            HandlerError::Database(err) => Self::Database(err.to_string()),
-        }
-    }
-}
-
-/// Why a batch's transaction could not be carried through, and the message over its time limit
-/// if that was the cause.
-struct Broken {
-    reason: &'static str,
-    culprit: Option<usize>,
-}
-
 /// Visibility timeout after a transient failure, by receive count: 5, 15, 45, 135, 405 s (at most
 /// 15 minutes), so the five receives before the DLQ span about ten minutes of outage.
 fn retry_delay_seconds(receive_count: u32) -> i32 {
@@ -608,7 +464,7 @@ fn retry_delay_seconds(receive_count: u32) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::retry_delay_seconds;
+    use super::*;
 
     #[test]
     fn retry_delay_grows_and_is_capped() {
@@ -617,5 +473,25 @@ mod tests {
         assert_eq!(retry_delay_seconds(3), 45);
         assert_eq!(retry_delay_seconds(5), 405);
         assert_eq!(retry_delay_seconds(50), 900);
+    }
+
+    #[test]
+    fn each_outcome_names_its_label_and_what_comes_next() {
+        let cases = [
+            (Outcome::Handled(AfterCommit::nothing()), "handled", Next::Delete),
+            (Outcome::Duplicate, "duplicate", Next::Delete),
+            (Outcome::Malformed("x".into()), "rejected", Next::DeadLetter),
+            (Outcome::Refused("x".into()), "rejected", Next::DeadLetter),
+            (Outcome::Conflict("x".into()), "retried", Next::Retry),
+            (
+                Outcome::DatabaseFailed("x".into()),
+                "retried",
+                Next::RetryWhenDatabaseAnswers,
+            ),
+            (Outcome::TimedOut, "retried", Next::RetryWhenDatabaseAnswers),
+        ];
+        for (outcome, label, next) in cases {
+            assert_eq!((outcome.label(), outcome.next()), (label, next), "{outcome:?}");
+        }
     }
 }

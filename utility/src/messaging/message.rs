@@ -206,6 +206,19 @@ impl MessageType {
     }
 }
 
+/// The queues and topics `sender` sends to, as the routes declare them, each once.
+pub fn destinations_of(sender: Participant) -> Vec<Endpoint> {
+    let mut destinations: Vec<Endpoint> = <MessageType as strum::VariantArray>::VARIANTS
+        .iter()
+        .map(|t| t.route())
+        .filter(|route| route.sender == sender)
+        .map(|route| route.destination)
+        .collect();
+    destinations.sort();
+    destinations.dedup();
+    destinations
+}
+
 impl Message {
     pub fn message_type(&self) -> MessageType {
         self.into()

@@ -2,9 +2,15 @@
 //! transaction as the state change that causes it, and a relay publishes pending rows with the
 //! batch APIs afterwards. A crash between commit and publish therefore delays a message but never
 //! loses it; a crash between publish and marking the row sent publishes it twice, which the
-//! consumers' processed-message check absorbs. On PostgreSQL, where several instances of a
-//! service share one database, each relay claims the rows it publishes (`FOR UPDATE SKIP
-//! LOCKED`), so the instances split the rows instead of each publishing all of them.
+//! consumers' processed-message check absorbs.
+//!
+//! The relay works destination by destination, each on its own: it claims up to
+//! [`CALLS_IN_FLIGHT`] batches of ten rows by stamping them with a lease (`claimed_until`, in one
+//! short statement; on PostgreSQL `FOR UPDATE SKIP LOCKED`, so several instances of a service on
+//! one database split the rows instead of each publishing all of them), publishes them with that
+//! many calls in flight, and marks what the bus accepted. No transaction or row lock is held while
+//! a call is on the wire; if the instance dies meanwhile, its lease runs out ([`LEASE`]) and any
+//! relay takes the rows again. A destination that fails backs off alone; the others keep going.
 //!
 //! Traces: [`enqueue`] writes the row in an `outbox enqueue` span and stores that span's
 //! `traceparent` in the envelope; the relay publishes each row in a `publish <destination>` span
@@ -20,18 +26,25 @@ use crate::observe::context;
 use crate::observe::metrics::{DestinationLabels, Metrics};
 use crate::storage::now;
 use sqlx::{AnyConnection, AnyPool};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// How long a stopping relay may spend on its last flush (the bus may be the thing that is down).
 const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
-/// Rows read per relay round.
-const PAGE: i64 = 100;
+/// Publish calls one destination keeps in flight (ten messages each).
+pub const CALLS_IN_FLIGHT: usize = 4;
+
+/// How long a claim keeps other relays off its rows: longer than a publish call may take
+/// ([`CALL_LIMIT`]), so a live relay's rows are never published by another; after a crash the
+/// rows wait this long before another relay takes them.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// Longest one publish call may take, the SDK's retries included.
+const CALL_LIMIT: Duration = Duration::from_secs(20);
 
 /// Writes `envelope` on the caller's transaction, for the destination its type declares
 /// ([`super::message::MessageType::route`]), with the trace context of an `outbox enqueue` span
@@ -97,10 +110,10 @@ pub async fn backlog(pool: &AnyPool) -> Result<(i64, f64), sqlx::Error> {
 #[derive(sqlx::FromRow)]
 struct PendingRow {
     id: String,
-    destination: String,
     message_type: String,
     correlation_id: String,
     body: String,
+    created_at: String,
 }
 
 /// The only envelope field the relay reads: the span that wrote the row.
@@ -115,6 +128,10 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Topology(#[from] super::topology::TopologyError),
+    #[error("publishing to {destination} took longer than {}s", CALL_LIMIT.as_secs())]
+    TimedOut { destination: &'static str },
     #[error("{unsent} outbox messages were not accepted by the bus")]
     Unsent { unsent: usize },
 }
@@ -129,19 +146,24 @@ pub struct Relay {
     signal: Arc<Notify>,
     interval: Duration,
     metrics: Metrics,
-    /// PostgreSQL: rows are claimed with `FOR UPDATE SKIP LOCKED` (see [`Relay::claim`]).
-    claims_rows: bool,
+    /// Where this service's rows go; one loop each.
+    destinations: Vec<Endpoint>,
+    /// PostgreSQL: claims skip rows another relay is claiming (`FOR UPDATE SKIP LOCKED`).
+    skip_locked: bool,
 }
 
 impl Relay {
+    /// A relay for every endpoint of `topology`; [`Relay::with_destinations`] narrows it to the
+    /// ones the service writes to.
     pub fn new(pool: AnyPool, bus: Bus, topology: Arc<Topology>, interval: Duration) -> Self {
         Self {
             bus,
+            destinations: topology.endpoints(),
             topology,
             signal: Arc::new(Notify::new()),
             interval,
             metrics: Metrics::new(),
-            claims_rows: pool.connect_options().database_url.scheme().starts_with("postgres"),
+            skip_locked: pool.connect_options().database_url.scheme().starts_with("postgres"),
             pool,
         }
     }
@@ -152,138 +174,165 @@ impl Relay {
         self
     }
 
+    /// Publishes only to `destinations` (rows naming any other are set aside as unknown).
+    pub fn with_destinations(mut self, destinations: Vec<Endpoint>) -> Self {
+        self.destinations = destinations;
+        self
+    }
+
     /// Hand this to whoever commits outbox rows; `notify_one` wakes the relay.
     pub fn signal(&self) -> Arc<Notify> {
         self.signal.clone()
     }
 
-    /// Publishes everything pending now. Returns how many messages went out.
-    ///
-    /// Each destination is published and stamped on its own, so one unreachable queue neither
-    /// blocks nor re-publishes the others. Rows the bus refuses as the sender's fault, and rows
-    /// naming a destination this build does not know, are set aside (`failed_at`, `error`) and
-    /// logged as errors instead of being retried forever.
-    #[tracing::instrument(level = "debug", skip_all, err)]
+    /// Publishes everything pending now, every destination at once. Returns how many messages
+    /// went out; the first error, if any destination failed (the others were still published).
     pub async fn flush(&self) -> Result<usize, RelayError> {
+        self.set_aside_unknown().await?;
+        let drains = self.destinations.iter().map(|destination| self.drain(*destination));
+        let mut published = 0;
+        let mut first_error = None;
+        for result in futures::future::join_all(drains).await {
+            match result {
+                Ok(n) => published += n,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(published),
+        }
+    }
+
+    /// Publishes `destination`'s pending rows until none is left. Returns how many went out.
+    #[tracing::instrument(level = "debug", skip(self), fields(destination = destination.name()), err)]
+    async fn drain(&self, destination: Endpoint) -> Result<usize, RelayError> {
+        let address = self.topology.address(destination)?.to_owned();
         let mut published = 0;
         loop {
-            let (mut claim, rows) = self.claim().await?;
+            let rows = self.claim(destination).await?;
             if rows.is_empty() {
-                claim.release().await?;
                 return Ok(published);
             }
-            let mut by_destination: BTreeMap<String, Vec<Outgoing>> = BTreeMap::new();
-            for row in rows {
-                by_destination.entry(row.destination).or_default().push(Outgoing {
-                    id: row.id,
-                    message_type: row.message_type,
-                    correlation_id: row.correlation_id,
-                    body: row.body,
-                    traceparent: None,
-                });
-            }
+            let calls = rows
+                .chunks(crate::messaging::bus::MAX_BATCH)
+                .map(|chunk| self.publish(destination, &address, chunk));
+            let mut unsent = 0;
             let mut first_error = None;
-            let mut retry_later = 0;
-            for (destination, messages) in &by_destination {
-                match self.publish(&mut claim, destination, messages).await {
-                    Ok(outcome) => {
-                        published += outcome.sent.len();
-                        retry_later += outcome.failed.iter().filter(|f| !f.is_permanent()).count();
+            for outcome in futures::future::join_all(calls).await {
+                match outcome {
+                    Ok((sent, retry)) => {
+                        published += sent;
+                        unsent += retry;
                     }
-                    Err(err) => {
-                        tracing::warn!(%destination, error = %err, pending = messages.len(), "cannot publish to this destination; will retry");
-                        retry_later += messages.len();
+                    Err((err, retry)) => {
+                        unsent += retry;
                         first_error.get_or_insert(err);
                     }
                 }
             }
-            // What was published is marked even when another destination failed.
-            claim.release().await?;
             if let Some(err) = first_error {
                 return Err(err);
             }
-            if retry_later > 0 {
-                return Err(RelayError::Unsent { unsent: retry_later });
+            if unsent > 0 {
+                return Err(RelayError::Unsent { unsent });
             }
         }
     }
 
-    /// Reads a page of pending rows. On PostgreSQL, where several instances of a service share
-    /// the database, the rows are claimed: locked `FOR UPDATE SKIP LOCKED` by a transaction held
-    /// until they are marked, so another instance's relay passes over them instead of publishing
-    /// them a second time. If this instance dies meanwhile, the lock goes with its connection and
-    /// another relay takes the rows. SQLite has one instance per file and one connection per pool,
-    /// which a transaction held across the bus call would take from the consumer: it reads
-    /// without a claim.
-    async fn claim(&self) -> Result<(Claim, Vec<PendingRow>), sqlx::Error> {
-        const PENDING: &str = "SELECT id, destination, message_type, correlation_id, body FROM outbox
-             WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY created_at, id LIMIT $1";
-        if self.claims_rows {
-            let mut tx = self.pool.begin().await?;
-            let rows = sqlx::query_as(&format!("{PENDING} FOR UPDATE SKIP LOCKED"))
-                .bind(PAGE)
-                .fetch_all(&mut *tx)
-                .await?;
-            Ok((Claim::Held(tx), rows))
-        } else {
-            let rows = sqlx::query_as(PENDING).bind(PAGE).fetch_all(&self.pool).await?;
-            Ok((Claim::Free(self.pool.clone()), rows))
-        }
+    /// Claims up to [`CALLS_IN_FLIGHT`] batches of `destination`'s oldest pending rows that no
+    /// live claim holds, in one statement (see the module's description).
+    async fn claim(&self, destination: Endpoint) -> Result<Vec<PendingRow>, sqlx::Error> {
+        let now = now();
+        let until = crate::storage::timestamp(chrono::Utc::now() + LEASE);
+        let skip_locked = if self.skip_locked { "FOR UPDATE SKIP LOCKED" } else { "" };
+        let sql = format!(
+            "UPDATE outbox SET claimed_until = $1 WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE destination = $2 AND sent_at IS NULL AND failed_at IS NULL
+                   AND (claimed_until IS NULL OR claimed_until < $3)
+                 ORDER BY created_at, id LIMIT $4 {skip_locked})
+             RETURNING id, message_type, correlation_id, body, created_at"
+        );
+        let mut rows: Vec<PendingRow> = sqlx::query_as(&sql)
+            .bind(&until)
+            .bind(destination.name())
+            .bind(&now)
+            .bind((CALLS_IN_FLIGHT * crate::messaging::bus::MAX_BATCH) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(rows)
     }
 
-    /// Publishes one destination's rows and records the outcome of each.
+    /// One publish call for claimed rows, and what it did to them: `Ok((sent, to retry))`, or the
+    /// error with the number of rows to retry. Rows to retry are released from the claim.
     async fn publish(
         &self,
-        claim: &mut Claim,
-        destination: &str,
-        messages: &[Outgoing],
-    ) -> Result<BatchOutcome, RelayError> {
-        let resolved = destination
-            .parse::<Endpoint>()
-            .ok()
-            .and_then(|endpoint| Some((endpoint, self.topology.address(endpoint).ok()?.to_owned())));
-        let Some((endpoint, address)) = resolved else {
-            let reason = format!("destination `{destination}` is not known to this service");
-            for message in messages {
-                claim.set_aside(&message.id, &reason).await?;
-            }
-            return Ok(BatchOutcome::default());
-        };
+        destination: Endpoint,
+        address: &str,
+        rows: &[PendingRow],
+    ) -> Result<(usize, usize), (RelayError, usize)> {
+        let name = destination.name();
         // One span per message, child of the span that wrote its row; the message carries it on.
-        let spans: Vec<tracing::Span> = messages
+        let spans: Vec<tracing::Span> = rows
             .iter()
-            .map(|message| {
+            .map(|row| {
                 let span = tracing::info_span!(
                     "publish",
-                    otel.name = format!("publish {destination}"),
+                    otel.name = format!("publish {name}"),
                     otel.kind = "producer",
-                    messaging.destination = destination,
-                    message_type = %message.message_type,
-                    correlation_id = %message.correlation_id,
+                    messaging.destination = name,
+                    message_type = %row.message_type,
+                    correlation_id = %row.correlation_id,
                 );
-                let written_by = serde_json::from_str::<TraceOf>(&message.body)
+                let written_by = serde_json::from_str::<TraceOf>(&row.body)
                     .ok()
                     .and_then(|t| t.traceparent);
                 context::set_parent(&span, written_by.as_deref());
                 span
             })
             .collect();
-        let traced: Vec<Outgoing> = messages
+        let messages: Vec<Outgoing> = rows
             .iter()
             .zip(&spans)
-            .map(|(message, span)| Outgoing {
+            .map(|(row, span)| Outgoing {
+                id: row.id.clone(),
+                message_type: row.message_type.clone(),
+                correlation_id: row.correlation_id.clone(),
+                body: row.body.clone(),
                 traceparent: context::traceparent(span),
-                ..message.clone()
             })
             .collect();
         let started = std::time::Instant::now();
-        let outcome = if endpoint.is_topic() {
-            self.bus.publish_batch(&address, &traced).await?
-        } else {
-            self.bus.send_batch(&address, &traced).await?
+        let call = async {
+            if destination.is_topic() {
+                self.bus.publish_batch(address, &messages).await
+            } else {
+                self.bus.send_batch(address, &messages).await
+            }
+        };
+        let outcome: Result<BatchOutcome, RelayError> = match tokio::time::timeout(CALL_LIMIT, call).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(RelayError::TimedOut { destination: name }),
+        };
+        drop(spans);
+        let all: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                tracing::warn!(destination = name, error = %err, pending = rows.len(), "cannot publish to this destination; will retry");
+                return Err(match self.release(&all).await {
+                    Ok(()) => (err, rows.len()),
+                    Err(db) => (db.into(), rows.len()),
+                });
+            }
         };
         let labels = DestinationLabels {
-            destination: destination.to_owned(),
+            destination: name.to_owned(),
         };
         self.metrics
             .relay_publish_duration
@@ -293,41 +342,123 @@ impl Relay {
             .relay_published
             .get_or_create(&labels)
             .inc_by(outcome.sent.len() as u64);
-        drop(spans);
-        claim.mark_sent(&outcome.sent).await?;
-        for failure in &outcome.failed {
-            if failure.is_permanent() {
-                let reason = format!("{}: {}", failure.code, failure.message);
-                claim.set_aside(&failure.id, &reason).await?;
-            } else {
-                tracing::warn!(id = %failure.id, code = %failure.code, message = %failure.message, "bus refused an entry for now; will retry");
-            }
-        }
-        Ok(outcome)
-    }
-
-    /// Runs until `stop` is cancelled, then makes one last flush so a graceful stop leaves
-    /// nothing behind when the bus is reachable.
-    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                () = self.signal.notified() => {}
-                () = tokio::time::sleep(self.interval) => {}
-            }
-            match self.flush().await {
-                Ok(_) => backoff.reset(),
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "outbox relay could not publish; will retry");
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
+        let recorded = async {
+            self.mark_sent(&outcome.sent).await?;
+            let mut retry = Vec::new();
+            for failure in &outcome.failed {
+                if failure.is_permanent() {
+                    self.set_aside(&failure.id, &format!("{}: {}", failure.code, failure.message))
+                        .await?;
+                } else {
+                    tracing::warn!(id = %failure.id, code = %failure.code, message = %failure.message, "bus refused an entry for now; will retry");
+                    retry.push(failure.id.clone());
                 }
             }
+            self.release(&retry).await?;
+            Ok::<_, sqlx::Error>(retry.len())
+        };
+        match recorded.await {
+            Ok(retry) => Ok((outcome.sent.len(), retry)),
+            // The lease keeps the rows from others until it runs out; then they go out again.
+            Err(err) => Err((err.into(), 0)),
         }
+    }
+
+    async fn mark_sent(&self, ids: &[String]) -> Result<(), sqlx::Error> {
+        self.update_rows(
+            "UPDATE outbox SET sent_at = $1, claimed_until = NULL WHERE id IN",
+            ids,
+            Some(now()),
+        )
+        .await
+    }
+
+    /// Gives claimed rows back at once, for the next attempt.
+    async fn release(&self, ids: &[String]) -> Result<(), sqlx::Error> {
+        self.update_rows("UPDATE outbox SET claimed_until = NULL WHERE id IN", ids, None)
+            .await
+    }
+
+    /// `statement ($n, ...)` over `ids`, with `first` bound as `$1` when given.
+    async fn update_rows(&self, statement: &str, ids: &[String], first: Option<String>) -> Result<(), sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let offset = usize::from(first.is_some());
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${}", n + offset)).collect();
+        let sql = format!("{statement} ({})", placeholders.join(", "));
+        let mut query = sqlx::query(&sql);
+        if let Some(first) = first {
+            query = query.bind(first);
+        }
+        for id in ids {
+            query = query.bind(id);
+        }
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn set_aside(&self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+        tracing::error!(id, reason, "outbox message set aside: the bus will never accept it");
+        sqlx::query("UPDATE outbox SET failed_at = $1, error = $2, claimed_until = NULL WHERE id = $3")
+            .bind(now())
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets aside pending rows naming a destination this relay does not publish to (a row
+    /// written by another build, say), instead of leaving them pending for ever.
+    async fn set_aside_unknown(&self) -> Result<(), sqlx::Error> {
+        let known: Vec<String> = self.destinations.iter().map(|d| format!("'{}'", d.name())).collect();
+        let condition = if known.is_empty() {
+            String::new()
+        } else {
+            format!("AND destination NOT IN ({})", known.join(", "))
+        };
+        let unknown: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT id, destination FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL {condition} LIMIT 100"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        for (id, destination) in unknown {
+            self.set_aside(
+                &id,
+                &format!("destination `{destination}` is not known to this service"),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs until `stop` is cancelled: one loop per destination, woken by [`Relay::signal`] and
+    /// every `interval`, each backing off on its own when its destination fails. Then one last
+    /// flush, so a graceful stop leaves nothing behind when the bus is reachable.
+    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let (wake, _) = watch::channel(0u64);
+        let loops = self
+            .destinations
+            .iter()
+            .map(|destination| self.run_destination(*destination, wake.subscribe(), stop.clone()));
+        let dispatch = async {
+            let mut ticks: u64 = 0;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = self.signal.notified() => {}
+                    () = tokio::time::sleep(self.interval) => {
+                        if let Err(err) = self.set_aside_unknown().await {
+                            tracing::warn!(error = %err, "outbox relay cannot look for rows it cannot publish");
+                        }
+                    }
+                }
+                ticks += 1;
+                wake.send_replace(ticks);
+            }
+        };
+        tokio::join!(futures::future::join_all(loops), dispatch);
         match tokio::time::timeout(FINAL_FLUSH_LIMIT, self.flush()).await {
             Ok(Ok(n)) => tracing::info!(published = n, "outbox relay stopped after a final flush"),
             Ok(Err(err)) => {
@@ -337,57 +468,27 @@ impl Relay {
         }
         Ok(())
     }
-}
 
-/// Where the relay records what became of the rows it read: the transaction holding their
-/// claim (PostgreSQL), or the pool (SQLite).
-enum Claim {
-    Held(sqlx::Transaction<'static, sqlx::Any>),
-    Free(AnyPool),
-}
-
-impl Claim {
-    async fn mark_sent(&mut self, ids: &[String]) -> Result<(), sqlx::Error> {
-        async fn mark(conn: &mut AnyConnection, ids: &[String]) -> Result<(), sqlx::Error> {
-            let now = now();
-            for id in ids {
-                sqlx::query("UPDATE outbox SET sent_at = $1 WHERE id = $2")
-                    .bind(&now)
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
+    async fn run_destination(&self, destination: Endpoint, mut wake: watch::Receiver<u64>, stop: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = wake.changed() => if changed.is_err() { return },
             }
-            Ok(())
-        }
-        match self {
-            _ if ids.is_empty() => Ok(()),
-            Self::Held(tx) => mark(tx, ids).await,
-            Self::Free(pool) => {
-                let mut tx = pool.begin().await?;
-                mark(&mut tx, ids).await?;
-                tx.commit().await
+            match self.drain(destination).await {
+                Ok(_) => backoff.reset(),
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(destination = destination.name(), error = %err, retry_in_ms = delay.as_millis() as u64, "outbox relay could not publish; will retry");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    // Whatever woke it meanwhile is served now.
+                    wake.mark_changed();
+                }
             }
-        }
-    }
-
-    async fn set_aside(&mut self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
-        tracing::error!(id, reason, "outbox message set aside: the bus will never accept it");
-        let query = sqlx::query("UPDATE outbox SET failed_at = $1, error = $2 WHERE id = $3")
-            .bind(now())
-            .bind(reason)
-            .bind(id);
-        match self {
-            Self::Held(tx) => query.execute(&mut **tx).await?,
-            Self::Free(pool) => query.execute(&*pool).await?,
-        };
-        Ok(())
-    }
-
-    /// Commits the marks and lets go of the claim.
-    async fn release(self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Held(tx) => tx.commit().await,
-            Self::Free(_) => Ok(()),
         }
     }
 }

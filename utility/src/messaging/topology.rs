@@ -130,6 +130,13 @@ impl Topology {
         }
     }
 
+    /// Every endpoint resolved, in table order.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let mut endpoints: Vec<Endpoint> = self.addresses.keys().copied().collect();
+        endpoints.sort();
+        endpoints
+    }
+
     pub fn address(&self, endpoint: Endpoint) -> Result<&str, TopologyError> {
         self.addresses
             .get(&endpoint)

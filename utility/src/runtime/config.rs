@@ -64,6 +64,11 @@ pub struct CommonConfig {
     /// the message retried like after a database failure; also PostgreSQL's `statement_timeout`.
     #[schemars(range(min = 1))]
     pub handler_timeout_seconds: u64,
+    /// Batches the consumer receives and handles at once, at most: receives in flight grow
+    /// towards it while they come back full and fall back to one long poll when the queue is
+    /// idle. On PostgreSQL each batch in flight may hold a connection of its own.
+    #[schemars(range(min = 1, max = 64))]
+    pub max_batches_in_flight: usize,
     /// Start the outbox relay. Only tests turn this off, to simulate a crash before publishing.
     pub relay_enabled: bool,
     /// Log lines as `text` (for a terminal) or `json` (for journald and log shippers); `RUST_LOG`
@@ -88,6 +93,7 @@ impl CommonConfig {
             outbox_retention_hours: 168,
             processed_retention_days: 30,
             handler_timeout_seconds: 10,
+            max_batches_in_flight: crate::messaging::consumer::DEFAULT_MAX_BATCHES,
             relay_enabled: true,
             log_format: LogFormat::default(),
             gauges_log_seconds: 60,

@@ -48,7 +48,13 @@ impl ServiceCore {
         needs: &[Endpoint],
         bus: Bus,
     ) -> anyhow::Result<Self> {
-        let pools = crate::storage::Pools::open(&config.database_url, migrations, config.handler_timeout()).await?;
+        let pools = crate::storage::Pools::open(
+            &config.database_url,
+            migrations,
+            config.handler_timeout(),
+            config.max_batches_in_flight,
+        )
+        .await?;
         let topology = Arc::new(Topology::resolve(&bus, &config.topology, needs).await?);
         let metrics = Metrics::new();
         metrics.register(
@@ -64,6 +70,11 @@ impl ServiceCore {
             config.relay_interval(),
         )
         .with_metrics(metrics.clone());
+        // The destinations of what this service sends, as the messages declare them.
+        let relay = match service.parse::<crate::messaging::Participant>() {
+            Ok(participant) => relay.with_destinations(crate::messaging::message::destinations_of(participant)),
+            Err(_) => relay,
+        };
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.http_addr))?;
@@ -106,6 +117,7 @@ impl ServiceCore {
             self.config.receive_wait(),
         )
         .with_handler_timeout(self.config.handler_timeout())
+        .with_max_batches(self.config.max_batches_in_flight)
         .with_metrics(self.metrics.clone()))
     }
 

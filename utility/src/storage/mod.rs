@@ -66,15 +66,23 @@ pub struct Pools {
     pub background: AnyPool,
 }
 
-/// Connections per pool on PostgreSQL (SQLite gets one per pool).
+/// Connections of the HTTP pool on PostgreSQL (SQLite gets one per pool).
 const HTTP_CONNECTIONS: u32 = 8;
-const BACKGROUND_CONNECTIONS: u32 = 4;
+/// Connections of the background pool on PostgreSQL beside one per batch the consumer may have in
+/// flight: the relay's claims and marks, and the sweepers.
+const BACKGROUND_EXTRA_CONNECTIONS: u32 = 3;
 
 impl Pools {
     /// Opens both pools and applies the migrations. On PostgreSQL every statement is bounded by
     /// `statement_timeout`, so a hung query fails (and its message is retried) instead of holding
     /// a connection, and a message, forever.
-    pub async fn open(url: &str, service_migrations: Migrator, statement_timeout: Duration) -> Result<Self, DbError> {
+    /// `batches`: how many batch transactions the consumer may run at once.
+    pub async fn open(
+        url: &str,
+        service_migrations: Migrator,
+        statement_timeout: Duration,
+        batches: usize,
+    ) -> Result<Self, DbError> {
         // Migrations may build indexes on large tables: they run on a connection of their own,
         // without the statement timeout, before the pools open.
         let setup = open_pool(url, 1, None).await?;
@@ -82,7 +90,10 @@ impl Pools {
         setup.close().await;
         migrated?;
         let http = open_pool(url, HTTP_CONNECTIONS, Some(statement_timeout)).await?;
-        let background = open_pool(url, BACKGROUND_CONNECTIONS, Some(statement_timeout)).await?;
+        let background_connections = u32::try_from(batches)
+            .unwrap_or(u32::MAX)
+            .saturating_add(BACKGROUND_EXTRA_CONNECTIONS);
+        let background = open_pool(url, background_connections, Some(statement_timeout)).await?;
         Ok(Self { http, background })
     }
 }
