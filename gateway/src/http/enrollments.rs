@@ -270,7 +270,7 @@ pub(super) async fn create(
         Err(err) => return Err(err.into()),
     }
     state.outbox_signal.notify_one();
-    tracing::info!("enrollment accepted");
+    tracing::debug!("enrollment accepted");
     prefer::answer(&state, &id.to_string(), Status::Pending, wait).await
 }
 

@@ -7,8 +7,11 @@
 //! - The request id is the caller's `x-request-id` when it is sane (1 to 128 visible ASCII
 //!   characters), otherwise a new UUID; it is in the span (so in every log line of the request)
 //!   and returned in the response's `x-request-id`.
-//! - The access line, at INFO: method, route, status, latency and request id (probes of
-//!   `/health`, `/ready` and `/metrics` at DEBUG, to keep the log about traffic).
+//! - The access line: method, route, status, latency and request id. At INFO only for what an
+//!   operator needs to read: server errors (5xx) and slow requests (longer than
+//!   [`SLOW_REQUEST`], unless they were held on purpose by `Prefer: wait`); every other request at
+//!   DEBUG, since the HTTP metrics count them all. A log line per request would cost more than
+//!   the rest of a saga's logs together.
 
 use crate::observe::context;
 use crate::observe::metrics::{HttpLabels, Metrics, RouteLabels};
@@ -20,6 +23,9 @@ use std::time::Instant;
 use tracing::Instrument;
 
 const REQUEST_ID: &str = "x-request-id";
+
+/// A request that takes longer than this (and was not held by `Prefer: wait`) is logged at INFO.
+pub const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn request_id(request: &Request) -> String {
     request
@@ -63,11 +69,12 @@ pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Nex
         response.headers_mut().insert(REQUEST_ID, value);
     }
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    let held = response.headers().contains_key("preference-applied");
     span.in_scope(|| {
-        if matches!(route.as_str(), "/health" | "/ready" | "/metrics") {
-            tracing::debug!(method, route, status, latency_ms, "request");
-        } else {
+        if notable(status, elapsed, held) {
             tracing::info!(method, route, status, latency_ms, "request");
+        } else {
+            tracing::debug!(method, route, status, latency_ms, "request");
         }
     });
     metrics
@@ -83,4 +90,31 @@ pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Nex
         .get_or_create(&RouteLabels { method, route })
         .observe(elapsed.as_secs_f64());
     response
+}
+
+/// Whether a request's access line is worth INFO: a server error, or slow without having been
+/// held on purpose (`held`: the answer says `Preference-Applied`).
+fn notable(status: u16, elapsed: std::time::Duration, held: bool) -> bool {
+    status >= 500 || (elapsed > SLOW_REQUEST && !held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn only_server_errors_and_unheld_slow_requests_are_notable() {
+        let quick = Duration::from_millis(20);
+        let slow = SLOW_REQUEST + Duration::from_millis(1);
+        assert!(!notable(202, quick, false));
+        assert!(!notable(404, quick, false));
+        assert!(notable(503, quick, false));
+        assert!(notable(200, slow, false));
+        assert!(
+            !notable(200, slow, true),
+            "a request held by Prefer: wait is slow on purpose"
+        );
+        assert!(notable(500, slow, true));
+    }
 }
