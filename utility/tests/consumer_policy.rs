@@ -750,3 +750,94 @@ async fn stopping_finishes_the_batch_received_ahead() {
         "a committed message was left undeleted, or one was lost"
     );
 }
+
+/// Counts how many handler calls run at once, and how many ran in all.
+#[derive(Clone, Default)]
+struct Overlapping {
+    now: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+    work_for: Duration,
+}
+
+impl Handler for Overlapping {
+    async fn handle(&self, _tx: &mut AnyConnection, _envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let running = self.now.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(running, SeqCst);
+        tokio::time::sleep(self.work_for).await;
+        self.now.fetch_sub(1, SeqCst);
+        self.done.fetch_add(1, SeqCst);
+        Ok(AfterCommit::nothing())
+    }
+}
+
+/// Runs a consumer allowed `max_batches` over a full queue of slow messages, on PostgreSQL (one
+/// connection per batch, so batches really run at the same time); returns the most handler calls
+/// seen at once, and the empty receives counted in a quiet window once the queue is drained.
+async fn overlap(max_batches: usize) -> (usize, f64) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let bus = testkit::bus().await;
+    let queues = Queues::create(&bus, 30).await;
+    let sent: Vec<Envelope> = (0..40).map(|_| envelope()).collect();
+    for chunk in sent.chunks(10) {
+        let outgoing: Vec<_> = chunk.iter().map(Into::into).collect();
+        bus.send_batch(&queues.work, &outgoing).await.unwrap();
+    }
+    let db = testkit::TestDb::new(testkit::Backend::Postgres, "overlap").await;
+    let pool = utility::storage::Pools::open(
+        &db.url,
+        sqlx::migrate::Migrator::DEFAULT,
+        Duration::from_secs(10),
+        max_batches,
+    )
+    .await
+    .unwrap()
+    .background;
+    let handler = Overlapping {
+        work_for: Duration::from_millis(200),
+        ..Overlapping::default()
+    };
+    let metrics = utility::observe::metrics::Metrics::new();
+    let consumer = Consumer::new(
+        queues.work.clone(),
+        bus.clone(),
+        pool,
+        handler.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+        1,
+    )
+    .with_max_batches(max_batches)
+    .with_metrics(metrics.clone());
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(stop.clone()));
+    until("every message to be handled", async || handler.done.load(SeqCst) >= 40).await;
+    until("the queue to be empty", async || queues.depth(&queues.work).await == 0).await;
+    let empty = || {
+        let labels = utility::observe::metrics::QueueLabels {
+            queue: utility::messaging::bus::queue_name(&queues.work).to_owned(),
+        };
+        metrics.empty_receives.get_or_create(&labels).get() as f64
+    };
+    // Pollers retire on their first receive that comes back short; then a quiet window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = empty();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle = empty() - before;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    (handler.peak.load(SeqCst), idle)
+}
+
+/// With room for several batches, several are handled at once (the next ones do not wait for a
+/// slow one's commit), never more than the bound; once the queue is drained the consumer falls
+/// back to one long poll (a 1 s wait here: about four empty receives in four seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_run_side_by_side_up_to_the_bound_and_an_idle_queue_costs_one_poller() {
+    let (peak, idle) = overlap(4).await;
+    assert!(peak >= 2, "at most {peak} handler call at once: the batches took turns");
+    assert!(peak <= 4, "{peak} handler calls at once, beyond the bound of 4 batches");
+    assert!(idle <= 6.0, "{idle} empty receives in 4 s: more than one poller stayed after the load");
+    let (peak, _) = overlap(1).await;
+    assert_eq!(peak, 1, "one batch at a time runs one handler call at a time");
+}

@@ -73,3 +73,108 @@ async fn refused_rows_are_set_aside_and_do_not_block_the_others() {
     assert_eq!(received[0].body, "{\"ok\": true}");
     let _ = bus.sqs().delete_queue().queue_url(&queue).send().await;
 }
+
+async fn queue(bus: &utility::messaging::bus::Bus, name: &str) -> String {
+    bus.sqs()
+        .create_queue()
+        .queue_name(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
+async fn sent(pool: &sqlx::AnyPool, destination: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT COUNT(sent_at), COUNT(*) - COUNT(sent_at) FROM outbox WHERE destination = $1 AND failed_at IS NULL",
+    )
+    .bind(destination)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// One destination that keeps failing (its queue deleted by hand) holds none of the others, even
+/// with more of its rows pending, and older, than a relay reads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_destination_does_not_hold_the_others() {
+    let bus = testkit::bus().await;
+    let good = queue(&bus, "relay-good").await;
+    let gone = queue(&bus, "relay-gone").await;
+    bus.sqs().delete_queue().queue_url(&gone).send().await.unwrap();
+    let db = testkit::TestDb::new(testkit::Backend::Postgres, "relay").await;
+    let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+    for n in 0..150 {
+        insert(&pool, &format!("a-{n:03}"), "transaction-commands", "{}").await;
+    }
+    for n in 0..5 {
+        insert(&pool, &format!("b-{n}"), "customer-commands", "{}").await;
+    }
+    let topology = Arc::new(Topology::from_addresses([
+        (Endpoint::CustomerCommands, good.clone()),
+        (Endpoint::TransactionCommands, gone),
+    ]));
+    let relay = Relay::new(pool.clone(), bus.clone(), topology, Duration::from_secs(1));
+    assert!(relay.flush().await.is_err(), "the failing destination is reported");
+    assert_eq!(sent(&pool, "customer-commands").await, (5, 0), "the healthy destination's rows went out");
+    assert_eq!(sent(&pool, "transaction-commands").await, (0, 150), "the failing one's rows wait");
+    // Released at once for the next attempt, not left claimed until the lease runs out.
+    let claimed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claimed_until IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(claimed, 0);
+    let _ = bus.sqs().delete_queue().queue_url(&good).send().await;
+}
+
+/// While a publish call is on the wire, the relay holds no transaction and no row lock: another
+/// connection can lock the rows being published at once (here the bus never answers, so the call
+/// stays on the wire as long as the test likes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_transaction_or_row_lock_is_held_across_a_bus_call() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let bus = testkit::bus_at(&endpoint).await;
+    let db = testkit::TestDb::new(testkit::Backend::Postgres, "relay").await;
+    let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+    insert(&pool, "waiting", "customer-commands", "{}").await;
+    let topology = Arc::new(Topology::from_addresses([(
+        Endpoint::CustomerCommands,
+        format!("{endpoint}/000000000000/nowhere"),
+    )]));
+    let relay = Relay::new(pool.clone(), bus, topology, Duration::from_secs(1));
+    let flushing = tokio::spawn(async move { relay.flush().await });
+    testkit::eventually("the row to be claimed", testkit::DEADLINE, async || {
+        let claimed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claimed_until IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        testkit::Poll::ready_if(claimed == 1, (), claimed)
+    })
+    .await
+    .unwrap();
+    let in_transaction: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()
+         AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(in_transaction, 0, "a transaction is held open across the bus call");
+    let mut tx = pool.begin().await.unwrap();
+    let locked: Vec<String> = sqlx::query_scalar("SELECT id FROM outbox FOR UPDATE NOWAIT")
+        .fetch_all(&mut *tx)
+        .await
+        .expect("the row being published is not locked");
+    assert_eq!(locked, ["waiting"]);
+    tx.rollback().await.unwrap();
+    flushing.abort();
+    accepting.abort();
+}
