@@ -837,7 +837,10 @@ async fn batches_run_side_by_side_up_to_the_bound_and_an_idle_queue_costs_one_po
     let (peak, idle) = overlap(4).await;
     assert!(peak >= 2, "at most {peak} handler call at once: the batches took turns");
     assert!(peak <= 4, "{peak} handler calls at once, beyond the bound of 4 batches");
-    assert!(idle <= 6.0, "{idle} empty receives in 4 s: more than one poller stayed after the load");
+    assert!(
+        idle <= 6.0,
+        "{idle} empty receives in 4 s: more than one poller stayed after the load"
+    );
     let (peak, _) = overlap(1).await;
     assert_eq!(peak, 1, "one batch at a time runs one handler call at a time");
 }

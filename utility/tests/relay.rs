@@ -104,7 +104,9 @@ async fn a_failing_destination_does_not_hold_the_others() {
     let gone = queue(&bus, "relay-gone").await;
     bus.sqs().delete_queue().queue_url(&gone).send().await.unwrap();
     let db = testkit::TestDb::new(testkit::Backend::Postgres, "relay").await;
-    let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+    let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
+        .await
+        .unwrap();
     for n in 0..150 {
         insert(&pool, &format!("a-{n:03}"), "transaction-commands", "{}").await;
     }
@@ -117,8 +119,16 @@ async fn a_failing_destination_does_not_hold_the_others() {
     ]));
     let relay = Relay::new(pool.clone(), bus.clone(), topology, Duration::from_secs(1));
     assert!(relay.flush().await.is_err(), "the failing destination is reported");
-    assert_eq!(sent(&pool, "customer-commands").await, (5, 0), "the healthy destination's rows went out");
-    assert_eq!(sent(&pool, "transaction-commands").await, (0, 150), "the failing one's rows wait");
+    assert_eq!(
+        sent(&pool, "customer-commands").await,
+        (5, 0),
+        "the healthy destination's rows went out"
+    );
+    assert_eq!(
+        sent(&pool, "transaction-commands").await,
+        (0, 150),
+        "the failing one's rows wait"
+    );
     // Released at once for the next attempt, not left claimed until the lease runs out.
     let claimed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claimed_until IS NOT NULL")
         .fetch_one(&pool)
@@ -143,7 +153,9 @@ async fn no_transaction_or_row_lock_is_held_across_a_bus_call() {
     });
     let bus = testkit::bus_at(&endpoint).await;
     let db = testkit::TestDb::new(testkit::Backend::Postgres, "relay").await;
-    let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+    let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
+        .await
+        .unwrap();
     insert(&pool, "waiting", "customer-commands", "{}").await;
     let topology = Arc::new(Topology::from_addresses([(
         Endpoint::CustomerCommands,

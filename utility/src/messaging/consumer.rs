@@ -337,21 +337,45 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// The queue's visibility timeout and redrive limit, read once from SQS (the template is the
-    /// truth).
+    /// The queue's visibility timeout and redrive limit, as [`Consumer::read_settings`] read them
+    /// before the first receive.
     async fn settings(&self) -> QueueSettings {
-        *self
-            .settings
-            .get_or_init(|| async {
-                self.bus.queue_settings(&self.queue_url).await.unwrap_or_else(|err| {
-                    tracing::warn!(error = %err, "cannot read the queue's settings; assuming a 30 s visibility timeout");
-                    QueueSettings {
-                        visibility_timeout: 30,
-                        max_receive_count: None,
+        match self.settings.get() {
+            Some(settings) => *settings,
+            // Not reached from `run`, which reads them first; a heartbeat every 10 s is then
+            // the safe side of the shortest timeout the template allows.
+            None => QueueSettings {
+                visibility_timeout: 30,
+                max_receive_count: None,
+            },
+        }
+    }
+
+    /// Reads the queue's settings from SQS (the template is the truth), retrying while the bus
+    /// does not answer: a heartbeat paced for a guessed timeout could let messages reappear while
+    /// they are handled. `false` when `stop` fired first.
+    async fn read_settings(&self, stop: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let read = tokio::select! {
+                read = self.bus.queue_settings(&self.queue_url) => read,
+                () = stop.cancelled() => return false,
+            };
+            match read {
+                Ok(settings) => {
+                    let _ = self.settings.set(settings);
+                    return true;
+                }
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot read the queue's settings; will retry");
+                    tokio::select! {
+                        () = stop.cancelled() => return false,
+                        () = tokio::time::sleep(delay) => {}
                     }
-                })
-            })
-            .await
+                }
+            }
+        }
     }
 
     /// Logs a message's outcome in its span (after the commit that made it true), runs what its

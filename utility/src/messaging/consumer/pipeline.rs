@@ -98,6 +98,9 @@ impl<H: Handler> Consumer<H> {
     /// flight are handled (or abandoned at the stop limit) and their deletes are done.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let queue = queue_name(&self.queue_url).to_owned();
+        if !self.read_settings(&stop).await {
+            return Ok(());
+        }
         tracing::info!(queue, max_batches = self.max_batches, "consumer started");
         let consumer = Arc::new(self);
         let (receipts, deletions) = mpsc::unbounded_channel();
