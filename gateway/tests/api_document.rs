@@ -130,6 +130,9 @@ async fn the_document_lists_exactly_the_served_routes() {
         for call in [".route(", ".route_service(", ".nest(", ".nest_service("] {
             for (at, _) in text.match_indices(call) {
                 let rest = text[at + call.len()..].trim_start();
+                if rest.starts_with(')') {
+                    continue; // a method of that name with no argument (`MessageType::route()`)
+                }
                 let literal = rest.strip_prefix('"').and_then(|r| r.split('"').next());
                 let path = literal.unwrap_or_else(|| panic!("{}: {call} without a literal path", file.display()));
                 assert!(
