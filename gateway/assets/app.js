@@ -9,7 +9,7 @@
   // The saga's statuses, each with its label and whether it is terminal, as the gateway declares
   // them (written into the page by the gateway).
   const STATUSES = JSON.parse(document.getElementById("statuses").textContent);
-  const label = (status) => (STATUSES[status] ? STATUSES[status].label : status);
+  const statusLabel = (status) => (STATUSES[status] ? STATUSES[status].label : status);
   const isTerminal = (status) => Boolean(STATUSES[status] && STATUSES[status].terminal);
   const FIELDS = ["name", "email"];
 
@@ -176,7 +176,7 @@
       item.dataset.status = step.status;
       const name = document.createElement("span");
       name.className = "step-status";
-      name.textContent = label(step.status);
+      name.textContent = statusLabel(step.status);
       const meta = document.createElement("span");
       meta.className = "step-meta";
       const time = document.createElement("time");
