@@ -219,7 +219,7 @@ async fn deploy_app_end_to_end_on_moto() {
         ("AWS::AutoScaling::AutoScalingGroup", 3),
         ("AWS::ElasticLoadBalancingV2::LoadBalancer", 2),
         ("AWS::ElasticLoadBalancingV2::TargetGroup", 4),
-        ("AWS::ElasticLoadBalancingV2::ListenerRule", 5),
+        ("AWS::ElasticLoadBalancingV2::ListenerRule", 6),
         ("AWS::RDS::DBInstance", 3),
         ("AWS::EC2::SecurityGroup", 8),
         ("AWS::Logs::LogGroup", 3),
