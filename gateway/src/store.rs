@@ -108,8 +108,9 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     let now = utility::storage::now();
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO enrollments (id, name, email, status, idempotency_key, request_fingerprint, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        "INSERT INTO enrollments (id, name, email, status, idempotency_key, request_fingerprint, created_at, updated_at,
+                                  history_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1)",
     )
     .bind(new.id.to_string())
     .bind(new.name.as_str())
@@ -120,7 +121,7 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     .bind(&now)
     .execute(&mut *tx)
     .await?;
-    record_history(&mut tx, new.id, Status::Pending, "EnrollmentAccepted", &now).await?;
+    insert_history(&mut tx, new.id, 1, Status::Pending, "EnrollmentAccepted", &now).await?;
     let command = Envelope::new(
         Message::Enroll(Enroll {
             name: new.name.clone(),
@@ -239,20 +240,23 @@ pub async fn saga(tx: &mut AnyConnection, id: Uuid) -> Result<Option<SagaState>,
         .await
 }
 
-/// Moves the saga from `from` to `step.next` with what the step records, and clears any stall
-/// report. Conditional on `from`: `false` when another writer moved the saga first.
+/// Moves the saga from `from` to `step.next` with what the step records, clears any stall report
+/// and takes the history's next number (one statement). Conditional on `from`: `None` when
+/// another writer moved the saga first; else the number of the history entry to write.
 pub async fn advance(
     tx: &mut AnyConnection,
     id: Uuid,
     from: Status,
     step: &Step,
     now: &str,
-) -> Result<bool, sqlx::Error> {
-    let moved = sqlx::query(
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
         "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
              bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason),
-             public_reason = COALESCE($5, public_reason), updated_at = $6, stall_reported_at = NULL
-         WHERE id = $7 AND status = $8",
+             public_reason = COALESCE($5, public_reason), updated_at = $6, stall_reported_at = NULL,
+             history_seq = history_seq + 1
+         WHERE id = $7 AND status = $8
+         RETURNING history_seq",
     )
     .bind(step.next.name())
     .bind(step.customer_id.map(|c| c.to_string()))
@@ -262,10 +266,8 @@ pub async fn advance(
     .bind(now)
     .bind(id.to_string())
     .bind(from.name())
-    .execute(tx)
-    .await?
-    .rows_affected();
-    Ok(moved == 1)
+    .fetch_optional(tx)
+    .await
 }
 
 /// `status IN (...)` over the open statuses, as [`Status`] declares them.
@@ -346,6 +348,19 @@ pub(crate) async fn record_history(
             .bind(id.to_string())
             .fetch_one(&mut *tx)
             .await?;
+    insert_history(tx, id, seq, status, event, at).await
+}
+
+/// Writes history entry number `seq` (taken under the enrollment's row lock, by
+/// [`record_history`], [`advance`] or the enrollment's insert).
+pub(crate) async fn insert_history(
+    tx: &mut AnyConnection,
+    id: Uuid,
+    seq: i64,
+    status: Status,
+    event: &str,
+    at: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO enrollment_history (id, enrollment_id, status, event, at, seq) VALUES ($1, $2, $3, $4, $5, $6)",
     )

@@ -30,14 +30,16 @@ impl Handler for SagaHandler {
             // A late event: recorded, its command sent, but the saga, its clock and its stall
             // report stay as they are.
             tracing::warn!(status = %current, "late event recorded; the saga does not move");
+            store::record_history(tx, id, step.next, envelope.type_name(), &now).await?;
         } else {
             // Conditional on the status read above: if another instance moved the saga meanwhile,
             // retry against the new status instead of overwriting it.
-            if !store::advance(tx, id, current, &step, &now).await? {
+            let Some(seq) = store::advance(tx, id, current, &step, &now).await? else {
                 return Err(HandlerError::Conflict(format!(
                     "enrollment {id} changed while this event was applied"
                 )));
-            }
+            };
+            store::insert_history(tx, id, seq, step.next, envelope.type_name(), &now).await?;
             tracing::debug!(from = %current, to = %step.next, "saga advanced");
             let moving_again = saga.stall_reported_at.is_some();
             let finished = step.next.is_terminal().then(|| {
@@ -65,7 +67,6 @@ impl Handler for SagaHandler {
                 }
             });
         }
-        store::record_history(tx, id, step.next, envelope.type_name(), &now).await?;
         if let Some(command) = step.command {
             outbox::enqueue(tx, &envelope.caused(command)).await?;
         }
