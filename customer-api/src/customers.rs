@@ -2,6 +2,7 @@
 //! event it causes (written to the outbox).
 
 use sqlx::AnyConnection;
+use utility::domain::Subaddresses;
 use utility::messaging::consumer::{AfterCommit, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
@@ -10,12 +11,15 @@ use utility::messaging::message::{
 use utility::messaging::outbox;
 use uuid::Uuid;
 
-pub struct CustomerHandler;
+pub struct CustomerHandler {
+    /// How addresses are compared: one active customer per key ([`utility::domain::Email::key`]).
+    pub subaddresses: Subaddresses,
+}
 
 impl Handler for CustomerHandler {
     async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
         let event = match &envelope.message {
-            Message::Enroll(command) => enroll(tx, envelope.correlation_id, command).await?,
+            Message::Enroll(command) => enroll(tx, envelope.correlation_id, command, self.subaddresses).await?,
             Message::Unenroll(command) => unenroll(tx, envelope.correlation_id, command).await?,
             other => {
                 return Err(HandlerError::Refused(format!(
@@ -43,6 +47,7 @@ async fn enroll(
     tx: &mut AnyConnection,
     enrollment_id: Uuid,
     command: &Enroll,
+    subaddresses: Subaddresses,
 ) -> Result<Option<Message>, HandlerError> {
     let rejected_before = sqlx::query("SELECT reason FROM rejected_enrollments WHERE enrollment_id = $1")
         .bind(enrollment_id.to_string())
@@ -54,16 +59,17 @@ async fn enroll(
         return Ok(None);
     }
     let customer_id = Uuid::now_v7();
-    // Both unique constraints (one enrollment per saga, one active customer per e-mail) are
+    // Both unique constraints (one enrollment per saga, one active customer per address key) are
     // handled by the conflict clause, so a race between two instances cannot fail the transaction.
     let inserted = sqlx::query(
-        "INSERT INTO customers (id, enrollment_id, name, email, status, enrolled_at)
-         VALUES ($1, $2, $3, $4, 'active', $5) ON CONFLICT DO NOTHING",
+        "INSERT INTO customers (id, enrollment_id, name, email, email_key, status, enrolled_at)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6) ON CONFLICT DO NOTHING",
     )
     .bind(customer_id.to_string())
     .bind(enrollment_id.to_string())
     .bind(command.name.as_str())
     .bind(command.email.as_str())
+    .bind(command.email.key(subaddresses))
     .bind(utility::storage::now())
     .execute(&mut *tx)
     .await?

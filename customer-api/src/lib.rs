@@ -8,6 +8,7 @@ mod http;
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
+use utility::domain::Subaddresses;
 use utility::messaging::Endpoint;
 use utility::runtime::config::{CommonConfig, ServiceInfo};
 use utility::runtime::{Service, ServiceCore};
@@ -18,12 +19,17 @@ pub use customers::CustomerHandler;
 pub struct Config {
     #[serde(flatten)]
     pub common: CommonConfig,
+    /// Whether `ada+news@example.com` is the customer `ada@example.com` (`fold`) or a customer of
+    /// its own (`distinct`). Applies to enrollments from then on: a customer keeps the key it was
+    /// enrolled under.
+    pub email_subaddresses: Subaddresses,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             common: CommonConfig::new(([127, 0, 0, 1], 8081).into(), "sqlite:data/customer-api.db"),
+            email_subaddresses: Subaddresses::default(),
         }
     }
 }
@@ -53,7 +59,9 @@ pub fn migrations() -> sqlx::migrate::Migrator {
 }
 
 /// The customer-api as a [`Service`]: customer commands in, customer events out.
-pub struct CustomerApi;
+pub struct CustomerApi {
+    subaddresses: Subaddresses,
+}
 
 impl Service for CustomerApi {
     const INFO: ServiceInfo = utility::service_info!();
@@ -66,12 +74,16 @@ impl Service for CustomerApi {
         migrations()
     }
 
-    fn from_config(_: Config) -> anyhow::Result<Self> {
-        Ok(Self)
+    fn from_config(config: Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            subaddresses: config.email_subaddresses,
+        })
     }
 
     fn handler(&self, _: &ServiceCore) -> CustomerHandler {
-        CustomerHandler
+        CustomerHandler {
+            subaddresses: self.subaddresses,
+        }
     }
 
     fn routes(&self, core: &ServiceCore, _: &CancellationToken) -> anyhow::Result<axum::Router> {

@@ -272,11 +272,17 @@ async fn services_refuse_to_start_without_their_topology() {
     let db = testkit::TestDb::new(Backend::Sqlite, "customer").await;
     let mut common = utility::runtime::config::CommonConfig::new(([127, 0, 0, 1], 0).into(), db.url.clone());
     common.topology.topology_stack = format!("missing-{}", uuid::Uuid::new_v4().simple());
-    let err = customer_api::Application::build(customer_api::Config { common: common.clone() }, bus.clone())
-        .await
-        .err()
-        .expect("start-up must fail")
-        .to_string();
+    let err = customer_api::Application::build(
+        customer_api::Config {
+            common: common.clone(),
+            ..Default::default()
+        },
+        bus.clone(),
+    )
+    .await
+    .err()
+    .expect("start-up must fail")
+    .to_string();
     assert!(
         err.contains(&common.topology.topology_stack) && err.contains("make topology"),
         "{err}"
@@ -285,11 +291,17 @@ async fn services_refuse_to_start_without_their_topology() {
     let missing_queue = "http://127.0.0.1:4566/queue/us-east-1/000000000000/no-such-queue-for-saga-tests";
     common.topology.customer_commands_queue_url = Some(missing_queue.to_owned());
     common.topology.customer_events_topic_arn = Some("arn:aws:sns:us-east-1:000000000000:no-such-topic".to_owned());
-    let err = customer_api::Application::build(customer_api::Config { common }, bus.clone())
-        .await
-        .err()
-        .expect("start-up must fail")
-        .to_string();
+    let err = customer_api::Application::build(
+        customer_api::Config {
+            common,
+            ..Default::default()
+        },
+        bus.clone(),
+    )
+    .await
+    .err()
+    .expect("start-up must fail")
+    .to_string();
     assert!(
         err.contains("queue `customer-commands`") && err.contains(missing_queue),
         "{err}"

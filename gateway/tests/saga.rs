@@ -7,6 +7,8 @@ testkit::on_both_backends!(
     enrollment_completes_with_customer_active_and_points_posted,
     exhausted_budget_rolls_the_enrollment_back,
     duplicate_email_is_rejected,
+    sub_address_and_unicode_variants_land_on_one_customer,
+    sub_addresses_are_customers_of_their_own_when_kept_distinct,
     redelivered_commands_have_one_effect,
     outbox_row_written_before_a_crash_is_published_after_restart,
     malformed_messages_reach_the_dead_letter_queue_while_the_service_keeps_serving,
@@ -134,6 +136,68 @@ async fn duplicate_email_is_rejected(backend: Backend) {
     )
     .await;
     assert_eq!(customers, 1);
+    system.stop().await;
+}
+
+/// The variants of one address a script would use to farm bonuses (a sub-address, upper case, a
+/// decomposed accent, the domain typed in Unicode or in Punycode, stray spaces) are one customer:
+/// the first enrollment makes it, every variant after it is rejected.
+async fn sub_address_and_unicode_variants_land_on_one_customer(backend: Backend) {
+    let system = System::start(backend, Options::default()).await;
+    let tag = uuid::Uuid::new_v4().simple();
+    let first = system
+        .submit("Zo\u{EB}", &format!("zo\u{EB}-{tag}@b\u{FC}cher.example"))
+        .await;
+    let done = system.wait_for_status(&first, &testkit::TERMINAL).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    for variant in [
+        format!("ZOE\u{308}-{tag}+news@B\u{DC}CHER.example"),
+        format!("zo\u{EB}-{tag}+1@xn--bcher-kva.example"),
+        format!("  Zo\u{EB}-{tag}@bu\u{308}cher.EXAMPLE "),
+        format!("zo\u{EB}-{tag}+2@XN--BCHER-KVA.EXAMPLE"),
+    ] {
+        let id = system.submit("Zo\u{EB} again", &variant).await;
+        let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
+        assert_eq!(done["status"], "rejected", "{variant:?} gained a customer: {done}");
+    }
+
+    let pool = &system.customer.as_ref().unwrap().pool;
+    let key = format!("zo\u{EB}-{tag}@xn--bcher-kva.example");
+    assert_eq!(
+        scalar_i64(pool, "SELECT COUNT(*) FROM customers WHERE email_key = $1", &key).await,
+        1
+    );
+    assert_eq!(
+        scalar_i64(pool, "SELECT COUNT(*) FROM customers WHERE status <> $1", "").await,
+        1
+    );
+    system.stop().await;
+}
+
+/// With `EMAIL_SUBADDRESSES=distinct` each sub-address is a customer of its own; the rest of the
+/// canonical form (case, here) still holds.
+async fn sub_addresses_are_customers_of_their_own_when_kept_distinct(backend: Backend) {
+    let options = Options {
+        email_subaddresses: utility::domain::Subaddresses::Distinct,
+        ..Options::default()
+    };
+    let system = System::start(backend, options).await;
+    let tag = uuid::Uuid::new_v4().simple();
+    for (address, expected) in [
+        (format!("kept-{tag}+1@example.com"), "completed"),
+        (format!("kept-{tag}+2@example.com"), "completed"),
+        (format!("KEPT-{tag}+1@Example.com"), "rejected"),
+    ] {
+        let id = system.submit("Kept", &address).await;
+        let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
+        assert_eq!(done["status"], expected, "{address}: {done}");
+    }
+    let pool = &system.customer.as_ref().unwrap().pool;
+    assert_eq!(
+        scalar_i64(pool, "SELECT COUNT(*) FROM customers WHERE status <> $1", "").await,
+        2
+    );
     system.stop().await;
 }
 

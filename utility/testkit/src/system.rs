@@ -64,6 +64,8 @@ pub struct Options {
     pub stall_after_seconds: u64,
     /// Long-poll wait of every consumer (tests: 1 s, so stops and restarts are quick).
     pub receive_wait_seconds: i32,
+    /// The customer-api's `EMAIL_SUBADDRESSES`.
+    pub email_subaddresses: utility::domain::Subaddresses,
 }
 
 impl Default for Options {
@@ -74,6 +76,7 @@ impl Default for Options {
             gateway_relay: true,
             stall_after_seconds: 120,
             receive_wait_seconds: 1,
+            email_subaddresses: utility::domain::Subaddresses::default(),
         }
     }
 }
@@ -110,6 +113,7 @@ impl System {
                     receive_wait_seconds: options.receive_wait_seconds,
                     ..common_config(&customer_db, &stack)
                 },
+                email_subaddresses: options.email_subaddresses,
             },
             bus.clone(),
         )
