@@ -33,7 +33,7 @@ lint: ## Formatting, clippy, and cfn-lint on the CloudFormation templates.
 	cargo clippy --all-targets -- -D warnings
 	infra/lint/cfn-lint.sh run
 
-deny: ## License and banned-crate checks (cargo-deny, installed into .tools/ on first use).
+deny: ## Advisory, banned-crate, license and source checks (cargo-deny, installed into .tools/ on first use).
 	@.ci/deny
 
 fmt: ## Format the code (cargo fmt).

@@ -46,8 +46,9 @@ use schema::{Setting, settings};
 pub struct CommonConfig {
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
-    /// `sqlite:<file>` (created on first run) or `postgres://user:password@host/database`.
-    pub database_url: String,
+    /// `sqlite:<file>` (created on first run) or `postgres://user:password@host/database`. Secret:
+    /// a PostgreSQL URL carries the password, so no log line or `--help` may show it.
+    pub database_url: Secret<String>,
     /// Long-poll wait of each SQS receive, in seconds (SQS accepts 0 to 20).
     #[schemars(range(min = 0, max = 20))]
     pub receive_wait_seconds: i32,
@@ -86,7 +87,7 @@ impl CommonConfig {
     pub fn new(http_addr: SocketAddr, database_url: impl Into<String>) -> Self {
         Self {
             http_addr,
-            database_url: database_url.into(),
+            database_url: Secret::new(database_url.into()),
             // The longest long poll SQS allows: an idle poller costs 3 requests a minute.
             receive_wait_seconds: 20,
             relay_interval_ms: 1000,
@@ -370,6 +371,19 @@ mod tests {
     #[test]
     fn every_common_setting_is_documented() {
         assert_eq!(undocumented::<CommonConfig>(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_url() {
+        let config = load_from(
+            Sample::default(),
+            None,
+            env(&[("DATABASE_URL", "postgres://app:swordfish@db/app")]),
+        )
+        .unwrap();
+        assert_eq!(config.common.database_url.expose(), "postgres://app:swordfish@db/app");
+        let shown = format!("{config:?} {:#?}", config.common);
+        assert!(!shown.contains("swordfish") && !shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl ServiceCore {
         bus: Bus,
     ) -> anyhow::Result<Self> {
         let pools = crate::storage::Pools::open(
-            &config.database_url,
+            config.database_url.expose(),
             migrations,
             config.handler_timeout(),
             config.max_batches_in_flight,
