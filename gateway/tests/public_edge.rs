@@ -302,3 +302,26 @@ async fn operator_listing_pages_and_filters(backend: Backend) {
         .collect();
     assert_eq!(fields, ["status", "limit", "cursor"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_chosen_methods_share_one_metric_label() {
+    let api = GatewayApi::start(Backend::Sqlite).await;
+    for n in 0..20 {
+        let request = Request::builder()
+            .method(format!("AAAA{n}").as_str())
+            .uri("/api/enrollments")
+            .body(Body::empty())
+            .unwrap();
+        let answer = api.call(request).await;
+        assert_eq!(answer.status, 405, "AAAA{n}: {}", answer.body);
+    }
+    let metrics = api.call(get_as("/metrics", Some(OPERATOR_TOKEN))).await;
+    assert_eq!(metrics.status, 200);
+    assert!(!metrics.text.contains("AAAA"), "a client's method became a label:\n{}", metrics.text);
+    let other = metrics
+        .text
+        .lines()
+        .find(|line| line.starts_with("saga_http_requests_total{") && line.contains(r#"method="other""#))
+        .unwrap_or_else(|| panic!("no series for other methods:\n{}", metrics.text));
+    assert!(other.ends_with(" 20"), "{other}");
+}

@@ -2,7 +2,8 @@
 //! request, a request id, and the HTTP metrics.
 //!
 //! - The span, `<METHOD> <route>` (the matched route, not the path, so ids do not explode the
-//!   names), continues the caller's W3C `traceparent` when it sends one: a client's trace, or the
+//!   names; the method one of [`method_label`]'s closed set, since hyper accepts any token as a
+//!   method and this layer runs before routing and auth), continues the caller's W3C `traceparent` when it sends one: a client's trace, or the
 //!   gateway's when it calls the other services.
 //! - The request id is the caller's `x-request-id` when it is sane (1 to 128 visible ASCII
 //!   characters), otherwise a new UUID; it is in the span (so in every log line of the request)
@@ -40,7 +41,7 @@ fn request_id(request: &Request) -> String {
 /// The middleware; [`crate::http::finish`] installs it with the service's metrics.
 pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -92,6 +93,23 @@ pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Nex
     response
 }
 
+/// The method as a label and in span names: the standard methods by name, any other token
+/// `other`. The client picks the method, and every distinct label is a metric series kept for
+/// the life of the process.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Whether a request's access line is worth INFO: a server error, or slow without having been
 /// held on purpose (`held`: the answer says `Preference-Applied`).
 fn notable(status: u16, elapsed: std::time::Duration, held: bool) -> bool {
@@ -102,6 +120,16 @@ fn notable(status: u16, elapsed: std::time::Duration, held: bool) -> bool {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn methods_outside_the_standard_set_share_one_label() {
+        use axum::http::Method;
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
+        for odd in ["AAAA1", "AAAA2", "TRACE", "CONNECT", "get"] {
+            assert_eq!(method_label(&Method::from_bytes(odd.as_bytes()).unwrap()), "other", "{odd}");
+        }
+    }
 
     #[test]
     fn only_server_errors_and_unheld_slow_requests_are_notable() {
