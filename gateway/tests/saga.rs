@@ -6,6 +6,7 @@ use testkit::{Backend, DEADLINE, Options, Poll, Shown, System, eventually, histo
 testkit::on_both_backends!(
     enrollment_completes_with_customer_active_and_points_posted,
     exhausted_budget_rolls_the_enrollment_back,
+    the_campaign_budget_is_measured_as_it_drains,
     duplicate_email_is_rejected,
     sub_address_and_unicode_variants_land_on_one_customer,
     sub_addresses_are_customers_of_their_own_when_kept_distinct,
@@ -100,6 +101,51 @@ async fn exhausted_budget_rolls_the_enrollment_back(backend: Backend) {
     let (_, points) = system.get_json(&format!("/api/customers/{customer_id}/points")).await;
     assert_eq!(points["balance"], 0, "{points}");
     assert_eq!(points["ledger"], serde_json::json!([]));
+    system.stop().await;
+}
+
+/// The transaction-api's figure of a campaign, from its `/metrics`.
+async fn campaign_figure(system: &System, name: &str) -> Option<f64> {
+    let port = system.transaction.as_ref().expect("transaction-api running").port;
+    let text = system
+        .http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("a text body");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Draining shows before the budget is gone: the transaction-api reports the points granted and
+/// what is left (the EC2 stack alarms on the latter), reversals included.
+async fn the_campaign_budget_is_measured_as_it_drains(backend: Backend) {
+    let options = Options {
+        bonus_budget_points: Some(1200),
+        ..Options::default()
+    };
+    let system = System::start(backend, options).await;
+    assert_eq!(
+        campaign_figure(&system, "saga_bonus_budget_remaining_points").await,
+        Some(1200.0)
+    );
+    assert_eq!(campaign_figure(&system, "saga_bonus_points_granted").await, Some(0.0));
+    for (tag, outcome) in [("one", "completed"), ("two", "completed"), ("three", "rolled_back")] {
+        let id = system.submit("Drain", &unique_email(tag)).await;
+        let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
+        assert_eq!(done["status"], outcome, "{done}");
+    }
+    assert_eq!(
+        campaign_figure(&system, "saga_bonus_points_granted").await,
+        Some(1000.0)
+    );
+    assert_eq!(
+        campaign_figure(&system, "saga_bonus_budget_remaining_points").await,
+        Some(200.0)
+    );
     system.stop().await;
 }
 

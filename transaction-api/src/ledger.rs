@@ -11,7 +11,7 @@ use utility::messaging::message::{
 use utility::messaging::outbox;
 use uuid::Uuid;
 
-const CAMPAIGN_ID: &str = "enrollment-bonus";
+pub(crate) const CAMPAIGN_ID: &str = "enrollment-bonus";
 const BONUS_KIND: &str = "enrollment-bonus";
 const REVERSAL_KIND: &str = "enrollment-bonus-reversal";
 
@@ -29,6 +29,11 @@ impl Campaign {
             anyhow::ensure!(budget >= 0, "BONUS_BUDGET_POINTS must not be negative, got {budget}");
         }
         Ok(Self { points, budget })
+    }
+
+    /// The total the campaign may grant; `None` is unlimited.
+    pub fn budget(&self) -> Option<i64> {
+        self.budget
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod http;
 mod ledger;
+mod metrics;
 
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
@@ -82,7 +83,8 @@ impl Service for TransactionApi {
         Ok(Self { campaign })
     }
 
-    fn handler(&self, _: &ServiceCore) -> LedgerHandler {
+    fn handler(&self, core: &ServiceCore) -> LedgerHandler {
+        metrics::register(&core.metrics, core.background_pool.clone(), self.campaign);
         LedgerHandler::new(self.campaign)
     }
 

@@ -154,6 +154,10 @@ fn samples(service: &str) -> Vec<(&'static str, Json)> {
     if service == "gateway" {
         gauges["stalled_sagas"] = json!(2);
     }
+    if service == "transaction-api" {
+        gauges["bonus_points_granted"] = json!(4500);
+        gauges["bonus_budget_remaining_points"] = json!(500);
+    }
     let mut lines = vec![
         ("gauges", line("INFO", "gauges", gauges)),
         (
@@ -215,6 +219,17 @@ fn expected_filters() -> Vec<Expected> {
         gateway("SagaDuration", outcomes, "$.duration_ms", "Milliseconds"),
         gateway("StalledSagas", &["gauges"], "$.stalled_sagas", "Count"),
     ];
+    let transaction = |metric: &str, value| Expected {
+        metric: metric.to_owned(),
+        service: "transaction-api",
+        counts: &["gauges"],
+        value,
+        unit: "Count",
+    };
+    expected.extend([
+        transaction("BonusPointsGranted", "$.bonus_points_granted"),
+        transaction("BonusBudgetRemaining", "$.bonus_budget_remaining_points"),
+    ]);
     for (service, prefix) in SERVICES {
         let per_service = |measure: &str, counts, value, unit| Expected {
             metric: format!("{prefix}{measure}"),
@@ -326,22 +341,30 @@ fn queue_name_from_arn(value: &Value) -> Option<&str> {
 }
 
 /// Every alarm watches one thing: each dead-letter queue holding anything, each work queue's
-/// oldest message past `OldestMessageAlarmSeconds`, the gateway's stalled sagas above 0. All of
-/// them the same way: the maximum over five minutes, no data is no breach, and the alarm topic
-/// notified when there is one.
+/// oldest message past `OldestMessageAlarmSeconds`, the gateway's stalled sagas above 0 (the
+/// maximum over five minutes above the threshold), and the campaign's budget left below
+/// `BonusBudgetAlarmPoints` (the minimum below it, only when both budget and threshold are set).
+/// All of them over five minutes, no data is no breach, and the alarm topic notified when there
+/// is one.
 #[test]
 fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
     let template = template();
     let mut watched = BTreeSet::new();
     for (logical, alarm) in of_type(&template, "AWS::CloudWatch::Alarm") {
         let props = &alarm["Properties"];
-        assert_eq!(props["Statistic"].as_str(), Some("Maximum"), "{logical}");
+        let metric = props["MetricName"].as_str().expect("MetricName");
+        let (statistic, comparison, condition) = match metric {
+            "BonusBudgetRemaining" => ("Minimum", "LessThanThreshold", Some("HasBudgetAlarm")),
+            _ => ("Maximum", "GreaterThanThreshold", None),
+        };
+        assert_eq!(props["Statistic"].as_str(), Some(statistic), "{logical}");
         assert_eq!(props["Period"].as_i64(), Some(300), "{logical}");
         assert_eq!(props["EvaluationPeriods"].as_i64(), Some(1), "{logical}");
+        assert_eq!(props["ComparisonOperator"].as_str(), Some(comparison), "{logical}");
         assert_eq!(
-            props["ComparisonOperator"].as_str(),
-            Some("GreaterThanThreshold"),
-            "{logical}"
+            alarm.get("Condition").and_then(Value::as_str),
+            condition,
+            "{logical}: Condition"
         );
         assert_eq!(props["TreatMissingData"].as_str(), Some("notBreaching"), "{logical}");
         let actions: Value =
@@ -353,7 +376,6 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
         };
         assert!(name.starts_with("${NamePrefix}-"), "{logical}: AlarmName {name}");
 
-        let metric = props["MetricName"].as_str().expect("MetricName");
         let threshold = match &props["Threshold"] {
             Value::Number(n) => n.to_string(),
             other => format!("!Ref {}", reference(other).expect("a number or a !Ref")),
@@ -401,15 +423,23 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
         ));
     }
     expected.insert(("${NamePrefix}/Saga", "StalledSagas", "-".to_owned(), "0".to_owned()));
+    expected.insert((
+        "${NamePrefix}/Saga",
+        "BonusBudgetRemaining",
+        "-".to_owned(),
+        "!Ref BonusBudgetAlarmPoints".to_owned(),
+    ));
     let watched: BTreeSet<_> = watched
         .into_iter()
         .map(|(namespace, metric, queue, threshold)| (namespace, metric, queue.to_owned(), threshold))
         .collect();
     assert_eq!(watched, expected);
-    assert!(
-        published_metrics().contains("StalledSagas"),
-        "no filter publishes the stalled-sagas alarm's metric"
-    );
+    for metric in ["StalledSagas", "BonusBudgetRemaining"] {
+        assert!(
+            published_metrics().contains(metric),
+            "no filter publishes {metric}, which an alarm watches"
+        );
+    }
     let parameters = &template["Parameters"];
     assert_eq!(parameters["OldestMessageAlarmSeconds"]["Default"].as_i64(), Some(300));
 }

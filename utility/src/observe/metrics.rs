@@ -255,6 +255,8 @@ impl Metrics {
                 outbox_pending = figure(OUTBOX_PENDING).map(|v| v as i64),
                 outbox_oldest_age_seconds = figure(OUTBOX_OLDEST_AGE),
                 stalled_sagas = figure(STALLED_SAGAS).map(|v| v as i64),
+                bonus_points_granted = figure(BONUS_POINTS_GRANTED).map(|v| v as i64),
+                bonus_budget_remaining_points = figure(BONUS_BUDGET_REMAINING).map(|v| v as i64),
                 "gauges"
             );
         }
@@ -265,6 +267,9 @@ impl Metrics {
 pub const OUTBOX_PENDING: &str = "outbox_pending";
 pub const OUTBOX_OLDEST_AGE: &str = "outbox_oldest_age_seconds";
 pub const STALLED_SAGAS: &str = "stalled_sagas";
+/// The transaction-api's: points granted, and what is left of the budget when there is one.
+pub const BONUS_POINTS_GRANTED: &str = "bonus_points_granted";
+pub const BONUS_BUDGET_REMAINING: &str = "bonus_budget_remaining_points";
 
 #[cfg(test)]
 mod tests {
