@@ -1,8 +1,11 @@
 //! Customer state changes, each applied inside the consumer's transaction together with the
 //! event it causes (written to the outbox).
 
-use sqlx::AnyConnection;
-use utility::domain::Subaddresses;
+use std::time::Duration;
+
+use sqlx::{AnyConnection, AnyPool};
+use tokio_util::sync::CancellationToken;
+use utility::domain::{Email, Subaddresses};
 use utility::messaging::consumer::{AfterCommit, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
@@ -149,4 +152,63 @@ async fn unenroll(
         customer_id: command.customer_id,
         reason: command.reason.clone(),
     })))
+}
+
+/// How often [`fill_email_keys`] looks for customers without a key.
+const KEY_FILL_EVERY: Duration = Duration::from_secs(60);
+
+/// Gives every customer row without an address key its key, at start-up and then every minute
+/// until `shutdown`. Rows written before keys existed, and rows an instance of the previous
+/// release inserts during a rolling update (or after a rollback), have none; until they do, the
+/// key's unique index cannot see them (the index on the address as written still does).
+pub async fn keep_email_keys_filled(
+    pool: AnyPool,
+    subaddresses: Subaddresses,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        if let Err(error) = fill_email_keys(&pool, subaddresses).await {
+            tracing::warn!(error = %utility::error::chain(&error), "could not fill customers' address keys; trying again later");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(KEY_FILL_EVERY) => {}
+        }
+    }
+}
+
+/// One pass of [`keep_email_keys_filled`]: the number of rows given a key. A row whose key an
+/// active customer already holds keeps none (two customers of one mailbox from before keys
+/// existed): it is logged, and left for an operator to unenroll one of them.
+pub async fn fill_email_keys(pool: &AnyPool, subaddresses: Subaddresses) -> Result<u64, sqlx::Error> {
+    let mut filled = 0;
+    let mut after = String::new();
+    loop {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, email FROM customers WHERE email_key IS NULL AND id > $1 ORDER BY id LIMIT 500")
+                .bind(&after)
+                .fetch_all(pool)
+                .await?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(filled);
+        };
+        after = last.clone();
+        for (id, email) in rows {
+            // Every stored address parsed once; one that no longer does (a rule added since) is
+            // keyed as it was written.
+            let key = Email::parse(&email).map_or_else(|_| email.clone(), |email| email.key(subaddresses));
+            let updated = sqlx::query("UPDATE customers SET email_key = $1 WHERE id = $2 AND email_key IS NULL")
+                .bind(&key)
+                .bind(&id)
+                .execute(pool)
+                .await;
+            match updated {
+                Ok(done) => filled += done.rows_affected(),
+                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                    tracing::warn!(customer_id = %id, "another active customer holds this customer's address key; it keeps none");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
 }

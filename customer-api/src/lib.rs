@@ -3,6 +3,8 @@
 //! to the customer events topic, always through its outbox.
 
 mod customers;
+
+pub use customers::fill_email_keys;
 mod http;
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use utility::domain::Subaddresses;
 use utility::messaging::Endpoint;
 use utility::runtime::config::{CommonConfig, ServiceInfo};
-use utility::runtime::{Service, ServiceCore};
+use utility::runtime::{Service, ServiceCore, Task};
 
 pub use customers::CustomerHandler;
 
@@ -88,6 +90,11 @@ impl Service for CustomerApi {
 
     fn routes(&self, core: &ServiceCore, _: &CancellationToken) -> anyhow::Result<axum::Router> {
         Ok(http::routes(core.http_pool.clone()).merge(core.metrics_routes()))
+    }
+
+    fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
+        let fill = customers::keep_email_keys_filled(core.background_pool.clone(), self.subaddresses, shutdown.clone());
+        vec![("address key filler", Box::pin(fill))]
     }
 }
 
