@@ -121,7 +121,7 @@ async fn campaign_figure(system: &System, name: &str) -> Option<f64> {
 }
 
 /// Draining shows before the budget is gone: the transaction-api reports the points granted and
-/// what is left (the EC2 stack alarms on the latter), reversals included.
+/// what is left (the EC2 stack alarms on the latter).
 async fn the_campaign_budget_is_measured_as_it_drains(backend: Backend) {
     let options = Options {
         bonus_budget_points: Some(1200),

@@ -43,8 +43,11 @@ pub fn register(metrics: &Metrics, pool: AnyPool, campaign: Campaign) {
                     granted.set(points);
                     let mut figures = vec![(BONUS_POINTS_GRANTED, points as f64)];
                     if let Some(budget) = campaign.budget() {
-                        remaining.set(budget - points);
-                        figures.push((BONUS_BUDGET_REMAINING, (budget - points) as f64));
+                        // Never below zero: a budget lowered under what was already granted is
+                        // empty, and the alarm must see it so (its filter drops negative values).
+                        let left = (budget - points).max(0);
+                        remaining.set(left);
+                        figures.push((BONUS_BUDGET_REMAINING, left as f64));
                     }
                     figures
                 }

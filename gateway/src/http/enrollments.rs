@@ -65,8 +65,9 @@ fn email_schema() -> Object {
         .schema_type(Type::String)
         .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
         .description(Some(format!(
-            "An e-mail address (stored lower-cased), at most {} characters: one `@`, a dotted \
-             domain, no spaces.",
+            "An e-mail address, at most {} characters: one `@`, no spaces, a dotted domain of \
+             letters, digits and hyphens (any script). Stored in one form: NFC, the local part \
+             lower-cased, the domain in its ASCII (IDNA) form.",
             Email::MAX_CHARS
         )))
         .min_length(Some(3))
