@@ -42,6 +42,10 @@ pub enum EnvelopeError {
     UnknownType(String),
     #[error("`{message_type}` schema version {version} is not supported (this build reads {SCHEMA_VERSION})")]
     UnsupportedVersion { message_type: String, version: u32 },
+    /// SNS filter policies route on the `type` attribute, handlers act on the body: a message
+    /// whose two disagree got past a filter under a false name.
+    #[error("the `type` attribute says `{attribute}` but the body is `{body}`")]
+    TypeAttributeMismatch { attribute: String, body: &'static str },
     #[error("invalid `{message_type}` payload: {source}")]
     InvalidPayload {
         message_type: String,
@@ -116,6 +120,19 @@ impl Envelope {
 
     pub fn type_name(&self) -> &'static str {
         self.message.type_name()
+    }
+
+    /// Parses a received body, then checks it against the `type` message attribute it came with
+    /// (if any): the two must name the same type.
+    pub fn parse_received(body: &str, type_attribute: Option<&str>) -> Result<Self, EnvelopeError> {
+        let envelope = Self::parse(body)?;
+        match type_attribute {
+            Some(attribute) if attribute != envelope.type_name() => Err(EnvelopeError::TypeAttributeMismatch {
+                attribute: attribute.to_owned(),
+                body: envelope.type_name(),
+            }),
+            _ => Ok(envelope),
+        }
     }
 
     pub fn parse(body: &str) -> Result<Self, EnvelopeError> {
@@ -195,6 +212,18 @@ mod tests {
     fn round_trips() {
         let original = enroll();
         assert_eq!(Envelope::parse(&original.to_json()).unwrap(), original);
+    }
+
+    #[test]
+    fn a_type_attribute_naming_another_type_is_refused() {
+        let body = enroll().to_json();
+        assert!(Envelope::parse_received(&body, Some("Enroll")).is_ok());
+        assert!(Envelope::parse_received(&body, None).is_ok());
+        let err = Envelope::parse_received(&body, Some("CustomerEnrolled")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the `type` attribute says `CustomerEnrolled` but the body is `Enroll`"
+        );
     }
 
     #[test]
