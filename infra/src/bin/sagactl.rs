@@ -70,7 +70,8 @@ enum Command {
         /// Directory holding the gateway, customer-api and transaction-api binaries.
         #[arg(long, default_value = "target/release", conflicts_with = "release")]
         bin_dir: PathBuf,
-        /// Run a release uploaded before (its id, as printed by an earlier deploy): roll back.
+        /// Run a release uploaded before, named by its manifest's SHA-256 (64 hex digits, as an
+        /// earlier deploy printed it): roll back.
         #[arg(long)]
         release: Option<String>,
         #[arg(long, env = "GATEWAY_INSTANCES", default_value_t = 1)]
@@ -260,7 +261,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let deployment = app::deploy(&clients(), &options)
                 .await
                 .context("deploying the application")?;
-            println!("release {} is deployed", deployment.release_id);
+            println!(
+                "release {} is deployed (manifest sha256 {}: roll back to it with --release {})",
+                deployment.release_id, deployment.release_manifest_sha256, deployment.release_manifest_sha256
+            );
             let stacks = &deployment.stacks;
             let network = deployment.network_created.then_some(&stacks.network);
             let names: Vec<&str> = [

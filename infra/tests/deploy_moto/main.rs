@@ -280,8 +280,16 @@ async fn deploy_app_end_to_end_on_moto() {
     instances::assert_launch_templates(&ec2, &app_resources, &third).await;
 
     // Roll back to the first release without building anything.
-    let rollback = AppOptions {
+    // Named by its id alone (a 64-bit check), the release is refused; by its manifest's SHA-256,
+    // it is checked against exactly that.
+    let by_id = AppOptions {
         release: ReleaseSource::Existing(first.release_id.clone()),
+        ..options.clone()
+    };
+    let err = app::deploy(&clients, &by_id).await.unwrap_err().to_string();
+    assert!(err.contains("SHA-256"), "{err}");
+    let rollback = AppOptions {
+        release: ReleaseSource::Existing(first.release_manifest_sha256.clone()),
         ..options.clone()
     };
     let back = app::deploy(&clients, &rollback).await.expect("roll back");
@@ -291,7 +299,7 @@ async fn deploy_app_end_to_end_on_moto() {
     );
     iam::assert_least_privilege(&iam, roles, &messaging_outputs, &log_groups, &back).await;
     let unknown = AppOptions {
-        release: ReleaseSource::Existing("0123456789abcdef".to_owned()),
+        release: ReleaseSource::Existing("0123456789abcdef".repeat(4)),
         ..options.clone()
     };
     let err = app::deploy(&clients, &unknown).await.unwrap_err().to_string();
