@@ -136,6 +136,21 @@ impl Step {
     }
 }
 
+/// Whether `event` may be applied to a saga whose customer is `customer` (`None` until
+/// `CustomerEnrolled`): an event naming another customer than the one the saga recorded is
+/// refused (it goes to the DLQ with this reason), whatever the saga's status. Only the
+/// customer-api and transaction-api may publish to the topics, but a producer with a bug, or one
+/// an attacker controls, must not move a saga with another saga's customer.
+pub fn check_customer(customer: Option<Uuid>, event: &Message) -> Result<(), String> {
+    match (customer, event.customer_id()) {
+        (Some(known), Some(named)) if known != named => Err(format!(
+            "`{}` names customer {named}, but the enrollment's customer is {known}",
+            event.type_name()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The routing table. `None`: the event does not apply to a saga in `status`.
 pub fn route(status: Status, event: &Message) -> Option<Step> {
     use Status::*;
@@ -261,6 +276,19 @@ mod tests {
             balance: 0,
         });
         assert_eq!(route(Status::RolledBack, &reversed).unwrap().command, None);
+    }
+
+    #[test]
+    fn events_naming_another_customer_are_refused() {
+        let (saga_customer, stranger) = (Uuid::now_v7(), Uuid::now_v7());
+        for event in events(stranger).iter().filter(|e| e.customer_id().is_some()) {
+            let refused = check_customer(Some(saga_customer), event).unwrap_err();
+            assert!(refused.contains(&stranger.to_string()), "{refused}");
+            assert_eq!(check_customer(None, event), Ok(()));
+        }
+        for event in events(saga_customer) {
+            assert_eq!(check_customer(Some(saga_customer), &event), Ok(()));
+        }
     }
 
     #[test]

@@ -230,11 +230,13 @@ pub struct SagaState {
     /// When the stall sweeper reported it, if it has not moved since.
     pub stall_reported_at: Option<String>,
     pub created_at: String,
+    /// The customer `CustomerEnrolled` named, once it has.
+    pub customer_id: Option<String>,
 }
 
 /// The saga `id` as the handler's transaction sees it.
 pub async fn saga(tx: &mut AnyConnection, id: Uuid) -> Result<Option<SagaState>, sqlx::Error> {
-    sqlx::query_as("SELECT status, stall_reported_at, created_at FROM enrollments WHERE id = $1")
+    sqlx::query_as("SELECT status, stall_reported_at, created_at, customer_id FROM enrollments WHERE id = $1")
         .bind(id.to_string())
         .fetch_optional(tx)
         .await

@@ -17,6 +17,7 @@ testkit::on_both_backends!(
     late_bonus_after_a_rollback_is_reversed,
     a_rejected_enrollment_never_gains_a_customer,
     commands_naming_another_enrollments_customer_are_refused,
+    events_disagreeing_with_the_saga_or_their_type_attribute_are_refused,
     an_http_flood_costs_no_message_its_receive,
     sagas_complete_while_every_http_connection_is_taken,
 );
@@ -617,6 +618,46 @@ async fn commands_naming_another_enrollments_customer_are_refused(backend: Backe
         ))
         .await;
     assert_eq!(other_points["balance"], 500, "{other_points}");
+    system.stop().await;
+}
+
+/// The gateway moves a saga only on events about its own customer whose body is the type the
+/// subscription's filter let through: a `BonusPointsPosted` naming another customer, and a
+/// `BonusPointsFailed` labelled `CustomerEnrolled` (which passes the customer-events filter),
+/// reach the gateway's DLQ and change nothing.
+async fn events_disagreeing_with_the_saga_or_their_type_attribute_are_refused(backend: Backend) {
+    let mut system = System::start(backend, Options::default()).await;
+    system.transaction.take().unwrap().stop().await.unwrap();
+    let id = system.submit("Careful", &unique_email("careful")).await;
+    let enrolled = system.wait_for_status(&id, &["enrolled"]).await;
+    let customer = enrolled["customer_id"].as_str().unwrap().to_owned();
+
+    let stranger = uuid::Uuid::now_v7().to_string();
+    let posted = serde_json::json!({"customer_id": stranger, "points": 1_000_000, "balance": 1_000_000});
+    system
+        .publish_raw(
+            "TransactionEventsTopicArn",
+            &command("BonusPointsPosted", &id, posted),
+            "BonusPointsPosted",
+        )
+        .await;
+    let failed = serde_json::json!({"customer_id": customer, "reason": "forged", "cause": "other"});
+    system
+        .publish_raw(
+            "CustomerEventsTopicArn",
+            &command("BonusPointsFailed", &id, failed),
+            "CustomerEnrolled",
+        )
+        .await;
+    system.wait_for_queue_depth("GatewayEventsDlqUrl", 2).await;
+    let (_, still) = system.get_json(&format!("/api/enrollments/{id}")).await;
+    assert_eq!(history(&still), ["pending", "enrolled"], "{still}");
+
+    // The real bonus still completes the saga.
+    system.start_transaction(None).await;
+    let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["bonus_points"], 500);
     system.stop().await;
 }
 

@@ -44,6 +44,8 @@ pub enum DeployError {
     Stack(#[from] InfraError),
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    #[error("the application is deleted, the messaging stack kept: {0}")]
+    Teardown(#[from] crate::teardown::TeardownError),
     #[error("stack `{stack}` has no output `{key}`; is it an older version of the template?")]
     MissingOutput { stack: String, key: &'static str },
     #[error(
@@ -72,6 +74,9 @@ pub struct AppOptions {
     /// `AllowedCidr`, `AlarmTopicArn`, ...), passed through unchanged.
     pub overrides: Vec<(String, String)>,
 }
+
+/// The messaging template's parameter naming who may redrive dead letters.
+const REDRIVE_PRINCIPAL: &str = "RedrivePrincipalArn";
 
 /// Stack names of a deployment.
 #[derive(Debug, Clone)]
@@ -113,6 +118,8 @@ pub struct Deployment {
 pub struct Clients {
     pub cloudformation: aws_sdk_cloudformation::Client,
     pub s3: aws_sdk_s3::Client,
+    /// SQS and SNS: how many messages the queues hold before they are deleted.
+    pub bus: utility::messaging::bus::Bus,
     pub settle_limit: Duration,
 }
 
@@ -125,6 +132,7 @@ impl Clients {
         Self {
             cloudformation: aws_sdk_cloudformation::Client::new(sdk),
             s3: aws_sdk_s3::Client::from_conf(s3),
+            bus: utility::messaging::bus::Bus::new(sdk),
             settle_limit: crate::DEFAULT_SETTLE_LIMIT,
         }
     }
@@ -164,7 +172,17 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
     };
     tracing::info!(release = %release.id, manifest = %release.manifest_sha256, %bucket, "release in place");
 
-    let messaging_params = MessagingParams::new(&options.name_prefix);
+    // The one parameter of the messaging stack a deploy may set (`--parameter
+    // RedrivePrincipalArn=...`); it is not the application template's.
+    let messaging_params = MessagingParams {
+        redrive_principal_arn: options
+            .overrides
+            .iter()
+            .rfind(|(k, _)| k == REDRIVE_PRINCIPAL)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        ..MessagingParams::new(&options.name_prefix)
+    };
     let messaging = crate::deploy_messaging_within(cfn, &stacks.messaging, &messaging_params, limit).await?;
     let mut parameters = release_parameters(&options.name_prefix, &bucket, &release, options.instances);
     for key in messaging_inputs() {
@@ -179,7 +197,7 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
             parameters.push((key.to_owned(), output(&network, &stacks.network, key)?));
         }
     }
-    for (key, value) in &options.overrides {
+    for (key, value) in options.overrides.iter().filter(|(k, _)| k != REDRIVE_PRINCIPAL) {
         parameters.retain(|(k, _)| k != key);
         parameters.push((key.clone(), value.clone()));
     }
@@ -198,9 +216,11 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
 
 /// Removes the application, the messaging topology, the artifact bucket (emptied first) and
 /// the network. Parts already gone are skipped, so an interrupted destroy can simply be run again.
-/// Refuses, before it deletes anything, while the databases are protected from deletion.
+/// Refuses, before it deletes anything, while the databases are protected from deletion. Once the
+/// application is gone, stops with the messaging stack kept while a queue or DLQ holds messages,
+/// unless `discard_messages` ([`crate::teardown`]).
 #[tracing::instrument(skip_all, fields(prefix = prefix))]
-pub async fn destroy(clients: &Clients, prefix: &str) -> Result<(), DeployError> {
+pub async fn destroy(clients: &Clients, prefix: &str, discard_messages: bool) -> Result<(), DeployError> {
     let stacks = Stacks::for_prefix(prefix);
     let cfn = &clients.cloudformation;
     let limit = clients.settle_limit;
@@ -215,7 +235,7 @@ pub async fn destroy(clients: &Clients, prefix: &str) -> Result<(), DeployError>
         }
     }
     crate::delete_within(cfn, &stacks.app, limit).await?;
-    crate::delete_within(cfn, &stacks.messaging, limit).await?;
+    crate::teardown::delete_messaging(cfn, &clients.bus, &stacks.messaging, None, discard_messages, limit).await?;
     let artifacts = crate::outputs(cfn, &stacks.artifacts).await?.unwrap_or_default();
     if let Some(bucket) = artifacts.get("BucketName") {
         let removed = release::empty_bucket(&clients.s3, bucket).await?;

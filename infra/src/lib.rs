@@ -10,6 +10,7 @@ pub mod dlq;
 mod events;
 pub mod sdk_error;
 pub mod target;
+pub mod teardown;
 
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
@@ -60,6 +61,10 @@ pub struct MessagingParams {
     /// Receives before a message moves to its dead-letter queue.
     pub max_receive_count: u32,
     pub visibility_timeout_seconds: u32,
+    /// The IAM ARN (wildcards allowed) of whoever redrives dead letters with `sagactl dlq
+    /// redrive`: besides the producing services, the only principal the queue policies let send.
+    /// Empty: nobody else.
+    pub redrive_principal_arn: String,
 }
 
 impl MessagingParams {
@@ -68,6 +73,7 @@ impl MessagingParams {
             name_prefix: name_prefix.into(),
             max_receive_count: 5,
             visibility_timeout_seconds: 30,
+            redrive_principal_arn: String::new(),
         }
     }
 
@@ -84,6 +90,7 @@ impl MessagingParams {
                 "VisibilityTimeoutSeconds".to_owned(),
                 self.visibility_timeout_seconds.to_string(),
             ),
+            ("RedrivePrincipalArn".to_owned(), self.redrive_principal_arn.clone()),
         ]
     }
 }

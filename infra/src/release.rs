@@ -40,7 +40,10 @@ pub enum ReleaseError {
         key: String,
         detail: String,
     },
-    #[error("release `{0}` is not a release id (16 lower-case hex digits)")]
+    #[error(
+        "release `{0}` is not a release's manifest SHA-256 (64 lower-case hex digits, as the deploy \
+         that uploaded it printed; the 16-digit id alone is only a 64-bit check)"
+    )]
     BadId(String),
     #[error("release `{id}` in the bucket is not that release: {problem}")]
     Tampered { id: String, problem: String },
@@ -155,14 +158,24 @@ pub fn prefix(id: &str) -> String {
     format!("releases/{id}")
 }
 
-/// Checks that an earlier release is complete in the bucket (for a roll-back to it): its
-/// manifest hashes to its id and lists exactly a release's files, and each of them is there.
-/// The files' contents are the instances' to check, against the manifest.
-pub async fn verify_uploaded(s3: &aws_sdk_s3::Client, bucket: &str, id: &str) -> Result<Uploaded, ReleaseError> {
-    let valid = id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+/// Checks that an earlier release is complete in the bucket (for a roll-back to it), named by
+/// its manifest's full SHA-256 (what the deploy that uploaded it printed): the manifest hashes to
+/// exactly that, so whoever can write to the bucket cannot substitute another one, and lists
+/// exactly a release's files, each of which is there. The files' contents are the instances' to
+/// check, against the manifest.
+pub async fn verify_uploaded(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    manifest_sha256: &str,
+) -> Result<Uploaded, ReleaseError> {
+    let valid = manifest_sha256.len() == 64
+        && manifest_sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !valid {
-        return Err(ReleaseError::BadId(id.to_owned()));
+        return Err(ReleaseError::BadId(manifest_sha256.to_owned()));
     }
+    let id = &manifest_sha256[..16];
     let manifest_key = format!("{}/{MANIFEST_KEY}", prefix(id));
     let manifest = match s3.get_object().bucket(bucket).key(&manifest_key).send().await {
         Ok(object) => object
@@ -191,8 +204,9 @@ pub async fn verify_uploaded(s3: &aws_sdk_s3::Client, bucket: &str, id: &str) ->
         problem,
     };
     let manifest = String::from_utf8(manifest.to_vec()).map_err(|_| tampered("its manifest is not text".into()))?;
-    if id_of(&manifest) != id {
-        return Err(tampered(format!("its manifest hashes to {}", id_of(&manifest))));
+    let actual = sha256_hex(manifest.as_bytes());
+    if actual != manifest_sha256 {
+        return Err(tampered(format!("its manifest hashes to {actual}")));
     }
     let listed: Vec<&str> = manifest
         .lines()
@@ -219,29 +233,32 @@ pub async fn verify_uploaded(s3: &aws_sdk_s3::Client, bucket: &str, id: &str) ->
     })
 }
 
-/// Deletes every object in the bucket (it must be empty before its stack can delete it).
+/// Deletes every object in the bucket, every version of it and every delete marker (the bucket
+/// is versioned, and must be empty before its stack can delete it).
 #[tracing::instrument(skip_all, fields(bucket = bucket))]
 pub async fn empty_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<usize, ReleaseError> {
     let mut deleted = 0;
     loop {
         let listed = s3
-            .list_objects_v2()
+            .list_object_versions()
             .bucket(bucket)
             .send()
             .await
-            .map_err(|e| s3_error("ListObjectsV2", bucket, "", &e))?;
-        let keys: Vec<String> = listed
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_owned))
+            .map_err(|e| s3_error("ListObjectVersions", bucket, "", &e))?;
+        let versions = listed.versions().iter().map(|v| (v.key(), v.version_id()));
+        let markers = listed.delete_markers().iter().map(|m| (m.key(), m.version_id()));
+        let entries: Vec<(String, Option<String>)> = versions
+            .chain(markers)
+            .filter_map(|(key, version)| Some((key?.to_owned(), version.map(str::to_owned))))
             .collect();
-        if keys.is_empty() {
+        if entries.is_empty() {
             return Ok(deleted);
         }
-        for key in keys {
+        for (key, version) in entries {
             s3.delete_object()
                 .bucket(bucket)
                 .key(&key)
+                .set_version_id(version)
                 .send()
                 .await
                 .map_err(|e| s3_error("DeleteObject", bucket, &key, &e))?;

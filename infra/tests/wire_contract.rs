@@ -118,3 +118,112 @@ fn every_queue_and_topic_belongs_to_a_declared_service() {
         assert!(owned, "{endpoint} belongs to no service");
     }
 }
+
+/// The services named by the role patterns in `value` (`...:role/${NamePrefix}/${AWS::Region}/<service>/*`,
+/// the path infra/app.yaml gives each service's role), wherever they are in it.
+fn role_services(value: &Value, found: &mut BTreeSet<String>) {
+    const PATH: &str = ":role/${NamePrefix}/${AWS::Region}/";
+    match value {
+        Value::Tagged(tagged) if tagged.tag == "Sub" => {
+            if let Some(service) = tagged
+                .value
+                .as_str()
+                .and_then(|s| s.split_once(PATH))
+                .and_then(|(_, rest)| rest.strip_suffix("/*"))
+            {
+                found.insert(service.to_owned());
+            }
+        }
+        Value::Tagged(tagged) => role_services(&tagged.value, found),
+        Value::Sequence(items) => items.iter().for_each(|v| role_services(v, found)),
+        Value::Mapping(map) => map.values().for_each(|v| role_services(v, found)),
+        _ => {}
+    }
+}
+
+/// Every queue and topic has a policy that denies sending (publishing) to all but the service the
+/// routes declare as the sender of what goes there: the gateway for the command queues, each
+/// topic's own service, and for the gateway's queue no service at all (only SNS delivers there).
+/// An identity policy granting `sqs:SendMessage` on `*` elsewhere in the account gets nowhere.
+#[test]
+fn only_the_declared_senders_may_put_messages_on_the_bus() {
+    let template: Value = serde_norway::from_str(infra::MESSAGING_TEMPLATE).expect("messaging.yaml parses");
+    let resources = resources(&template);
+    let mut found: BTreeMap<Endpoint, BTreeSet<String>> = BTreeMap::new();
+    for (name, resource) in template["Resources"].as_mapping().expect("Resources") {
+        let (targets, action) = match resource["Type"].as_str() {
+            Some("AWS::SQS::QueuePolicy") => ("Queues", "sqs:SendMessage"),
+            Some("AWS::SNS::TopicPolicy") => ("Topics", "sns:Publish"),
+            _ => continue,
+        };
+        let properties = &resource["Properties"];
+        let endpoints: Vec<Endpoint> = properties[targets]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name:?}: no {targets}"))
+            .iter()
+            .filter_map(|t| resources.get(logical_id(t)?).copied())
+            .collect();
+        for statement in properties["PolicyDocument"]["Statement"]
+            .as_sequence()
+            .expect("Statement")
+        {
+            if statement["Effect"].as_str() != Some("Deny") {
+                continue;
+            }
+            assert_eq!(
+                statement["Principal"].as_str(),
+                Some("*"),
+                "{name:?}: a Deny for everyone"
+            );
+            assert_eq!(statement["Action"].as_str(), Some(action), "{name:?}");
+            let mut services = BTreeSet::new();
+            role_services(&statement["Condition"], &mut services);
+            for endpoint in &endpoints {
+                assert!(
+                    found.insert(*endpoint, services.clone()).is_none(),
+                    "{endpoint}: two Deny statements"
+                );
+            }
+        }
+    }
+    // Every service's queue and topic, with no sender yet; the routes add theirs.
+    let mut declared: BTreeMap<Endpoint, BTreeSet<String>> = Participant::VARIANTS
+        .iter()
+        .flat_map(|p| [Some(p.queue()), p.topic()])
+        .flatten()
+        .map(|e| (e, BTreeSet::new()))
+        .collect();
+    for message_type in MessageType::VARIANTS {
+        let route = message_type.route();
+        declared
+            .entry(route.destination)
+            .or_default()
+            .insert(route.sender.name().to_owned());
+    }
+    assert_eq!(
+        found, declared,
+        "messaging.yaml's Deny statements and the messages' declared senders disagree"
+    );
+}
+
+/// The path the messaging policies recognise each service's role by is the one infra/app.yaml
+/// gives it.
+#[test]
+fn the_application_roles_have_the_paths_the_bus_policies_expect() {
+    let template: Value = serde_norway::from_str(infra::app::APP_TEMPLATE).expect("app.yaml parses");
+    let mut paths = BTreeSet::new();
+    for (_, resource) in template["Resources"].as_mapping().expect("Resources") {
+        if resource["Type"].as_str() == Some("AWS::IAM::Role") {
+            let path = &resource["Properties"]["Path"];
+            match path {
+                Value::Tagged(tagged) if tagged.tag == "Sub" => paths.insert(tagged.value.as_str().unwrap().to_owned()),
+                other => panic!("a role without a !Sub path: {other:?}"),
+            };
+        }
+    }
+    let expected: BTreeSet<String> = Participant::VARIANTS
+        .iter()
+        .map(|p| format!("/${{NamePrefix}}/${{AWS::Region}}/{}/", p.name()))
+        .collect();
+    assert_eq!(paths, expected);
+}

@@ -1,7 +1,7 @@
 //! The saga's message handler: applies each event from the gateway's queue through
 //! [`super::route`] to the read model ([`crate::store`]), inside the consumer's transaction.
 
-use super::route;
+use super::{check_customer, route};
 use crate::store;
 use sqlx::AnyConnection;
 use utility::messaging::consumer::{AfterCommit, Handler, HandlerError};
@@ -19,6 +19,8 @@ impl Handler for SagaHandler {
         let saga = store::saga(tx, id)
             .await?
             .ok_or_else(|| HandlerError::Refused(format!("no enrollment {id} for `{}`", envelope.type_name())))?;
+        let customer = saga.customer_id.as_deref().and_then(|c| c.parse().ok());
+        check_customer(customer, &envelope.message).map_err(HandlerError::Refused)?;
         let current = saga.status;
         let Some(step) = route(current, &envelope.message) else {
             tracing::warn!(status = %current, "event does not apply to the saga in its current status; ignored");

@@ -38,8 +38,13 @@ enum Command {
         /// Stack name (default: <prefix>-messaging, which is what the services look for).
         #[arg(long, env = "TOPOLOGY_STACK")]
         stack: Option<String>,
+        /// IAM ARN (wildcards allowed) of the role operators redrive dead letters with: besides
+        /// the services, the only principal the queue policies let send. Default: nobody else.
+        #[arg(long, env = "REDRIVE_PRINCIPAL_ARN", default_value = "")]
+        redrive_principal: String,
     },
-    /// Delete the messaging stack and everything in it.
+    /// Delete the messaging stack and everything in it. Refuses while the application stack
+    /// (<prefix>-app) exists, and while any queue or DLQ holds messages.
     Destroy {
         #[arg(long, env = "NAME_PREFIX", default_value = "saga")]
         prefix: String,
@@ -48,6 +53,9 @@ enum Command {
         /// Required unless the endpoint is local (an emulator on this machine).
         #[arg(long)]
         yes: bool,
+        /// Delete the queues and DLQs even though they hold messages, which are lost.
+        #[arg(long)]
+        discard_messages: bool,
     },
     /// Print the stack's outputs (queue URLs, topic ARNs).
     Outputs {
@@ -62,7 +70,8 @@ enum Command {
         /// Directory holding the gateway, customer-api and transaction-api binaries.
         #[arg(long, default_value = "target/release", conflicts_with = "release")]
         bin_dir: PathBuf,
-        /// Run a release uploaded before (its id, as printed by an earlier deploy): roll back.
+        /// Run a release uploaded before, named by its manifest's SHA-256 (64 hex digits, as an
+        /// earlier deploy printed it): roll back.
         #[arg(long)]
         release: Option<String>,
         #[arg(long, env = "GATEWAY_INSTANCES", default_value_t = 1)]
@@ -76,12 +85,16 @@ enum Command {
         parameters: Vec<(String, String)>,
     },
     /// Remove the application, the messaging stack and the artifact bucket with every release.
+    /// Keeps the messaging stack (and stops there) while any queue or DLQ holds messages.
     DestroyApp {
         #[arg(long, env = "NAME_PREFIX", default_value = "saga")]
         prefix: String,
         /// Required unless the endpoint is local (an emulator on this machine).
         #[arg(long)]
         yes: bool,
+        /// Delete the queues and DLQs even though they hold messages, which are lost.
+        #[arg(long)]
+        discard_messages: bool,
     },
     /// Inspect the dead-letter queues and move messages back to their source queue.
     Dlq {
@@ -192,8 +205,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..app::Clients::new(&sdk)
     };
     match cli.command {
-        Command::Deploy { prefix, stack } => {
-            let params = MessagingParams::new(prefix);
+        Command::Deploy {
+            prefix,
+            stack,
+            redrive_principal,
+        } => {
+            let params = MessagingParams {
+                redrive_principal_arn: redrive_principal,
+                ..MessagingParams::new(prefix)
+            };
             let stack = stack.unwrap_or_else(|| params.stack_name());
             announce(&sdk, &format!("deploy stack {stack}"), false, false).await?;
             let outputs = infra::deploy_messaging_within(&client, &stack, &params, wait)
@@ -202,10 +222,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("stack {stack} is ready");
             print_outputs(outputs);
         }
-        Command::Destroy { prefix, stack, yes } => {
+        Command::Destroy {
+            prefix,
+            stack,
+            yes,
+            discard_messages,
+        } => {
+            let app_stack = app::Stacks::for_prefix(&prefix).app;
             let stack = stack.unwrap_or_else(|| MessagingParams::new(prefix).stack_name());
             announce(&sdk, &format!("delete stack {stack}"), true, yes).await?;
-            infra::delete_within(&client, &stack, wait)
+            let bus = utility::messaging::bus::Bus::new(&sdk);
+            infra::teardown::delete_messaging(&client, &bus, &stack, Some(&app_stack), discard_messages, wait)
                 .await
                 .with_context(|| format!("deleting stack {stack}"))?;
             println!("stack {stack} is deleted");
@@ -234,7 +261,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let deployment = app::deploy(&clients(), &options)
                 .await
                 .context("deploying the application")?;
-            println!("release {} is deployed", deployment.release_id);
+            println!(
+                "release {} is deployed (manifest sha256 {}: roll back to it with --release {})",
+                deployment.release_id, deployment.release_manifest_sha256, deployment.release_manifest_sha256
+            );
             let stacks = &deployment.stacks;
             let network = deployment.network_created.then_some(&stacks.network);
             let names: Vec<&str> = [
@@ -253,9 +283,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("operator listener: {operator} (from OperatorCidr; see DEPLOY.md)");
             }
         }
-        Command::DestroyApp { prefix, yes } => {
+        Command::DestroyApp {
+            prefix,
+            yes,
+            discard_messages,
+        } => {
             announce(&sdk, &format!("destroy deployment {prefix}-*"), true, yes).await?;
-            app::destroy(&clients(), &prefix)
+            app::destroy(&clients(), &prefix, discard_messages)
                 .await
                 .context("destroying the application")?;
             println!("deployment {prefix} is deleted");

@@ -280,8 +280,16 @@ async fn deploy_app_end_to_end_on_moto() {
     instances::assert_launch_templates(&ec2, &app_resources, &third).await;
 
     // Roll back to the first release without building anything.
-    let rollback = AppOptions {
+    // Named by its id alone (a 64-bit check), the release is refused; by its manifest's SHA-256,
+    // it is checked against exactly that.
+    let by_id = AppOptions {
         release: ReleaseSource::Existing(first.release_id.clone()),
+        ..options.clone()
+    };
+    let err = app::deploy(&clients, &by_id).await.unwrap_err().to_string();
+    assert!(err.contains("SHA-256"), "{err}");
+    let rollback = AppOptions {
+        release: ReleaseSource::Existing(first.release_manifest_sha256.clone()),
         ..options.clone()
     };
     let back = app::deploy(&clients, &rollback).await.expect("roll back");
@@ -291,7 +299,7 @@ async fn deploy_app_end_to_end_on_moto() {
     );
     iam::assert_least_privilege(&iam, roles, &messaging_outputs, &log_groups, &back).await;
     let unknown = AppOptions {
-        release: ReleaseSource::Existing("0123456789abcdef".to_owned()),
+        release: ReleaseSource::Existing("0123456789abcdef".repeat(4)),
         ..options.clone()
     };
     let err = app::deploy(&clients, &unknown).await.unwrap_err().to_string();
@@ -299,7 +307,7 @@ async fn deploy_app_end_to_end_on_moto() {
 
     // The databases are protected from deletion by default: destroy refuses before it deletes
     // anything, and names the way out, which is a deploy that turns the protection off.
-    let err = app::destroy(&clients, &prefix).await.unwrap_err();
+    let err = app::destroy(&clients, &prefix, false).await.unwrap_err();
     assert!(matches!(err, app::DeployError::DeletionProtected { .. }), "{err}");
     assert!(err.to_string().contains("DatabaseDeletionProtection=false"), "{err}");
     for stack in all_stacks {
@@ -317,7 +325,7 @@ async fn deploy_app_end_to_end_on_moto() {
     // delete the network stack (it has no CloudFormation delete for internet gateways, NAT
     // gateways, routes or VPC endpoints, so the VPC keeps dependencies): there, and only there,
     // destroy may stop at that last stack with a DependencyViolation.
-    match app::destroy(&clients, &prefix).await {
+    match app::destroy(&clients, &prefix, false).await {
         Ok(()) => assert_eq!(stack_status(cfn, &stacks.network).await, None, "network still exists"),
         Err(err) => {
             let text = format!("{err:?}");
@@ -392,7 +400,7 @@ async fn deploy_app_into_an_existing_vpc() {
     // The default retention, where the first test passes its own.
     observe::assert_log_groups(&moto.endpoint, &app_resources, &prefix, 30).await;
 
-    app::destroy(&clients, &prefix).await.expect("destroy");
+    app::destroy(&clients, &prefix, false).await.expect("destroy");
     for stack in [&stacks.artifacts, &stacks.messaging, &stacks.app] {
         assert_eq!(stack_status(cfn, stack).await, None, "{stack} still exists");
     }
@@ -401,5 +409,5 @@ async fn deploy_app_into_an_existing_vpc() {
         "destroy touched a network it did not create"
     );
     // Destroying what is already gone is fine (an interrupted destroy can be re-run).
-    app::destroy(&clients, &prefix).await.expect("second destroy");
+    app::destroy(&clients, &prefix, false).await.expect("second destroy");
 }

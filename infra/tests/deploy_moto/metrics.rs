@@ -341,7 +341,9 @@ fn queue_name_from_arn(value: &Value) -> Option<&str> {
 }
 
 /// Every alarm watches one thing: each dead-letter queue holding anything, each work queue's
-/// oldest message past `OldestMessageAlarmSeconds`, the gateway's stalled sagas above 0 (the
+/// oldest message past `OldestMessageAlarmSeconds`, each topic's events the subscription filter
+/// dropped for missing or unreadable attributes (no DLQ sees those), the gateway's stalled sagas
+/// above 0 (the
 /// maximum over five minutes above the threshold), and the campaign's budget left below
 /// `BonusBudgetAlarmPoints` (the minimum below it, only when both budget and threshold are set).
 /// All of them over five minutes, no data is no breach, and the alarm topic notified when there
@@ -382,7 +384,7 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
         };
         let dimensions = props.get("Dimensions").and_then(Value::as_sequence);
         let queue = match dimensions.map(Vec::as_slice) {
-            Some([d]) if d["Name"].as_str() == Some("QueueName") => {
+            Some([d]) if matches!(d["Name"].as_str(), Some("QueueName" | "TopicName")) => {
                 let value = &d["Value"];
                 let parameter = reference(value).or_else(|| queue_name_from_arn(value));
                 parameter.unwrap_or_else(|| panic!("{logical}: queue name {value:?}"))
@@ -421,6 +423,14 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
             queue,
             "!Ref OldestMessageAlarmSeconds",
         ));
+    }
+    for topic in ["CustomerEventsTopicArn", "TransactionEventsTopicArn"] {
+        for metric in [
+            "NumberOfNotificationsFilteredOut-InvalidAttributes",
+            "NumberOfNotificationsFilteredOut-NoMessageAttributes",
+        ] {
+            expected.insert(("AWS/SNS", metric, topic.to_owned(), "0".to_owned()));
+        }
     }
     expected.insert(("${NamePrefix}/Saga", "StalledSagas", "-".to_owned(), "0".to_owned()));
     expected.insert((

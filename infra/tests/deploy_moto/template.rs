@@ -211,3 +211,15 @@ fn only_the_gateway_reads_the_operator_token() {
         .collect();
     assert_eq!(told, ["GatewayLaunchTemplate"]);
 }
+
+/// The artifact bucket keeps every version of every object (moto 5.2.5 does not apply
+/// `VersioningConfiguration` from CloudFormation, so the template is checked), and destroy
+/// empties it version by version (`release::empty_bucket`, exercised by the end-to-end test).
+#[test]
+fn the_artifact_bucket_is_versioned() {
+    let artifacts: Value = serde_norway::from_str(infra::app::ARTIFACTS_TEMPLATE).expect("artifacts.yaml parses");
+    let buckets = of_type(&artifacts, "AWS::S3::Bucket");
+    assert_eq!(buckets.len(), 1);
+    let status = &buckets[0].1["Properties"]["VersioningConfiguration"]["Status"];
+    assert_eq!(status.as_str(), Some("Enabled"));
+}

@@ -80,6 +80,9 @@ pub struct Received {
     pub receive_count: u32,
     /// The `traceparent` message attribute: the span that published this message.
     pub traceparent: Option<String>,
+    /// The `type` message attribute, which SNS filter policies route on: the consumer refuses a
+    /// message whose body says otherwise.
+    pub type_attribute: Option<String>,
 }
 
 /// What a batch send or publish did, entry by entry.
@@ -279,11 +282,8 @@ impl Bus {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|count| count.parse().ok())
                     .unwrap_or(1),
-                traceparent: message
-                    .message_attributes()
-                    .and_then(|a| a.get("traceparent"))
-                    .and_then(|v| v.string_value())
-                    .map(str::to_owned),
+                traceparent: string_attribute(&message, "traceparent"),
+                type_attribute: string_attribute(&message, "type"),
                 sqs_message_id: message.message_id.unwrap_or_default(),
                 receipt_handle: message.receipt_handle.unwrap_or_default(),
                 body: message.body.unwrap_or_default(),
@@ -465,6 +465,15 @@ impl Bus {
             max_receive_count,
         })
     }
+}
+
+/// A message attribute of type String, if the message has it.
+fn string_attribute(message: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
+    message
+        .message_attributes()
+        .and_then(|a| a.get(name))
+        .and_then(|v| v.string_value())
+        .map(str::to_owned)
 }
 
 /// The last path segment of a queue URL: its name.

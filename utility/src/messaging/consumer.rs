@@ -446,7 +446,7 @@ struct Item<'m> {
 
 impl<'m> Item<'m> {
     fn open(queue: &str, message: &'m Received) -> Self {
-        let envelope = Envelope::parse(&message.body);
+        let envelope = Envelope::parse_received(&message.body, message.type_attribute.as_deref());
         let span = tracing::info_span!(
             "process",
             otel.name = format!("process {queue}"),

@@ -12,8 +12,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The schema version this build writes and reads.
+/// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The schema versions this build reads: its own and the next. A change to a message ships in
+/// two releases: the first only reads version N+1 (this range), the second writes it, so an
+/// instance of the older release still running during a rolling upgrade never dead-letters what
+/// a newer one sends. Version N+1 may therefore only add fields, which version N ignores.
+pub const READABLE_VERSIONS: std::ops::RangeInclusive<u32> = SCHEMA_VERSION..=SCHEMA_VERSION + 1;
 
 /// SQS refuses bodies above 256 KiB; anything larger cannot have come from us.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -40,8 +46,16 @@ pub enum EnvelopeError {
     Malformed(#[source] serde_json::Error),
     #[error("unknown message type `{0}`")]
     UnknownType(String),
-    #[error("`{message_type}` schema version {version} is not supported (this build reads {SCHEMA_VERSION})")]
+    #[error(
+        "`{message_type}` schema version {version} is not supported (this build reads {} to {})",
+        READABLE_VERSIONS.start(),
+        READABLE_VERSIONS.end()
+    )]
     UnsupportedVersion { message_type: String, version: u32 },
+    /// SNS filter policies route on the `type` attribute, handlers act on the body: a message
+    /// whose two disagree got past a filter under a false name.
+    #[error("the `type` attribute says `{attribute}` but the body is `{body}`")]
+    TypeAttributeMismatch { attribute: String, body: &'static str },
     #[error("invalid `{message_type}` payload: {source}")]
     InvalidPayload {
         message_type: String,
@@ -118,12 +132,25 @@ impl Envelope {
         self.message.type_name()
     }
 
+    /// Parses a received body, then checks it against the `type` message attribute it came with
+    /// (if any): the two must name the same type.
+    pub fn parse_received(body: &str, type_attribute: Option<&str>) -> Result<Self, EnvelopeError> {
+        let envelope = Self::parse(body)?;
+        match type_attribute {
+            Some(attribute) if attribute != envelope.type_name() => Err(EnvelopeError::TypeAttributeMismatch {
+                attribute: attribute.to_owned(),
+                body: envelope.type_name(),
+            }),
+            _ => Ok(envelope),
+        }
+    }
+
     pub fn parse(body: &str) -> Result<Self, EnvelopeError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(EnvelopeError::TooLarge(body.len()));
         }
         let wire: Wire = serde_json::from_str(body).map_err(EnvelopeError::Malformed)?;
-        if wire.schema_version != SCHEMA_VERSION {
+        if !READABLE_VERSIONS.contains(&wire.schema_version) {
             return Err(EnvelopeError::UnsupportedVersion {
                 message_type: wire.message_type,
                 version: wire.schema_version,
@@ -198,6 +225,33 @@ mod tests {
     }
 
     #[test]
+    fn a_type_attribute_naming_another_type_is_refused() {
+        let body = enroll().to_json();
+        assert!(Envelope::parse_received(&body, Some("Enroll")).is_ok());
+        assert!(Envelope::parse_received(&body, None).is_ok());
+        let err = Envelope::parse_received(&body, Some("CustomerEnrolled")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the `type` attribute says `CustomerEnrolled` but the body is `Enroll`"
+        );
+    }
+
+    /// What the next release will send (version N+1, which may only add fields) reads as the
+    /// message this release knows, so a rolling upgrade dead-letters nothing.
+    #[test]
+    fn the_next_schema_version_is_read_and_its_added_fields_ignored() {
+        let original = enroll();
+        let mut next: serde_json::Value = serde_json::from_str(&original.to_json()).unwrap();
+        next["schema_version"] = (SCHEMA_VERSION + 1).into();
+        next["payload"]["preferred_language"] = "en".into();
+        next["tenant"] = "added-to-the-envelope".into();
+        let read = Envelope::parse(&next.to_string()).unwrap();
+        assert_eq!(read.message, original.message);
+        assert_eq!(read.message_id, original.message_id);
+        assert_eq!(read.schema_version, SCHEMA_VERSION + 1);
+    }
+
+    #[test]
     fn caused_keeps_saga_and_trace() {
         let first = enroll();
         let next = first.caused(Message::PostBonusPoints(PostBonusPoints {
@@ -225,6 +279,8 @@ mod tests {
         assert_eq!(err.to_string(), "unknown message type `Explode`");
         let err = reparse(|v| v["schema_version"] = 7.into());
         assert!(matches!(err, EnvelopeError::UnsupportedVersion { version: 7, .. }));
+        let err = reparse(|v| v["schema_version"] = (SCHEMA_VERSION + 2).into());
+        assert!(matches!(err, EnvelopeError::UnsupportedVersion { .. }), "{err}");
         let err = reparse(|v| v["payload"]["email"] = "not-an-email".into());
         assert!(err.to_string().starts_with("invalid `Enroll` payload"), "{err}");
         let err = reparse(|v| {

@@ -232,6 +232,22 @@ impl Message {
     pub fn destination(&self) -> Endpoint {
         self.message_type().destination()
     }
+
+    /// The customer the message is about, for the messages that name one: receivers compare it
+    /// with what they know of the enrollment (the correlation id) before acting on it.
+    pub fn customer_id(&self) -> Option<Uuid> {
+        match self {
+            Self::Enroll(_) | Self::EnrollmentRejected(_) => None,
+            Self::Unenroll(m) => Some(m.customer_id),
+            Self::PostBonusPoints(m) => Some(m.customer_id),
+            Self::ReverseBonusPoints(m) => Some(m.customer_id),
+            Self::CustomerEnrolled(m) => Some(m.customer_id),
+            Self::CustomerUnenrolled(m) => Some(m.customer_id),
+            Self::BonusPointsPosted(m) => Some(m.customer_id),
+            Self::BonusPointsFailed(m) => Some(m.customer_id),
+            Self::BonusPointsReversed(m) => Some(m.customer_id),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! An isolated copy of the messaging topology for one test (or one fault phase): a stack of its
-//! own under a unique name prefix, deleted when dropped, also when the test panics.
+//! own under a unique name prefix, deleted when dropped, also when the test panics, with its
+//! (retained) dead-letter queues and whatever messages are left in it.
 
 use aws_sdk_cloudformation::Client;
 use infra::{InfraError, MessagingParams};
@@ -15,6 +16,7 @@ pub struct TestStack {
     pub params: MessagingParams,
     pub outputs: HashMap<String, String>,
     client: Client,
+    bus: Bus,
     deleted: bool,
 }
 
@@ -50,6 +52,7 @@ impl TestStack {
             params,
             outputs,
             client,
+            bus: bus.clone(),
             deleted: false,
         })
     }
@@ -73,7 +76,7 @@ impl TestStack {
     /// Deletes the stack now, saying why when it cannot (dropping it only tries).
     pub async fn delete(mut self) -> Result<(), InfraError> {
         self.deleted = true;
-        infra::delete(&self.client, &self.name).await
+        discard(&self.client, &self.bus, &self.name).await
     }
 }
 
@@ -82,14 +85,14 @@ impl Drop for TestStack {
         if self.deleted {
             return;
         }
-        let (client, name) = (self.client.clone(), self.name.clone());
+        let (client, bus, name) = (self.client.clone(), self.bus.clone(), self.name.clone());
         // Drop may run inside a runtime that cannot be blocked on: delete from a thread of its own.
         let deleted = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match runtime {
                 // The timer must be created inside the runtime.
                 Ok(runtime) => runtime.block_on(async {
-                    match tokio::time::timeout(DROP_LIMIT, infra::delete(&client, &name)).await {
+                    match tokio::time::timeout(DROP_LIMIT, discard(&client, &bus, &name)).await {
                         Ok(deleted) => deleted.map_err(|e| e.to_string()),
                         Err(_) => Err(format!("not gone within {} s", DROP_LIMIT.as_secs())),
                     }
@@ -101,5 +104,19 @@ impl Drop for TestStack {
         if let Ok(Err(err)) = deleted {
             eprintln!("could not delete the test stack {}: {err}", self.name);
         }
+    }
+}
+
+/// Deletes a test stack with its retained DLQs, whatever its queues hold.
+async fn discard(client: &Client, bus: &Bus, name: &str) -> Result<(), InfraError> {
+    let limit = infra::DEFAULT_SETTLE_LIMIT;
+    match infra::teardown::delete_messaging(client, bus, name, None, true, limit).await {
+        Ok(()) => Ok(()),
+        Err(infra::teardown::TeardownError::Stack(err)) => Err(err),
+        Err(other) => Err(InfraError::Api {
+            operation: "DeleteQueue",
+            stack: name.to_owned(),
+            detail: other.to_string(),
+        }),
     }
 }

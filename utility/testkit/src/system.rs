@@ -287,6 +287,26 @@ impl System {
             .expect("send raw message");
     }
 
+    /// Publishes a raw body to the topic of stack output `output` with `type_attribute` as its
+    /// `type` message attribute (what the subscriptions' filters read), as a misbehaving
+    /// producer would.
+    pub async fn publish_raw(&self, output: &str, body: &str, type_attribute: &str) {
+        let attribute = aws_sdk_sns::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(type_attribute)
+            .build()
+            .expect("attribute");
+        self.bus
+            .sns()
+            .publish()
+            .topic_arn(self.stack.output(output))
+            .message(body)
+            .message_attributes("type", attribute)
+            .send()
+            .await
+            .expect("publish raw message");
+    }
+
     pub async fn stop(mut self) {
         for running in [self.gateway.take(), self.customer.take(), self.transaction.take()]
             .into_iter()
