@@ -210,7 +210,12 @@ fn median(mut values: Vec<f64>) -> f64 {
         return f64::NAN;
     }
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let middle = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
