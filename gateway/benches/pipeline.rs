@@ -1,47 +1,183 @@
-//! Throughput and latency of the pipeline, against the raw bus measured in the same run.
+//! Throughput, latency and cost of the pipeline, "near" (the emulator and PostgreSQL on loopback)
+//! and "far" (a cloud region's round trips injected), against the raw bus and the targets.
 //!
-//! `make bench` (or `cargo bench -p gateway --bench pipeline`) with LocalStack running. It prints:
-//! 1. raw SQS: `SendMessageBatch`, then `ReceiveMessage` + `DeleteMessageBatch`, messages/s, and
-//!    the two together (a message's whole life: the ceiling for whole sagas);
-//! 2. the consumer loop as services run it (parse, dedup insert, handler, one commit per receive
-//!    batch, the next receive while it commits, deletes gathered across receives) on SQLite and on
-//!    PostgreSQL, messages/s, and its ratio to raw receive+delete in the same shape: `BENCH_ROUNDS`
-//!    (5) interleaved rounds, the median reported, and where the CPU went (this process, the
-//!    emulator, the PostgreSQL server);
-//! 3. whole sagas through the three services (gateway -> customer-api -> gateway ->
-//!    transaction-api -> gateway), enrollments/s and p50/p95/max latency from acceptance to
-//!    `completed`, taken from the stored history timestamps;
-//! 4. the peak resident memory of this process (all three services run in it);
-//! 5. the hop latencies of the bus (SQS send -> receive, SNS publish -> SQS receive through a
-//!    subscription), one message at a time, and the latency of sagas submitted one after another
-//!    against the sum of a saga's four hops (two of each);
-//! 6. billed requests: every SQS and SNS request the three services sent (the bus's request
-//!    interceptor, retries, empty receives and visibility changes included) per completed saga
-//!    during the concurrent run;
-//! 7. idle cost: `ReceiveMessage` calls per poller per minute with nothing to do, at the default
-//!    20 s long poll;
-//! 8. the real binaries, one process each: peak RSS of each under the concurrent load, and the
-//!    CPU time each spent per saga (from `/proc`);
-//! 9. scale-out: the real binaries on PostgreSQL with one, then `INSTANCES` (3) instances of every
-//!    service (competing consumers, relays claiming rows with `SKIP LOCKED`), sagas/s side by side.
+//! `make bench` (or `cargo bench -p gateway --bench pipeline`) with LocalStack running. Every
+//! request the measured code sends to the bus or to PostgreSQL goes through a
+//! [`testkit::proxy::Delayed`] relay: "near" relays add nothing, "far" ones add [`FAR_BUS`] each
+//! way to the emulator and [`FAR_DATABASE`] each way to PostgreSQL (AWS in one region). Both go
+//! through a relay, so the relay's own cost cancels in the far / near ratios, and near and far
+//! runs alternate within the run, so the emulator's drift does too. The phases:
 //!
-//! Every figure with a target is printed with it (issue "close to the bus ceiling").
-//! `BENCH_MESSAGES` (default 2000), `BENCH_ENROLLMENTS` (default 300), `BENCH_SEQUENTIAL` (200),
-//! `BENCH_HOPS` (50), `BENCH_IDLE_SECONDS` (40) and `BENCH_SCALE_ENROLLMENTS` (300) set the sizes
-//! (`cargo test` runs a twentieth); `BENCH_ONLY=consumer` stops after step 2. Figures from an
-//! emulator on a shared 2-core machine are relative, not absolute: read the ratios. The run is
-//! also written as a page, `target/bench/pipeline.html`.
+//! 1. [`consumer_rounds`]: the consumer loop as the services run it (parse, dedup insert, a no-op
+//!    handler, a transaction per batch, several batches in flight) draining a queue, near on
+//!    SQLite and PostgreSQL against raw receive + delete in the same shape, and far on
+//!    PostgreSQL; `BENCH_ROUNDS` (5) interleaved rounds, the median reported;
+//! 2. [`hops`]: the bus's hop latencies one message at a time (SQS send -> receive, SNS publish ->
+//!    SQS receive through a subscription), near and far;
+//! 3. [`saga_run`]: whole sagas through the three release binaries (one instance each, on
+//!    PostgreSQL, default log level, JSON logs), near and far alternately (`BENCH_SAGA_ROUNDS`,
+//!    2): sagas one after another (latency at low load against the hop sum), then
+//!    `BENCH_ENROLLMENTS` at once (throughput, billed requests, CPU, memory, log bytes), and once
+//!    nothing at all (idle receives).
+//!
+//! Then [`TARGETS`], issue 20's table, is filled in: each figure beside its target. `make bench`
+//! writes the run to `docs/performance.md` with the capacity plan of `docs/capacity.md` computed
+//! from the far figures. Under `cargo test` (no `--bench`) it is a smoke run of a twentieth of
+//! the size, one round, and writes nothing. `BENCH_MESSAGES` (2000), `BENCH_ENROLLMENTS` (400),
+//! `BENCH_SEQUENTIAL` (100), `BENCH_HOPS` (40), `BENCH_IDLE_SECONDS` (40) set the sizes;
+//! `BENCH_ONLY=consumer` stops after phase 1.
 
-#[path = "pipeline/report.rs"]
-mod report;
-
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::{Backend, Layout, Options, Patience, Poll, Processes, System, TestDb, TestStack, eventually};
+use testkit::processes::{CUSTOMER, GATEWAY, NAMES, TRANSACTION};
+use testkit::proxy::{Delayed, server_address};
+use testkit::{Backend, Layout, Patience, Poll, Processes, TestDb, TestStack, eventually};
 use utility::messaging::bus::{Bus, Outgoing};
 use utility::messaging::consumer::{AfterCommit, Consumer, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::storage::AnyConnection;
+
+/// Added each way to every request to the emulator in "far" runs: SQS or SNS in one AWS region.
+const FAR_BUS: Duration = testkit::proxy::REGION_BUS;
+/// Added each way to every round trip to PostgreSQL in "far" runs: RDS in the same region.
+const FAR_DATABASE: Duration = testkit::proxy::REGION_DATABASE;
+/// Bus messages in a completed saga: `Enroll`, `CustomerEnrolled`, `PostBonusPoints`,
+/// `BonusPointsPosted`.
+const MESSAGES_PER_SAGA: f64 = 4.0;
+
+// ---------------------------------------------------------------------------------------------
+// The targets (issue 20), stated once.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Id {
+    ConsumerFarNear,
+    SagasFarNear,
+    ConsumerSqliteRaw,
+    ConsumerPostgresRaw,
+    BilledNear,
+    BilledFar,
+    IdleReceives,
+    P50Near,
+    P99Near,
+    P50Far,
+    P99Far,
+    LogBytes,
+    Cpu(usize),
+    Rss(usize),
+}
+
+struct Target {
+    id: Id,
+    measure: &'static str,
+    /// The figure must be at most `limit` (else at least).
+    at_most: bool,
+    limit: f64,
+    /// How the target reads, e.g. ">= 0.8".
+    shown: &'static str,
+}
+
+const fn target(id: Id, measure: &'static str, at_most: bool, limit: f64, shown: &'static str) -> Target {
+    Target {
+        id,
+        measure,
+        at_most,
+        limit,
+        shown,
+    }
+}
+
+const TARGETS: [Target; 18] = [
+    target(
+        Id::ConsumerFarNear,
+        "consumer loop on PostgreSQL, far / near",
+        false,
+        0.8,
+        ">= 0.8",
+    ),
+    target(
+        Id::SagasFarNear,
+        "whole sagas, one instance per service, far / near",
+        false,
+        0.8,
+        ">= 0.8",
+    ),
+    target(
+        Id::ConsumerSqliteRaw,
+        "consumer loop near / raw receive+delete, SQLite",
+        false,
+        0.8,
+        ">= 0.8",
+    ),
+    target(
+        Id::ConsumerPostgresRaw,
+        "consumer loop near / raw receive+delete, PostgreSQL",
+        false,
+        0.8,
+        ">= 0.8",
+    ),
+    target(
+        Id::BilledNear,
+        "billed requests per saga / batching floor, near",
+        true,
+        1.17,
+        "<= 1.17x",
+    ),
+    target(
+        Id::BilledFar,
+        "billed requests per saga / batching floor, far",
+        true,
+        1.17,
+        "<= 1.17x",
+    ),
+    target(
+        Id::IdleReceives,
+        "idle ReceiveMessage calls per consumer per minute",
+        true,
+        3.0,
+        "<= 3",
+    ),
+    target(Id::P50Near, "low-load saga p50 / hop sum, near", true, 1.1, "<= 1.1x"),
+    target(Id::P99Near, "low-load saga p99 / hop sum, near", true, 1.5, "<= 1.5x"),
+    target(Id::P50Far, "low-load saga p50 / hop sum, far", true, 1.1, "<= 1.1x"),
+    target(Id::P99Far, "low-load saga p99 / hop sum, far", true, 1.5, "<= 1.5x"),
+    target(
+        Id::LogBytes,
+        "JSON log bytes per completed saga, three services",
+        true,
+        1500.0,
+        "<= 1.5 KB",
+    ),
+    target(Id::Cpu(GATEWAY), "CPU ms per saga, gateway", true, 1.5, "<= 1.5"),
+    target(Id::Cpu(CUSTOMER), "CPU ms per saga, customer-api", true, 0.6, "<= 0.6"),
+    target(
+        Id::Cpu(TRANSACTION),
+        "CPU ms per saga, transaction-api",
+        true,
+        0.6,
+        "<= 0.6",
+    ),
+    target(Id::Rss(GATEWAY), "peak RSS, gateway", true, 25.0, "<= 25 MiB"),
+    target(Id::Rss(CUSTOMER), "peak RSS, customer-api", true, 25.0, "<= 25 MiB"),
+    target(
+        Id::Rss(TRANSACTION),
+        "peak RSS, transaction-api",
+        true,
+        25.0,
+        "<= 25 MiB",
+    ),
+];
+
+/// A figure for a target: its value (what the target bounds) and how it is shown.
+struct Measured {
+    id: Id,
+    value: f64,
+    shown: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes and small helpers.
 
 /// Run by `cargo bench` (else by `cargo test`, as a smoke run).
 fn benching() -> bool {
@@ -55,13 +191,48 @@ fn size(var: &str, default: usize) -> usize {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// Rounds of an interleaved phase: `BENCH_*` or the default; one in a smoke run.
+fn rounds(var: &str, default: usize) -> usize {
+    let default = if benching() { default } else { 1 };
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .max(1)
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
 fn envelopes(n: usize) -> Vec<Outgoing> {
+    use utility::messaging::message::{Message, PostBonusPoints};
     (0..n)
         .map(|_| {
-            let message =
-                utility::messaging::message::Message::PostBonusPoints(utility::messaging::message::PostBonusPoints {
-                    customer_id: uuid::Uuid::now_v7(),
-                });
+            let message = Message::PostBonusPoints(PostBonusPoints {
+                customer_id: uuid::Uuid::now_v7(),
+            });
             Outgoing::from(&Envelope::new(message, uuid::Uuid::now_v7()))
         })
         .collect()
@@ -69,7 +240,7 @@ fn envelopes(n: usize) -> Vec<Outgoing> {
 
 /// Sends with up to 8 batch calls in flight.
 async fn send_all(bus: &Bus, queue: &str, messages: &[Outgoing]) {
-    let mut chunks = messages.chunks(10 * 4);
+    let mut chunks = messages.chunks(10);
     let mut set = tokio::task::JoinSet::new();
     loop {
         while set.len() < 8 {
@@ -91,216 +262,73 @@ impl Handler for NoOp {
     }
 }
 
-fn rate(n: usize, elapsed: Duration) -> f64 {
-    n as f64 / elapsed.as_secs_f64()
+/// A `SELECT COUNT(*)` the benchmark polls until a phase is over.
+struct Count {
+    rows: &'static str,
+    every: Duration,
+    /// Past this the run fails.
+    limit: Duration,
 }
 
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
+/// Enrollments `completed` in a gateway's database.
+const COMPLETED: Count = Count {
+    rows: "SELECT COUNT(*) FROM enrollments WHERE status = 'completed'",
+    every: Duration::from_millis(20),
+    limit: Duration::from_secs(600),
+};
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-/// One message at a time: from the send (or publish) call to the receive that returns it.
-async fn hop_latencies(bus: &Bus, send_to: &str, receive_from: &str, n: usize, topic: bool) -> Vec<f64> {
-    let mut latencies = Vec::with_capacity(n);
-    for _ in 0..n {
-        let message = Outgoing::from(&Envelope::new(
-            utility::messaging::message::Message::CustomerEnrolled(utility::messaging::message::CustomerEnrolled {
-                customer_id: uuid::Uuid::now_v7(),
-                name: utility::domain::CustomerName::parse("Hop").expect("name"),
-                email: utility::domain::Email::parse("hop@example.com").expect("email"),
-            }),
-            uuid::Uuid::now_v7(),
-        ));
-        let receiver = {
-            let (bus, queue) = (bus.clone(), receive_from.to_owned());
-            tokio::spawn(async move {
-                loop {
-                    let received = bus.receive(&queue, 20).await.expect("receive");
-                    if !received.is_empty() {
-                        let receipts: Vec<&str> = received.iter().map(|m| m.receipt_handle.as_str()).collect();
-                        bus.delete_batch(&queue, &receipts).await.expect("delete");
-                        return Instant::now();
-                    }
-                }
-            })
-        };
-        // Let the long poll reach the emulator first, as a consumer's would be.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let sent = Instant::now();
-        if topic {
-            bus.publish_batch(send_to, std::slice::from_ref(&message))
-                .await
-                .expect("publish");
-        } else {
-            bus.send_batch(send_to, std::slice::from_ref(&message))
-                .await
-                .expect("send");
-        }
-        let received = receiver.await.expect("receiver");
-        latencies.push(received.duration_since(sent).as_secs_f64() * 1000.0);
-    }
-    latencies.sort_by(f64::total_cmp);
-    latencies
-}
-
-/// `pending -> completed` of every saga accepted from `since` on that completed, in ms, sorted.
-async fn saga_latencies(pool: &sqlx::AnyPool, since: &str) -> Vec<f64> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT p.at, c.at FROM enrollment_history p JOIN enrollment_history c
-         ON c.enrollment_id = p.enrollment_id AND c.status = 'completed'
-         WHERE p.status = 'pending' AND p.at >= $1",
-    )
-    .bind(since)
-    .fetch_all(pool)
-    .await
-    .expect("history");
-    let mut latencies: Vec<f64> = rows
-        .iter()
-        .filter_map(|(p, c)| {
-            let p = chrono::DateTime::parse_from_rfc3339(p).ok()?;
-            let c = chrono::DateTime::parse_from_rfc3339(c).ok()?;
-            Some((c - p).num_milliseconds() as f64)
+impl Count {
+    /// Returns once the count on `pool` reaches `count`; panics after `limit`.
+    async fn until(&self, pool: &sqlx::AnyPool, count: usize) {
+        let what = format!("{count} rows of `{}`", self.rows);
+        eventually(&what, Patience::within(self.limit).every(self.every), async || {
+            let n: i64 = sqlx::query_scalar(self.rows).fetch_one(pool).await.expect("count");
+            Poll::ready_if(n as usize >= count, (), format!("only {n} of {count}"))
         })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    latencies
+        .await
+        .unwrap();
+    }
 }
 
-/// Peak RSS (MiB) and CPU time (ms, user + system, at Linux's 100 ticks a second) of `pid`.
-fn process_figures(pid: u32) -> Option<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let rss_kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some((rss_kib / 1024.0, ticks * 10.0))
+// ---------------------------------------------------------------------------------------------
+// Near and far.
+
+/// The way to the emulator and to PostgreSQL: relays that add `bus` and `database` each way.
+struct Route {
+    name: &'static str,
+    /// The emulator, through the relay.
+    endpoint: String,
+    /// PostgreSQL's admin URL, through the relay.
+    postgres_admin: String,
+    bus: Bus,
+    _relays: [Delayed; 2],
 }
 
-/// CPU time (ms, user + system) spent so far by this process, by the emulator (LocalStack's
-/// Python process) and by the PostgreSQL server (its processes, with the backends that have
-/// exited, which the postmaster has collected): where a run's cores go. On a small machine the
-/// three share the same cores, so what the services spend the emulator cannot.
-#[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    bench: f64,
-    emulator: f64,
-    postgres: f64,
-    /// Bus requests sent meanwhile, where the caller counts them.
-    requests: f64,
-}
-
-impl Cpu {
-    /// Now, with the requests `bus` has sent so far.
-    fn of(bus: &Bus) -> Self {
+impl Route {
+    async fn start(name: &'static str, bus: Duration, database: Duration) -> Self {
+        let (emulator, admin) = (testkit::emulator_endpoint(), testkit::db::admin_url());
+        let to_bus = Delayed::start(server_address(&emulator), bus).expect("bus relay");
+        let to_database = Delayed::start(server_address(&admin), database).expect("database relay");
+        let endpoint = to_bus.url_through(&emulator);
         Self {
-            requests: bus.requests().total() as f64,
-            ..Self::now()
+            name,
+            bus: testkit::bus_at(&endpoint).await,
+            endpoint,
+            postgres_admin: to_database.url_through(&admin),
+            _relays: [to_bus, to_database],
         }
-    }
-
-    fn now() -> Self {
-        let mut cpu = Self {
-            bench: cpu_ms("self", false).unwrap_or(f64::NAN),
-            ..Self::default()
-        };
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return cpu;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
-                continue;
-            };
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "postgres" {
-                cpu.postgres += cpu_ms(pid, true).unwrap_or(0.0);
-            } else if comm.starts_with("python") {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains("localstack.runtime") {
-                    cpu.emulator += cpu_ms(pid, false).unwrap_or(0.0);
-                }
-            }
-        }
-        cpu
-    }
-
-    fn since(self, before: Self) -> Self {
-        Self {
-            bench: self.bench - before.bench,
-            emulator: self.emulator - before.emulator,
-            postgres: (self.postgres - before.postgres).max(0.0),
-            requests: self.requests - before.requests,
-        }
-    }
-
-    fn plus(self, other: Self) -> Self {
-        Self {
-            bench: self.bench + other.bench,
-            emulator: self.emulator + other.emulator,
-            postgres: self.postgres + other.postgres,
-            requests: self.requests + other.requests,
-        }
-    }
-
-    fn total(self) -> f64 {
-        self.bench + self.emulator + self.postgres
-    }
-
-    /// Each part divided by `n` (at least 1), printed.
-    fn per(self, n: usize) -> String {
-        let n = n.max(1) as f64;
-        format!(
-            "this process {:.1} ms, emulator {:.1} ms, PostgreSQL {:.1} ms, {:.1} bus requests",
-            self.bench / n,
-            self.emulator / n,
-            self.postgres / n,
-            self.requests / n
-        )
-    }
-
-    /// Cores kept busy over `took`.
-    fn cores(self, took: Duration) -> f64 {
-        self.total() / 1000.0 / took.as_secs_f64()
     }
 }
 
-/// The cores this machine gives the run.
-fn cores_here() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
+// ---------------------------------------------------------------------------------------------
+// Phase 1: the consumer loop against raw receive + delete.
 
-/// CPU time (ms) of `pid` (or `self`), with its collected children's when `children`.
-fn cpu_ms(pid: &str, children: bool) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let upto = if children { 15 } else { 13 };
-    let ticks: f64 = fields.get(11..upto)?.iter().filter_map(|f| f.parse::<f64>().ok()).sum();
-    // Linux reports in clock ticks, 100 a second.
-    Some(ticks * 10.0)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "NOT met" }
-}
-
-/// The raw bus in the consumer's shape without a database: a receive stage one batch ahead of a
-/// delete stage that deletes receipts ten per call as they come. How long it takes to drain the
+/// The raw bus in the consumer's shape without a database: receives one batch ahead of a delete
+/// stage that deletes receipts ten per call as they come. How long it takes to drain the
 /// `messages` sent to `queue` first.
-async fn raw_pipelined(bus: &Bus, queue: &str, messages: usize) -> (Duration, Cpu) {
+async fn raw_pipelined(bus: &Bus, queue: &str, messages: usize) -> Duration {
     send_all(bus, queue, &envelopes(messages)).await;
-    let (started, cpu) = (Instant::now(), Cpu::of(bus));
+    let started = Instant::now();
     let (receipts, mut deletions) = tokio::sync::mpsc::channel::<Vec<String>>(1);
     let receiving = async {
         let mut received = 0;
@@ -329,15 +357,20 @@ async fn raw_pipelined(bus: &Bus, queue: &str, messages: usize) -> (Duration, Cp
         }
     };
     tokio::join!(receiving, deleting);
-    (started.elapsed(), Cpu::of(bus).since(cpu))
+    started.elapsed()
 }
 
-/// The consumer as services run it ([`Consumer::run`]: parse, dedup insert, handler, one
-/// transaction per receive batch, deletes gathered across batches) over `messages` sent to
-/// `queue` first: how long until all are handled and deleted.
-async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize) -> (Duration, Cpu) {
+/// The consumer as services run it ([`Consumer::run`]) over `messages` sent to `queue` first,
+/// through `route`, on a fresh database: how long until all are handled and deleted.
+async fn consumer_loop(route: &Route, queue: &str, backend: Backend, messages: usize) -> Duration {
+    let bus = &route.bus;
     send_all(bus, queue, &envelopes(messages)).await;
-    let db = TestDb::new(backend, "bench").await;
+    let db = match backend {
+        Backend::Sqlite => TestDb::new(backend, "bench").await,
+        Backend::Postgres => TestDb::postgres_on(&route.postgres_admin, "bench")
+            .await
+            .expect("database"),
+    };
     let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
         .await
         .expect("db");
@@ -357,7 +390,7 @@ async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize
         1,
     );
     let stop = tokio_util::sync::CancellationToken::new();
-    let (started, cpu) = (Instant::now(), Cpu::of(bus));
+    let started = Instant::now();
     let running = tokio::spawn(consumer.run(stop.clone()));
     let handled = Count {
         rows: "SELECT COUNT(*) FROM processed_messages",
@@ -368,509 +401,808 @@ async fn consumer_loop(bus: &Bus, queue: &str, backend: Backend, messages: usize
     // Stopping makes the consumer delete what it still holds; it returns when that is done.
     stop.cancel();
     running.await.expect("consumer task").expect("consumer");
-    let (elapsed, cpu) = (started.elapsed(), Cpu::of(bus).since(cpu));
+    let elapsed = started.elapsed();
     let left = bus.queue_depth(queue).await.expect("depth");
     assert_eq!(left.total(), 0, "the consumer left messages behind: {left:?}");
-    // The receive that the stop abandoned is still open in the emulator for its 1 s wait, and
-    // would take (and hide for a visibility timeout) whatever the next measure sends.
+    // A receive the stop abandoned is still open in the emulator for its 1 s wait, and would
+    // take (and hide for a visibility timeout) whatever the next measure sends.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    (elapsed, cpu)
+    watcher.close().await;
+    elapsed
 }
 
-/// A `SELECT COUNT(*)` the benchmark polls until a phase is over.
-struct Count {
-    rows: &'static str,
-    every: Duration,
-    /// Past this the run fails.
-    limit: Duration,
+/// Messages/s, medians over the rounds.
+struct ConsumerFigures {
+    messages: usize,
+    rounds: usize,
+    raw: f64,
+    sqlite: f64,
+    postgres_near: f64,
+    postgres_far: f64,
+    /// Medians of the rounds' ratios.
+    sqlite_to_raw: f64,
+    postgres_to_raw: f64,
+    far_to_near: f64,
 }
 
-/// Enrollments `completed` in a gateway's database.
-const COMPLETED: Count = Count {
-    rows: "SELECT COUNT(*) FROM enrollments WHERE status = 'completed'",
-    every: Duration::from_millis(50),
-    limit: Duration::from_secs(600),
-};
-
-impl Count {
-    /// Returns once the count on `pool` reaches `count`; panics after `limit`.
-    async fn until(&self, pool: &sqlx::AnyPool, count: usize) {
-        let what = format!("{count} rows of `{}`", self.rows);
-        eventually(&what, Patience::within(self.limit).every(self.every), async || {
-            let n: i64 = sqlx::query_scalar(self.rows).fetch_one(pool).await.expect("count");
-            Poll::ready_if(n as usize >= count, (), format!("only {n} of {count}"))
-        })
-        .await
-        .unwrap();
+async fn consumer_rounds(near: &Route, far: &Route, queue: &str) -> ConsumerFigures {
+    let messages = size("BENCH_MESSAGES", 2000);
+    let rounds = rounds("BENCH_ROUNDS", 5);
+    let mut measured: Vec<[f64; 4]> = Vec::new();
+    for round in 0..rounds {
+        let m = [
+            rate(messages, raw_pipelined(&near.bus, queue, messages).await),
+            rate(messages, consumer_loop(near, queue, Backend::Sqlite, messages).await),
+            rate(messages, consumer_loop(near, queue, Backend::Postgres, messages).await),
+            rate(messages, consumer_loop(far, queue, Backend::Postgres, messages).await),
+        ];
+        println!(
+            "round {round}: raw {:.0}, SQLite {:.0}, PostgreSQL near {:.0}, far {:.0} msg/s",
+            m[0], m[1], m[2], m[3]
+        );
+        measured.push(m);
+    }
+    let column = |i: usize| median(measured.iter().map(|m| m[i]).collect());
+    let ratio = |a: usize, b: usize| median(measured.iter().map(|m| m[a] / m[b]).collect());
+    ConsumerFigures {
+        messages,
+        rounds,
+        raw: column(0),
+        sqlite: column(1),
+        postgres_near: column(2),
+        postgres_far: column(3),
+        sqlite_to_raw: ratio(1, 0),
+        postgres_to_raw: ratio(2, 0),
+        far_to_near: ratio(3, 2),
     }
 }
 
-/// Sagas per second through the real binaries on PostgreSQL with `instances` instances of each
-/// service: `count` enrollments submitted at once, spread over the gateways, until the last one
-/// is `completed`.
-async fn scale_out(instances: usize, count: usize) -> f64 {
+// ---------------------------------------------------------------------------------------------
+// Phase 2: hop latencies.
+
+/// One message at a time: from the send (or publish) call to the receive that returns it, ms.
+async fn hop_latencies(bus: &Bus, send_to: &str, receive_from: &str, n: usize, topic: bool) -> Vec<f64> {
+    use utility::messaging::message::{CustomerEnrolled, Message};
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let message = Outgoing::from(&Envelope::new(
+            Message::CustomerEnrolled(CustomerEnrolled {
+                customer_id: uuid::Uuid::now_v7(),
+                name: utility::domain::CustomerName::parse("Hop").expect("name"),
+                email: utility::domain::Email::parse("hop@example.com").expect("email"),
+            }),
+            uuid::Uuid::now_v7(),
+        ));
+        let receiver = {
+            let (bus, queue) = (bus.clone(), receive_from.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    let received = bus.receive(&queue, 20).await.expect("receive");
+                    if !received.is_empty() {
+                        let at = Instant::now();
+                        let receipts: Vec<&str> = received.iter().map(|m| m.receipt_handle.as_str()).collect();
+                        bus.delete_batch(&queue, &receipts).await.expect("delete");
+                        return at;
+                    }
+                }
+            })
+        };
+        // Let the long poll reach the emulator first, as a consumer's would be.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let sent = Instant::now();
+        if topic {
+            bus.publish_batch(send_to, std::slice::from_ref(&message))
+                .await
+                .expect("publish");
+        } else {
+            bus.send_batch(send_to, std::slice::from_ref(&message))
+                .await
+                .expect("send");
+        }
+        let received = receiver.await.expect("receiver");
+        latencies.push(received.duration_since(sent).as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+/// p50 of each hop, ms, and a saga's sum of them (2 SQS sends + 2 SNS publishes).
+struct Hops {
+    sqs: f64,
+    sns: f64,
+}
+
+impl Hops {
+    fn sum(&self) -> f64 {
+        2.0 * self.sqs + 2.0 * self.sns
+    }
+}
+
+async fn hops(route: &Route, stack: &TestStack) -> Hops {
+    let n = size("BENCH_HOPS", 40);
+    let queue = stack.output("CustomerCommandsQueueUrl");
+    let sqs = hop_latencies(&route.bus, queue, queue, n, false).await;
+    let sns = hop_latencies(
+        &route.bus,
+        stack.output("CustomerEventsTopicArn"),
+        stack.output("GatewayEventsQueueUrl"),
+        n,
+        true,
+    )
+    .await;
+    Hops {
+        sqs: percentile(&sqs, 50.0),
+        sns: percentile(&sns, 50.0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 3: whole sagas through the release binaries.
+
+/// What one run of whole sagas through one route measured.
+#[derive(Default)]
+struct SagaRun {
+    /// Accepted -> completed, ms, sorted: sagas one after another.
+    sequential_ms: Vec<f64>,
+    /// Sagas submitted at once, per second until the last completed.
+    per_second: f64,
+    /// Accepted -> completed, ms, sorted: sagas submitted at once.
+    concurrent_ms: Vec<f64>,
+    /// Requests the three services sent per completed saga (submitted at once), by operation.
+    billed: BTreeMap<String, f64>,
+    /// Per service (by index): CPU ms per saga (submitted at once), peak RSS MiB.
+    cpu_ms: [f64; 3],
+    rss_mib: [f64; 3],
+    /// The three services' JSON log, per completed saga (submitted at once).
+    log_bytes: f64,
+    log_lines: f64,
+    /// `ReceiveMessage` calls per consumer per minute with nothing to do, when measured.
+    idle_receives: Option<f64>,
+}
+
+impl SagaRun {
+    fn billed_total(&self) -> f64 {
+        self.billed.values().sum()
+    }
+}
+
+/// `pending -> completed` of every saga accepted from `since` on that completed, in ms, sorted.
+async fn saga_latencies(pool: &sqlx::AnyPool, since: &str) -> Vec<f64> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.at, c.at FROM enrollment_history p JOIN enrollment_history c
+         ON c.enrollment_id = p.enrollment_id AND c.status = 'completed'
+         WHERE p.status = 'pending' AND p.at >= $1",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .expect("history");
+    let mut latencies: Vec<f64> = rows
+        .iter()
+        .filter_map(|(p, c)| {
+            let p = chrono::DateTime::parse_from_rfc3339(p).ok()?;
+            let c = chrono::DateTime::parse_from_rfc3339(c).ok()?;
+            Some((c - p).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+/// Peak RSS (MiB) and CPU time (ms, user + system, at Linux's 100 ticks a second) of `pid`.
+fn process_figures(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let rss_kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((rss_kib / 1024.0, ticks * 10.0))
+}
+
+/// `saga_bus_requests_total` by operation, summed over the three services.
+async fn bus_requests(processes: &Processes) -> BTreeMap<String, f64> {
+    let mut requests = BTreeMap::new();
+    for service in [processes.gateway(), processes.customer(), processes.transaction()] {
+        for line in processes.metrics(service).await.lines() {
+            let Some(rest) = line.strip_prefix("saga_bus_requests_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let Some(operation) = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("operation=\""))
+                .map(|o| o.trim_end_matches('"'))
+            else {
+                continue;
+            };
+            *requests.entry(operation.to_owned()).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    requests
+}
+
+/// Lines and bytes (with their newlines) of the three services' output so far.
+fn log_volume(processes: &Processes) -> (usize, usize) {
+    let services = [processes.gateway(), processes.customer(), processes.transaction()];
+    services.iter().fold((0, 0), |(lines, bytes), service| {
+        let all = service.lines();
+        (
+            lines + all.len(),
+            bytes + all.iter().map(|l| l.len() + 1).sum::<usize>(),
+        )
+    })
+}
+
+fn cpu_and_rss(processes: &Processes) -> [(f64, f64); 3] {
+    [processes.gateway(), processes.customer(), processes.transaction()]
+        .map(|s| s.pid().and_then(process_figures).unwrap_or((f64::NAN, f64::NAN)))
+}
+
+/// The three binaries, one instance each, on PostgreSQL, through `route`: `sequential` sagas one
+/// after another, then `concurrent` submitted at once, then, when `idle_seconds` is given,
+/// nothing for that long.
+async fn saga_run(route: &Route, sequential: usize, concurrent: usize, idle_seconds: Option<u64>) -> SagaRun {
     let processes = Processes::start_with(Layout {
         receive_wait_seconds: 20,
         backend: Backend::Postgres,
-        instances,
+        endpoint: route.endpoint.clone(),
+        postgres_admin_url: route.postgres_admin.clone(),
+        // The services' own defaults: log level, relay interval, no gauge lines.
+        env: Vec::new(),
         ..Layout::default()
     })
     .await
     .expect("the services start");
-    let gateways = processes.gateways();
+    let gateway = processes.gateway();
     let gateway_db = sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
-        .connect(&processes.dbs[testkit::processes::GATEWAY].url)
+        .connect(&processes.dbs[GATEWAY].url)
         .await
         .expect("gateway database");
+    let mut run = SagaRun::default();
+
+    let since = utility::storage::now();
+    for i in 0..sequential {
+        let email = format!("seq-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
+        processes.submit(gateway, &email).await;
+        let one_by_one = Count {
+            every: Duration::from_millis(2),
+            limit: Duration::from_secs(60),
+            ..COMPLETED
+        };
+        one_by_one.until(&gateway_db, i + 1).await;
+    }
+    run.sequential_ms = saga_latencies(&gateway_db, &since).await;
+
+    let (requests, logs, cpu) = (
+        bus_requests(&processes).await,
+        log_volume(&processes),
+        cpu_and_rss(&processes),
+    );
+    let since = utility::storage::now();
     let started = Instant::now();
-    for chunk in (0..count).collect::<Vec<_>>().chunks(16) {
+    for chunk in (0..concurrent).collect::<Vec<_>>().chunks(16) {
         futures::future::join_all(chunk.iter().map(|i| {
-            let email = format!("scale-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
-            let (processes, gateway) = (&processes, gateways[i % gateways.len()]);
+            let email = format!("burst-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
+            let processes = &processes;
             async move { processes.submit(gateway, &email).await }
         }))
         .await;
     }
-    COMPLETED.until(&gateway_db, count).await;
-    let elapsed = started.elapsed();
+    COMPLETED.until(&gateway_db, sequential + concurrent).await;
+    run.per_second = rate(concurrent, started.elapsed());
+    run.concurrent_ms = saga_latencies(&gateway_db, &since).await;
+    // The last deletes are gathered for a moment before they are sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = concurrent as f64;
+    run.billed = bus_requests(&processes)
+        .await
+        .into_iter()
+        .map(|(operation, after)| {
+            let before = requests.get(&operation).copied().unwrap_or(0.0);
+            (operation, (after - before) / n)
+        })
+        .filter(|(_, per_saga)| *per_saga > 0.0)
+        .collect();
+    let (lines, bytes) = log_volume(&processes);
+    run.log_lines = (lines - logs.0) as f64 / n;
+    run.log_bytes = (bytes - logs.1) as f64 / n;
+    for (i, (after, before)) in cpu_and_rss(&processes).iter().zip(cpu).enumerate() {
+        run.cpu_ms[i] = (after.1 - before.1) / n;
+        run.rss_mib[i] = after.0;
+    }
+
+    if let Some(seconds) = idle_seconds {
+        let receives = async || {
+            bus_requests(&processes)
+                .await
+                .get("SQS.ReceiveMessage")
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let before = receives().await;
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        // One consumer per service.
+        run.idle_receives = Some((receives().await - before) / 3.0 * 60.0 / seconds as f64);
+    }
     gateway_db.close().await;
     processes.stop().await;
-    rate(count, elapsed)
+    run
+}
+
+// ---------------------------------------------------------------------------------------------
+// The results.
+
+/// Everything the run measured.
+struct Results {
+    consumer: ConsumerFigures,
+    hops_near: Hops,
+    hops_far: Hops,
+    near: Vec<SagaRun>,
+    far: Vec<SagaRun>,
+    /// Far / near of whole sagas, the median of the rounds'.
+    sagas_far_to_near: f64,
+    idle_receives: f64,
+}
+
+/// The median over runs of one figure.
+fn over(runs: &[SagaRun], figure: impl Fn(&SagaRun) -> f64) -> f64 {
+    median(runs.iter().map(figure).collect())
+}
+
+/// All the runs' latencies together, sorted.
+fn pooled(runs: &[SagaRun], latencies: impl Fn(&SagaRun) -> &Vec<f64>) -> Vec<f64> {
+    let mut all: Vec<f64> = runs.iter().flat_map(|r| latencies(r).iter().copied()).collect();
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+/// Billed requests per saga if every request carried ten messages: each message is sent or
+/// published once, received once and deleted once.
+fn batching_floor() -> f64 {
+    MESSAGES_PER_SAGA * 3.0 / 10.0
+}
+
+impl Results {
+    fn measured(&self) -> Vec<Measured> {
+        let c = &self.consumer;
+        let mut m = vec![
+            Measured {
+                id: Id::ConsumerFarNear,
+                value: c.far_to_near,
+                shown: format!(
+                    "{:.2} ({:.0} / {:.0} msg/s)",
+                    c.far_to_near, c.postgres_far, c.postgres_near
+                ),
+            },
+            Measured {
+                id: Id::SagasFarNear,
+                value: self.sagas_far_to_near,
+                shown: format!(
+                    "{:.2} ({:.1} / {:.1} sagas/s)",
+                    self.sagas_far_to_near,
+                    over(&self.far, |r| r.per_second),
+                    over(&self.near, |r| r.per_second)
+                ),
+            },
+            Measured {
+                id: Id::ConsumerSqliteRaw,
+                value: c.sqlite_to_raw,
+                shown: format!("{:.2} ({:.0} / {:.0} msg/s)", c.sqlite_to_raw, c.sqlite, c.raw),
+            },
+            Measured {
+                id: Id::ConsumerPostgresRaw,
+                value: c.postgres_to_raw,
+                shown: format!("{:.2} ({:.0} / {:.0} msg/s)", c.postgres_to_raw, c.postgres_near, c.raw),
+            },
+        ];
+        for (id, runs) in [(Id::BilledNear, &self.near), (Id::BilledFar, &self.far)] {
+            let billed = over(runs, SagaRun::billed_total);
+            m.push(Measured {
+                id,
+                value: billed / batching_floor(),
+                shown: format!(
+                    "{:.2}x ({billed:.2} requests, floor {:.1})",
+                    billed / batching_floor(),
+                    batching_floor()
+                ),
+            });
+        }
+        m.push(Measured {
+            id: Id::IdleReceives,
+            value: self.idle_receives,
+            shown: format!("{:.1}", self.idle_receives),
+        });
+        for (p50, p99, runs, hops) in [
+            (Id::P50Near, Id::P99Near, &self.near, &self.hops_near),
+            (Id::P50Far, Id::P99Far, &self.far, &self.hops_far),
+        ] {
+            let latencies = pooled(runs, |r| &r.sequential_ms);
+            for (id, p) in [(p50, 50.0), (p99, 99.0)] {
+                let ms = percentile(&latencies, p);
+                m.push(Measured {
+                    id,
+                    value: ms / hops.sum(),
+                    shown: format!("{:.2}x ({ms:.1} ms / {:.1} ms)", ms / hops.sum(), hops.sum()),
+                });
+            }
+        }
+        let all: Vec<&SagaRun> = self.near.iter().chain(&self.far).collect();
+        let log_bytes = median(all.iter().map(|r| r.log_bytes).collect());
+        m.push(Measured {
+            id: Id::LogBytes,
+            value: log_bytes,
+            shown: format!(
+                "{log_bytes:.0} B ({:.1} lines)",
+                median(all.iter().map(|r| r.log_lines).collect())
+            ),
+        });
+        for i in 0..3 {
+            let (near, far) = (over(&self.near, |r| r.cpu_ms[i]), over(&self.far, |r| r.cpu_ms[i]));
+            m.push(Measured {
+                id: Id::Cpu(i),
+                value: near.max(far),
+                shown: format!("{near:.2} near, {far:.2} far"),
+            });
+            let rss = all.iter().map(|r| r.rss_mib[i]).fold(0.0, f64::max);
+            m.push(Measured {
+                id: Id::Rss(i),
+                value: rss,
+                shown: format!("{rss:.1} MiB"),
+            });
+        }
+        m
+    }
+
+    /// `| measure | figure | target | verdict |` rows, in [`TARGETS`]' order.
+    fn against_targets(&self) -> (String, usize) {
+        let measured = self.measured();
+        let mut table = String::from("| measure | figure | target | |\n|---|---|---|---|\n");
+        let mut unmet = 0;
+        for t in &TARGETS {
+            let Some(m) = measured.iter().find(|m| m.id == t.id) else {
+                continue;
+            };
+            let met = if t.at_most {
+                m.value <= t.limit
+            } else {
+                m.value >= t.limit
+            };
+            unmet += usize::from(!met);
+            let verdict = if met { "met" } else { "**not met**" };
+            let _ = writeln!(table, "| {} | {} | {} | {verdict} |", t.measure, m.shown, t.shown);
+        }
+        (table, unmet)
+    }
+
+    /// Every other figure of the run, near and far side by side.
+    fn details(&self) -> String {
+        let c = &self.consumer;
+        let mut t = String::from("| figure | near | far | far / near |\n|---|---|---|---|\n");
+        let mut row = |what: &str, near: f64, far: f64, unit: &str| {
+            let _ = writeln!(t, "| {what} | {near:.1} {unit} | {far:.1} {unit} | {:.2} |", far / near);
+        };
+        row(
+            "consumer loop, PostgreSQL (no-op handler)",
+            c.postgres_near,
+            c.postgres_far,
+            "msg/s",
+        );
+        row(
+            "whole sagas, submitted at once",
+            over(&self.near, |r| r.per_second),
+            over(&self.far, |r| r.per_second),
+            "sagas/s",
+        );
+        for (what, p) in [("p50", 50.0), ("p99", 99.0)] {
+            row(
+                &format!("saga latency {what}, submitted at once"),
+                percentile(&pooled(&self.near, |r| &r.concurrent_ms), p),
+                percentile(&pooled(&self.far, |r| &r.concurrent_ms), p),
+                "ms",
+            );
+            row(
+                &format!("saga latency {what}, one after another"),
+                percentile(&pooled(&self.near, |r| &r.sequential_ms), p),
+                percentile(&pooled(&self.far, |r| &r.sequential_ms), p),
+                "ms",
+            );
+        }
+        row("SQS send -> receive, p50", self.hops_near.sqs, self.hops_far.sqs, "ms");
+        row(
+            "SNS publish -> SQS receive, p50",
+            self.hops_near.sns,
+            self.hops_far.sns,
+            "ms",
+        );
+        row("hop sum of a saga", self.hops_near.sum(), self.hops_far.sum(), "ms");
+        let operations: std::collections::BTreeSet<&String> = self
+            .near
+            .iter()
+            .chain(&self.far)
+            .flat_map(|r| r.billed.keys())
+            .collect();
+        for operation in operations {
+            let of = |r: &SagaRun| r.billed.get(operation).copied().unwrap_or(0.0);
+            let _ = writeln!(
+                t,
+                "| billed {operation} per saga | {:.2} | {:.2} | |",
+                over(&self.near, of),
+                over(&self.far, of)
+            );
+        }
+        for (i, name) in NAMES.iter().enumerate() {
+            let _ = writeln!(
+                t,
+                "| CPU ms per saga, {name} | {:.2} | {:.2} | |",
+                over(&self.near, |r| r.cpu_ms[i]),
+                over(&self.far, |r| r.cpu_ms[i])
+            );
+        }
+        let _ = writeln!(
+            t,
+            "| JSON log per saga | {:.0} B | {:.0} B | |",
+            over(&self.near, |r| r.log_bytes),
+            over(&self.far, |r| r.log_bytes)
+        );
+        let _ = writeln!(
+            t,
+            "| raw receive + delete (the consumer's shape, no database) | {:.0} msg/s | | |",
+            c.raw
+        );
+        let _ = writeln!(t, "| consumer loop, SQLite | {:.0} msg/s | | |", c.sqlite);
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capacity: docs/capacity.md's model applied to the far figures.
+
+/// Instances of each service and dollars per million enrollments at `per_second`.
+struct Plan {
+    instances: [usize; 3],
+    instance_type: &'static str,
+    database_class: &'static str,
+    bus: f64,
+    logs: f64,
+    nat: f64,
+    alb: f64,
+    ec2: f64,
+    rds: f64,
+}
+
+impl Plan {
+    fn total(&self) -> f64 {
+        self.bus + self.logs + self.nat + self.alb + self.ec2 + self.rds
+    }
+}
+
+/// `messages/s per consumer` is the far consumer loop's rate; the rest as docs/capacity.md says.
+fn plan(results: &Results, per_second: f64) -> Plan {
+    let far = &results.far;
+    let consumer_rate = results.consumer.postgres_far;
+    // Messages consumed per saga: the gateway takes both events, the others a command each.
+    let consumed = [2.0, 1.0, 1.0];
+    let cpu_ms = [0, 1, 2].map(|i| over(far, |r| r.cpu_ms[i]));
+    let least = if per_second >= 100.0 { 2 } else { 1 };
+    // What a t3 sustains: its baseline (10 % of 2 vCPU on a t3.micro, 20 % on a t3.small).
+    let count = |sustained_vcpu: f64| {
+        [0, 1, 2].map(|i| {
+            let for_consumers = (per_second * consumed[i] / consumer_rate).ceil() as usize;
+            let for_cpu = (per_second * cpu_ms[i] / 1000.0 / sustained_vcpu).ceil() as usize;
+            for_consumers.max(for_cpu).max(least)
+        })
+    };
+    let (micro, small) = (count(0.2), count(0.4));
+    let hourly = |counts: [usize; 3], price: f64| counts.iter().sum::<usize>() as f64 * price;
+    let (instances, instance_type, ec2_hourly) = if hourly(micro, 0.0104) <= hourly(small, 0.0208) {
+        (micro, "t3.micro", hourly(micro, 0.0104))
+    } else {
+        (small, "t3.small", hourly(small, 0.0208))
+    };
+    let (database_class, database_hourly) = match per_second {
+        r if r < 50.0 => ("db.t4g.micro", 0.016),
+        r if r < 500.0 => ("db.t4g.medium", 0.065),
+        _ => ("db.m7g.large", 0.168),
+    };
+    // Millions of enrollments an hour.
+    let millions_an_hour = per_second * 3600.0 / 1e6;
+    let of_operations = |prefix: &str| {
+        over(far, |r| {
+            r.billed
+                .iter()
+                .filter(|(o, _)| o.starts_with(prefix))
+                .map(|(_, n)| n)
+                .sum()
+        })
+    };
+    let log_kb = over(far, |r| r.log_bytes) / 1000.0;
+    Plan {
+        instances,
+        instance_type,
+        database_class,
+        bus: of_operations("SQS.") * 0.40 + of_operations("SNS.") * 0.50,
+        logs: log_kb * 0.50 * 1.06,
+        // ~16 KB of messages per saga through the NAT, plus the log bytes; $0.045/GB.
+        nat: (16.0 + log_kb) * 0.045,
+        alb: 0.09,
+        ec2: ec2_hourly / millions_an_hour,
+        rds: 3.0 * database_hourly / millions_an_hour,
+    }
+}
+
+fn capacity(results: &Results) -> String {
+    let plans: Vec<Plan> = [10.0, 100.0, 1000.0].iter().map(|r| plan(results, *r)).collect();
+    let mut t = String::from("| | 10/s | 100/s | 1,000/s |\n|---|---|---|---|\n");
+    let mut row = |what: &str, cell: &dyn Fn(&Plan) -> String| {
+        let cells: Vec<String> = plans.iter().map(cell).collect();
+        let _ = writeln!(t, "| {what} | {} |", cells.join(" | "));
+    };
+    for (i, name) in NAMES.iter().enumerate() {
+        row(&format!("{name} instances"), &|p| p.instances[i].to_string());
+    }
+    row("instance type", &|p| p.instance_type.to_owned());
+    row("database class (each of 3)", &|p| p.database_class.to_owned());
+    row("$ per million: bus (SQS + SNS)", &|p| format!("{:.2}", p.bus));
+    row("$ per million: CloudWatch Logs", &|p| format!("{:.2}", p.logs));
+    row("$ per million: NAT data", &|p| format!("{:.2}", p.nat));
+    row("$ per million: public ALB", &|p| format!("{:.2}", p.alb));
+    row("$ per million: EC2", &|p| format!("{:.2}", p.ec2));
+    row("$ per million: RDS", &|p| format!("{:.2}", p.rds));
+    row("**$ per million enrollments**", &|p| format!("**{:.2}**", p.total()));
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// The page.
+
+/// `git` in the workspace, trimmed; empty when it fails.
+fn git(args: &[&str]) -> String {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::process::Command::new("git")
+        .args(args)
+        .current_dir(workspace)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, Linux {}", kernel.trim())
+}
+
+fn page(results: &Results, run: &str) -> String {
+    let (targets, unmet) = results.against_targets();
+    let c = &results.consumer;
+    format!(
+        "# Performance\n\n\
+         Written by `make bench` (`gateway/benches/pipeline.rs`); do not edit by hand. How it \
+         measures and how to read it: [testing.md, The benchmark](testing.md#the-benchmark). The \
+         model behind the capacity table: [capacity.md](capacity.md).\n\n\
+         ## Run\n\n{run}\n\
+         \"Near\": the emulator (LocalStack) and PostgreSQL on loopback, through a relay that adds \
+         nothing. \"Far\": the same relays adding {} ms each way to the emulator and {} ms each way \
+         to PostgreSQL, the round trips of AWS in one region. Near and far alternate within the \
+         run. The consumer loop: {} messages, {} interleaved rounds, medians. Whole sagas: the \
+         three release binaries, one instance each, on PostgreSQL, default log level, JSON logs; \
+         {} rounds each way.\n\n\
+         ## Figures against targets\n\n{targets}\n{unmet} of {} targets not met.\n\n\
+         ### Near and far\n\n{}\n\
+         ## Capacity\n\n\
+         [capacity.md](capacity.md)'s model with this run's far figures: messages per second per \
+         consumer {:.0} (the far consumer loop on PostgreSQL, against one emulator on this \
+         machine: a floor, not AWS's ceiling), CPU ms per saga per service, billed requests per \
+         saga and log bytes per saga, all far. Instances: the most of the consumers' and the \
+         CPU's count, at least 2 from 100/s; a t3 is held to its baseline. Dollars per million \
+         enrollments: the bus and the logs as measured, the NAT, ALB, EC2 and RDS as the model \
+         prices them (storage not counted).\n\n{}",
+        FAR_BUS.as_secs_f64() * 1000.0,
+        FAR_DATABASE.as_secs_f64() * 1000.0,
+        c.messages,
+        c.rounds,
+        results.near.len(),
+        TARGETS.len(),
+        results.details(),
+        c.postgres_far,
+        capacity(results),
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let messages = size("BENCH_MESSAGES", 2000);
-    let enrollments = size("BENCH_ENROLLMENTS", 300);
-    let bus = testkit::bus().await;
-    let stack = TestStack::deploy(&bus).await;
+    let started = chrono::Utc::now();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let near = Route::start("near", Duration::ZERO, Duration::ZERO).await;
+    let far = Route::start("far", FAR_BUS, FAR_DATABASE).await;
+    let stack = TestStack::deploy(&near.bus).await;
     let queue = stack.output("TransactionCommandsQueueUrl").to_owned();
-    println!("pipeline benchmark: {messages} messages, {enrollments} enrollments\n");
 
-    // 1. Raw bus.
-    let batch = envelopes(messages);
-    let started = Instant::now();
-    send_all(&bus, &queue, &batch).await;
-    let raw_send = started.elapsed();
-    let started = Instant::now();
-    let mut drained = 0;
-    while drained < messages {
-        let received = bus.receive(&queue, 1).await.expect("receive");
-        let receipts: Vec<&str> = received.iter().map(|m| m.receipt_handle.as_str()).collect();
-        bus.delete_batch(&queue, &receipts).await.expect("delete");
-        drained += received.len();
-    }
-    let raw_serial = started.elapsed();
-
-    // 2. The raw ceiling and the consumer loop on SQLite and on PostgreSQL, same queue, same
-    // volume, in interleaved rounds: the emulator's speed drifts within a run, so each round's
-    // ratios compare figures taken seconds apart, and the median round is reported.
-    let rounds = size("BENCH_ROUNDS", 5);
-    let mut measured: Vec<[(Duration, Cpu); 3]> = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        measured.push([
-            raw_pipelined(&bus, &queue, messages).await,
-            consumer_loop(&bus, &queue, Backend::Sqlite, messages).await,
-            consumer_loop(&bus, &queue, Backend::Postgres, messages).await,
-        ]);
-    }
-    // The median of each column; the ratios are the medians of the rounds' ratios.
-    let median = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    let column = |i: usize| median(measured.iter().map(|m| rate(messages, m[i].0)).collect());
-    let ratio_of = |i: usize| {
-        median(
-            measured
-                .iter()
-                .map(|m| m[0].0.as_secs_f64() / m[i].0.as_secs_f64())
-                .collect(),
-        )
-    };
-    // Where the CPU went in each column, over all rounds: per 1,000 messages, and cores busy.
-    let cpu_of = |i: usize| {
-        let (took, cpu) = measured.iter().fold((Duration::ZERO, Cpu::default()), |(t, c), m| {
-            (t + m[i].0, c.plus(m[i].1))
-        });
-        (cpu.per(messages * measured.len() / 1000), cpu.cores(took))
-    };
-    let (drain_rate, consume_rate, consume_pg_rate) = (column(0), column(1), column(2));
-    let (consumer_ratio, consumer_pg_ratio) = (ratio_of(1), ratio_of(2));
+    println!("1. the consumer loop");
+    let consumer = consumer_rounds(&near, &far, &queue).await;
     if std::env::var("BENCH_ONLY").as_deref() == Ok("consumer") {
         println!(
-            "raw receive+delete, one after the other  {:>8.0} msg/s",
-            rate(messages, raw_serial)
+            "median: raw {:.0} msg/s; SQLite {:.2}, PostgreSQL {:.2} of raw; PostgreSQL far / near {:.2}",
+            consumer.raw, consumer.sqlite_to_raw, consumer.postgres_to_raw, consumer.far_to_near
         );
-        for (i, m) in measured.iter().enumerate() {
-            let [raw, sqlite, postgres] = m.map(|(d, _)| rate(messages, d));
-            println!(
-                "round {i}: raw {raw:.0}, SQLite {sqlite:.0} ({:.2}), PostgreSQL {postgres:.0} ({:.2}) msg/s",
-                sqlite / raw,
-                postgres / raw
-            );
-        }
-        println!("median: raw {drain_rate:.0}, SQLite {consumer_ratio:.2}, PostgreSQL {consumer_pg_ratio:.2} of raw");
-        for (i, name) in ["raw", "SQLite", "PostgreSQL"].iter().enumerate() {
-            let (per_thousand, cores) = cpu_of(i);
-            println!("CPU per 1000 messages, {name}: {per_thousand}; {cores:.2} cores busy");
-        }
         return;
     }
 
-    // Hop latencies, on queues no consumer reads yet.
-    let hops = size("BENCH_HOPS", 50);
-    let sqs_hops = hop_latencies(&bus, &queue, &queue, hops, false).await;
-    let sns_hops = hop_latencies(
-        &bus,
-        stack.output("CustomerEventsTopicArn"),
-        stack.output("GatewayEventsQueueUrl"),
-        hops,
-        true,
-    )
-    .await;
-    let hop_sum = 2.0 * percentile(&sqs_hops, 50.0) + 2.0 * percentile(&sns_hops, 50.0);
+    println!("2. hop latencies");
+    let (hops_near, hops_far) = (hops(&near, &stack).await, hops(&far, &stack).await);
 
-    // 3. Whole sagas: first one after another (latency at low load), then all at once
-    // (throughput and billed requests), then nothing (idle cost). Default long polls.
-    let options = Options {
-        receive_wait_seconds: 20,
-        ..Options::default()
-    };
-    let system = System::start(Backend::Sqlite, options).await;
-    let sequential = size("BENCH_SEQUENTIAL", 200);
-    let sequential_since = utility::storage::now();
-    for i in 0..sequential {
-        let email = format!("seq-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
-        let id = system.submit("Bench", &email).await;
-        system.wait_for_status(&id, &["completed"]).await;
-    }
-    let sequential_latencies = saga_latencies(&system.gateway().pool, &sequential_since).await;
-    let requests_before = system.bus.requests().snapshot();
-    let concurrent_since = utility::storage::now();
-    let (started, saga_cpu) = (Instant::now(), Cpu::of(&system.bus));
-    let mut ids = Vec::with_capacity(enrollments);
-    for chunk in (0..enrollments).collect::<Vec<_>>().chunks(16) {
-        let submitted = futures::future::join_all(chunk.iter().map(|i| {
-            let email = format!("bench-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
-            let system = &system;
-            async move { system.submit("Bench", &email).await }
-        }))
-        .await;
-        ids.extend(submitted);
-    }
-    let pool = system.gateway().pool.clone();
-    COMPLETED.until(&pool, enrollments + sequential).await;
-    let sagas = started.elapsed();
-    let saga_cpu = Cpu::of(&system.bus).since(saga_cpu);
-    let requests_after = system.bus.requests().snapshot();
-    let by_operation: Vec<(String, u64)> = requests_after
-        .iter()
-        .map(|(op, n)| (op.clone(), n - requests_before.get(op).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    let billed: u64 = by_operation.iter().map(|(_, n)| n).sum();
-    let latencies = saga_latencies(&pool, &concurrent_since).await;
-
-    // Idle: three pollers (one per service) and nothing to receive.
-    let idle_seconds = size("BENCH_IDLE_SECONDS", 40);
-    let receives = |bus: &Bus| {
-        bus.requests()
-            .snapshot()
-            .get("SQS.ReceiveMessage")
-            .copied()
-            .unwrap_or(0)
-    };
-    let idle_before = receives(&system.bus);
-    tokio::time::sleep(Duration::from_secs(idle_seconds as u64)).await;
-    let idle_receives = receives(&system.bus) - idle_before;
-    let idle_per_poller_minute = idle_receives as f64 / 3.0 * 60.0 / idle_seconds as f64;
-    system.stop().await;
-
-    // 8. The real binaries under the same concurrent load (no span export).
-    let processes = Processes::start(false, 20).await;
-    let services = [
-        ("gateway", processes.gateway()),
-        ("customer-api", processes.customer()),
-        ("transaction-api", processes.transaction()),
-    ];
-    let cpu_before: Vec<f64> = services
-        .iter()
-        .map(|(_, s)| s.pid().and_then(process_figures).map_or(0.0, |f| f.1))
-        .collect();
-    let process_sagas = enrollments;
-    for chunk in (0..process_sagas).collect::<Vec<_>>().chunks(16) {
-        futures::future::join_all(chunk.iter().map(|i| {
-            let email = format!("proc-{i}-{}@example.com", uuid::Uuid::new_v4().simple());
-            let processes = &processes;
-            async move { processes.enroll(&email, &[]).await }
-        }))
-        .await;
-    }
-    let per_process: Vec<(&str, f64, f64)> = services
-        .iter()
-        .zip(&cpu_before)
-        .map(|((name, s), before)| {
-            let (rss, cpu) = s.pid().and_then(process_figures).unwrap_or((f64::NAN, f64::NAN));
-            (*name, rss, (cpu - before) / process_sagas as f64)
-        })
-        .collect();
-    processes.stop().await;
-
-    // 9. Scale-out on PostgreSQL: 1 and 3 instances of every service, same load.
-    let scale_sagas = size("BENCH_SCALE_ENROLLMENTS", 300);
-    let scaled: Vec<(usize, f64)> = {
-        let mut scaled = Vec::new();
-        // `INSTANCES` (as for `make up`) sets the larger count; 3 unless it says otherwise.
-        let most = std::env::var("INSTANCES")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(3)
-            .max(1);
-        let counts: Vec<usize> = if most == 1 { vec![1] } else { vec![1, most] };
-        for instances in counts {
-            scaled.push((instances, scale_out(instances, scale_sagas).await));
+    println!("3. whole sagas");
+    let (sequential, concurrent) = (size("BENCH_SEQUENTIAL", 100), size("BENCH_ENROLLMENTS", 400));
+    let idle = size("BENCH_IDLE_SECONDS", 40) as u64;
+    let (mut near_runs, mut far_runs) = (Vec::new(), Vec::new());
+    for round in 0..rounds("BENCH_SAGA_ROUNDS", 2) {
+        for route in [&near, &far] {
+            let idle = (round == 0 && route.name == "near").then_some(idle);
+            let run = saga_run(route, sequential, concurrent, idle).await;
+            println!(
+                "round {round}, {}: {:.1} sagas/s, {:.2} billed requests, {:.0} log bytes per saga",
+                route.name,
+                run.per_second,
+                run.billed_total(),
+                run.log_bytes
+            );
+            (if route.name == "near" {
+                &mut near_runs
+            } else {
+                &mut far_runs
+            })
+            .push(run);
         }
-        scaled
+    }
+    let sagas_far_to_near = median(
+        near_runs
+            .iter()
+            .zip(&far_runs)
+            .map(|(n, f)| f.per_second / n.per_second)
+            .collect(),
+    );
+    let idle_receives = near_runs.iter().find_map(|r| r.idle_receives).unwrap_or(f64::NAN);
+    let results = Results {
+        consumer,
+        hops_near,
+        hops_far,
+        near: near_runs,
+        far: far_runs,
+        sagas_far_to_near,
+        idle_receives,
     };
 
-    let send_rate = rate(messages, raw_send);
-    // A message's whole life on the raw bus: sent, then received and deleted.
-    let full_rate = 1.0 / (1.0 / send_rate + 1.0 / drain_rate);
-    let saga_rate = rate(enrollments, sagas);
-    // Every figure is printed and kept for the report, with its target when it has one.
-    let mut table: Vec<(String, String, String)> = Vec::new();
-    let mut row = |measure: String, figure: String, target: String| {
-        println!("{measure:<52} {figure:>14}   {target}");
-        table.push((measure, figure, target));
-    };
-    println!("{:<52} {:>14}   target", "measure", "figure");
-    row(
-        "raw SendMessageBatch (8 in flight)".into(),
-        format!("{send_rate:.0} msg/s"),
-        String::new(),
-    );
-    row(
-        format!("raw ReceiveMessage + DeleteMessageBatch (median of {rounds})"),
-        format!("{drain_rate:.0} msg/s"),
-        String::new(),
-    );
-    row(
-        "raw send + receive + delete".into(),
-        format!("{full_rate:.0} msg/s"),
-        String::new(),
-    );
-    let ratio_row = |name: &str, per_second: f64, ratio: f64| {
-        (
-            name.to_owned(),
-            format!("{per_second:.0}/s, {ratio:.2}"),
-            format!(">= 0.8: {}", verdict(ratio >= 0.8)),
-        )
-    };
-    let saga_ratio = saga_rate * 4.0 / full_rate;
-    for (name, per_second, ratio) in [
-        (
-            "consumer loop, SQLite / raw receive+delete",
-            consume_rate,
-            consumer_ratio,
-        ),
-        (
-            "consumer loop, PostgreSQL / raw receive+delete",
-            consume_pg_rate,
-            consumer_pg_ratio,
-        ),
-        (
-            "saga messages (4 per saga) / raw send+receive+delete",
-            saga_rate * 4.0,
-            saga_ratio,
-        ),
-    ] {
-        let (measure, figure, target) = ratio_row(name, per_second, ratio);
-        row(measure, figure, target);
-    }
-    for (i, name) in [
-        "raw receive+delete",
-        "consumer loop, SQLite",
-        "consumer loop, PostgreSQL",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let (per_thousand, cores) = cpu_of(i);
-        row(
-            format!("  CPU per 1000 msg, {name}"),
-            per_thousand,
-            format!("{cores:.2} of {} cores busy", cores_here()),
-        );
-    }
-    row(
-        format!("whole sagas, {enrollments} at once (3 services, SQLite)"),
-        format!("{saga_rate:.1} sagas/s"),
-        String::new(),
-    );
-    row(
-        "  CPU per saga (services in this process)".into(),
-        saga_cpu.per(enrollments).replace("this process", "services"),
-        format!("{:.2} of {} cores busy", saga_cpu.cores(sagas), cores_here()),
-    );
-    for p in [50.0, 95.0, 100.0] {
-        row(
-            format!("  saga latency p{p:.0} (accepted -> completed)"),
-            format!("{:.0} ms", percentile(&latencies, p)),
-            String::new(),
-        );
-    }
-    row(
-        "SQS send -> receive, p50 (one at a time)".into(),
-        format!("{:.1} ms", percentile(&sqs_hops, 50.0)),
-        String::new(),
-    );
-    row(
-        "SNS publish -> SQS receive, p50".into(),
-        format!("{:.1} ms", percentile(&sns_hops, 50.0)),
-        String::new(),
-    );
-    row(
-        "hop sum of a saga (2 SQS + 2 SNS->SQS)".into(),
-        format!("{hop_sum:.1} ms"),
-        String::new(),
-    );
-    let (p50, p99) = (
-        percentile(&sequential_latencies, 50.0),
-        percentile(&sequential_latencies, 99.0),
-    );
-    row(
-        format!("saga p50, {sequential} one after another"),
-        format!("{p50:.0} ms, {:.2}x", p50 / hop_sum),
-        format!("<= 1.1x hop sum: {}", verdict(p50 <= 1.1 * hop_sum)),
-    );
-    row(
-        "saga p99, one after another".into(),
-        format!("{p99:.0} ms, {:.2}x", p99 / hop_sum),
-        format!("<= 1.5x hop sum: {}", verdict(p99 <= 1.5 * hop_sum)),
-    );
-    let per_saga = billed as f64 / enrollments as f64;
-    row(
-        format!("billed SQS+SNS requests per saga ({saga_rate:.0} sagas/s)"),
-        format!("{per_saga:.2}"),
-        format!("<= 1.5 (floor 1.2): {}", verdict(per_saga <= 1.5)),
-    );
-    for (operation, n) in &by_operation {
-        row(
-            format!("  of which {operation}"),
-            format!("{:.2}", *n as f64 / enrollments as f64),
-            String::new(),
-        );
-    }
-    row(
-        "idle ReceiveMessage calls per poller per minute".into(),
-        format!("{idle_per_poller_minute:.1}"),
-        format!("<= 3: {}", verdict(idle_per_poller_minute <= 3.0)),
-    );
-    for (name, rss, cpu) in &per_process {
-        row(
-            format!("peak RSS of the {name} binary"),
-            format!("{rss:.1} MiB"),
-            format!("<= 25 MiB: {}", verdict(*rss <= 25.0)),
-        );
-        row(
-            format!("CPU per saga, {name} ({process_sagas} sagas)"),
-            format!("{cpu:.2} ms"),
-            String::new(),
-        );
-    }
-    for (instances, per_second) in &scaled {
-        row(
-            format!("sagas, real binaries on PostgreSQL, {instances} instance(s)"),
-            format!("{per_second:.1} sagas/s"),
-            format!("{:.2}x one instance", per_second / scaled[0].1),
-        );
-    }
-    if let Some(rss) = peak_rss_mib() {
-        row(
-            "peak RSS of this process (3 services + client)".into(),
-            format!("{rss:.1} MiB"),
-            String::new(),
-        );
-    }
-
-    // The same run as a page: target/bench/pipeline.html (under CARGO_TARGET_DIR when set;
-    // pipeline-smoke.html for the smoke run).
-    let mut throughput = vec![
-        report::Throughput {
-            label: "consumer loop, SQLite".into(),
-            per_second: consume_rate,
-            unit: "msg/s",
-            ratio_to_raw: consumer_ratio,
-        },
-        report::Throughput {
-            label: "consumer loop, PostgreSQL".into(),
-            per_second: consume_pg_rate,
-            unit: "msg/s",
-            ratio_to_raw: consumer_pg_ratio,
-        },
-        report::Throughput {
-            label: "sagas, SQLite, in process".into(),
-            per_second: saga_rate,
-            unit: "sagas/s",
-            ratio_to_raw: saga_ratio,
-        },
-    ];
-    throughput.extend(scaled.iter().map(|(instances, per_second)| report::Throughput {
-        label: format!("sagas, PostgreSQL, {instances} inst."),
-        per_second: *per_second,
-        unit: "sagas/s",
-        ratio_to_raw: per_second * 4.0 / full_rate,
-    }));
-    let figures = report::Figures {
-        title: format!(
-            "pipeline benchmark, {}, {messages} messages, {enrollments} sagas",
-            chrono::Utc::now().format("%Y-%m-%d %H:%MZ")
-        ),
-        raw_receive_delete: drain_rate,
-        raw_send: send_rate,
-        raw_full: full_rate,
-        throughput,
-        ratio_target: 0.8,
-        hop_sum_ms: hop_sum,
-        sequential_ms: sequential_latencies.clone(),
-        concurrent_ms: latencies.clone(),
-        billed: by_operation
-            .iter()
-            .map(|(operation, n)| report::Billed {
-                operation: operation.clone(),
-                per_saga: *n as f64 / enrollments as f64,
-            })
-            .collect(),
-        billed_target: 1.5,
-        billed_floor: 1.2,
-        processes: per_process
-            .iter()
-            .map(|(name, rss, cpu)| report::Process {
-                name: (*name).to_owned(),
-                peak_rss_mib: *rss,
-                cpu_ms_per_saga: *cpu,
-            })
-            .collect(),
-        rss_target_mib: 25.0,
-        table,
-    };
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent();
-            workspace.unwrap_or(std::path::Path::new(".")).join("target")
-        });
-    // The smoke run's page goes beside the real one, never over it.
-    let page = target_dir.join(if benching() {
-        "bench/pipeline.html"
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = if git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        ""
     } else {
-        "bench/pipeline-smoke.html"
-    });
-    match report::write(&page, &figures) {
-        Ok(()) => println!("\nreport: {}", page.display()),
-        Err(err) => println!("\nreport not written to {}: {err}", page.display()),
+        " with uncommitted changes"
+    };
+    let run = format!(
+        "| | |\n|---|---|\n| date | {} |\n| machine | {}, {} cores, load average at the start {} |\n\
+         | commit | `{commit}`{dirty} |\n| command | `make bench` |\n",
+        started.format("%Y-%m-%d %H:%M UTC"),
+        machine(),
+        std::thread::available_parallelism().map_or(1, usize::from),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
+    let page = page(&results, &run);
+    println!("\n{page}");
+    // Only a real run is kept; the smoke run under `cargo test` writes nothing.
+    if benching() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md");
+        std::fs::write(&path, page).expect("write docs/performance.md");
+        println!("written: docs/performance.md");
     }
-    assert_eq!(ids.len(), enrollments);
 }

@@ -712,6 +712,37 @@ async fn deletes_are_gathered_across_receives() {
     );
 }
 
+/// With a cloud region's round trip to the bus, delete calls overlap instead of queueing behind
+/// each other: 300 messages need 30 calls, which one at a time take at least 30 round trips, so
+/// the queue empties sooner than that only when several are in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_calls_overlap_when_the_bus_is_far() {
+    let producer = testkit::bus().await;
+    let queues = Queues::create(&producer, 30).await;
+    const SENT: i64 = 300;
+    let all: Vec<utility::messaging::bus::Outgoing> = (0..SENT).map(|_| (&envelope()).into()).collect();
+    for call in all.chunks(10) {
+        producer.send_batch(&queues.work, call).await.unwrap();
+    }
+    let one_way = Duration::from_millis(50);
+    let endpoint = testkit::emulator_endpoint();
+    let relay = testkit::proxy::Delayed::start(testkit::proxy::server_address(&endpoint), one_way).unwrap();
+    let far = bus_at(&relay.url_through(&endpoint)).await;
+    let started = Instant::now();
+    let running = start(&far, &queues.work, Scripted::default()).await;
+    until("every message to be handled and deleted", async || {
+        processed(&running.pool).await == SENT && queues.depth(&queues.work).await == 0
+    })
+    .await;
+    let took = started.elapsed();
+    running.stop().await;
+    let one_call_at_a_time = 2 * one_way * (SENT as u32 / 10);
+    assert!(
+        took < one_call_at_a_time,
+        "the queue took {took:?} to empty, no less than {one_call_at_a_time:?} of delete calls one at a time"
+    );
+}
+
 /// A graceful stop finishes the batch being handled and the one received ahead of it, and
 /// deletes what committed: afterwards every message is either committed and gone from the queue,
 /// or not handled and still in it; none is both, and none is neither.

@@ -76,8 +76,10 @@ fn default_faults(profile: Profile, backend: Backend) -> Vec<Fault> {
     match (profile, backend) {
         (Profile::Short, Backend::Sqlite) => vec![Kill9, Sigterm, Duplicates, Poison],
         (Profile::Short, Backend::Postgres) => vec![DbOutage, Kill9Pair],
-        (Profile::Full, Backend::Sqlite) => vec![None, Kill9, Sigterm, Duplicates, Poison, BusOutage],
-        (Profile::Full, Backend::Postgres) => vec![None, Kill9, Kill9Pair, Sigterm, Duplicates, Poison, DbOutage],
+        (Profile::Full, Backend::Sqlite) => vec![None, Kill9, Kill9Far, Sigterm, Duplicates, Poison, BusOutage],
+        (Profile::Full, Backend::Postgres) => {
+            vec![None, Kill9, Kill9Far, Kill9Pair, Sigterm, Duplicates, Poison, DbOutage]
+        }
     }
 }
 
@@ -268,5 +270,8 @@ mod tests {
         );
         assert!(!default_faults(Profile::Full, Backend::Sqlite).contains(&Fault::DbOutage));
         assert!(!default_faults(Profile::Full, Backend::Sqlite).contains(&Fault::Kill9Pair));
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            assert!(default_faults(Profile::Full, backend).contains(&Fault::Kill9Far));
+        }
     }
 }

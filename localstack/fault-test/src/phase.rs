@@ -8,6 +8,7 @@ use crate::load::{self, Accepted, LoadResult};
 use crate::servers::OwnPostgres;
 use crate::system::{BONUS_POINTS, Settings, Storage, System};
 use std::time::Duration;
+use testkit::proxy::{Delayed, REGION_BUS, REGION_DATABASE, server_address};
 
 /// How long a service may take to exit after SIGTERM.
 pub(crate) const TERM_LIMIT: Duration = Duration::from_secs(15);
@@ -21,6 +22,9 @@ pub enum Fault {
     /// Two instances of every service on one database (PostgreSQL backend only): kill -9 of one
     /// instance at a time, mid-load, while the other goes on, then restart.
     Kill9Pair,
+    /// kill -9 of each service in turn, mid-load, then restart, while every request to the bus
+    /// and to PostgreSQL goes through a relay that adds an AWS region's round trip.
+    Kill9Far,
     /// SIGTERM of each service in turn under load: exit 0 within 15 s, then restart.
     Sigterm,
     /// Published envelopes re-sent, shuffled, during and after the load.
@@ -72,15 +76,37 @@ impl Context {
 
     pub(crate) async fn system(&self, fault: Fault, endpoint: &str, enrollments: usize) -> anyhow::Result<System> {
         let instances = if fault == Fault::Kill9Pair { 2 } else { 1 };
-        System::start(
+        // kill9-far: the services (and the suite) reach the bus and the database through relays
+        // that add a region's round trips, so more is in flight when a service dies.
+        let mut relays = Vec::new();
+        let (endpoint, storage) = if fault == Fault::Kill9Far {
+            let bus = Delayed::start(server_address(endpoint), REGION_BUS)?;
+            let storage = match &self.storage {
+                Storage::Sqlite => Storage::Sqlite,
+                Storage::Postgres { admin_url } => {
+                    let database = Delayed::start(server_address(admin_url), REGION_DATABASE)?;
+                    let admin_url = database.url_through(admin_url);
+                    relays.push(database);
+                    Storage::Postgres { admin_url }
+                }
+            };
+            let endpoint = bus.url_through(endpoint);
+            relays.push(bus);
+            (endpoint, storage)
+        } else {
+            (endpoint.to_owned(), self.storage.clone())
+        };
+        let mut system = System::start(
             &self.settings,
             &fault.name(),
-            endpoint,
-            &self.storage,
+            &endpoint,
+            &storage,
             self.budget(enrollments),
             instances,
         )
-        .await
+        .await?;
+        system.relays = relays;
+        Ok(system)
     }
 
     pub(crate) fn start_load(

@@ -39,7 +39,7 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
     let mut replayed = HashSet::new();
     let mut resent = 0;
     match fault {
-        Fault::Kill9 => {
+        Fault::Kill9 | Fault::Kill9Far => {
             for i in [GATEWAY, CUSTOMER, TRANSACTION] {
                 tokio::time::sleep(step).await;
                 let holding = wait_until_holding(&system, i, step).await?;
@@ -131,7 +131,10 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
             "{resent} envelopes re-sent (each published one at least twice more)"
         ));
     }
-    if matches!(fault, Fault::Kill9 | Fault::Kill9Pair | Fault::Sigterm) {
+    if matches!(
+        fault,
+        Fault::Kill9 | Fault::Kill9Far | Fault::Kill9Pair | Fault::Sigterm
+    ) {
         report.notes.push(format!(
             "{} messages were delivered more than once and handled once",
             log_count(&system, |v| {

@@ -42,6 +42,8 @@ pub struct System {
     /// Instance `k` of service `i` (`GATEWAY`, `CUSTOMER`, `TRANSACTION`) is `services[i + 3 * k]`.
     pub processes: Processes,
     pub budget_points: i64,
+    /// Relays the services reach the bus and the database through, when the phase has them.
+    pub relays: Vec<testkit::proxy::Delayed>,
 }
 
 impl System {
@@ -85,6 +87,7 @@ impl System {
         Ok(Self {
             processes: Processes::start_with(layout).await?,
             budget_points,
+            relays: Vec::new(),
         })
     }
 

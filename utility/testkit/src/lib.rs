@@ -10,7 +10,7 @@
 //! | [`processes`] | [`Processes`]: the three service binaries (one or more instances each) on a stack and databases |
 //! | [`system`] | [`System`]: the three services in this process (feature `services`) |
 //! | [`api`] | a router called in process ([`api::call`]) or served on a port ([`api::Served`]); the gateway's ([`api::GatewayApi`], feature `services`) |
-//! | [`raw`], [`proxy`] | raw HTTP/1.1 bytes on a socket; a database connection relay a test can cut |
+//! | [`raw`], [`proxy`] | raw HTTP/1.1 bytes on a socket; TCP relays: one a test can cut, one that adds a fixed delay each way |
 //! | [`cli`] | the checks every service binary's command line gets |
 //!
 //! Environment: `AWS_ENDPOINT_URL` (default `http://127.0.0.1:4566`), `TEST_POSTGRES_URL`

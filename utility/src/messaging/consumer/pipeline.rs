@@ -19,7 +19,8 @@
 //!   pollers' gate and waits until the database answers: batches already in flight finish (each of
 //!   their messages spends at most this one receive), and nothing new is received meanwhile.
 //! - **Delete** collects the receipts of committed messages across batches and deletes them ten
-//!   per call, waiting at most [`DELETE_LINGER`] for a call to fill. A delete that is late only
+//!   per call, waiting at most [`DELETE_LINGER`] for a call to fill, with up to `max_batches`
+//!   calls in flight. A delete that is late only
 //!   keeps a committed message invisible a little longer; one that never happens (a crash) makes
 //!   it come back as a duplicate, which the processed-message table recognises.
 //!
@@ -280,14 +281,18 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
+    /// Gathers receipts into calls of ten and sends them, up to `max_batches` calls in flight (on
+    /// AWS a call takes 10-20 ms: one at a time would cap a consumer at a few hundred messages a
+    /// second); returns once every receipt handed to it has had its call.
     async fn delete_stage(self: Arc<Self>, mut deletions: mpsc::UnboundedReceiver<Vec<String>>) {
         let mut pending: VecDeque<String> = VecDeque::new();
+        let mut calls = tokio::task::JoinSet::new();
         let mut open = true;
         while open || !pending.is_empty() {
             if pending.is_empty() {
                 match deletions.recv().await {
                     Some(receipts) => pending.extend(receipts),
-                    None => return,
+                    None => break,
                 }
             }
             let linger = tokio::time::Instant::now() + DELETE_LINGER;
@@ -299,9 +304,14 @@ impl<H: Handler> Consumer<H> {
                     Err(_) => break,
                 }
             }
+            while calls.len() >= self.max_batches {
+                calls.join_next().await;
+            }
             let call: Vec<String> = pending.drain(..pending.len().min(MAX_BATCH)).collect();
-            self.delete(&call).await;
+            let consumer = self.clone();
+            calls.spawn(async move { consumer.delete(&call).await });
         }
+        while calls.join_next().await.is_some() {}
     }
 
     /// One delete call, retried a few times with back-off. Receipts it cannot delete come back
