@@ -317,7 +317,11 @@ async fn client_chosen_methods_share_one_metric_label() {
     }
     let metrics = api.call(get_as("/metrics", Some(OPERATOR_TOKEN))).await;
     assert_eq!(metrics.status, 200);
-    assert!(!metrics.text.contains("AAAA"), "a client's method became a label:\n{}", metrics.text);
+    assert!(
+        !metrics.text.contains("AAAA"),
+        "a client's method became a label:\n{}",
+        metrics.text
+    );
     let other = metrics
         .text
         .lines()

@@ -127,7 +127,11 @@ mod tests {
         assert_eq!(method_label(&Method::POST), "POST");
         assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
         for odd in ["AAAA1", "AAAA2", "TRACE", "CONNECT", "get"] {
-            assert_eq!(method_label(&Method::from_bytes(odd.as_bytes()).unwrap()), "other", "{odd}");
+            assert_eq!(
+                method_label(&Method::from_bytes(odd.as_bytes()).unwrap()),
+                "other",
+                "{odd}"
+            );
         }
     }
 

@@ -1,17 +1,20 @@
 //! What the three HTTP APIs share: one error type ([`problem`]), extractors that answer with it
 //! ([`extract`]), request limits ([`limits`]), `/health` and `/ready` ([`health`]), the access
-//! log, request span and HTTP metrics ([`access`]), `/metrics` ([`metrics`]), and [`finish`],
-//! which puts the same outer layers on every service's router.
+//! log, request span and HTTP metrics ([`access`]), `/metrics` ([`metrics`]), the server with
+//! its connection limits ([`serve`]), and [`finish`], which puts the same outer layers on every
+//! service's router.
 
 pub mod access;
 pub mod extract;
 pub mod health;
 pub mod limits;
 pub mod problem;
+pub mod serve;
 
 pub use extract::{ProblemJson, ProblemPath};
 pub use limits::RequestLimits;
 pub use problem::{PROBLEM_JSON, Problem};
+pub use serve::{ConnectionLimits, serve};
 
 /// The layers every service's router gets, in tests as in production: unknown routes answer a
 /// problem document, the request limits apply, and each request is traced, logged and counted
