@@ -46,6 +46,11 @@ impl OperatorToken {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         self.digest.ct_eq(&presented).into()
     }
+
+    /// Whether a request with `headers` carries this token.
+    pub fn admits_request(&self, headers: &HeaderMap) -> bool {
+        bearer(headers).is_some_and(|presented| self.admits(presented))
+    }
 }
 
 /// Middleware for the operator routes.

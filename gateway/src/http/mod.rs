@@ -6,7 +6,8 @@
 //! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
 //! Both are behind load shedding ([`edge`]). `GET /` and `/assets/*` serve the enrollment page
-//! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]), `/asyncapi.json` the bus's ([`bus`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
+//! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]; its operator part
+//! only to a request with the operator token), `/asyncapi.json` the bus's ([`bus`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
 
 mod bus;
 pub mod edge;
@@ -113,7 +114,7 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
     };
     let (router, mut openapi) = api.split_for_parts();
     reference::layer_responses(&mut openapi);
-    let reference = Arc::new(reference::Reference::new(&openapi));
+    let reference = Arc::new(reference::Reference::new(&openapi, edge.operator.clone()));
     let shedding = tower::ServiceBuilder::new()
         .layer(HandleErrorLayer::new(edge::overloaded))
         .layer(tower::load_shed::LoadShedLayer::new())
