@@ -163,6 +163,7 @@ pub fn router(config: &Config, pool: AnyPool, outbox_signal: Arc<Notify>) -> any
         http::routes(state, &config.edge()?),
         config.limits(),
         metrics,
+        utility::http::CallerTrace::Link,
     ))
 }
 
@@ -196,6 +197,8 @@ impl Service for Gateway {
     const INFO: ServiceInfo = utility::service_info!();
     const QUEUE: Endpoint = Endpoint::GatewayEvents;
     const ENDPOINTS: &'static [Endpoint] = &ENDPOINTS;
+    /// Clients choose neither the saga's trace id nor its sampling.
+    const CALLER_TRACE: utility::http::CallerTrace = utility::http::CallerTrace::Link;
     type Config = Config;
     type Handler = saga::SagaHandler;
 

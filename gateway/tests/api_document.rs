@@ -87,7 +87,10 @@ async fn only_operators_read_the_operator_part_of_the_document() {
         assert!(!answer.text.contains("operator_token"), "{}", answer.text);
         let docs = api.call(get("/docs")).await;
         assert_eq!(docs.status, 200);
-        assert!(!docs.text.contains("id=\"getCustomer\""), "the public page lists operator routes");
+        assert!(
+            !docs.text.contains("id=\"getCustomer\""),
+            "the public page lists operator routes"
+        );
     }
     let docs = api
         .call(

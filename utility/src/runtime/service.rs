@@ -137,11 +137,12 @@ impl ServiceCore {
         self,
         router: axum::Router,
         limits: RequestLimits,
+        caller_trace: crate::http::CallerTrace,
         consumer: Consumer<H>,
         extra: Vec<(&'static str, Task)>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let router = crate::http::finish(router, limits, self.metrics.clone());
+        let router = crate::http::finish(router, limits, self.metrics.clone(), caller_trace);
         let server_stop = shutdown.clone();
         let listener = self.listener;
         let connections = self.config.connection_limits();
