@@ -63,6 +63,10 @@ pub struct Config {
     /// `scheme://host[:port]` without a path, e.g. `https://app.example.com`; `*` is refused);
     /// empty, the default: none, only the gateway's own page.
     pub cors_allowed_origins: CommaSeparated<Origin>,
+    /// `Strict-Transport-Security: max-age=<this>` on every answer (`HSTS_MAX_AGE_SECONDS`): set
+    /// it when the gateway is reached over HTTPS only (on EC2, with a certificate); 0, the
+    /// default, sends no such header (a browser would then refuse a plain-HTTP deployment).
+    pub hsts_max_age_seconds: u64,
 }
 
 /// Shortest operator token accepted.
@@ -85,6 +89,7 @@ impl Default for Config {
             max_waiting_requests: 64,
             events_poll_ms: 250,
             cors_allowed_origins: CommaSeparated::default(),
+            hsts_max_age_seconds: 0,
         }
     }
 }
@@ -120,6 +125,9 @@ impl Config {
             operator,
             rate_limit: http::edge::RateLimit::new(self.rate_limit_per_minute, self.rate_limit_burst, proxies),
             max_concurrent_requests: self.max_concurrent_requests,
+            hsts: (self.hsts_max_age_seconds > 0)
+                .then(|| axum::http::HeaderValue::from_str(&format!("max-age={}", self.hsts_max_age_seconds)))
+                .transpose()?,
         })
     }
 

@@ -52,6 +52,24 @@ pub enum DeployError {
          (each database still leaves a final snapshot)"
     )]
     DeletionProtected { stack: String, release: String },
+    #[error(
+        "no CertificateArn: the public load balancer would take names and e-mails over plain HTTP; \
+         give --parameter CertificateArn=<ARN>, or --parameter AllowPlainHttp=true for a development deployment"
+    )]
+    PlainHttp,
+}
+
+/// A deployment without a certificate serves the public API over plain HTTP: only when asked
+/// for by name (the template's rule says the same to CloudFormation; this says it before anything
+/// is uploaded).
+pub fn check_transport(overrides: &[(String, String)]) -> Result<(), DeployError> {
+    let value = |key: &str| overrides.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let certificate = value("CertificateArn").is_some_and(|arn| !arn.is_empty());
+    if certificate || value("AllowPlainHttp") == Some("true") {
+        Ok(())
+    } else {
+        Err(DeployError::PlainHttp)
+    }
 }
 
 /// What to run: a fresh release built from a directory of binaries, or one uploaded before (a
@@ -152,6 +170,7 @@ pub fn release_parameters(
 /// Creates or updates everything and returns the gateway's URL.
 #[tracing::instrument(skip_all, fields(prefix = %options.name_prefix))]
 pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deployment, DeployError> {
+    check_transport(&options.overrides)?;
     let stacks = Stacks::for_prefix(&options.name_prefix);
     let cfn = &clients.cloudformation;
     let limit = clients.settle_limit;
@@ -235,6 +254,24 @@ fn output(outputs: &HashMap<String, String>, stack: &str, key: &'static str) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_http_only_when_asked_for_by_name() {
+        let given = |pairs: &[(&str, &str)]| {
+            super::check_transport(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert!(given(&[]).is_err());
+        assert!(given(&[("CertificateArn", "")]).is_err());
+        assert!(given(&[("AllowPlainHttp", "false")]).is_err());
+        assert!(given(&[("AllowPlainHttp", "TRUE")]).is_err());
+        assert!(given(&[("CertificateArn", "arn:aws:acm:eu-west-1:1:certificate/x")]).is_ok());
+        assert!(given(&[("AllowPlainHttp", "true")]).is_ok());
+    }
+
     use super::*;
 
     /// Every messaging output the application needs exists in messaging.yaml, is a parameter of

@@ -51,6 +51,8 @@ pub struct Edge {
     pub max_concurrent_requests: usize,
     /// Cross-origin access to the API; `None`: same origin only (no CORS headers at all).
     pub cors: Option<tower_http::cors::CorsLayer>,
+    /// `Strict-Transport-Security` for every answer, when the gateway is reached over HTTPS only.
+    pub hsts: Option<axum::http::HeaderValue>,
 }
 
 /// CORS for `origins`: the public routes' methods and request headers, and the response headers
@@ -122,8 +124,22 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
             edge.max_concurrent_requests.max(1),
         ));
     let router = router.layer(Extension(reference)).layer(shedding);
-    match &edge.cors {
+    let router = match &edge.cors {
         Some(cors) => router.layer(cors.clone()),
+        None => router,
+    };
+    match edge.hsts.clone() {
+        Some(hsts) => router.layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| {
+                let hsts = hsts.clone();
+                async move {
+                    response
+                        .headers_mut()
+                        .insert(axum::http::header::STRICT_TRANSPORT_SECURITY, hsts);
+                    response
+                }
+            },
+        )),
         None => router,
     }
     .with_state(state)

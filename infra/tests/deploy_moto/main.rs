@@ -176,6 +176,8 @@ async fn deploy_app_end_to_end_on_moto() {
         overrides: vec![
             ("BonusBudgetPoints".to_owned(), "5000".to_owned()),
             ("LogRetentionDays".to_owned(), "14".to_owned()),
+            // No certificate in this deployment: plain HTTP, asked for by name.
+            ("AllowPlainHttp".to_owned(), "true".to_owned()),
         ],
     };
 
@@ -306,7 +308,10 @@ async fn deploy_app_end_to_end_on_moto() {
         assert!(stack_status(cfn, stack).await.is_some(), "{stack} was deleted");
     }
     let unprotected = AppOptions {
-        overrides: vec![("DatabaseDeletionProtection".to_owned(), "false".to_owned())],
+        overrides: vec![
+            ("DatabaseDeletionProtection".to_owned(), "false".to_owned()),
+            ("AllowPlainHttp".to_owned(), "true".to_owned()),
+        ],
         ..rollback.clone()
     };
     app::deploy(&clients, &unprotected)

@@ -251,3 +251,28 @@ fn services_outlast_the_balancer_idle_timeout_and_their_memory_is_bounded() {
     };
     assert!(setting("MemoryMax=").ends_with('M'), "{unit}");
 }
+
+/// Without a certificate the stack is refused unless plain HTTP is asked for by name; with one,
+/// the gateway is told to send HSTS, and without one not (a browser would then refuse the site).
+#[test]
+fn plain_http_needs_asking_for_and_https_brings_hsts() {
+    let template = template();
+    assert_eq!(
+        template["Parameters"]["AllowPlainHttp"]["Default"].as_str(),
+        Some("false")
+    );
+    let rule = serde_norway::to_string(&template["Rules"]["CertificateOrPlainHttpAllowed"]).unwrap();
+    for needle in ["CertificateArn", "AllowPlainHttp", "'true'"] {
+        assert!(rule.contains(needle), "the rule does not name {needle}:\n{rule}");
+    }
+    let (_, gateway) = of_type(&template, "AWS::EC2::LaunchTemplate")
+        .into_iter()
+        .find(|(logical, _)| logical.starts_with("Gateway"))
+        .expect("the gateway's launch template");
+    let user_data = serde_norway::to_string(&gateway["Properties"]["LaunchTemplateData"]["UserData"]).unwrap();
+    assert!(user_data.contains("HSTS_MAX_AGE_SECONDS=${HstsMaxAge}"), "{user_data}");
+    assert!(
+        user_data.contains("HstsMaxAge: !If") && user_data.contains("HasCertificate"),
+        "HSTS must follow the certificate:\n{user_data}"
+    );
+}
