@@ -49,7 +49,7 @@ pub enum DeployError {
     #[error(
         "stack `{stack}` protects its databases from deletion; turn that off first: \
          sagactl deploy-app --release {release} --parameter DatabaseDeletionProtection=false \
-         (each database still leaves a final snapshot)"
+         with the deployment's other parameters (CertificateArn, ...) (each database still leaves a final snapshot)"
     )]
     DeletionProtected { stack: String, release: String },
     #[error(
@@ -57,6 +57,44 @@ pub enum DeployError {
          give --parameter CertificateArn=<ARN>, or --parameter AllowPlainHttp=true for a development deployment"
     )]
     PlainHttp,
+    #[error("cannot read the CIDRs of the public subnets {subnets} (for LoadBalancerCidrs): {detail}")]
+    Subnets { subnets: String, detail: String },
+}
+
+/// The IPv4 CIDRs of `subnets` (comma-separated ids), comma-separated: where the public load
+/// balancer's nodes live, so the only peers whose `X-Forwarded-For` the gateway may believe.
+/// Derived rather than typed, since a wrong value quietly puts every client into the balancer's
+/// two or three rate-limit buckets.
+pub async fn subnet_cidrs(ec2: &aws_sdk_ec2::Client, subnets: &str) -> Result<String, DeployError> {
+    let ids: Vec<String> = subnets
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let failed = |detail: String| DeployError::Subnets {
+        subnets: subnets.to_owned(),
+        detail,
+    };
+    let described = ec2
+        .describe_subnets()
+        .set_subnet_ids(Some(ids.clone()))
+        .send()
+        .await
+        .map_err(|e| failed(aws_sdk_ec2::error::DisplayErrorContext(e).to_string()))?;
+    let mut cidrs = Vec::new();
+    for id in &ids {
+        let cidr = described
+            .subnets()
+            .iter()
+            .find(|s| s.subnet_id() == Some(id.as_str()))
+            .and_then(|s| s.cidr_block())
+            .ok_or_else(|| failed(format!("{id} has no IPv4 CIDR")))?;
+        cidrs.push(cidr.to_owned());
+    }
+    if cidrs.is_empty() {
+        return Err(failed("no subnet".to_owned()));
+    }
+    Ok(cidrs.join(","))
 }
 
 /// A deployment without a certificate serves the public API over plain HTTP: only when asked
@@ -130,6 +168,7 @@ pub struct Deployment {
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub cloudformation: aws_sdk_cloudformation::Client,
+    pub ec2: aws_sdk_ec2::Client,
     pub s3: aws_sdk_s3::Client,
     pub settle_limit: Duration,
 }
@@ -142,6 +181,7 @@ impl Clients {
             .build();
         Self {
             cloudformation: aws_sdk_cloudformation::Client::new(sdk),
+            ec2: aws_sdk_ec2::Client::new(sdk),
             s3: aws_sdk_s3::Client::from_conf(s3),
             settle_limit: crate::DEFAULT_SETTLE_LIMIT,
         }
@@ -201,6 +241,16 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
     for (key, value) in &options.overrides {
         parameters.retain(|(k, _)| k != key);
         parameters.push((key.clone(), value.clone()));
+    }
+    if !parameters.iter().any(|(k, _)| k == "LoadBalancerCidrs") {
+        let public = parameters
+            .iter()
+            .find(|(k, _)| k == "PublicSubnetIds")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let cidrs = subnet_cidrs(&clients.ec2, &public).await?;
+        tracing::info!(%cidrs, "load balancer CIDRs, from the public subnets");
+        parameters.push(("LoadBalancerCidrs".to_owned(), cidrs));
     }
     let app_outputs = crate::deploy_stack_within(cfn, &stacks.app, APP_TEMPLATE, &parameters, limit).await?;
     let gateway_url = output(&app_outputs, &stacks.app, "GatewayUrl")?;

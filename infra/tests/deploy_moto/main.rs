@@ -382,6 +382,12 @@ async fn deploy_app_into_an_existing_vpc() {
     let deployment = app::deploy(&clients, &options).await.expect("deploy into existing VPC");
     assert!(!deployment.network_created);
     let stacks = deployment.stacks;
+    // The gateway trusts X-Forwarded-For from the public subnets, derived from their ids.
+    let app_parameters = infra::parameters(cfn, &stacks.app)
+        .await
+        .unwrap()
+        .expect("app parameters");
+    assert_eq!(app_parameters["LoadBalancerCidrs"], "10.40.0.0/24,10.40.1.0/24");
     assert_eq!(stack_status(cfn, &stacks.app).await.as_deref(), Some("CREATE_COMPLETE"));
     assert_eq!(
         stack_status(cfn, &stacks.network).await,
