@@ -57,6 +57,11 @@ pub struct Config {
     /// preference is not applied. Keep it well below `MAX_CONCURRENT_REQUESTS`, whose places
     /// held requests occupy.
     pub max_waiting_requests: usize,
+    /// Longest an event stream stays open, in seconds (`MAX_STREAM_SECONDS`): then it ends, and
+    /// an EventSource comes back with `Last-Event-ID` and resumes where it was. A stream
+    /// therefore holds its place for a bounded time, however stalled its saga.
+    #[schemars(range(min = 1))]
+    pub max_stream_seconds: u64,
     /// How often the live-updates poller looks for new history while someone waits.
     pub events_poll_ms: u64,
     /// Origins whose pages may call the public API (`CORS_ALLOWED_ORIGINS`, comma-separated, each
@@ -87,6 +92,7 @@ impl Default for Config {
             max_concurrent_requests: 256,
             max_event_streams: 1000,
             max_waiting_requests: 64,
+            max_stream_seconds: 300,
             events_poll_ms: 250,
             cors_allowed_origins: CommaSeparated::default(),
             hsts_max_age_seconds: 0,
@@ -156,6 +162,7 @@ impl Config {
             customer_api_url: self.customer_api_url.trim_end_matches('/').to_owned(),
             transaction_api_url: self.transaction_api_url.trim_end_matches('/').to_owned(),
             stall_after: Duration::from_secs(self.stall_after_seconds),
+            max_stream: Duration::from_secs(self.max_stream_seconds.max(1)),
         })
     }
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub customer_api_url: String,
     pub transaction_api_url: String,
     pub stall_after: std::time::Duration,
+    /// Longest an event stream stays open.
+    pub max_stream: std::time::Duration,
     pub hub: crate::live::Hub,
     pub metrics: utility::observe::metrics::Metrics,
 }
