@@ -158,7 +158,12 @@ impl Config {
             metrics,
             pool,
             outbox_signal,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            // Idle connections are dropped before the services' own idle limit
+            // (HTTP_HEADER_TIMEOUT_SECONDS, 10 s by default) could close one under a request.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()?,
             customer_api_url: self.customer_api_url.trim_end_matches('/').to_owned(),
             transaction_api_url: self.transaction_api_url.trim_end_matches('/').to_owned(),
             stall_after: Duration::from_secs(self.stall_after_seconds),
