@@ -51,6 +51,7 @@ pub fn router(pool: AnyPool) -> axum::Router {
         http::routes(pool),
         utility::http::RequestLimits::default(),
         utility::observe::metrics::Metrics::new(),
+        utility::http::CallerTrace::Continue,
     )
 }
 

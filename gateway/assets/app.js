@@ -195,8 +195,12 @@
     }
 
     // Without a stream (refused, or a proxy that buffers it), ask the gateway to hold each GET
-    // until the saga ends (Prefer: wait), and show the history it returns.
+    // until the saga ends (Prefer: wait), and show the history it returns. Ask again at once only
+    // when the gateway did hold the answer (Preference-Applied); when it had no place to hold it,
+    // or the request failed, wait first: 2 s, doubling up to 30 s, each with up to half again of
+    // random jitter, so that many open pages do not ask in step and hammer a busy gateway.
     async function poll() {
+      let pause = 2000;
       while (!done) {
         try {
           const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
@@ -205,12 +209,17 @@
           if (response.ok) {
             const view = await response.json();
             (view.history || []).forEach(addStep);
-            continue;
+            if (response.headers.has("Preference-Applied")) {
+              pause = 2000;
+              continue;
+            }
           }
         } catch (_) {
           // the network failed; wait and ask again
         }
-        await new Promise((resolve) => setTimeout(resolve, 2000));
+        if (done) break;
+        await new Promise((resolve) => setTimeout(resolve, pause * (1 + Math.random() / 2)));
+        pause = Math.min(pause * 2, 30000);
       }
     }
 

@@ -57,12 +57,21 @@ pub struct Config {
     /// preference is not applied. Keep it well below `MAX_CONCURRENT_REQUESTS`, whose places
     /// held requests occupy.
     pub max_waiting_requests: usize,
+    /// Longest an event stream stays open, in seconds (`MAX_STREAM_SECONDS`): then it ends, and
+    /// an EventSource comes back with `Last-Event-ID` and resumes where it was. A stream
+    /// therefore holds its place for a bounded time, however stalled its saga.
+    #[schemars(range(min = 1))]
+    pub max_stream_seconds: u64,
     /// How often the live-updates poller looks for new history while someone waits.
     pub events_poll_ms: u64,
     /// Origins whose pages may call the public API (`CORS_ALLOWED_ORIGINS`, comma-separated, each
     /// `scheme://host[:port]` without a path, e.g. `https://app.example.com`; `*` is refused);
     /// empty, the default: none, only the gateway's own page.
     pub cors_allowed_origins: CommaSeparated<Origin>,
+    /// `Strict-Transport-Security: max-age=<this>` on every answer (`HSTS_MAX_AGE_SECONDS`): set
+    /// it when the gateway is reached over HTTPS only (on EC2, with a certificate); 0, the
+    /// default, sends no such header (a browser would then refuse a plain-HTTP deployment).
+    pub hsts_max_age_seconds: u64,
 }
 
 /// Shortest operator token accepted.
@@ -83,8 +92,10 @@ impl Default for Config {
             max_concurrent_requests: 256,
             max_event_streams: 1000,
             max_waiting_requests: 64,
+            max_stream_seconds: 300,
             events_poll_ms: 250,
             cors_allowed_origins: CommaSeparated::default(),
+            hsts_max_age_seconds: 0,
         }
     }
 }
@@ -120,6 +131,9 @@ impl Config {
             operator,
             rate_limit: http::edge::RateLimit::new(self.rate_limit_per_minute, self.rate_limit_burst, proxies),
             max_concurrent_requests: self.max_concurrent_requests,
+            hsts: (self.hsts_max_age_seconds > 0)
+                .then(|| axum::http::HeaderValue::from_str(&format!("max-age={}", self.hsts_max_age_seconds)))
+                .transpose()?,
         })
     }
 
@@ -144,10 +158,16 @@ impl Config {
             metrics,
             pool,
             outbox_signal,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            // Idle connections are dropped before the services' own idle limit
+            // (HTTP_HEADER_TIMEOUT_SECONDS, 10 s by default) could close one under a request.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()?,
             customer_api_url: self.customer_api_url.trim_end_matches('/').to_owned(),
             transaction_api_url: self.transaction_api_url.trim_end_matches('/').to_owned(),
             stall_after: Duration::from_secs(self.stall_after_seconds),
+            max_stream: Duration::from_secs(self.max_stream_seconds.max(1)),
         })
     }
 }
@@ -163,6 +183,7 @@ pub fn router(config: &Config, pool: AnyPool, outbox_signal: Arc<Notify>) -> any
         http::routes(state, &config.edge()?),
         config.limits(),
         metrics,
+        utility::http::CallerTrace::Link,
     ))
 }
 
@@ -196,6 +217,8 @@ impl Service for Gateway {
     const INFO: ServiceInfo = utility::service_info!();
     const QUEUE: Endpoint = Endpoint::GatewayEvents;
     const ENDPOINTS: &'static [Endpoint] = &ENDPOINTS;
+    /// Clients choose neither the saga's trace id nor its sampling.
+    const CALLER_TRACE: utility::http::CallerTrace = utility::http::CallerTrace::Link;
     type Config = Config;
     type Handler = saga::SagaHandler;
 

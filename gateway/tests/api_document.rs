@@ -42,8 +42,13 @@ fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
 }
 
+/// The whole document, as an operator reads it.
 async fn document(api: &GatewayApi) -> Value {
-    let answer = api.call(get("/openapi.json")).await;
+    let request = Request::get("/openapi.json")
+        .header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let answer = api.call(request).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.header("content-type"), Some("application/json"));
     answer.body
@@ -65,6 +70,40 @@ fn operations(doc: &Value) -> BTreeSet<(String, String)> {
 
 fn expected(routes: &[(&str, &str)]) -> BTreeSet<(String, String)> {
     routes.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect()
+}
+
+#[tokio::test]
+async fn only_operators_read_the_operator_part_of_the_document() {
+    let api = GatewayApi::start(Backend::Sqlite).await;
+    for token in [None, Some("not-the-operator-token")] {
+        let mut request = Request::get("/openapi.json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let answer = api.call(request.body(Body::empty()).unwrap()).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.header("vary"), Some("authorization"));
+        assert_eq!(operations(&answer.body), expected(&PUBLIC), "with {token:?}");
+        assert!(!answer.text.contains("operator_token"), "{}", answer.text);
+        let docs = api.call(get("/docs")).await;
+        assert_eq!(docs.status, 200);
+        assert!(
+            !docs.text.contains("id=\"getCustomer\""),
+            "the public page lists operator routes"
+        );
+    }
+    let docs = api
+        .call(
+            Request::get("/docs")
+                .header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        docs.text.contains("id=\"getCustomer\""),
+        "the operator's page lists the operator routes"
+    );
 }
 
 #[tokio::test]
@@ -433,7 +472,11 @@ fn references(value: &Value) -> Vec<String> {
 async fn docs_renders_every_operation_from_this_binary() {
     let api = GatewayApi::start(Backend::Sqlite).await;
     let doc = document(&api).await;
-    let answer = api.call(get("/docs")).await;
+    let as_operator = Request::get("/docs")
+        .header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let answer = api.call(as_operator).await;
     assert_eq!(answer.status, 200);
     assert!(answer.header("content-type").unwrap().starts_with("text/html"));
     let csp = answer.header("content-security-policy").expect("CSP");
@@ -522,7 +565,10 @@ async fn schemathesis_finds_no_contradiction(backend: Backend) {
     };
     // (All but `GET /openapi.json`, which schemathesis leaves out as the document's own address.)
     let documented = operations(
-        &reqwest::get(system.url("/openapi.json"))
+        &reqwest::Client::new()
+            .get(system.url("/openapi.json"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
             .await
             .unwrap()
             .json()

@@ -3,7 +3,8 @@
 //! services running on LocalStack. It shows a submission completing with its points, one rolled
 //! back once the bonus budget is spent, a server-side field error shown next to its field after
 //! one request, a double click enrolling once, and a retry after a lost answer enrolling once
-//! (the same `Idempotency-Key`), and the page following the saga without its events stream; it
+//! (the same `Idempotency-Key`), and the page following the saga without its events stream (and
+//! backing off when the gateway does not hold its reads either); it
 //! saves a screenshot of a finished timeline to `target/enrollment-page.png` (and, with
 //! `UPDATE_SCREENSHOT=1`, to `docs/enrollment-page.png`, which README shows).
 //!
@@ -329,4 +330,62 @@ async fn a_person_enrolls_through_the_page() {
 
     browser.client.clone().close().await.expect("the browser closes");
     system.stop().await;
+}
+
+/// The page without a stream (refused) and without held answers (no place to wait), on a saga
+/// that cannot move (no bus): it must not hammer the gateway with GETs, but back off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_backs_off_when_the_gateway_does_not_hold_its_requests() {
+    let browser = Browser::start().await;
+    let api = testkit::api::GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            max_event_streams: 0,
+            max_waiting_requests: 0,
+            ..testkit::gateway_config()
+        },
+    )
+    .await;
+    let server = testkit::api::Served::start(api.router.clone()).await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    browser
+        .fill(&server.url("/"), "Patient Page", &format!("patient-{run}@example.com"))
+        .await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let reads = async || {
+        browser
+            .script(
+                "return performance.getEntriesByType('resource').filter(e => {
+                   const path = new URL(e.name).pathname;
+                   return path.startsWith('/api/enrollments/') && !path.endsWith('/events');
+                 }).length;",
+            )
+            .await
+            .as_u64()
+            .expect("a count")
+    };
+    eventually(
+        "the page to fall back to reading the enrollment",
+        DEADLINE,
+        async || {
+            let n = reads().await;
+            Poll::ready_if(n >= 1, (), n)
+        },
+    )
+    .await
+    .unwrap();
+    // A measurement window, not a wait for a condition: how many reads the page makes in it.
+    // Backing off from 2 s (doubling, with up to half again of jitter) allows at most 3 in 6 s;
+    // a page that asks again at once makes hundreds.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let n = reads().await;
+    assert!(n <= 4, "the page read the enrollment {n} times in 6 s");
+    server.stop().await;
 }

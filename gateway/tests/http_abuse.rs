@@ -8,7 +8,7 @@
 //! hyper 1.x: 400 for bytes that are not a URI (raw 0xFF, a space, a control byte in the path),
 //! a header name with a space, `Content-Length: ten`, and `Content-Length` together with
 //! `Transfer-Encoding: chunked`; 414 for a 100 KB request target; 431 for more than 100 headers
-//! or a 1 MB header. Those cases are marked "protocol level" below and accept that status or a
+//! or a header section above the connection's 32 KiB read buffer. Those cases are marked "protocol level" below and accept that status or a
 //! plain close, but still no 5xx and no hang. Every request has a timeout.
 
 use proptest::prelude::*;
@@ -312,16 +312,17 @@ async fn abusive_requests_get_problem_details_never_5xx_or_hangs() {
     ] {
         problem(with_key(header(&key)).await.unwrap(), 400, what).await;
     }
-    // A huge value in a header the gateway does not even read.
+    // A large value in a header the gateway does not even read: above the 16 KiB the gateway
+    // takes, below the connection's 32 KiB read buffer.
     let junk = http
         .post(&enrollments)
         .header("content-type", "application/json")
-        .header("x-junk", "j".repeat(100_000))
+        .header("x-junk", "j".repeat(20_000))
         .body(VALID)
         .send()
         .await
         .unwrap();
-    problem(junk, 431, "100 KB header value").await;
+    problem(junk, 431, "20 KB header value").await;
     let many: Vec<(String, Vec<u8>)> = (0..90).map(|i| (format!("x-h{i}"), b"v".to_vec())).collect();
     let many_fine: Vec<(&str, &[u8])> = many.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
     let answer = raw(port, request("GET", b"/api/enrollments/nope", &many_fine, b""), false).await;
@@ -339,6 +340,14 @@ async fn abusive_requests_get_problem_details_never_5xx_or_hangs() {
     )
     .await;
     assert_refused(&answer, &[431], "1 MB header value");
+    let junk = vec![b'j'; 100_000];
+    let answer = raw(
+        port,
+        request("POST", b"/api/enrollments", &[("x-junk", &junk)], VALID.as_bytes()),
+        false,
+    )
+    .await;
+    assert_refused(&answer, &[431], "100 KB header value (above the read buffer)");
     let answer = raw(
         port,
         request("GET", b"/api/enrollments/nope", &[("bad header name", b"v")], b""),
@@ -463,4 +472,110 @@ async fn check(response: reqwest::Response, may_accept: bool) -> Result<(), Test
     let parsed: Value = serde_json::from_str(&body).map_err(|e| TestCaseError::fail(format!("{e}: {body}")))?;
     prop_assert_eq!(&parsed["status"], &Value::from(status));
     Ok(())
+}
+
+/// Reads from `stream` until the server closes it (or resets it); what it sent meanwhile.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return answer,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+const HEADER_READ: Duration = Duration::from_secs(2);
+/// Scheduling slack on a busy two-core machine.
+const SLACK: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_trickle_headers_or_idle_are_closed_and_their_number_is_capped() {
+    use tokio::io::AsyncWriteExt;
+    let api = GatewayApi::start(Backend::Sqlite).await;
+    let limits = utility::http::ConnectionLimits {
+        header_read: HEADER_READ,
+        max_connections: 3,
+    };
+    let server = Served::with_limits(api.router.clone(), limits).await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", server.port));
+
+    // A client trickling one header line every 300 ms, for ever if let: cut off within the bound.
+    let mut slow = connect().await.unwrap();
+    let started = std::time::Instant::now();
+    slow.write_all(b"GET /api/enrollments HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for n in 0.. {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if slow.write_all(format!("X-Slow-{n}: a\r\n").as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HEADER_READ + SLACK, trickle).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < HEADER_READ + SLACK,
+        "a client trickling headers held its connection for {elapsed:?}"
+    );
+    let cut = until_closed(&mut slow).await;
+    assert!(
+        cut.is_empty() || cut.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&cut)
+    );
+
+    // A keep-alive connection answered once, then left idle: closed within the bound too.
+    let mut idle = connect().await.unwrap();
+    let path = format!("/api/enrollments/{}", uuid::Uuid::now_v7());
+    idle.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(HEADER_READ + SLACK, until_closed(&mut idle))
+        .await
+        .expect("an idle keep-alive connection stayed open");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        started.elapsed() >= HEADER_READ / 2,
+        "closed before it was idle: {:?}",
+        started.elapsed()
+    );
+
+    // Three silent connections take every place: a fourth is answered only once they are cut off.
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        holders.push(connect().await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let mut fourth = connect().await.unwrap();
+    fourth
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(HEADER_READ + SLACK, until_closed(&mut fourth))
+        .await
+        .expect("the fourth connection got a place once the silent ones were cut off");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        started.elapsed() >= HEADER_READ / 2,
+        "answered after {:?}: the silent connections did not hold the places",
+        started.elapsed()
+    );
+    for mut holder in holders {
+        assert!(until_closed(&mut holder).await.is_empty());
+    }
+    server.stop().await;
 }

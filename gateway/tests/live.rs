@@ -281,3 +281,44 @@ async fn waits_end_with_the_wait_and_streams_are_bounded() {
     .unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_after_its_lifetime_and_resumes_where_it_was() {
+    let api = GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            max_stream_seconds: 1,
+            ..testkit::gateway_config()
+        },
+    )
+    .await;
+    let server = Served::start(api.router.clone()).await;
+    let http = reqwest::Client::new();
+    // No bus here: the saga stays pending, so only the lifetime can end the stream.
+    let accepted: Value = http
+        .post(server.url("/api/enrollments"))
+        .json(&json!({"name": "Lingering", "email": "lingering@example.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = server.url(&format!("/api/enrollments/{}/events", accepted["id"].as_str().unwrap()));
+    let started = tokio::time::Instant::now();
+    let (first, ended) = read_events(http.get(&events).send().await.unwrap(), Duration::from_secs(10)).await;
+    assert!(ended, "the stream outlived its lifetime: {first:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(statuses(&first), ["pending"]);
+    // Resumed with Last-Event-ID: no repeat, and again bounded.
+    let resumed = http
+        .get(&events)
+        .header("last-event-id", &first[0].id)
+        .send()
+        .await
+        .unwrap();
+    let (again, ended) = read_events(resumed, Duration::from_secs(10)).await;
+    assert!(ended);
+    assert!(again.is_empty(), "{again:?}");
+    server.stop().await;
+}

@@ -2,8 +2,8 @@
 //! `service.name`, configured by the standard `OTEL_*` variables as in production) on a real
 //! LocalStack:
 //! - one enrollment is one trace: the spans the services export over OTLP (to a receiver in
-//!   this test) share the client's trace id and form one parent chain across the bus, in causal
-//!   order;
+//!   this test) share one trace id, not the client's (its span is only linked), and form one
+//!   parent chain across the bus, in causal order;
 //! - their JSON log lines carry that trace id (at DEBUG too, which this test turns on), and the
 //!   access log line says who asked what;
 //! - `/metrics` of each service counts what happened, and the `gauges` line reports the backlog.
@@ -69,12 +69,39 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
         ("gateway", "process gateway-events"),
     ];
     // Wait until the terminal hop's span has been exported, then read the chain up from it.
+    // The client's traceparent does not choose the saga's trace: the submission's span starts a
+    // trace of its own, with a link to the client's span.
+    let saga_trace = eventually("the submission's span to arrive over OTLP", DEADLINE, async || {
+        let spans = system.collector.spans();
+        let submission = spans.iter().find(|s| {
+            s["name"] == "POST /api/enrollments"
+                && s["links"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|l| l["traceId"] == client_trace.as_str() && l["spanId"] == client_span)
+        });
+        let found = submission.map(|s| s["traceId"].as_str().unwrap_or("").to_owned());
+        let seen = format!("{} spans, none of the submission linking the client's", spans.len());
+        Poll::ready_if(found.is_some(), found.unwrap_or_default(), seen)
+    })
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}"));
+    assert_ne!(saga_trace, client_trace, "the client chose the saga's trace id");
+    assert!(
+        system
+            .collector
+            .spans()
+            .iter()
+            .all(|s| s["traceId"] != client_trace.as_str()),
+        "a span joined the client's trace"
+    );
     let chain = eventually("the saga's spans to arrive over OTLP", DEADLINE, async || {
         let trace: Vec<Value> = system
             .collector
             .spans()
             .into_iter()
-            .filter(|s| s["traceId"] == client_trace.as_str())
+            .filter(|s| s["traceId"] == saga_trace.as_str())
             .collect();
         let terminal = trace
             .iter()
@@ -90,8 +117,9 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
             parent = span["parentSpanId"].as_str().unwrap_or("");
         }
         chain.reverse();
-        // Complete once the root is reached: the span whose parent is the client's.
-        let reached = chain[0]["parentSpanId"] == client_span;
+        // Complete once the root is reached: the submission's span, which has no parent.
+        let reached =
+            chain[0]["name"] == "POST /api/enrollments" && chain[0]["parentSpanId"].as_str().unwrap_or("").is_empty();
         let seen = format!("a chain of {} spans up from the terminal hop", chain.len());
         Poll::ready_if(reached, chain, seen)
     })
@@ -108,7 +136,7 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
             })
             .collect();
         panic!(
-            "no complete chain in trace {client_trace} ({timed_out}); spans received:\n{}",
+            "no complete chain in trace {saga_trace} ({timed_out}); spans received:\n{}",
             names.join("\n")
         )
     });
@@ -166,7 +194,7 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
         for line in service.logs() {
             let names_it = line["correlation_id"] == id.as_str() || line["enrollment_id"] == id.as_str();
             if names_it {
-                assert_eq!(line["trace_id"], client_trace.as_str(), "{line}");
+                assert_eq!(line["trace_id"], saga_trace.as_str(), "{line}");
                 assert!(line["span_id"].as_str().is_some_and(|s| s.len() == 16), "{line}");
                 joined += 1;
             }
@@ -186,7 +214,7 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
     assert_eq!(access["route"], "/api/enrollments");
     assert_eq!(access["status"], 202);
     assert!(access["latency_ms"].as_f64().is_some(), "{access}");
-    assert_eq!(access["trace_id"], client_trace.as_str());
+    assert_eq!(access["trace_id"], saga_trace.as_str());
     // And the saga's end.
     let finished = system
         .gateway()

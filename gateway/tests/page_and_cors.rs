@@ -143,3 +143,30 @@ fn a_malformed_origin_is_refused() {
         assert!(err.contains("is not an origin"), "{bad}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_is_sent_only_when_configured() {
+    let plain = GatewayApi::with_config(Backend::Sqlite, testkit::gateway_config()).await;
+    let (_, headers, _) = body_text(&plain, "/").await;
+    assert_eq!(headers.get("strict-transport-security"), None);
+    let https = GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            hsts_max_age_seconds: 31_536_000,
+            ..testkit::gateway_config()
+        },
+    )
+    .await;
+    let unknown = format!("/api/enrollments/{}", uuid::Uuid::now_v7());
+    for uri in ["/", "/assets/app.js", "/openapi.json", unknown.as_str()] {
+        let (_, headers, _) = body_text(&https, uri).await;
+        assert_eq!(
+            headers.get("strict-transport-security").map(|v| v.to_str().unwrap()),
+            Some("max-age=31536000"),
+            "{uri}"
+        );
+    }
+    let accepted = https.call(post(ALLOWED)).await;
+    assert_eq!(accepted.status, 202);
+    assert_eq!(accepted.header("strict-transport-security"), Some("max-age=31536000"));
+}

@@ -329,3 +329,31 @@ async fn client_chosen_methods_share_one_metric_label() {
         .unwrap_or_else(|| panic!("no series for other methods:\n{}", metrics.text));
     assert!(other.ends_with(" 20"), "{other}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_client_owns_one_bucket_per_64_not_per_address() {
+    let api = GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            rate_limit_per_minute: 1,
+            rate_limit_burst: 1,
+            ..testkit::gateway_config()
+        },
+    )
+    .await;
+    let accepted = api.call(submit_from("[2001:db8:0:1::1]:4000", None, 0)).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    // Another address of the same /64: the same bucket, already empty.
+    let rotated = api
+        .call(submit_from("[2001:db8:0:1:dead:beef:0:2]:4000", None, 1))
+        .await;
+    rotated.problem(429);
+    // Another /64 is another client.
+    let neighbour = api.call(submit_from("[2001:db8:0:2::1]:4000", None, 2)).await;
+    assert_eq!(neighbour.status, 202, "{}", neighbour.body);
+    // An IPv4 client seen through an IPv4-mapped address is that IPv4 client.
+    let v4 = api.call(submit_from("203.0.113.50:4000", None, 3)).await;
+    assert_eq!(v4.status, 202, "{}", v4.body);
+    let mapped = api.call(submit_from("[::ffff:203.0.113.50]:4000", None, 4)).await;
+    mapped.problem(429);
+}

@@ -51,9 +51,65 @@ pub enum DeployError {
     #[error(
         "stack `{stack}` protects its databases from deletion; turn that off first: \
          sagactl deploy-app --release {release} --parameter DatabaseDeletionProtection=false \
-         (each database still leaves a final snapshot)"
+         with the deployment's other parameters (CertificateArn, ...) (each database still leaves a final snapshot)"
     )]
     DeletionProtected { stack: String, release: String },
+    #[error(
+        "no CertificateArn: the public load balancer would take names and e-mails over plain HTTP; \
+         give --parameter CertificateArn=<ARN>, or --parameter AllowPlainHttp=true for a development deployment"
+    )]
+    PlainHttp,
+    #[error("cannot read the CIDRs of the public subnets {subnets} (for LoadBalancerCidrs): {detail}")]
+    Subnets { subnets: String, detail: String },
+}
+
+/// The IPv4 CIDRs of `subnets` (comma-separated ids), comma-separated: where the public load
+/// balancer's nodes live, so the only peers whose `X-Forwarded-For` the gateway may believe.
+/// Derived rather than typed, since a wrong value quietly puts every client into the balancer's
+/// two or three rate-limit buckets.
+pub async fn subnet_cidrs(ec2: &aws_sdk_ec2::Client, subnets: &str) -> Result<String, DeployError> {
+    let ids: Vec<String> = subnets
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let failed = |detail: String| DeployError::Subnets {
+        subnets: subnets.to_owned(),
+        detail,
+    };
+    let described = ec2
+        .describe_subnets()
+        .set_subnet_ids(Some(ids.clone()))
+        .send()
+        .await
+        .map_err(|e| failed(aws_sdk_ec2::error::DisplayErrorContext(e).to_string()))?;
+    let mut cidrs = Vec::new();
+    for id in &ids {
+        let cidr = described
+            .subnets()
+            .iter()
+            .find(|s| s.subnet_id() == Some(id.as_str()))
+            .and_then(|s| s.cidr_block())
+            .ok_or_else(|| failed(format!("{id} has no IPv4 CIDR")))?;
+        cidrs.push(cidr.to_owned());
+    }
+    if cidrs.is_empty() {
+        return Err(failed("no subnet".to_owned()));
+    }
+    Ok(cidrs.join(","))
+}
+
+/// A deployment without a certificate serves the public API over plain HTTP: only when asked
+/// for by name (the template's rule says the same to CloudFormation; this says it before anything
+/// is uploaded).
+pub fn check_transport(overrides: &[(String, String)]) -> Result<(), DeployError> {
+    let value = |key: &str| overrides.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let certificate = value("CertificateArn").is_some_and(|arn| !arn.is_empty());
+    if certificate || value("AllowPlainHttp") == Some("true") {
+        Ok(())
+    } else {
+        Err(DeployError::PlainHttp)
+    }
 }
 
 /// What to run: a fresh release built from a directory of binaries, or one uploaded before (a
@@ -117,6 +173,7 @@ pub struct Deployment {
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub cloudformation: aws_sdk_cloudformation::Client,
+    pub ec2: aws_sdk_ec2::Client,
     pub s3: aws_sdk_s3::Client,
     /// SQS and SNS: how many messages the queues hold before they are deleted.
     pub bus: utility::messaging::bus::Bus,
@@ -131,6 +188,7 @@ impl Clients {
             .build();
         Self {
             cloudformation: aws_sdk_cloudformation::Client::new(sdk),
+            ec2: aws_sdk_ec2::Client::new(sdk),
             s3: aws_sdk_s3::Client::from_conf(s3),
             bus: utility::messaging::bus::Bus::new(sdk),
             settle_limit: crate::DEFAULT_SETTLE_LIMIT,
@@ -160,6 +218,7 @@ pub fn release_parameters(
 /// Creates or updates everything and returns the gateway's URL.
 #[tracing::instrument(skip_all, fields(prefix = %options.name_prefix))]
 pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deployment, DeployError> {
+    check_transport(&options.overrides)?;
     let stacks = Stacks::for_prefix(&options.name_prefix);
     let cfn = &clients.cloudformation;
     let limit = clients.settle_limit;
@@ -200,6 +259,16 @@ pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deploymen
     for (key, value) in options.overrides.iter().filter(|(k, _)| k != REDRIVE_PRINCIPAL) {
         parameters.retain(|(k, _)| k != key);
         parameters.push((key.clone(), value.clone()));
+    }
+    if !parameters.iter().any(|(k, _)| k == "LoadBalancerCidrs") {
+        let public = parameters
+            .iter()
+            .find(|(k, _)| k == "PublicSubnetIds")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let cidrs = subnet_cidrs(&clients.ec2, &public).await?;
+        tracing::info!(%cidrs, "load balancer CIDRs, from the public subnets");
+        parameters.push(("LoadBalancerCidrs".to_owned(), cidrs));
     }
     let app_outputs = crate::deploy_stack_within(cfn, &stacks.app, APP_TEMPLATE, &parameters, limit).await?;
     let gateway_url = output(&app_outputs, &stacks.app, "GatewayUrl")?;
@@ -255,6 +324,24 @@ fn output(outputs: &HashMap<String, String>, stack: &str, key: &'static str) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_http_only_when_asked_for_by_name() {
+        let given = |pairs: &[(&str, &str)]| {
+            super::check_transport(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert!(given(&[]).is_err());
+        assert!(given(&[("CertificateArn", "")]).is_err());
+        assert!(given(&[("AllowPlainHttp", "false")]).is_err());
+        assert!(given(&[("AllowPlainHttp", "TRUE")]).is_err());
+        assert!(given(&[("CertificateArn", "arn:aws:acm:eu-west-1:1:certificate/x")]).is_ok());
+        assert!(given(&[("AllowPlainHttp", "true")]).is_ok());
+    }
+
     use super::*;
 
     /// Every messaging output the application needs exists in messaging.yaml, is a parameter of

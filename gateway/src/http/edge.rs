@@ -9,7 +9,11 @@
 //!   refill, `RATE_LIMIT_BURST` capacity; 429 with `Retry-After`). The client address is the
 //!   peer's, or, when the peer is a trusted proxy (`TRUSTED_PROXY_CIDRS`, the load balancer's
 //!   subnets), the nearest untrusted address in `X-Forwarded-For`: a client cannot pick its own
-//!   bucket by sending the header itself.
+//!   bucket by sending the header itself. An IPv4-mapped IPv6 address counts as the IPv4 one,
+//!   and an IPv6 client is keyed by its /64, the smallest block a site is given: one host owns
+//!   2^64 addresses. The first `X-Forwarded-For` from a peer outside the trusted proxies is
+//!   logged at WARN: behind a load balancer whose subnets are missing from
+//!   `TRUSTED_PROXY_CIDRS`, every client would share the balancer's few buckets.
 //! - At most `MAX_CONCURRENT_REQUESTS` API requests run at once; beyond that a request is refused
 //!   at once with 503 and `Retry-After` rather than queued (`/health` and `/ready` are exempt).
 
@@ -22,10 +26,10 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use subtle::ConstantTimeEq;
 use utility::http::Problem;
 
@@ -45,6 +49,11 @@ impl OperatorToken {
     fn admits(&self, presented: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         self.digest.ct_eq(&presented).into()
+    }
+
+    /// Whether a request with `headers` carries this token.
+    pub fn admits_request(&self, headers: &HeaderMap) -> bool {
+        bearer(headers).is_some_and(|presented| self.admits(presented))
     }
 }
 
@@ -74,23 +83,48 @@ fn unauthorized(detail: &'static str) -> Response {
 
 /// Which peers may tell us the client's address (`X-Forwarded-For`).
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Arc<Vec<IpNet>>);
+pub struct TrustedProxies {
+    nets: Arc<Vec<IpNet>>,
+    /// Whether an untrusted peer's `X-Forwarded-For` has been reported yet.
+    reported: Arc<AtomicBool>,
+}
 
 impl TrustedProxies {
     /// The proxies in `nets` (parsed with the configuration: `TRUSTED_PROXY_CIDRS`).
     pub fn new(nets: Vec<IpNet>) -> Self {
-        Self(Arc::new(nets))
+        Self {
+            nets: Arc::new(nets),
+            reported: Arc::default(),
+        }
     }
 
     fn trusts(&self, address: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(&address))
+        let address = address.to_canonical();
+        self.nets.iter().any(|net| net.contains(&address))
+    }
+
+    /// Logs, once per process, an `X-Forwarded-For` from an untrusted peer; true when it did.
+    fn report_untrusted(&self, peer: IpAddr) -> bool {
+        let first = !self.reported.swap(true, Ordering::Relaxed);
+        if first {
+            tracing::warn!(
+                %peer,
+                "X-Forwarded-For from a peer outside TRUSTED_PROXY_CIDRS, ignored; if this peer is \
+                 the load balancer, every client shares its rate-limit bucket: check TRUSTED_PROXY_CIDRS"
+            );
+        }
+        first
     }
 
     /// The client's address: the peer's, unless the peer is trusted; then the nearest address in
     /// `X-Forwarded-For` that is not itself a trusted proxy (each proxy appends the address it saw,
     /// so everything left of the first untrusted entry may be made up by the client).
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.to_canonical();
         if !self.trusts(peer) {
+            if headers.contains_key("x-forwarded-for") {
+                self.report_untrusted(peer);
+            }
             return peer;
         }
         let hops: Vec<&str> = headers
@@ -103,13 +137,22 @@ impl TrustedProxies {
         let mut client = peer;
         for hop in hops.iter().rev() {
             match hop.parse::<IpAddr>() {
-                Ok(address) if self.trusts(address) => client = address,
-                Ok(address) => return address,
+                Ok(address) if self.trusts(address) => client = address.to_canonical(),
+                Ok(address) => return address.to_canonical(),
                 // An entry that is not an address: stop at the last one we can vouch for.
                 Err(_) => return client,
             }
         }
         client
+    }
+}
+
+/// The rate-limit bucket of a client address: an IPv4 address itself (mapped or not), an IPv6
+/// address its /64.
+pub fn bucket(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+        v4 => v4,
     }
 }
 
@@ -153,7 +196,7 @@ pub async fn rate_limit(State(limit): State<RateLimit>, request: Request, next: 
     if limit.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == 0 {
         limit.limiter.retain_recent();
     }
-    match limit.limiter.check_key(&client) {
+    match limit.limiter.check_key(&bucket(client)) {
         Ok(()) => next.run(request).await,
         Err(not_until) => {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -212,6 +255,36 @@ mod tests {
         );
         assert_eq!(proxies.client(alb, &forwarded("nonsense")), alb);
         assert_eq!(proxies.client(alb, &HeaderMap::new()), alb);
+    }
+
+    #[test]
+    fn ipv6_clients_are_bucketed_by_64_and_mapped_addresses_as_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(bucket(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(bucket(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), ip("2001:db8:1:2::"));
+        assert_ne!(bucket(ip("2001:db8:1:3::1")), bucket(ip("2001:db8:1:2::1")));
+        assert_eq!(bucket(ip("::ffff:203.0.113.5")), ip("203.0.113.5"));
+        assert_eq!(bucket(ip("203.0.113.5")), ip("203.0.113.5"));
+        // A mapped peer inside a trusted IPv4 range is trusted.
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/16".parse().unwrap()]);
+        assert_eq!(
+            proxies.client(ip("::ffff:10.0.3.7"), &forwarded("198.51.100.1")),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
+    fn forwarding_from_an_untrusted_peer_is_reported_once() {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/16".parse().unwrap()]);
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(proxies.client(stranger, &HeaderMap::new()), stranger);
+        assert!(
+            !proxies.reported.load(Ordering::Relaxed),
+            "no header, nothing to report"
+        );
+        assert_eq!(proxies.client(stranger, &forwarded("198.51.100.1")), stranger);
+        assert!(proxies.reported.load(Ordering::Relaxed));
+        assert!(!proxies.report_untrusted(stranger), "reported once per process");
     }
 
     #[test]

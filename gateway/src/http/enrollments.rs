@@ -112,8 +112,9 @@ impl IntoParams for SubmitHeaders {
             .parameter_in(ParameterIn::Header)
             .required(Required::False)
             .description(Some(
-                "W3C trace context: the saga's trace continues a well-formed one. Any other \
-                 value is ignored, never refused: the saga then starts a trace of its own.",
+                "W3C trace context: the saga starts a trace of its own, whose first span links \
+                 to a well-formed one (the caller chooses neither the saga's trace id nor its \
+                 sampling). Any other value is ignored, never refused.",
             ))
             .schema(Some(ObjectBuilder::new().schema_type(Type::String)));
         vec![idempotency_key.build(), traceparent.build(), prefer::parameter()]
@@ -195,9 +196,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(key.to_owned()))
 }
 
-/// The trace this request is part of: the request's span, which continues the caller's
-/// `traceparent` when it sent a well-formed one (`utility::http::access`); a new trace when no
-/// tracing layer is installed.
+/// The trace this request is part of: the request's span, a trace of its own linked to the
+/// caller's `traceparent` (`utility::http::access`); a new trace when no tracing layer is
+/// installed.
 fn traceparent() -> String {
     utility::observe::context::traceparent(&tracing::Span::current())
         .unwrap_or_else(utility::messaging::envelope::new_traceparent)

@@ -5,7 +5,9 @@
 //! reconnects with `Last-Event-ID` resumes after it, with no repeat and no gap (a client that
 //! already has the terminal entry gets 204 No Content, which stops an EventSource). A comment line
 //! every 15 s keeps proxies from closing a quiet stream. At most `MAX_EVENT_STREAMS` are open
-//! (503 beyond), and all end when the service stops, so none holds up a graceful shutdown.
+//! (503 beyond), each ends after `MAX_STREAM_SECONDS` even if its saga has not (the client
+//! resumes with `Last-Event-ID`), and all end when the service stops, so none holds up a graceful
+//! shutdown or keeps its place for ever.
 
 use super::AppState;
 use super::enrollments::parse_id;
@@ -59,7 +61,7 @@ pub(super) struct StatusEvent {
 /// A `text/event-stream` of `status` events, one per history entry, oldest first, then each
 /// new one as it happens; each event's `data` is a history entry (JSON) and its `id` resumes
 /// the stream. A comment line every 15 s keeps proxies from closing it; the stream ends after
-/// the terminal status.
+/// the terminal status, or after `MAX_STREAM_SECONDS` (resume with `Last-Event-ID`).
 #[utoipa::path(
     get,
     path = "/api/enrollments/{id}/events",
@@ -103,6 +105,7 @@ pub(super) async fn events(
         done: false,
         read_failed: false,
         hub: state.hub.clone(),
+        ends_at: tokio::time::Instant::now() + state.max_stream,
         _permit: permit,
     };
     feed.take_new(history);
@@ -129,6 +132,8 @@ struct Feed {
     /// The last read of the history failed; the next comes after [`READ_RETRY`].
     read_failed: bool,
     hub: crate::live::Hub,
+    /// When the stream ends even if the saga has not: the client resumes with `Last-Event-ID`.
+    ends_at: tokio::time::Instant,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -167,8 +172,11 @@ impl Feed {
                 if feed.done {
                     return None;
                 }
-                if !feed.read_failed && !feed.subscription.changed().await {
-                    return None;
+                if !feed.read_failed {
+                    tokio::select! {
+                        changed = feed.subscription.changed() => if !changed { return None },
+                        () = tokio::time::sleep_until(feed.ends_at) => return None,
+                    }
                 }
                 match store::history(&feed.pool, feed.id).await {
                     Ok(history) => {

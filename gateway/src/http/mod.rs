@@ -6,7 +6,8 @@
 //! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
 //! Both are behind load shedding ([`edge`]). `GET /` and `/assets/*` serve the enrollment page
-//! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]), `/asyncapi.json` the bus's ([`bus`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
+//! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]; its operator part
+//! only to a request with the operator token), `/asyncapi.json` the bus's ([`bus`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
 
 mod bus;
 pub mod edge;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub customer_api_url: String,
     pub transaction_api_url: String,
     pub stall_after: std::time::Duration,
+    /// Longest an event stream stays open.
+    pub max_stream: std::time::Duration,
     pub hub: crate::live::Hub,
     pub metrics: utility::observe::metrics::Metrics,
 }
@@ -50,6 +53,8 @@ pub struct Edge {
     pub max_concurrent_requests: usize,
     /// Cross-origin access to the API; `None`: same origin only (no CORS headers at all).
     pub cors: Option<tower_http::cors::CorsLayer>,
+    /// `Strict-Transport-Security` for every answer, when the gateway is reached over HTTPS only.
+    pub hsts: Option<axum::http::HeaderValue>,
 }
 
 /// CORS for `origins`: the public routes' methods and request headers, and the response headers
@@ -113,7 +118,7 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
     };
     let (router, mut openapi) = api.split_for_parts();
     reference::layer_responses(&mut openapi);
-    let reference = Arc::new(reference::Reference::new(&openapi));
+    let reference = Arc::new(reference::Reference::new(&openapi, edge.operator.clone()));
     let shedding = tower::ServiceBuilder::new()
         .layer(HandleErrorLayer::new(edge::overloaded))
         .layer(tower::load_shed::LoadShedLayer::new())
@@ -121,8 +126,22 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
             edge.max_concurrent_requests.max(1),
         ));
     let router = router.layer(Extension(reference)).layer(shedding);
-    match &edge.cors {
+    let router = match &edge.cors {
         Some(cors) => router.layer(cors.clone()),
+        None => router,
+    };
+    match edge.hsts.clone() {
+        Some(hsts) => router.layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| {
+                let hsts = hsts.clone();
+                async move {
+                    response
+                        .headers_mut()
+                        .insert(axum::http::header::STRICT_TRANSPORT_SECURITY, hsts);
+                    response
+                }
+            },
+        )),
         None => router,
     }
     .with_state(state)

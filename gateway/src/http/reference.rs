@@ -157,30 +157,90 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
 /// Where the document is served ([`openapi_json`]); `/docs` links to it.
 const OPENAPI_JSON: &str = "/openapi.json";
 
-/// The document, serialised once, and its readable rendering.
+/// The document, serialised once, and its readable rendering; in two editions: the whole one for
+/// operators (the request carries the operator token), and the public one without the operator
+/// routes, for everyone else. The operator surface is nobody else's business.
 pub struct Reference {
+    public: Rendered,
+    full: Rendered,
+    operator: Option<super::edge::OperatorToken>,
+}
+
+struct Rendered {
     json: String,
     html: String,
 }
 
-impl Reference {
-    pub fn new(openapi: &OpenApi) -> Self {
-        let value = serde_json::to_value(openapi).unwrap_or(Value::Null);
+impl Rendered {
+    fn new(value: &Value) -> Self {
         let heading = html::Heading {
             title: value["info"]["title"].as_str().unwrap_or("API"),
             version: value["info"]["version"].as_str().unwrap_or(""),
         };
         Self {
-            json: serde_json::to_string(&value).unwrap_or_default(),
+            json: serde_json::to_string(value).unwrap_or_default(),
             html: html::page(
                 &heading,
                 &[
-                    html::openapi(&value, OPENAPI_JSON),
+                    html::openapi(value, OPENAPI_JSON),
                     html::asyncapi(&super::bus::DOCUMENT, "/asyncapi.json"),
                 ],
             ),
         }
     }
+}
+
+/// The tag of the operator routes' operations.
+const OPERATOR_TAG: &str = "operator";
+
+/// `document` less the operations tagged [`OPERATOR_TAG`], paths left empty and the tag itself.
+fn public_edition(document: &Value) -> Value {
+    let mut public = document.clone();
+    if let Some(paths) = public["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            if let Some(item) = item.as_object_mut() {
+                item.retain(|_, operation| {
+                    let tags = operation["tags"].as_array();
+                    !tags.is_some_and(|tags| tags.iter().any(|t| t == OPERATOR_TAG))
+                });
+            }
+        }
+        paths.retain(|_, item| item.as_object().is_none_or(|item| !item.is_empty()));
+    }
+    if let Some(tags) = public["tags"].as_array_mut() {
+        tags.retain(|tag| tag["name"] != OPERATOR_TAG);
+    }
+    if let Some(schemes) = public["components"]["securitySchemes"].as_object_mut() {
+        schemes.remove("operator_token");
+    }
+    public
+}
+
+impl Reference {
+    pub fn new(openapi: &OpenApi, operator: Option<super::edge::OperatorToken>) -> Self {
+        let value = serde_json::to_value(openapi).unwrap_or(Value::Null);
+        Self {
+            public: Rendered::new(&public_edition(&value)),
+            full: Rendered::new(&value),
+            operator,
+        }
+    }
+
+    /// The edition for the sender of `headers`.
+    fn edition(&self, headers: &axum::http::HeaderMap) -> &Rendered {
+        match &self.operator {
+            Some(token) if token.admits_request(headers) => &self.full,
+            _ => &self.public,
+        }
+    }
+}
+
+/// The answer differs with the token, so no shared cache may serve one sender's to another.
+fn vary(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::VARY, axum::http::HeaderValue::from_static("authorization"));
+    response
 }
 
 /// The gateway's API document (OpenAPI 3.1).
@@ -189,10 +249,14 @@ impl Reference {
     path = OPENAPI_JSON,
     tag = "page",
     operation_id = "openApiDocument",
-    responses((status = 200, description = "This document.", body = Object, content_type = "application/json")),
+    responses((status = 200, description = "This document. Without the operator token, its public part: the operator routes are left out.", body = Object, content_type = "application/json")),
 )]
-pub(super) async fn openapi_json(Extension(reference): Extension<Arc<Reference>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], reference.json.clone()).into_response()
+pub(super) async fn openapi_json(
+    Extension(reference): Extension<Arc<Reference>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let json = reference.edition(&headers).json.clone();
+    vary(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 /// This document as a page.
@@ -203,6 +267,9 @@ pub(super) async fn openapi_json(Extension(reference): Extension<Arc<Reference>>
     operation_id = "apiReference",
     responses((status = 200, description = "The API reference.", body = String, content_type = "text/html")),
 )]
-pub(super) async fn docs(Extension(reference): Extension<Arc<Reference>>) -> Response {
-    super::page::asset("text/html; charset=utf-8", reference.html.clone())
+pub(super) async fn docs(Extension(reference): Extension<Arc<Reference>>, headers: axum::http::HeaderMap) -> Response {
+    vary(super::page::asset(
+        "text/html; charset=utf-8",
+        reference.edition(&headers).html.clone(),
+    ))
 }

@@ -176,6 +176,8 @@ async fn deploy_app_end_to_end_on_moto() {
         overrides: vec![
             ("BonusBudgetPoints".to_owned(), "5000".to_owned()),
             ("LogRetentionDays".to_owned(), "14".to_owned()),
+            // No certificate in this deployment: plain HTTP, asked for by name.
+            ("AllowPlainHttp".to_owned(), "true".to_owned()),
         ],
     };
 
@@ -314,7 +316,10 @@ async fn deploy_app_end_to_end_on_moto() {
         assert!(stack_status(cfn, stack).await.is_some(), "{stack} was deleted");
     }
     let unprotected = AppOptions {
-        overrides: vec![("DatabaseDeletionProtection".to_owned(), "false".to_owned())],
+        overrides: vec![
+            ("DatabaseDeletionProtection".to_owned(), "false".to_owned()),
+            ("AllowPlainHttp".to_owned(), "true".to_owned()),
+        ],
         ..rollback.clone()
     };
     app::deploy(&clients, &unprotected)
@@ -385,6 +390,12 @@ async fn deploy_app_into_an_existing_vpc() {
     let deployment = app::deploy(&clients, &options).await.expect("deploy into existing VPC");
     assert!(!deployment.network_created);
     let stacks = deployment.stacks;
+    // The gateway trusts X-Forwarded-For from the public subnets, derived from their ids.
+    let app_parameters = infra::parameters(cfn, &stacks.app)
+        .await
+        .unwrap()
+        .expect("app parameters");
+    assert_eq!(app_parameters["LoadBalancerCidrs"], "10.40.0.0/24,10.40.1.0/24");
     assert_eq!(stack_status(cfn, &stacks.app).await.as_deref(), Some("CREATE_COMPLETE"));
     assert_eq!(
         stack_status(cfn, &stacks.network).await,

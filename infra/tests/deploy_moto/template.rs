@@ -223,3 +223,68 @@ fn the_artifact_bucket_is_versioned() {
     let status = &buckets[0].1["Properties"]["VersioningConfiguration"]["Status"];
     assert_eq!(status.as_str(), Some("Enabled"));
 }
+
+/// The instances sit behind load balancers (ingress from their groups only), which read whole
+/// headers before forwarding: an instance keeps idle connections longer than the balancer's 60 s
+/// idle timeout, or the balancer would reuse a connection the service is closing (a 502). And
+/// the unit bounds each service's memory.
+#[test]
+fn services_outlast_the_balancer_idle_timeout_and_their_memory_is_bounded() {
+    let template = template();
+    let balancer_idle = 60;
+    for (logical, balancer) in of_type(&template, "AWS::ElasticLoadBalancingV2::LoadBalancer") {
+        let attributes = balancer["Properties"]["LoadBalancerAttributes"].as_sequence();
+        let idle = attributes
+            .into_iter()
+            .flatten()
+            .find(|a| a["Key"].as_str() == Some("idle_timeout.timeout_seconds"));
+        assert!(
+            idle.is_none(),
+            "{logical} changes the idle timeout: the instances' must follow"
+        );
+    }
+    let templates = of_type(&template, "AWS::EC2::LaunchTemplate");
+    assert_eq!(templates.len(), 3);
+    for (logical, launch) in templates {
+        let user_data = serde_norway::to_string(&launch["Properties"]["LaunchTemplateData"]["UserData"]).unwrap();
+        let timeout: u64 = user_data
+            .split("HTTP_HEADER_TIMEOUT_SECONDS=")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{logical}: no HTTP_HEADER_TIMEOUT_SECONDS in the service's environment"));
+        assert!(timeout > balancer_idle, "{logical}: {timeout} s");
+    }
+    let unit = infra::release::UNIT;
+    let setting = |key: &str| {
+        unit.lines()
+            .find_map(|line| line.strip_prefix(key))
+            .unwrap_or_else(|| panic!("the unit has no {key}"))
+    };
+    assert!(setting("MemoryMax=").ends_with('M'), "{unit}");
+}
+
+/// Without a certificate the stack is refused unless plain HTTP is asked for by name; with one,
+/// the gateway is told to send HSTS, and without one not (a browser would then refuse the site).
+#[test]
+fn plain_http_needs_asking_for_and_https_brings_hsts() {
+    let template = template();
+    assert_eq!(
+        template["Parameters"]["AllowPlainHttp"]["Default"].as_str(),
+        Some("false")
+    );
+    let rule = serde_norway::to_string(&template["Rules"]["CertificateOrPlainHttpAllowed"]).unwrap();
+    for needle in ["CertificateArn", "AllowPlainHttp", "'true'"] {
+        assert!(rule.contains(needle), "the rule does not name {needle}:\n{rule}");
+    }
+    let (_, gateway) = of_type(&template, "AWS::EC2::LaunchTemplate")
+        .into_iter()
+        .find(|(logical, _)| logical.starts_with("Gateway"))
+        .expect("the gateway's launch template");
+    let user_data = serde_norway::to_string(&gateway["Properties"]["LaunchTemplateData"]["UserData"]).unwrap();
+    assert!(user_data.contains("HSTS_MAX_AGE_SECONDS=${HstsMaxAge}"), "{user_data}");
+    assert!(
+        user_data.contains("HstsMaxAge: !If") && user_data.contains("HasCertificate"),
+        "HSTS must follow the certificate:\n{user_data}"
+    );
+}

@@ -3,8 +3,10 @@
 //!
 //! - The span, `<METHOD> <route>` (the matched route, not the path, so ids do not explode the
 //!   names; the method one of [`method_label`]'s closed set, since hyper accepts any token as a
-//!   method and this layer runs before routing and auth), continues the caller's W3C `traceparent` when it sends one: a client's trace, or the
-//!   gateway's when it calls the other services.
+//!   method and this layer runs before routing and auth). With [`CallerTrace::Continue`] (the
+//!   services the gateway calls) it continues the caller's W3C `traceparent`; with
+//!   [`CallerTrace::Link`] (the public edge) it starts a trace of its own and links the
+//!   caller's, so a client chooses neither the saga's trace id nor its sampling.
 //! - The request id is the caller's `x-request-id` when it is sane (1 to 128 visible ASCII
 //!   characters), otherwise a new UUID; it is in the span (so in every log line of the request)
 //!   and returned in the response's `x-request-id`.
@@ -38,8 +40,21 @@ fn request_id(request: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// What a request's span makes of the caller's `traceparent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerTrace {
+    /// Continue it: the caller is one of ours.
+    Continue,
+    /// Start a new trace and link it: the caller is anyone.
+    Link,
+}
+
 /// The middleware; [`crate::http::finish`] installs it with the service's metrics.
-pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+pub async fn observe(
+    State((metrics, caller_trace)): State<(Metrics, CallerTrace)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = method_label(request.method()).to_owned();
     let route = request
@@ -61,7 +76,10 @@ pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Nex
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    context::set_parent(&span, caller.as_deref());
+    match caller_trace {
+        CallerTrace::Continue => context::set_parent(&span, caller.as_deref()),
+        CallerTrace::Link => context::link_caller(&span, caller.as_deref()),
+    }
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();

@@ -3,8 +3,8 @@
 //! - The body: `tower_http`'s [`RequestBodyLimitLayer`] refuses a declared `Content-Length` above
 //!   the limit up front and cuts off a streamed body that grows past it (413 either way).
 //! - The headers: above [`RequestLimits::max_header_bytes`] in total, 431. hyper itself refuses
-//!   header sections above about 400 KiB and more than 100 headers; this catches what is below
-//!   that but still unreasonable.
+//!   header sections above the connection's read buffer ([`super::serve::MAX_BUF_BYTES`]) and
+//!   more than 100 headers; this catches what is below that but still unreasonable.
 //! - The time to send a body is bounded by [`super::extract::BODY_TIMEOUT`] in the extractor, as a
 //!   total: `tower_http`'s `RequestBodyTimeoutLayer` only bounds the wait for each chunk, which a
 //!   client trickling one byte at a time never exceeds.

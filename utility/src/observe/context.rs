@@ -34,6 +34,17 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
     let _ = span.set_parent(context);
 }
 
+/// Starts `span`, which must not have been entered yet, in a trace of its own, with a link to the
+/// span that `traceparent` names: where a caller is not trusted to choose the trace id and its
+/// sampling (the public edge), its context is kept for correlation and nothing else. A malformed
+/// or absent value adds no link.
+pub fn link_caller(span: &tracing::Span, traceparent: Option<&str>) {
+    let _ = span.set_parent(opentelemetry::Context::new());
+    if let Some(remote) = traceparent.and_then(parse_traceparent) {
+        span.add_link(remote);
+    }
+}
+
 /// Reads a version-00 W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`); all-zero ids are invalid.
 pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
     use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};

@@ -49,6 +49,10 @@ pub trait Service: Sized + Send + Sync + 'static {
     /// open (streams, waits) end when `shutdown` is cancelled.
     fn routes(&self, core: &ServiceCore, shutdown: &CancellationToken) -> anyhow::Result<axum::Router>;
 
+    /// What a request's span makes of the caller's `traceparent`: continue it (the default, for
+    /// services only the gateway calls), or link it from a trace of its own (a public edge).
+    const CALLER_TRACE: crate::http::CallerTrace = crate::http::CallerTrace::Continue;
+
     /// Tasks supervised beside the HTTP server, the consumer and the relay, by name; each must
     /// return when `shutdown` is cancelled. None by default.
     fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
@@ -103,7 +107,8 @@ impl<S: Service> Application<S> {
         let router = service.routes(&core, &shutdown)?.merge(core.health_routes(S::QUEUE)?);
         let tasks = service.tasks(&core, &shutdown);
         let limits = service.limits();
-        core.run(router, limits, consumer, tasks, shutdown).await
+        core.run(router, limits, S::CALLER_TRACE, consumer, tasks, shutdown)
+            .await
     }
 }
 

@@ -46,6 +46,15 @@ use schema::{Setting, settings};
 pub struct CommonConfig {
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
+    /// Longest a connection may take from being ready for a request to that request's headers
+    /// being complete, in seconds; also how long an idle keep-alive connection stays open.
+    /// Behind a load balancer, keep it above the balancer's idle timeout (60 s on an ALB).
+    #[schemars(range(min = 1))]
+    pub http_header_timeout_seconds: u64,
+    /// HTTP connections open at once, at most; further ones wait in the listen backlog. Event
+    /// streams and held requests each keep one open.
+    #[schemars(range(min = 1))]
+    pub http_max_connections: usize,
     /// `sqlite:<file>` (created on first run) or `postgres://user:password@host/database`. Secret:
     /// a PostgreSQL URL carries the password, so no log line or `--help` may show it.
     pub database_url: Secret<String>,
@@ -88,6 +97,9 @@ impl CommonConfig {
         Self {
             http_addr,
             database_url: Secret::new(database_url.into()),
+            // Short off a load balancer: a client trickling its headers is cut off within it.
+            http_header_timeout_seconds: 10,
+            http_max_connections: 2048,
             // The longest long poll SQS allows: an idle poller costs 3 requests a minute.
             receive_wait_seconds: 20,
             relay_interval_ms: 1000,
@@ -104,6 +116,14 @@ impl CommonConfig {
 
     pub fn relay_interval(&self) -> Duration {
         Duration::from_millis(self.relay_interval_ms)
+    }
+
+    /// The HTTP listener's connection limits.
+    pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
+        crate::http::ConnectionLimits {
+            header_read: Duration::from_secs(self.http_header_timeout_seconds.max(1)),
+            max_connections: self.http_max_connections.max(1),
+        }
     }
 
     pub fn gauges_log_every(&self) -> Duration {

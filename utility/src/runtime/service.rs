@@ -137,17 +137,17 @@ impl ServiceCore {
         self,
         router: axum::Router,
         limits: RequestLimits,
+        caller_trace: crate::http::CallerTrace,
         consumer: Consumer<H>,
         extra: Vec<(&'static str, Task)>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let router = crate::http::finish(router, limits, self.metrics.clone());
+        let router = crate::http::finish(router, limits, self.metrics.clone(), caller_trace);
         let server_stop = shutdown.clone();
         let listener = self.listener;
+        let connections = self.config.connection_limits();
         let http: Task = Box::pin(async move {
-            // The peer address is what the rate limit keys on (see the gateway's edge).
-            let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let serve = axum::serve(listener, app).with_graceful_shutdown(server_stop.clone().cancelled_owned());
+            let serve = crate::http::serve(listener, router, connections, server_stop.clone());
             // In-flight requests get a bounded time to finish; a stuck client cannot hold the
             // process past it.
             let drain_limit = async {
@@ -155,7 +155,7 @@ impl ServiceCore {
                 tokio::time::sleep(HTTP_DRAIN_LIMIT).await;
             };
             tokio::select! {
-                served = serve => served.map_err(anyhow::Error::from),
+                () = serve => Ok(()),
                 () = drain_limit => {
                     tracing::warn!(limit_s = HTTP_DRAIN_LIMIT.as_secs(), "HTTP requests still open after the drain limit; closing them");
                     Ok(())

@@ -102,14 +102,18 @@ pub struct Served {
 }
 
 impl Served {
+    /// With the connection limits a service has by default.
     pub async fn start(router: Router) -> Self {
+        let limits = utility::runtime::config::CommonConfig::new(([127, 0, 0, 1], 0).into(), "").connection_limits();
+        Self::with_limits(router, limits).await
+    }
+
+    /// Served by the services' own server ([`utility::http::serve`]) with `limits`.
+    pub async fn with_limits(router: Router, limits: utility::http::ConnectionLimits) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
         let stop = CancellationToken::new();
-        let until = stop.clone().cancelled_owned();
-        let handle = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).with_graceful_shutdown(until).await;
-        });
+        let handle = tokio::spawn(utility::http::serve(listener, router, limits, stop.clone()));
         Self { port, stop, handle }
     }
 

@@ -225,6 +225,9 @@ impl Processes {
             .collect();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            // Below the services' 10 s idle limit, so a pooled connection is never closed under
+            // a request.
+            .pool_idle_timeout(Duration::from_secs(5))
             .no_proxy()
             .build()?;
         let mut processes = Self {

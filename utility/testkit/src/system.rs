@@ -127,7 +127,12 @@ impl System {
             backend,
             options: options.clone(),
             bus,
-            http: reqwest::Client::new(),
+            // Below the services' 10 s idle limit, so a pooled connection is never closed under
+            // a request.
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .expect("HTTP client"),
             gateway: None,
             customer: Some(customer),
             transaction: None,
