@@ -3,14 +3,13 @@
 //! to the customer events topic, always through its outbox.
 
 mod customers;
-mod http;
+mod lookup;
 
 use serde::{Deserialize, Serialize};
-use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
-use utility::messaging::Endpoint;
+use utility::messaging::{Endpoint, Participant};
 use utility::runtime::config::{CommonConfig, ServiceInfo};
-use utility::runtime::{Service, ServiceCore};
+use utility::runtime::{Service, ServiceCore, Task};
 
 pub use customers::CustomerHandler;
 
@@ -34,17 +33,14 @@ impl AsRef<CommonConfig> for Config {
     }
 }
 
-/// Consumed queue first, then what the service publishes to.
-pub const ENDPOINTS: [Endpoint; 2] = [Endpoint::CustomerCommands, Endpoint::CustomerEvents];
-
-/// The HTTP API as it is served, less `/health` and `/ready` (which need the bus).
-pub fn router(pool: AnyPool) -> axum::Router {
-    utility::http::finish(
-        http::routes(pool),
-        utility::http::RequestLimits::default(),
-        utility::observe::metrics::Metrics::new(),
-    )
-}
+/// Consumed queue first, then what the service publishes to, then its lookups: the queries it
+/// answers and the gateway's reply queue it answers on.
+pub const ENDPOINTS: [Endpoint; 4] = [
+    Endpoint::CustomerCommands,
+    Endpoint::CustomerEvents,
+    Endpoint::CustomerQueries,
+    Endpoint::GatewayReplies,
+];
 
 /// This service's own migrations (the shared outbox and processed-message tables come with
 /// [`utility::storage::connect`]).
@@ -74,8 +70,14 @@ impl Service for CustomerApi {
         CustomerHandler
     }
 
+    /// `/metrics` only (with `/health` and `/ready`): lookups come over the bus.
     fn routes(&self, core: &ServiceCore, _: &CancellationToken) -> anyhow::Result<axum::Router> {
-        Ok(http::routes(core.http_pool.clone()).merge(core.metrics_routes()))
+        Ok(core.metrics_routes())
+    }
+
+    fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
+        let queue = Participant::CustomerApi.lookups();
+        vec![("lookup responder", core.responder(queue, lookup::CustomerLookups, shutdown))]
     }
 }
 
