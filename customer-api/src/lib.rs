@@ -77,7 +77,10 @@ impl Service for CustomerApi {
 
     fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
         let queue = Participant::CustomerApi.lookups();
-        vec![("lookup responder", core.responder(queue, lookup::CustomerLookups, shutdown))]
+        vec![(
+            "lookup responder",
+            core.responder(queue, lookup::CustomerLookups, shutdown),
+        )]
     }
 }
 

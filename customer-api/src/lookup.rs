@@ -12,14 +12,22 @@ impl Answer for CustomerLookups {
         let Message::GetCustomer(query) = query else {
             return Ok(None);
         };
-        let row: Option<(String, String, String, String, String, String, Option<String>, Option<String>)> =
-            sqlx::query_as(
-                "SELECT id, enrollment_id, name, email, status, enrolled_at, unenrolled_at, unenroll_reason
+        let row: Option<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT id, enrollment_id, name, email, status, enrolled_at, unenrolled_at, unenroll_reason
                  FROM customers WHERE id = $1",
-            )
-            .bind(query.customer_id.to_string())
-            .fetch_optional(pool)
-            .await?;
+        )
+        .bind(query.customer_id.to_string())
+        .fetch_optional(pool)
+        .await?;
         let customer = row.map(
             |(id, enrollment_id, name, email, status, enrolled_at, unenrolled_at, unenroll_reason)| CustomerRecord {
                 id,

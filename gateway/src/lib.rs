@@ -262,7 +262,9 @@ impl Service for Gateway {
 
     fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
         let watch = stalls::StallWatch::new(core.background_pool.clone(), self.stall_after());
-        let replies = self.lookups(core, shutdown).receive(shutdown.clone(), core.config.receive_wait());
+        let replies = self
+            .lookups(core, shutdown)
+            .receive(shutdown.clone(), core.config.receive_wait());
         vec![
             ("stall sweeper", Box::pin(watch.run(shutdown.clone()))),
             ("lookup replies", Box::pin(replies)),

@@ -99,7 +99,9 @@ impl Lookups {
     /// The customer-api's record of `customer_id` (`None`: no such customer).
     pub async fn customer(&self, customer_id: Uuid) -> Result<Option<serde_json::Value>, LookupError> {
         let reply_by = self.reply_by();
-        let reply = self.ask(Message::GetCustomer(GetCustomer { customer_id, reply_by })).await?;
+        let reply = self
+            .ask(Message::GetCustomer(GetCustomer { customer_id, reply_by }))
+            .await?;
         match reply.message {
             Message::CustomerReply(reply) => Ok(reply.customer.map(|c| serde_json::to_value(c).unwrap_or_default())),
             other => Err(LookupError::Send(format!("unexpected reply `{}`", other.type_name()))),
@@ -109,7 +111,9 @@ impl Lookups {
     /// The transaction-api's balance and ledger of `customer_id`.
     pub async fn points(&self, customer_id: Uuid) -> Result<serde_json::Value, LookupError> {
         let reply_by = self.reply_by();
-        let reply = self.ask(Message::GetPoints(GetPoints { customer_id, reply_by })).await?;
+        let reply = self
+            .ask(Message::GetPoints(GetPoints { customer_id, reply_by }))
+            .await?;
         match reply.message {
             Message::PointsReply(reply) => Ok(serde_json::to_value(reply.points).unwrap_or_default()),
             other => Err(LookupError::Send(format!("unexpected reply `{}`", other.type_name()))),
@@ -160,10 +164,16 @@ impl Lookups {
         let queue_url = self.inner.topology.address(queue)?.to_owned();
         let this = self.clone();
         let sweeper = tokio::spawn(sweep(self.inner.clone(), shutdown.clone()));
-        lookup::drain(self.inner.bus.clone(), queue_url, wait_seconds, shutdown, move |batch| {
-            let this = this.clone();
-            async move { this.settle(batch).await }
-        })
+        lookup::drain(
+            self.inner.bus.clone(),
+            queue_url,
+            wait_seconds,
+            shutdown,
+            move |batch| {
+                let this = this.clone();
+                async move { this.settle(batch).await }
+            },
+        )
         .await;
         sweeper.abort();
         Ok(())

@@ -115,7 +115,12 @@ async fn a_lookup_returns_the_services_document_and_an_unknown_customer_is_404(b
         get_at(&system, system.gateway().port, &format!("/api/customers/{unknown}")).await;
     assert_eq!(status, 404, "{problem}");
     assert_eq!(content_type.as_deref(), Some("application/problem+json"));
-    let (status, _, points) = get_at(&system, system.gateway().port, &format!("/api/customers/{unknown}/points")).await;
+    let (status, _, points) = get_at(
+        &system,
+        system.gateway().port,
+        &format!("/api/customers/{unknown}/points"),
+    )
+    .await;
     assert_eq!(status, 200, "{points}");
     assert_eq!(points["balance"], 0);
     assert_eq!(points["ledger"], serde_json::json!([]));

@@ -2,8 +2,8 @@
 //! grants the enrollment bonus while the campaign budget allows, and publishes
 //! `BonusPointsPosted` or `BonusPointsFailed` to the transaction events topic through its outbox.
 
-mod lookup;
 mod ledger;
+mod lookup;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -89,7 +89,10 @@ impl Service for TransactionApi {
 
     fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
         let queue = Participant::TransactionApi.lookups();
-        vec![("lookup responder", core.responder(queue, lookup::PointsLookups, shutdown))]
+        vec![(
+            "lookup responder",
+            core.responder(queue, lookup::PointsLookups, shutdown),
+        )]
     }
 }
 

@@ -4,9 +4,9 @@
 
 use super::AppState;
 use super::enrollments::parse_id;
+use crate::lookups::LookupError;
 use crate::saga::Status;
 use crate::store;
-use crate::lookups::LookupError;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::Response;
@@ -249,7 +249,9 @@ pub(super) async fn points(
 ) -> Result<Json<serde_json::Value>, Problem> {
     let id = parse_id(&id, "customer")?;
     let lookups = lookups(&state)?;
-    Ok(Json(lookups.points(id).await.map_err(|e| unanswered(e, "transaction-api"))?))
+    Ok(Json(
+        lookups.points(id).await.map_err(|e| unanswered(e, "transaction-api"))?,
+    ))
 }
 
 fn lookups(state: &AppState) -> Result<&crate::lookups::Lookups, Problem> {
@@ -263,7 +265,11 @@ fn lookups(state: &AppState) -> Result<&crate::lookups::Lookups, Problem> {
 fn unanswered(err: LookupError, service: &str) -> Problem {
     match err {
         LookupError::Timeout(limit) => {
-            tracing::warn!(service, limit_ms = limit.as_millis() as u64, "lookup unanswered in time");
+            tracing::warn!(
+                service,
+                limit_ms = limit.as_millis() as u64,
+                "lookup unanswered in time"
+            );
             Problem::gateway_timeout(format!("the {service} did not answer in time"))
         }
         LookupError::Send(reason) => {

@@ -128,7 +128,11 @@ where
 /// What a service answers: the reply to each query type it receives, read from its database.
 pub trait Answer: Send + Sync + 'static {
     /// The reply to `query`; `None` when this service does not answer that type.
-    fn answer(&self, pool: &AnyPool, query: &Message) -> impl Future<Output = Result<Option<Message>, sqlx::Error>> + Send;
+    fn answer(
+        &self,
+        pool: &AnyPool,
+        query: &Message,
+    ) -> impl Future<Output = Result<Option<Message>, sqlx::Error>> + Send;
 }
 
 /// A service's answering loop over its queries queue.
