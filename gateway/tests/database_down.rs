@@ -67,10 +67,10 @@ enum WhileDown {
     Elsewhere,
 }
 
-/// What `method path` answers while the database is down; `id` is a stored enrollment and
-/// `unknown` an id that names nothing. Panics for an operation it does not know, so a route
+/// What `method path` answers while the database is down; `id` is a stored enrollment.
+/// Panics for an operation it does not know, so a route
 /// added to the document must be added here.
-fn while_down(method: &str, path: &str, id: &str, unknown: uuid::Uuid) -> WhileDown {
+fn while_down(method: &str, path: &str, id: &str) -> WhileDown {
     use WhileDown::{Answers, Elsewhere, Unavailable};
     match (method, path) {
         ("POST", "/api/enrollments") => Unavailable(vec![
@@ -129,7 +129,6 @@ async fn every_route_answers_503_while_the_database_is_down() {
     let accepted = call(&gateway, post_enrollment(Some("down-key"))).await;
     assert_eq!(accepted.status, 202, "{}", accepted.body);
     let id = accepted.body["id"].as_str().unwrap().to_owned();
-    let unknown = uuid::Uuid::now_v7();
     let up = [
         (post_enrollment(None), 202),
         (post_enrollment(Some("down-key")), 409),
@@ -157,7 +156,7 @@ async fn every_route_answers_503_while_the_database_is_down() {
         .collect();
     let (mut unavailable, mut answering) = (Vec::new(), Vec::new());
     for (method, path) in &operations {
-        match while_down(method, path, &id, unknown) {
+        match while_down(method, path, &id) {
             WhileDown::Unavailable(requests) => unavailable.extend(requests),
             WhileDown::Answers(requests) => answering.extend(requests),
             WhileDown::Elsewhere => {}

@@ -314,13 +314,12 @@ pub async fn assert_internal_listeners(elb: &aws_sdk_elasticloadbalancingv2::Cli
     let alb = physical(resources, "AWS::ElasticLoadBalancingV2::LoadBalancer", "InternalAlb");
     let listeners = listeners(elb, alb).await;
     let tg = |logical| physical(resources, "AWS::ElasticLoadBalancingV2::TargetGroup", logical).to_owned();
-    for (port, target) in [(8080, tg("GatewayOperatorTargetGroup"))] {
-        let listener = &listeners[&port];
-        assert_eq!(listener.protocol().map(|p| p.as_str()), Some("HTTP"));
-        let action = only_action(listener.default_actions());
-        assert_eq!(action.r#type(), Some(&ActionTypeEnum::Forward));
-        assert_eq!(action.target_group_arn(), Some(target.as_str()), "port {port}");
-    }
+    let (port, target) = (8080, tg("GatewayOperatorTargetGroup"));
+    let listener = &listeners[&port];
+    assert_eq!(listener.protocol().map(|p| p.as_str()), Some("HTTP"));
+    let action = only_action(listener.default_actions());
+    assert_eq!(action.r#type(), Some(&ActionTypeEnum::Forward));
+    assert_eq!(action.target_group_arn(), Some(target.as_str()), "port {port}");
     assert!(
         !listeners.contains_key(&8081) && !listeners.contains_key(&8082),
         "{:?}",
