@@ -337,7 +337,7 @@ pub async fn assert_health_checks(elb: &aws_sdk_elasticloadbalancingv2::Client, 
         .send()
         .await
         .unwrap();
-    assert_eq!(out.target_groups().len(), 4);
+    assert_eq!(out.target_groups().len(), 2);
     for group in out.target_groups() {
         assert_eq!(group.health_check_path(), Some("/health"), "{group:?}");
     }
