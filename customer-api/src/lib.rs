@@ -5,13 +5,12 @@
 mod customers;
 
 pub use customers::fill_email_keys;
-mod http;
+mod lookup;
 
 use serde::{Deserialize, Serialize};
-use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
 use utility::domain::Subaddresses;
-use utility::messaging::Endpoint;
+use utility::messaging::{Endpoint, Participant};
 use utility::runtime::config::{CommonConfig, ServiceInfo};
 use utility::runtime::{Service, ServiceCore, Task};
 
@@ -42,18 +41,14 @@ impl AsRef<CommonConfig> for Config {
     }
 }
 
-/// Consumed queue first, then what the service publishes to.
-pub const ENDPOINTS: [Endpoint; 2] = [Endpoint::CustomerCommands, Endpoint::CustomerEvents];
-
-/// The HTTP API as it is served, less `/health` and `/ready` (which need the bus).
-pub fn router(pool: AnyPool) -> axum::Router {
-    utility::http::finish(
-        http::routes(pool),
-        utility::http::RequestLimits::default(),
-        utility::observe::metrics::Metrics::new(),
-        utility::http::CallerTrace::Continue,
-    )
-}
+/// Consumed queue first, then what the service publishes to, then its lookups: the queries it
+/// answers and the gateway's reply queue it answers on.
+pub const ENDPOINTS: [Endpoint; 4] = [
+    Endpoint::CustomerCommands,
+    Endpoint::CustomerEvents,
+    Endpoint::CustomerQueries,
+    Endpoint::GatewayReplies,
+];
 
 /// This service's own migrations (the shared outbox and processed-message tables come with
 /// [`utility::storage::connect`]).
@@ -89,13 +84,18 @@ impl Service for CustomerApi {
         }
     }
 
+    /// `/metrics` only (with `/health` and `/ready`): lookups come over the bus.
     fn routes(&self, core: &ServiceCore, _: &CancellationToken) -> anyhow::Result<axum::Router> {
-        Ok(http::routes(core.http_pool.clone()).merge(core.metrics_routes()))
+        Ok(core.metrics_routes())
     }
 
     fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
+        let queue = Participant::CustomerApi.lookups();
         let fill = customers::keep_email_keys_filled(core.background_pool.clone(), self.subaddresses, shutdown.clone());
-        vec![("address key filler", Box::pin(fill))]
+        vec![
+            ("lookup responder", core.responder(queue, lookup::CustomerLookups, shutdown)),
+            ("address key filler", Box::pin(fill)),
+        ]
     }
 }
 

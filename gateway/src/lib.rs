@@ -1,9 +1,11 @@
 //! The gateway: accepts enrollments over HTTP, routes saga events to the next command, and keeps
 //! the saga read model that clients poll. It never calls the other services to make progress;
-//! everything moves through the bus (the two GET proxies are read-only conveniences).
+//! everything moves through the bus, the operator's customer and points lookups included
+//! (request/reply, [`lookups`]).
 
 mod http;
 mod live;
+mod lookups;
 mod metrics;
 pub mod saga;
 mod settings;
@@ -27,10 +29,14 @@ use utility::runtime::{Service, ServiceCore, Task};
 pub struct Config {
     #[serde(flatten)]
     pub common: CommonConfig,
-    /// Base URL of the customer-api's HTTP API (`CUSTOMER_API_URL`).
-    pub customer_api_url: String,
-    /// Base URL of the transaction-api's HTTP API (`TRANSACTION_API_URL`).
-    pub transaction_api_url: String,
+    /// How long an operator lookup waits for the service's reply over the bus before it answers
+    /// 504 (`LOOKUP_TIMEOUT_MS`).
+    #[schemars(range(min = 1))]
+    pub lookup_timeout_ms: u64,
+    /// How often an instance looks in the database for replies another instance received for
+    /// its waiting lookups (`LOOKUP_POLL_MS`); only while a lookup waits.
+    #[schemars(range(min = 1))]
+    pub lookup_poll_ms: u64,
     /// Largest accepted request body.
     #[schemars(range(min = 1))]
     pub max_body_bytes: usize,
@@ -81,8 +87,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             common: CommonConfig::new(([127, 0, 0, 1], 8080).into(), "sqlite:data/gateway.db"),
-            customer_api_url: "http://127.0.0.1:8081".to_owned(),
-            transaction_api_url: "http://127.0.0.1:8082".to_owned(),
+            lookup_timeout_ms: 3000,
+            lookup_poll_ms: 20,
             max_body_bytes: 16 * 1024,
             stall_after_seconds: 120,
             operator_token: None,
@@ -143,6 +149,7 @@ impl Config {
         outbox_signal: Arc<Notify>,
         shutdown: CancellationToken,
         metrics: utility::observe::metrics::Metrics,
+        lookups: Option<lookups::Lookups>,
     ) -> anyhow::Result<http::AppState> {
         let hub = live::Hub::new(
             pool.clone(),
@@ -158,14 +165,7 @@ impl Config {
             metrics,
             pool,
             outbox_signal,
-            // Idle connections are dropped before the services' own idle limit
-            // (HTTP_HEADER_TIMEOUT_SECONDS, 10 s by default) could close one under a request.
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .pool_idle_timeout(Duration::from_secs(5))
-                .build()?,
-            customer_api_url: self.customer_api_url.trim_end_matches('/').to_owned(),
-            transaction_api_url: self.transaction_api_url.trim_end_matches('/').to_owned(),
+            lookups,
             stall_after: Duration::from_secs(self.stall_after_seconds),
             max_stream: Duration::from_secs(self.max_stream_seconds.max(1)),
         })
@@ -174,11 +174,12 @@ impl Config {
 
 /// The gateway's HTTP API as it is served, less `/health` and `/ready` (which need the bus): a
 /// database is all it takes, so the HTTP contract is tested in process against this router.
+/// Without a bus, the operator's customer and points lookups answer 503.
 /// Accepted enrollments wait in the outbox; `outbox_signal` is notified on each.
 pub fn router(config: &Config, pool: AnyPool, outbox_signal: Arc<Notify>) -> anyhow::Result<axum::Router> {
     let metrics = utility::observe::metrics::Metrics::new();
     metrics::SagaMetrics::register(&metrics, pool.clone(), Duration::from_secs(config.stall_after_seconds));
-    let state = config.api_state(pool, outbox_signal, CancellationToken::new(), metrics.clone())?;
+    let state = config.api_state(pool, outbox_signal, CancellationToken::new(), metrics.clone(), None)?;
     Ok(utility::http::finish(
         http::routes(state, &config.edge()?),
         config.limits(),
@@ -187,11 +188,15 @@ pub fn router(config: &Config, pool: AnyPool, outbox_signal: Arc<Notify>) -> any
     ))
 }
 
-/// Consumed queue first, then the command queues it routes to.
-pub const ENDPOINTS: [Endpoint; 3] = [
+/// Consumed queue first, then the command queues it routes to, then the lookups' queues (the
+/// replies it consumes, the services' queries it sends to).
+pub const ENDPOINTS: [Endpoint; 6] = [
     Endpoint::GatewayEvents,
     Endpoint::CustomerCommands,
     Endpoint::TransactionCommands,
+    lookups::ENDPOINTS[0],
+    lookups::ENDPOINTS[1],
+    lookups::ENDPOINTS[2],
 ];
 
 /// This service's own migrations (the shared outbox and processed-message tables come with
@@ -205,11 +210,29 @@ pub fn migrations() -> sqlx::migrate::Migrator {
 pub struct Gateway {
     config: Config,
     edge: http::Edge,
+    /// Made once, for the routes and the replies' task.
+    lookups: std::sync::OnceLock<lookups::Lookups>,
 }
 
 impl Gateway {
     fn stall_after(&self) -> Duration {
         Duration::from_secs(self.config.stall_after_seconds)
+    }
+
+    fn lookups(&self, core: &ServiceCore, shutdown: &CancellationToken) -> lookups::Lookups {
+        self.lookups
+            .get_or_init(|| {
+                lookups::Lookups::new(
+                    core.bus.clone(),
+                    core.topology.clone(),
+                    core.http_pool.clone(),
+                    Duration::from_millis(self.config.lookup_timeout_ms),
+                    Duration::from_millis(self.config.lookup_poll_ms.max(1)),
+                    &core.metrics,
+                    shutdown.clone(),
+                )
+            })
+            .clone()
     }
 }
 
@@ -231,7 +254,11 @@ impl Service for Gateway {
         if edge.operator.is_none() {
             tracing::info!("operator routes are off: OPERATOR_TOKEN is not set");
         }
-        Ok(Self { config, edge })
+        Ok(Self {
+            config,
+            edge,
+            lookups: std::sync::OnceLock::new(),
+        })
     }
 
     fn handler(&self, core: &ServiceCore) -> saga::SagaHandler {
@@ -246,13 +273,20 @@ impl Service for Gateway {
             core.relay.signal(),
             shutdown.clone(),
             core.metrics.clone(),
+            Some(self.lookups(core, shutdown)),
         )?;
         Ok(http::routes(state, &self.edge))
     }
 
     fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
         let watch = stalls::StallWatch::new(core.background_pool.clone(), self.stall_after());
-        vec![("stall sweeper", Box::pin(watch.run(shutdown.clone())))]
+        let replies = self
+            .lookups(core, shutdown)
+            .receive(shutdown.clone(), core.config.receive_wait());
+        vec![
+            ("stall sweeper", Box::pin(watch.run(shutdown.clone()))),
+            ("lookup replies", Box::pin(replies)),
+        ]
     }
 
     fn limits(&self) -> RequestLimits {

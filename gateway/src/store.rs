@@ -194,6 +194,58 @@ pub async fn history_counts(pool: &AnyPool, ids: &[String]) -> Result<Vec<(Strin
     Ok(counts)
 }
 
+/// Holds a lookup reply for the instance that waits for it (`lookups.rs`). A redelivered reply
+/// is already there: nothing more to do.
+pub async fn store_lookup_reply(
+    pool: &AnyPool,
+    query_id: Uuid,
+    body: &str,
+    reply_by: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO lookup_replies (query_id, body, reply_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(query_id.to_string())
+        .bind(body)
+        .bind(utility::storage::timestamp(reply_by))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Takes the stored replies of these queries (read, then deleted): at most one instance waits
+/// for each, so what it reads is its own.
+pub async fn take_lookup_replies(pool: &AnyPool, query_ids: &[Uuid]) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    let mut found = Vec::new();
+    for chunk in query_ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT query_id, body FROM lookup_replies WHERE query_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for id in chunk {
+            query = query.bind(id.to_string());
+        }
+        for (id, body) in query.fetch_all(pool).await? {
+            let Ok(id) = Uuid::parse_str(&id) else { continue };
+            sqlx::query("DELETE FROM lookup_replies WHERE query_id = $1")
+                .bind(id.to_string())
+                .execute(pool)
+                .await?;
+            found.push((id, body));
+        }
+    }
+    Ok(found)
+}
+
+/// Deletes the stored replies whose asker stopped waiting; returns how many.
+pub async fn sweep_lookup_replies(pool: &AnyPool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM lookup_replies WHERE reply_by < $1")
+        .bind(utility::storage::now())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// A page of the operator listing, newest first: enrollments in `status` (any when `None`) older
 /// than `before` (the cursor), at most `limit`.
 pub async fn list(

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::Request;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use testkit::api::{GatewayApi, Served};
+use testkit::api::GatewayApi;
 use testkit::{Backend, OPERATOR_TOKEN, Options, System};
 
 testkit::on_both_backends!(schemathesis_finds_no_contradiction);
@@ -405,52 +405,6 @@ async fn every_idempotency_key_the_document_allows_is_accepted() {
         let answer = api.call(submission("Ada", "ada@example.com", Some(&key))).await;
         assert_eq!(answer.status, 202, "Idempotency-Key {key:?}: {}", answer.body);
     }
-}
-
-/// The operator proxies answer a customer nobody enrolled as their documents say: the
-/// customer-api with 404, the transaction-api with 200, a zero balance and an empty ledger (its
-/// ledger knows customers only by their points), so the points route documents no 404.
-#[tokio::test]
-async fn the_proxies_answer_an_unknown_customer_as_documented() {
-    let customer_db = testkit::TestDb::new(Backend::Sqlite, "customer").await;
-    let transaction_db = testkit::TestDb::new(Backend::Sqlite, "transaction").await;
-    let connect = |url: String, migrations| async move { utility::storage::connect(&url, migrations).await.unwrap() };
-    let customer = Served::start(customer_api::router(
-        connect(customer_db.url.clone(), customer_api::migrations()).await,
-    ))
-    .await;
-    let transaction = Served::start(transaction_api::router(
-        connect(transaction_db.url.clone(), transaction_api::migrations()).await,
-    ))
-    .await;
-    let config = gateway::Config {
-        customer_api_url: customer.url(""),
-        transaction_api_url: transaction.url(""),
-        ..testkit::gateway_config()
-    };
-    let api = GatewayApi::with_config(Backend::Sqlite, config).await;
-    let doc = document(&api).await;
-    let unknown = uuid::Uuid::now_v7();
-    for (path, status) in [("/api/customers/{id}", 404), ("/api/customers/{id}/points", 200)] {
-        let documented = &doc["paths"][path]["get"]["responses"];
-        assert!(
-            documented.get(status.to_string()).is_some(),
-            "{path} does not document {status}"
-        );
-        let request = Request::get(path.replace("{id}", &unknown.to_string()))
-            .header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
-            .body(Body::empty())
-            .unwrap();
-        let answer = api.call(request).await;
-        assert_eq!(answer.status, status, "{path}: {}", answer.body);
-        if status == 200 {
-            assert!(documented.get("404").is_none(), "{path} documents a 404 it never gives");
-            assert_eq!(answer.body["balance"], 0, "{}", answer.body);
-            assert_eq!(answer.body["ledger"], serde_json::json!([]), "{}", answer.body);
-        }
-    }
-    customer.stop().await;
-    transaction.stop().await;
 }
 
 /// Every `$ref` in `value`.

@@ -11,7 +11,7 @@ testkit::cli_tests!(
     gateway::Config,
     [
         "  HTTP_ADDR  [default: 127.0.0.1:8080]",
-        "  CUSTOMER_API_URL  [default: http://127.0.0.1:8081]",
+        "  LOOKUP_TIMEOUT_MS  [default: 3000; at least 1]",
         "  MAX_BODY_BYTES  [default: 16384; at least 1]",
         "  RECEIVE_WAIT_SECONDS  [default: 20; 0 to 20]",
         "  TOPOLOGY_STACK  [default: saga-messaging]",

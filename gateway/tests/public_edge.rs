@@ -7,8 +7,8 @@ use axum::http::Request;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
-use testkit::api::{Answer, GatewayApi, Served, call};
-use testkit::{Backend, OPERATOR_TOKEN, TestDb};
+use testkit::api::{Answer, GatewayApi, call};
+use testkit::{Backend, OPERATOR_TOKEN};
 
 testkit::on_both_backends!(operator_listing_pages_and_filters);
 
@@ -41,39 +41,10 @@ fn assert_unauthorized(answer: &Answer, route: &str) {
     assert_eq!(answer.header("www-authenticate"), Some("Bearer"), "{route}");
 }
 
-/// The customer-api and transaction-api in process, with one customer, for the proxies.
-async fn upstreams() -> (Served, Served, String, TestDb, TestDb) {
-    let customer_db = TestDb::new(Backend::Sqlite, "customer").await;
-    let transaction_db = TestDb::new(Backend::Sqlite, "transaction").await;
-    let customers = utility::storage::connect(&customer_db.url, customer_api::migrations())
-        .await
-        .unwrap();
-    let ledger = utility::storage::connect(&transaction_db.url, transaction_api::migrations())
-        .await
-        .unwrap();
-    let customer_id = uuid::Uuid::now_v7().to_string();
-    sqlx::query(
-        "INSERT INTO customers (id, enrollment_id, name, email, status, enrolled_at)
-         VALUES ($1, $2, 'Ada', 'ada@example.com', 'active', '2026-01-01T00:00:00.000Z')",
-    )
-    .bind(&customer_id)
-    .bind(uuid::Uuid::now_v7().to_string())
-    .execute(&customers)
-    .await
-    .unwrap();
-    let customer = Served::start(customer_api::router(customers)).await;
-    let transaction = Served::start(transaction_api::router(ledger)).await;
-    (customer, transaction, customer_id, customer_db, transaction_db)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_routes_need_the_token_and_are_off_without_one() {
-    let (customer, transaction, customer_id, _c, _t) = upstreams().await;
-    let config = gateway::Config {
-        customer_api_url: customer.url(""),
-        transaction_api_url: transaction.url(""),
-        ..testkit::gateway_config()
-    };
+    let customer_id = uuid::Uuid::now_v7();
+    let config = testkit::gateway_config();
     let api = GatewayApi::with_config(Backend::Sqlite, config.clone()).await;
     let accepted = api.call(submit_from("203.0.113.1:5000", None, 0)).await;
     assert_eq!(accepted.status, 202, "{}", accepted.body);
@@ -95,12 +66,11 @@ async fn operator_routes_need_the_token_and_are_off_without_one() {
             .insert("authorization", format!("Basic {OPERATOR_TOKEN}").parse().unwrap());
         assert_unauthorized(&api.call(basic).await, route);
         let answer = api.call(get_as(route, Some(OPERATOR_TOKEN))).await;
-        assert_eq!(answer.status, 200, "{route} with the token: {}", answer.body);
+        // The lookups go over the bus, which the in-process router has none of: past the token,
+        // they say so (gateway/tests/lookups.rs answers them through the bus).
+        let expected = if route.starts_with("/api/customers/") { 503 } else { 200 };
+        assert_eq!(answer.status, expected, "{route} with the token: {}", answer.body);
     }
-    let customer_view = api
-        .call(get_as(&format!("/api/customers/{customer_id}"), Some(OPERATOR_TOKEN)))
-        .await;
-    assert_eq!(customer_view.body["email"], "ada@example.com");
     // The public routes need no token.
     let public = api.call(get_as(&format!("/api/enrollments/{id}"), None)).await;
     assert_eq!(public.status, 200, "{}", public.body);
@@ -133,8 +103,6 @@ async fn operator_routes_need_the_token_and_are_off_without_one() {
         .expect_err("a short token is refused")
         .to_string();
     assert!(err.contains("OPERATOR_TOKEN"), "{err}");
-    customer.stop().await;
-    transaction.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -360,7 +360,7 @@ mod tests {
             );
         }
         let inputs = messaging_inputs();
-        assert_eq!(inputs.len(), 13);
+        assert_eq!(inputs.len(), 22);
         for key in &inputs {
             assert!(
                 messaging.contains(&format!("\n  {key}:\n")),
@@ -372,13 +372,14 @@ mod tests {
             );
         }
         let dlq_names: Vec<&str> = inputs.iter().copied().filter(|k| k.ends_with("DlqName")).collect();
-        assert_eq!(dlq_names.len(), 5);
+        assert_eq!(dlq_names.len(), 8);
         for key in dlq_names {
             let dimension = format!("Dimensions: [{{ Name: QueueName, Value: !Ref {key} }}]");
             assert!(APP_TEMPLATE.contains(&dimension), "no alarm on {key}");
         }
-        // Five dead-letter alarms, three on waiting messages, one on stalled sagas.
-        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 9);
+        // Eight dead-letter alarms, three on the work queues' waiting messages (a lookup waits
+        // seconds, then expires), one on stalled sagas.
+        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 12);
     }
 
     /// Every parameter `deploy` passes is one app.yaml declares, and every parameter app.yaml

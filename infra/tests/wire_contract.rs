@@ -114,7 +114,7 @@ fn every_queue_and_topic_belongs_to_a_declared_service() {
     for endpoint in Endpoint::VARIANTS {
         let owned = Participant::VARIANTS
             .iter()
-            .any(|p| p.queue() == *endpoint || p.topic() == Some(*endpoint));
+            .any(|p| p.queue() == *endpoint || p.lookups() == *endpoint || p.topic() == Some(*endpoint));
         assert!(owned, "{endpoint} belongs to no service");
     }
 }
@@ -226,4 +226,54 @@ fn the_application_roles_have_the_paths_the_bus_policies_expect() {
         .map(|p| format!("/${{NamePrefix}}/${{AWS::Region}}/{}/", p.name()))
         .collect();
     assert_eq!(paths, expected);
+}
+
+/// The lookups' queues (request/reply) carry exactly the declared queries and replies: no SNS
+/// subscription delivers to them, each has a dead-letter queue of its own for malformed
+/// messages, and a lookup nobody answered lives no longer than SQS's minimum retention.
+#[test]
+fn the_lookup_queues_are_their_own_and_short_lived() {
+    let template: Value = serde_norway::from_str(infra::MESSAGING_TEMPLATE).expect("messaging.yaml parses");
+    let resources = resources(&template);
+    let lookups: BTreeSet<Endpoint> = Participant::VARIANTS.iter().map(|p| p.lookups()).collect();
+    for message_type in MessageType::VARIANTS {
+        let route = message_type.route();
+        assert_eq!(
+            route.kind.is_saga(),
+            !lookups.contains(&route.destination),
+            "{message_type}: only queries and replies travel on the lookup queues"
+        );
+    }
+    for (name, resource) in template["Resources"].as_mapping().expect("Resources") {
+        let name = name.as_str().unwrap_or_default();
+        let Some(endpoint) = resources.get(name) else { continue };
+        if !lookups.contains(endpoint) {
+            continue;
+        }
+        let properties = &resource["Properties"];
+        assert_eq!(
+            properties["MessageRetentionPeriod"],
+            serde_norway::from_str::<Value>("!FindInMap [Retention, Lookup, Seconds]").unwrap(),
+            "{name}"
+        );
+        let dead_letter = logical_id(&properties["RedrivePolicy"]["deadLetterTargetArn"]).unwrap_or_default();
+        assert_eq!(
+            template["Outputs"][endpoint.outputs().dead_letter.url]["Value"],
+            serde_norway::from_str::<Value>(&format!("!Ref {dead_letter}")).unwrap(),
+            "{name}: its dead-letter queue is the endpoint table's"
+        );
+    }
+    assert_eq!(
+        template["Mappings"]["Retention"]["Lookup"]["Seconds"].as_u64(),
+        Some(60)
+    );
+    for (_, resource) in template["Resources"].as_mapping().expect("Resources") {
+        if resource["Type"].as_str() == Some("AWS::SNS::Subscription") {
+            let id = logical_id(&resource["Properties"]["Endpoint"]).unwrap_or_default();
+            assert!(
+                resources.get(id).is_none_or(|e| !lookups.contains(e)),
+                "a subscription delivers to {id}"
+            );
+        }
+    }
 }

@@ -2,16 +2,15 @@
 //! grants the enrollment bonus while the campaign budget allows, and publishes
 //! `BonusPointsPosted` or `BonusPointsFailed` to the transaction events topic through its outbox.
 
-mod http;
 mod ledger;
+mod lookup;
 mod metrics;
 
 use serde::{Deserialize, Serialize};
-use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
-use utility::messaging::Endpoint;
+use utility::messaging::{Endpoint, Participant};
 use utility::runtime::config::{CommonConfig, ServiceInfo};
-use utility::runtime::{Service, ServiceCore};
+use utility::runtime::{Service, ServiceCore, Task};
 
 pub use ledger::{Campaign, LedgerHandler};
 
@@ -43,18 +42,14 @@ impl AsRef<CommonConfig> for Config {
     }
 }
 
-/// Consumed queue first, then what the service publishes to.
-pub const ENDPOINTS: [Endpoint; 2] = [Endpoint::TransactionCommands, Endpoint::TransactionEvents];
-
-/// The HTTP API as it is served, less `/health` and `/ready` (which need the bus).
-pub fn router(pool: AnyPool) -> axum::Router {
-    utility::http::finish(
-        http::routes(pool),
-        utility::http::RequestLimits::default(),
-        utility::observe::metrics::Metrics::new(),
-        utility::http::CallerTrace::Continue,
-    )
-}
+/// Consumed queue first, then what the service publishes to, then its lookups: the queries it
+/// answers and the gateway's reply queue it answers on.
+pub const ENDPOINTS: [Endpoint; 4] = [
+    Endpoint::TransactionCommands,
+    Endpoint::TransactionEvents,
+    Endpoint::TransactionQueries,
+    Endpoint::GatewayReplies,
+];
 
 /// This service's own migrations (the shared outbox and processed-message tables come with
 /// [`utility::storage::connect`]).
@@ -89,8 +84,17 @@ impl Service for TransactionApi {
         LedgerHandler::new(self.campaign)
     }
 
+    /// `/metrics` only (with `/health` and `/ready`): lookups come over the bus.
     fn routes(&self, core: &ServiceCore, _: &CancellationToken) -> anyhow::Result<axum::Router> {
-        Ok(http::routes(core.http_pool.clone()).merge(core.metrics_routes()))
+        Ok(core.metrics_routes())
+    }
+
+    fn tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
+        let queue = Participant::TransactionApi.lookups();
+        vec![(
+            "lookup responder",
+            core.responder(queue, lookup::PointsLookups, shutdown),
+        )]
     }
 }
 

@@ -35,9 +35,8 @@ use utoipa_axum::routes;
 pub struct AppState {
     pub pool: AnyPool,
     pub outbox_signal: Arc<Notify>,
-    pub http: reqwest::Client,
-    pub customer_api_url: String,
-    pub transaction_api_url: String,
+    /// The operator's lookups over the bus; `None` in the in-process router, which has no bus.
+    pub lookups: Option<crate::lookups::Lookups>,
     pub stall_after: std::time::Duration,
     /// Longest an event stream stays open.
     pub max_stream: std::time::Duration,

@@ -1,15 +1,14 @@
 //! The operator surface, behind `Authorization: Bearer <OPERATOR_TOKEN>` (see `edge`): every
-//! enrollment with the detailed reasons, the stalled sagas, and read-only proxies to the
-//! customer-api (names, e-mails) and the transaction-api (ledgers).
+//! enrollment with the detailed reasons, the stalled sagas, and lookups of the customer-api's
+//! records (names, e-mails) and the transaction-api's ledgers, asked over the bus.
 
 use super::AppState;
 use super::enrollments::parse_id;
+use crate::lookups::LookupError;
 use crate::saga::Status;
 use crate::store;
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utility::domain::FieldError;
@@ -196,7 +195,8 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Read a customer (operator).
 ///
-/// The customer-api's record: name, e-mail, status. The answer is the customer-api's, passed on.
+/// The customer-api's record: name, e-mail, status. Asked over the bus (`GetCustomer`), answered
+/// with the record unchanged.
 #[utoipa::path(
     get,
     path = "/api/customers/{id}",
@@ -208,20 +208,25 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         (status = 200, description = "The customer.", body = Object),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer.", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "The customer-api did not answer.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The query could not be sent (the bus is unreachable).", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The customer-api did not answer within `LOOKUP_TIMEOUT_MS`.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn customer(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,
-) -> Result<Response, Problem> {
-    let url = format!("{}/customers/{}", state.customer_api_url, parse_id(&id, "customer")?);
-    proxy(&state.http, url, "customer-api").await
+) -> Result<Json<serde_json::Value>, Problem> {
+    let id = parse_id(&id, "customer")?;
+    let lookups = lookups(&state)?;
+    match lookups.customer(id).await.map_err(|e| unanswered(e, "customer-api"))? {
+        Some(customer) => Ok(Json(customer)),
+        None => Err(Problem::not_found(format!("no customer {id}"))),
+    }
 }
 
 /// Read a customer's points (operator).
 ///
-/// The transaction-api's ledger for the customer. The answer is the transaction-api's, passed on.
+/// The transaction-api's ledger for the customer, asked over the bus (`GetPoints`).
 /// The ledger knows customers only by the points posted to them, so a customer it has never
 /// seen, whatever the id, has a zero balance and an empty ledger: there is no 404.
 #[utoipa::path(
@@ -234,42 +239,43 @@ pub(super) async fn customer(
     responses(
         (status = 200, description = "The customer's balance and ledger; for a customer the ledger has never seen, a zero balance and an empty ledger.", body = Object),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "The transaction-api did not answer.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The query could not be sent (the bus is unreachable).", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The transaction-api did not answer within `LOOKUP_TIMEOUT_MS`.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn points(
     State(state): State<AppState>,
     ProblemPath(id): ProblemPath<String>,
-) -> Result<Response, Problem> {
-    let url = format!(
-        "{}/customers/{}/points",
-        state.transaction_api_url,
-        parse_id(&id, "customer")?
-    );
-    proxy(&state.http, url, "transaction-api").await
+) -> Result<Json<serde_json::Value>, Problem> {
+    let id = parse_id(&id, "customer")?;
+    let lookups = lookups(&state)?;
+    Ok(Json(
+        lookups.points(id).await.map_err(|e| unanswered(e, "transaction-api"))?,
+    ))
 }
 
-/// Forwards a GET and passes status, content type, `Retry-After` and body back unchanged.
-async fn proxy(http: &reqwest::Client, url: String, service: &str) -> Result<Response, Problem> {
-    let upstream = http.get(&url).send().await.map_err(|err| {
-        tracing::warn!(error = %err, %url, "upstream request failed");
-        Problem::bad_gateway(format!("the {service} did not answer"))
-    })?;
-    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    // What the client needs to read the answer and to know when to come back.
-    let passed: Vec<(header::HeaderName, HeaderValue)> = [header::CONTENT_TYPE, header::RETRY_AFTER]
-        .into_iter()
-        .filter_map(|name| {
-            let value = upstream.headers().get(name.as_str())?;
-            Some((name, HeaderValue::from_bytes(value.as_bytes()).ok()?))
-        })
-        .collect();
-    let body = upstream.bytes().await.map_err(|err| {
-        tracing::warn!(error = %err, %url, "upstream body failed");
-        Problem::bad_gateway(format!("the {service} answer was cut off"))
-    })?;
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().extend(passed);
-    Ok(response)
+fn lookups(state: &AppState) -> Result<&crate::lookups::Lookups, Problem> {
+    state
+        .lookups
+        .as_ref()
+        .ok_or_else(|| Problem::unavailable("lookups need the bus, which this gateway has none of"))
+}
+
+/// A lookup without an answer: 504 when the service did not reply in time, else 503.
+fn unanswered(err: LookupError, service: &str) -> Problem {
+    match err {
+        LookupError::Timeout(limit) => {
+            tracing::warn!(
+                service,
+                limit_ms = limit.as_millis() as u64,
+                "lookup unanswered in time"
+            );
+            Problem::gateway_timeout(format!("the {service} did not answer in time"))
+        }
+        LookupError::Send(reason) => {
+            tracing::warn!(service, %reason, "lookup query not sent");
+            Problem::unavailable("the lookup could not be sent; try again")
+        }
+        LookupError::Closed => Problem::unavailable("the gateway is stopping"),
+    }
 }

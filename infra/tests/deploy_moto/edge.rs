@@ -307,24 +307,25 @@ pub async fn assert_public_listener(
     }
 }
 
-/// The internal load balancer: the services' listeners, and the operator listener forwarding
-/// every path to the gateway's second target group.
+/// The internal load balancer: the operator listener alone, forwarding every path to the
+/// gateway's second target group. No listener for the customer-api (8081) or the
+/// transaction-api (8082): the gateway asks them over the bus.
 pub async fn assert_internal_listeners(elb: &aws_sdk_elasticloadbalancingv2::Client, resources: &Resources) {
     let alb = physical(resources, "AWS::ElasticLoadBalancingV2::LoadBalancer", "InternalAlb");
     let listeners = listeners(elb, alb).await;
     let tg = |logical| physical(resources, "AWS::ElasticLoadBalancingV2::TargetGroup", logical).to_owned();
-    for (port, target) in [
-        (8080, tg("GatewayOperatorTargetGroup")),
-        (8081, tg("CustomerApiTargetGroup")),
-        (8082, tg("TransactionApiTargetGroup")),
-    ] {
-        let listener = &listeners[&port];
-        assert_eq!(listener.protocol().map(|p| p.as_str()), Some("HTTP"));
-        let action = only_action(listener.default_actions());
-        assert_eq!(action.r#type(), Some(&ActionTypeEnum::Forward));
-        assert_eq!(action.target_group_arn(), Some(target.as_str()), "port {port}");
-    }
-    assert_eq!(listeners.len(), 3, "{:?}", listeners.keys());
+    let (port, target) = (8080, tg("GatewayOperatorTargetGroup"));
+    let listener = &listeners[&port];
+    assert_eq!(listener.protocol().map(|p| p.as_str()), Some("HTTP"));
+    let action = only_action(listener.default_actions());
+    assert_eq!(action.r#type(), Some(&ActionTypeEnum::Forward));
+    assert_eq!(action.target_group_arn(), Some(target.as_str()), "port {port}");
+    assert!(
+        !listeners.contains_key(&8081) && !listeners.contains_key(&8082),
+        "{:?}",
+        listeners.keys()
+    );
+    assert_eq!(listeners.len(), 1, "{:?}", listeners.keys());
 }
 
 /// Every target group checks `/health`, the process answering, never `/ready`.
@@ -336,7 +337,7 @@ pub async fn assert_health_checks(elb: &aws_sdk_elasticloadbalancingv2::Client, 
         .send()
         .await
         .unwrap();
-    assert_eq!(out.target_groups().len(), 4);
+    assert_eq!(out.target_groups().len(), 2);
     for group in out.target_groups() {
         assert_eq!(group.health_check_path(), Some("/health"), "{group:?}");
     }
@@ -400,21 +401,10 @@ pub async fn assert_ingress(ec2: &aws_sdk_ec2::Client, resources: &Resources, ht
                 rule(8080, 8080, "InternalAlbSecurityGroup"),
             ],
         ),
-        (
-            "InternalAlbSecurityGroup",
-            vec![
-                rule(8080, 8080, "10.40.0.0/16"),
-                rule(8081, 8082, "GatewaySecurityGroup"),
-            ],
-        ),
-        (
-            "CustomerApiSecurityGroup",
-            vec![rule(8081, 8081, "InternalAlbSecurityGroup")],
-        ),
-        (
-            "TransactionApiSecurityGroup",
-            vec![rule(8082, 8082, "InternalAlbSecurityGroup")],
-        ),
+        ("InternalAlbSecurityGroup", vec![rule(8080, 8080, "10.40.0.0/16")]),
+        // Nothing connects to the services: the gateway asks them over the bus.
+        ("CustomerApiSecurityGroup", vec![]),
+        ("TransactionApiSecurityGroup", vec![]),
         (
             "GatewayDatabaseSecurityGroup",
             vec![rule(5432, 5432, "GatewaySecurityGroup")],

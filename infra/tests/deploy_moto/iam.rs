@@ -89,12 +89,13 @@ fn set<S: AsRef<str>>(items: &[S]) -> BTreeSet<String> {
     items.iter().map(|s| s.as_ref().to_owned()).collect()
 }
 
-/// One role's expected scope: the queue it consumes, the queues it sends to, its topic, how many
+/// One role's expected scope: the queues it consumes (its saga queue and its lookups' queue), the
+/// queues it sends to (commands and queries, or replies), its topic, how many
 /// secrets it reads (its database's, and the gateway the operator token).
 struct Scope {
     role: &'static str,
     service: &'static str,
-    own_queue: &'static str,
+    own_queues: &'static [&'static str],
     send_to: &'static [&'static str],
     topic: Option<&'static str>,
     secrets: usize,
@@ -104,24 +105,29 @@ const SCOPES: [Scope; 3] = [
     Scope {
         role: "GatewayRole",
         service: "gateway",
-        own_queue: "GatewayEventsQueueArn",
-        send_to: &["CustomerCommandsQueueArn", "TransactionCommandsQueueArn"],
+        own_queues: &["GatewayEventsQueueArn", "GatewayRepliesQueueArn"],
+        send_to: &[
+            "CustomerCommandsQueueArn",
+            "TransactionCommandsQueueArn",
+            "CustomerQueriesQueueArn",
+            "TransactionQueriesQueueArn",
+        ],
         topic: None,
         secrets: 2,
     },
     Scope {
         role: "CustomerApiRole",
         service: "customer-api",
-        own_queue: "CustomerCommandsQueueArn",
-        send_to: &[],
+        own_queues: &["CustomerCommandsQueueArn", "CustomerQueriesQueueArn"],
+        send_to: &["GatewayRepliesQueueArn"],
         topic: Some("CustomerEventsTopicArn"),
         secrets: 1,
     },
     Scope {
         role: "TransactionApiRole",
         service: "transaction-api",
-        own_queue: "TransactionCommandsQueueArn",
-        send_to: &[],
+        own_queues: &["TransactionCommandsQueueArn", "TransactionQueriesQueueArn"],
+        send_to: &["GatewayRepliesQueueArn"],
         topic: Some("TransactionEventsTopicArn"),
         secrets: 1,
     },
@@ -183,15 +189,15 @@ pub async fn assert_least_privilege(
                 assert!(!wildcard || own_streams, "{service}: {action} on {resource}");
             }
         }
-        let own = &messaging[scope.own_queue];
+        let own: Vec<&String> = scope.own_queues.iter().map(|k| &messaging[*k]).collect();
         for action in ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"] {
-            assert_eq!(grants.get(action), Some(&set(&[own])), "{service}: {action}");
+            assert_eq!(grants.get(action), Some(&set(&own)), "{service}: {action}");
         }
         let send: Vec<&String> = scope.send_to.iter().map(|k| &messaging[*k]).collect();
         let sent = grants.get("sqs:SendMessage").cloned().unwrap_or_default();
         assert_eq!(sent, set(&send), "{service}: sqs:SendMessage");
         let mut readable = send.clone();
-        readable.push(own);
+        readable.extend(own);
         assert_eq!(
             grants.get("sqs:GetQueueAttributes"),
             Some(&set(&readable)),

@@ -212,7 +212,8 @@ async fn deploy_app_end_to_end_on_moto() {
 
     let messaging_resources = resources(cfn, &stacks.messaging).await;
     assert_eq!(messaging_resources["AWS::SNS::Topic"].len(), 2);
-    assert_eq!(messaging_resources["AWS::SQS::Queue"].len(), 8);
+    // Three work queues, three lookup queues, and a dead-letter queue for each and for each subscription.
+    assert_eq!(messaging_resources["AWS::SQS::Queue"].len(), 14);
     let app_resources = resources(cfn, &stacks.app).await;
     for (kind, count) in [
         ("AWS::IAM::Role", 3),
@@ -220,7 +221,8 @@ async fn deploy_app_end_to_end_on_moto() {
         ("AWS::EC2::LaunchTemplate", 3),
         ("AWS::AutoScaling::AutoScalingGroup", 3),
         ("AWS::ElasticLoadBalancingV2::LoadBalancer", 2),
-        ("AWS::ElasticLoadBalancingV2::TargetGroup", 4),
+        // The gateway's two; nothing balances the customer-api or the transaction-api.
+        ("AWS::ElasticLoadBalancingV2::TargetGroup", 2),
         ("AWS::ElasticLoadBalancingV2::ListenerRule", 6),
         ("AWS::RDS::DBInstance", 3),
         ("AWS::EC2::SecurityGroup", 8),

@@ -409,6 +409,9 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
         "GatewayEventsDlqName",
         "CustomerEventsSubscriptionDlqName",
         "TransactionEventsSubscriptionDlqName",
+        "CustomerQueriesDlqName",
+        "TransactionQueriesDlqName",
+        "GatewayRepliesDlqName",
     ]
     .into_iter()
     .map(|dlq| sqs("ApproximateNumberOfMessagesVisible", dlq, "0"))

@@ -89,19 +89,11 @@ fn security_groups_allow_only_the_egress_the_services_use() {
         ),
         (
             "GatewaySecurityGroup",
-            vec![
-                https.clone(),
-                rule("tcp", 5432, 5432, "GatewayDatabaseSecurityGroup"),
-                rule("tcp", 8081, 8082, "InternalAlbSecurityGroup"),
-            ],
+            vec![https.clone(), rule("tcp", 5432, 5432, "GatewayDatabaseSecurityGroup")],
         ),
         (
             "InternalAlbSecurityGroup",
-            vec![
-                rule("tcp", 8080, 8080, "GatewaySecurityGroup"),
-                rule("tcp", 8081, 8081, "CustomerApiSecurityGroup"),
-                rule("tcp", 8082, 8082, "TransactionApiSecurityGroup"),
-            ],
+            vec![rule("tcp", 8080, 8080, "GatewaySecurityGroup")],
         ),
         (
             "CustomerApiSecurityGroup",

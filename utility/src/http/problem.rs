@@ -95,6 +95,11 @@ impl Problem {
         Self::new(StatusCode::BAD_GATEWAY, "Bad Gateway", detail)
     }
 
+    /// A service asked over the bus did not answer in time.
+    pub fn gateway_timeout(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout", detail)
+    }
+
     /// Logs `err` with its whole cause chain; the client only learns that something failed.
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         let err = err.into();

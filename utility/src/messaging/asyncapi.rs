@@ -71,7 +71,10 @@ subscriptions with filter policies on the `type` message attribute deliver them 
 the services that receive them (raw delivery: the SQS body is the envelope). Every message is one \
 JSON envelope around a typed payload, written to the sender's outbox in the transaction that \
 caused it and published after commit: delivery is at least once, and receivers deduplicate by \
-`message_id`. A message a receiver cannot parse or refuses goes to its queue's dead-letter queue \
+`message_id`. Queries and their replies are the request/reply half: the gateway sends a query \
+to the answering service's queries queue, the service answers on the gateway's replies queue \
+with the query's message id as the reply's `correlation_id`; they change no state and are sent \
+straight to the bus. A message a receiver cannot parse or refuses goes to its queue's dead-letter queue \
 after `maxReceiveCount` receives. Queue and topic names are the stack's `NamePrefix` followed by \
 the channel's name; their settings (visibility timeout, retention, redrive) are in \
 `infra/messaging.yaml`.";
@@ -120,7 +123,7 @@ fn channel(endpoint: Endpoint) -> Value {
             json!({"sns": {"name": address(endpoint.name()), "bindingVersion": "0.1.0"}}),
         )
     } else {
-        let owner = owner(endpoint, |p| p.queue() == endpoint);
+        let owner = owner(endpoint, |p| p.queue() == endpoint || p.lookups() == endpoint);
         (
             format!("{} (SQS queue)", endpoint.name()),
             format!(
@@ -166,11 +169,16 @@ fn operations() -> Map<String, Value> {
             }
             let verb = if destination.is_topic() { "publishes" } else { "sends" };
             let names: Vec<&str> = sent.iter().map(|t| t.name()).collect();
+            let how = if sent.iter().all(|t| t.route().kind.is_saga()) {
+                format!("through the {participant}'s outbox")
+            } else {
+                "straight to the bus, outside any transaction (a lookup changes nothing)".to_owned()
+            };
             let mut operation = json!({
                 "action": "send",
                 "channel": {"$ref": format!("#/channels/{}", destination.name())},
                 "title": format!("The {participant} {verb} to {destination}"),
-                "summary": format!("{}, through the {participant}'s outbox.", names.join(", ")),
+                "summary": format!("{}, {how}.", names.join(", ")),
                 "messages": message_refs(*destination, sent.iter().copied()),
                 "tags": [{"name": participant.name()}],
             });
@@ -191,6 +199,23 @@ fn operations() -> Map<String, Value> {
                 "title": format!("The {participant} receives from {queue}"),
                 "summary": "Long polls, handles each message in a database transaction with its effects and outbox rows, deletes it after the commit.",
                 "messages": message_refs(queue, carried(queue)),
+                "tags": [{"name": participant.name()}],
+            }),
+        );
+        let lookups = participant.lookups();
+        let summary = if *participant == Participant::Gateway {
+            "Long polls on every instance; a reply goes to the waiting request, held in memory or in the database for the instance that asked, and is deleted; a late one is dropped and counted."
+        } else {
+            "Long polls, reads the answer and sends the reply, then deletes the query; a query past its `reply_by` is deleted unanswered."
+        };
+        operations.insert(
+            format!("{participant}-receives-from-{lookups}"),
+            json!({
+                "action": "receive",
+                "channel": {"$ref": format!("#/channels/{}", lookups.name())},
+                "title": format!("The {participant} receives from {lookups}"),
+                "summary": summary,
+                "messages": message_refs(lookups, carried(lookups)),
                 "tags": [{"name": participant.name()}],
             }),
         );
@@ -298,6 +323,13 @@ impl PayloadSchemas {
         let kind = match route.kind {
             Kind::Command => "command",
             Kind::Event => "event",
+            Kind::Query => "query",
+            Kind::Reply => "reply",
+        };
+        let correlation = if route.kind.is_saga() {
+            "The enrollment id: every message of one saga carries it."
+        } else {
+            "The query's message id: a reply carries its query's, which is how the asker finds it."
         };
         let receivers: Vec<&str> = route.receivers.iter().map(|r| r.name()).collect();
         let headers: Map<String, Value> = ATTRIBUTES
@@ -323,7 +355,7 @@ impl PayloadSchemas {
             ),
             "contentType": "application/json",
             "correlationId": {
-                "description": "The enrollment id: every message of one saga carries it.",
+                "description": correlation,
                 "location": "$message.payload#/correlation_id",
             },
             "headers": {

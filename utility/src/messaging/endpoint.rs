@@ -31,6 +31,9 @@ pub enum Endpoint {
     GatewayEvents,
     CustomerEvents,
     TransactionEvents,
+    CustomerQueries,
+    TransactionQueries,
+    GatewayReplies,
 }
 
 /// What the messaging stack outputs for one endpoint.
@@ -112,6 +115,29 @@ impl Endpoint {
                     "TransactionEventsSubscriptionDlqName",
                 ),
             },
+            Self::CustomerQueries => StackOutputs {
+                address: "CustomerQueriesQueueUrl",
+                arn: "CustomerQueriesQueueArn",
+                dead_letter: dlq(
+                    "customer-queries-dlq",
+                    "CustomerQueriesDlqUrl",
+                    "CustomerQueriesDlqName",
+                ),
+            },
+            Self::TransactionQueries => StackOutputs {
+                address: "TransactionQueriesQueueUrl",
+                arn: "TransactionQueriesQueueArn",
+                dead_letter: dlq(
+                    "transaction-queries-dlq",
+                    "TransactionQueriesDlqUrl",
+                    "TransactionQueriesDlqName",
+                ),
+            },
+            Self::GatewayReplies => StackOutputs {
+                address: "GatewayRepliesQueueUrl",
+                arn: "GatewayRepliesQueueArn",
+                dead_letter: dlq("gateway-replies-dlq", "GatewayRepliesDlqUrl", "GatewayRepliesDlqName"),
+            },
         }
     }
 
@@ -123,7 +149,8 @@ impl Endpoint {
 }
 
 /// The services that take part in the saga, by the name each runs under. Each consumes one
-/// queue; a service that publishes events has a topic of its own.
+/// queue of saga traffic and one of request/reply traffic ([`Participant::lookups`]); a service
+/// that publishes events has a topic of its own.
 #[derive(
     Debug,
     Clone,
@@ -157,6 +184,17 @@ impl Participant {
             Self::Gateway => Endpoint::GatewayEvents,
             Self::CustomerApi => Endpoint::CustomerCommands,
             Self::TransactionApi => Endpoint::TransactionCommands,
+        }
+    }
+
+    /// Its queue of request/reply traffic: the queries a service answers, or the replies the
+    /// gateway waits for. Apart from [`Self::queue`], so that a lookup never waits behind a
+    /// backlog of saga messages.
+    pub const fn lookups(self) -> Endpoint {
+        match self {
+            Self::Gateway => Endpoint::GatewayReplies,
+            Self::CustomerApi => Endpoint::CustomerQueries,
+            Self::TransactionApi => Endpoint::TransactionQueries,
         }
     }
 
@@ -201,7 +239,7 @@ mod tests {
         }
         assert_eq!(Endpoint::CustomerCommands.name(), "customer-commands");
         assert!("nowhere".parse::<Endpoint>().is_err());
-        // 3 queues x (URL, ARN) + 2 topic ARNs + 5 DLQs x (URL, name).
-        assert_eq!(stack_output_keys().len(), 18);
+        // 6 queues x (URL, ARN) + 2 topic ARNs + 8 DLQs x (URL, name).
+        assert_eq!(stack_output_keys().len(), 30);
     }
 }

@@ -123,6 +123,16 @@ impl Envelope {
         }
     }
 
+    /// The reply to `self`, a query: its correlation id is the query's message id, which is how
+    /// the asker finds it; same trace.
+    pub fn reply(&self, message: Message) -> Self {
+        Self {
+            causation_id: Some(self.message_id),
+            traceparent: self.traceparent.clone(),
+            ..Self::new(message, self.message_id)
+        }
+    }
+
     pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
         self.traceparent = traceparent;
         self

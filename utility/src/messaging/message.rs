@@ -4,6 +4,12 @@
 //! events state what happened and are published to the producer's SNS topic. The correlation id
 //! of every message is the enrollment id, so it is not repeated in the payloads.
 //!
+//! Queries and replies are the request/reply half: the gateway asks a service for what it holds
+//! (an operator's lookup) and the service answers on the gateway's reply queue. Their
+//! correlation id is the query's message id, not an enrollment; they change no state, never go
+//! through an outbox and never enter the saga's routing table. Each travels on queues of its
+//! own ([`Participant::lookups`]), so a lookup never waits behind a backlog of saga commands.
+//!
 //! Each type declares its [`Route`] beside it ([`MessageType::route`]): who sends it, who
 //! receives it, and so where the outbox sends it. Handlers and the saga's routing table never
 //! name a queue or a topic; the messaging template's subscriptions are checked against these
@@ -11,6 +17,7 @@
 
 use super::endpoint::{Endpoint, Participant};
 use crate::domain::{CustomerName, Email};
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -104,6 +111,72 @@ pub struct BonusPointsReversed {
     pub balance: i64,
 }
 
+/// Asks the customer-api for a customer's record. Answered with `CustomerReply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GetCustomer {
+    pub customer_id: Uuid,
+    /// When the asking gateway stops waiting: a query received later is dropped unanswered.
+    pub reply_by: DateTime<Utc>,
+}
+
+/// Asks the transaction-api for a customer's balance and ledger. Answered with `PointsReply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GetPoints {
+    pub customer_id: Uuid,
+    /// When the asking gateway stops waiting: a query received later is dropped unanswered.
+    pub reply_by: DateTime<Utc>,
+}
+
+/// The customer-api's answer to `GetCustomer`: the record, or null when there is no such
+/// customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerReply {
+    /// The query's `reply_by`, echoed: whichever gateway instance receives the reply tells a
+    /// late one without asking the others.
+    pub reply_by: DateTime<Utc>,
+    pub customer: Option<CustomerRecord>,
+}
+
+/// A customer as the customer-api holds it (times as stored: RFC 3339, UTC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerRecord {
+    pub id: String,
+    pub enrollment_id: String,
+    pub name: String,
+    pub email: String,
+    pub status: String,
+    pub enrolled_at: String,
+    pub unenrolled_at: Option<String>,
+    pub unenroll_reason: Option<String>,
+}
+
+/// The transaction-api's answer to `GetPoints`. A customer the ledger has never seen has a zero
+/// balance and an empty ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PointsReply {
+    /// The query's `reply_by`, echoed (see `CustomerReply`).
+    pub reply_by: DateTime<Utc>,
+    pub points: PointsRecord,
+}
+
+/// A customer's balance and ledger, oldest entry first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PointsRecord {
+    pub customer_id: String,
+    pub balance: i64,
+    pub ledger: Vec<LedgerEntry>,
+}
+
+/// One row of the ledger: a bonus or its reversal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LedgerEntry {
+    pub id: String,
+    pub enrollment_id: String,
+    pub kind: String,
+    pub points: i64,
+    pub posted_at: String,
+}
+
 /// Every message the saga knows: the one declaration of the wire contract's types. The variant
 /// name is the wire `type` and its struct the `payload` (serde's adjacent tagging, which the
 /// envelope uses for exactly those two fields); [`MessageType`] is derived from it, so adding a
@@ -126,13 +199,28 @@ pub enum Message {
     BonusPointsPosted(BonusPointsPosted),
     BonusPointsFailed(BonusPointsFailed),
     BonusPointsReversed(BonusPointsReversed),
+    GetCustomer(GetCustomer),
+    GetPoints(GetPoints),
+    CustomerReply(CustomerReply),
+    PointsReply(PointsReply),
 }
 
-/// A command asks one service to act; an event tells whoever subscribes what happened.
+/// A command asks one service to act; an event tells whoever subscribes what happened. A query
+/// asks one service what it holds, and its reply answers the one that asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Command,
     Event,
+    Query,
+    Reply,
+}
+
+impl Kind {
+    /// Commands and events: the saga's messages, sent through an outbox and routed by the
+    /// gateway's table. Queries and replies are neither.
+    pub const fn is_saga(self) -> bool {
+        matches!(self, Self::Command | Self::Event)
+    }
 }
 
 /// Who sends a message type and who receives it, and so where it goes.
@@ -153,6 +241,16 @@ impl Route {
             sender,
             receivers: receiver,
             destination: receiver[0].queue(),
+        }
+    }
+
+    /// To the receiver's request/reply queue; `kind` is a query or its reply.
+    const fn lookup(kind: Kind, sender: Participant, receiver: &'static [Participant; 1]) -> Self {
+        Self {
+            kind,
+            sender,
+            receivers: receiver,
+            destination: receiver[0].lookups(),
         }
     }
 
@@ -189,6 +287,10 @@ impl MessageType {
             Self::BonusPointsPosted | Self::BonusPointsFailed | Self::BonusPointsReversed => {
                 const { Route::event(TransactionApi, &[Gateway]) }
             }
+            Self::GetCustomer => const { Route::lookup(Kind::Query, Gateway, &[CustomerApi]) },
+            Self::GetPoints => const { Route::lookup(Kind::Query, Gateway, &[TransactionApi]) },
+            Self::CustomerReply => const { Route::lookup(Kind::Reply, CustomerApi, &[Gateway]) },
+            Self::PointsReply => const { Route::lookup(Kind::Reply, TransactionApi, &[Gateway]) },
         }
     }
 
@@ -197,21 +299,22 @@ impl MessageType {
         self.route().destination
     }
 
-    /// Every type `participant` receives, in declaration order.
+    /// Every saga type (command or event) `participant` receives, in declaration order.
     pub fn received_by(participant: Participant) -> impl Iterator<Item = MessageType> {
         <Self as strum::VariantArray>::VARIANTS
             .iter()
             .copied()
-            .filter(move |t| t.route().receivers.contains(&participant))
+            .filter(move |t| t.route().kind.is_saga() && t.route().receivers.contains(&participant))
     }
 }
 
-/// The queues and topics `sender` sends to, as the routes declare them, each once.
+/// The queues and topics `sender`'s outbox sends to (commands and events), each once. Queries
+/// and replies are sent straight to the bus, not through an outbox.
 pub fn destinations_of(sender: Participant) -> Vec<Endpoint> {
     let mut destinations: Vec<Endpoint> = <MessageType as strum::VariantArray>::VARIANTS
         .iter()
         .map(|t| t.route())
-        .filter(|route| route.sender == sender)
+        .filter(|route| route.sender == sender && route.kind.is_saga())
         .map(|route| route.destination)
         .collect();
     destinations.sort();
@@ -228,7 +331,7 @@ impl Message {
         self.message_type().name()
     }
 
-    /// Where the outbox sends it ([`MessageType::route`]).
+    /// Where it goes ([`MessageType::route`]).
     pub fn destination(&self) -> Endpoint {
         self.message_type().destination()
     }
@@ -246,6 +349,20 @@ impl Message {
             Self::BonusPointsPosted(m) => Some(m.customer_id),
             Self::BonusPointsFailed(m) => Some(m.customer_id),
             Self::BonusPointsReversed(m) => Some(m.customer_id),
+            // Lookups change nothing; their answers name whom they are about.
+            Self::GetCustomer(_) | Self::GetPoints(_) | Self::CustomerReply(_) | Self::PointsReply(_) => None,
+        }
+    }
+
+    /// A query's or a reply's deadline: when the asker stops waiting. `None` for the saga's
+    /// messages.
+    pub fn reply_by(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::GetCustomer(q) => Some(q.reply_by),
+            Self::GetPoints(q) => Some(q.reply_by),
+            Self::CustomerReply(r) => Some(r.reply_by),
+            Self::PointsReply(r) => Some(r.reply_by),
+            _ => None,
         }
     }
 }
@@ -267,7 +384,7 @@ mod tests {
         for message_type in MessageType::VARIANTS {
             assert_eq!(message_type.name().parse::<MessageType>().unwrap(), *message_type);
         }
-        assert_eq!(MessageType::VARIANTS.len(), 10);
+        assert_eq!(MessageType::VARIANTS.len(), 14);
     }
 
     #[test]
@@ -288,8 +405,17 @@ mod tests {
                     assert_eq!(Some(route.destination), route.sender.topic());
                     assert!(route.destination.is_topic());
                 }
+                Kind::Query | Kind::Reply => {
+                    assert_eq!(route.receivers.len(), 1, "{message_type}");
+                    assert_eq!(route.destination, route.receivers[0].lookups());
+                    let saga_queues = Participant::VARIANTS.iter().map(|p| p.queue());
+                    assert!(!saga_queues.into_iter().any(|q| q == route.destination));
+                }
             }
         }
+        let lookups: Vec<_> = MessageType::received_by(Participant::Gateway).collect();
+        assert!(!lookups.contains(&MessageType::CustomerReply));
+        assert!(!destinations_of(Participant::Gateway).contains(&Endpoint::CustomerQueries));
         let gateway: Vec<_> = MessageType::received_by(Participant::Gateway).collect();
         assert!(gateway.contains(&MessageType::CustomerEnrolled));
         assert!(!gateway.contains(&MessageType::Enroll));

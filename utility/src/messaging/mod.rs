@@ -14,6 +14,7 @@ pub mod bus;
 pub mod consumer;
 pub mod endpoint;
 pub mod envelope;
+pub mod lookup;
 pub mod message;
 pub mod outbox;
 pub mod topology;

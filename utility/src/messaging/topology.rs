@@ -28,6 +28,12 @@ pub struct TopologyConfig {
     pub customer_events_topic_arn: Option<String>,
     /// ARN of the transaction-events topic, instead of the stack's output.
     pub transaction_events_topic_arn: Option<String>,
+    /// URL of the customer-queries queue, instead of the stack's output.
+    pub customer_queries_queue_url: Option<String>,
+    /// URL of the transaction-queries queue, instead of the stack's output.
+    pub transaction_queries_queue_url: Option<String>,
+    /// URL of the gateway-replies queue, instead of the stack's output.
+    pub gateway_replies_queue_url: Option<String>,
 }
 
 impl Default for TopologyConfig {
@@ -39,6 +45,9 @@ impl Default for TopologyConfig {
             gateway_events_queue_url: None,
             customer_events_topic_arn: None,
             transaction_events_topic_arn: None,
+            customer_queries_queue_url: None,
+            transaction_queries_queue_url: None,
+            gateway_replies_queue_url: None,
         }
     }
 }
@@ -51,6 +60,9 @@ impl TopologyConfig {
             Endpoint::GatewayEvents => self.gateway_events_queue_url.as_deref(),
             Endpoint::CustomerEvents => self.customer_events_topic_arn.as_deref(),
             Endpoint::TransactionEvents => self.transaction_events_topic_arn.as_deref(),
+            Endpoint::CustomerQueries => self.customer_queries_queue_url.as_deref(),
+            Endpoint::TransactionQueries => self.transaction_queries_queue_url.as_deref(),
+            Endpoint::GatewayReplies => self.gateway_replies_queue_url.as_deref(),
         }
         .filter(|s| !s.is_empty())
     }

@@ -121,6 +121,25 @@ impl ServiceCore {
         .with_metrics(self.metrics.clone()))
     }
 
+    /// The loop answering the lookups (queries) on `queue`, reading from the HTTP pool: a task
+    /// for [`super::Service::tasks`].
+    pub fn responder<A: crate::messaging::lookup::Answer>(
+        &self,
+        queue: Endpoint,
+        answer: A,
+        shutdown: &CancellationToken,
+    ) -> Task {
+        let responder = crate::messaging::lookup::Responder {
+            bus: self.bus.clone(),
+            topology: self.topology.clone(),
+            queue,
+            pool: self.http_pool.clone(),
+            answer,
+            wait_seconds: self.config.receive_wait(),
+        };
+        Box::pin(responder.run(shutdown.clone()))
+    }
+
     /// `/health` and `/ready` for a service that consumes `queue`.
     pub fn health_routes(&self, queue: Endpoint) -> anyhow::Result<axum::Router> {
         Ok(health::health_routes(Readiness {

@@ -107,22 +107,6 @@ impl System {
         let customer_db = TestDb::new(backend, "customer").await;
         let transaction_db = TestDb::new(backend, "transaction").await;
 
-        let customer = customer_api::Application::build(
-            customer_api::Config {
-                common: CommonConfig {
-                    receive_wait_seconds: options.receive_wait_seconds,
-                    ..common_config(&customer_db, &stack)
-                },
-                email_subaddresses: options.email_subaddresses,
-            },
-            bus.clone(),
-        )
-        .await
-        .expect("customer-api starts");
-        let customer = spawn(customer.port(), customer.pool().clone(), |s| {
-            customer.run_until_stopped(s)
-        });
-
         let mut system = Self {
             backend,
             options: options.clone(),
@@ -134,7 +118,7 @@ impl System {
                 .build()
                 .expect("HTTP client"),
             gateway: None,
-            customer: Some(customer),
+            customer: None,
             transaction: None,
             transaction_port: None,
             gateway_db,
@@ -142,9 +126,48 @@ impl System {
             transaction_db,
             stack,
         };
+        system.start_customer().await;
         system.start_transaction(options.bonus_budget_points).await;
         system.start_gateway(options.gateway_relay).await;
         system
+    }
+
+    /// (Re)starts the customer-api on its existing database.
+    pub async fn start_customer(&mut self) {
+        let customer = customer_api::Application::build(
+            customer_api::Config {
+                common: CommonConfig {
+                    receive_wait_seconds: self.options.receive_wait_seconds,
+                    ..common_config(&self.customer_db, &self.stack)
+                },
+                email_subaddresses: self.options.email_subaddresses,
+            },
+            self.bus.clone(),
+        )
+        .await
+        .expect("customer-api starts");
+        self.customer = Some(spawn(customer.port(), customer.pool().clone(), |s| {
+            customer.run_until_stopped(s)
+        }));
+    }
+
+    /// One more gateway instance on the same database and stack, its relay off (the first
+    /// one's publishes): what `INSTANCES=3` runs, in this process.
+    pub async fn another_gateway(&self) -> Running {
+        let mut common = common_config(&self.gateway_db, &self.stack);
+        common.receive_wait_seconds = self.options.receive_wait_seconds;
+        common.relay_enabled = false;
+        let gateway = gateway::Application::build(
+            gateway::Config {
+                common,
+                stall_after_seconds: self.options.stall_after_seconds,
+                ..gateway_config()
+            },
+            self.bus.clone(),
+        )
+        .await
+        .expect("another gateway starts");
+        spawn(gateway.port(), gateway.pool().clone(), |s| gateway.run_until_stopped(s))
     }
 
     /// (Re)starts the transaction-api on its existing database with the given budget.
@@ -176,12 +199,9 @@ impl System {
         let mut common = common_config(&self.gateway_db, &self.stack);
         common.receive_wait_seconds = self.options.receive_wait_seconds;
         common.relay_enabled = relay;
-        let port = |r: &Option<Running>| r.as_ref().map(|r| r.port).unwrap_or_default();
         let gateway = gateway::Application::build(
             gateway::Config {
                 common,
-                customer_api_url: format!("http://127.0.0.1:{}", port(&self.customer)),
-                transaction_api_url: format!("http://127.0.0.1:{}", port(&self.transaction)),
                 stall_after_seconds: self.options.stall_after_seconds,
                 ..gateway_config()
             },

@@ -1,0 +1,75 @@
+//! An operator lookup at idle against what it costs on the bus: one SQS hop (the query) plus one
+//! reply hop, measured in the same run on the same stack. Self-contained, for the bench to call:
+//! `lookups::measure(&system, samples).await` with a `System` at rest (nothing else in flight).
+
+use std::time::{Duration, Instant};
+use testkit::{OPERATOR_TOKEN, System};
+use utility::messaging::bus::Outgoing;
+
+/// Medians, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct LookupLatency {
+    /// `GET /api/customers/{id}/points` through the gateway, the transaction-api and back.
+    pub lookup_ms: f64,
+    /// One message sent, then received by a waiting long poll (and deleted): one hop.
+    pub hop_ms: f64,
+}
+
+impl LookupLatency {
+    /// The lookup against the two hops it is made of (the target: at most 1.5).
+    pub fn ratio(&self) -> f64 {
+        self.lookup_ms / (2.0 * self.hop_ms)
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples.get(samples.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// `samples` lookups one after another, then `samples` hops on a queue nobody else reads (the
+/// replies' dead-letter queue of the same stack), interleaved so the emulator's drift hits both.
+pub async fn measure(system: &System, samples: usize) -> LookupLatency {
+    let customer = uuid::Uuid::now_v7();
+    let url = system.url(&format!("/api/customers/{customer}/points"));
+    let queue = system.queue_url("GatewayRepliesDlqUrl");
+    let (mut lookups, mut hops) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for n in 0..samples {
+        let started = Instant::now();
+        let response = system
+            .http
+            .get(&url)
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("gateway answers");
+        assert_eq!(response.status().as_u16(), 200, "lookup {n}");
+        lookups.push(started.elapsed());
+
+        let message = Outgoing {
+            id: format!("hop-{n}"),
+            message_type: "Hop".to_owned(),
+            correlation_id: customer.to_string(),
+            body: "{}".to_owned(),
+            traceparent: None,
+        };
+        let receiving = system.bus.receive(&queue, 20);
+        let started = Instant::now();
+        let (received, sent) = tokio::join!(receiving, async {
+            // The long poll is waiting before the message goes out.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let at = Instant::now();
+            system.bus.send_batch(&queue, &[message]).await.expect("send");
+            at
+        });
+        let received = received.expect("receive");
+        let arrived = started.elapsed() - sent.duration_since(started);
+        let receipts: Vec<&str> = received.iter().map(|r| r.receipt_handle.as_str()).collect();
+        system.bus.delete_batch(&queue, &receipts).await.expect("delete");
+        hops.push(arrived);
+    }
+    LookupLatency {
+        lookup_ms: median(lookups),
+        hop_ms: median(hops),
+    }
+}
