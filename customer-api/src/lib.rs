@@ -93,7 +93,10 @@ impl Service for CustomerApi {
         let queue = Participant::CustomerApi.lookups();
         let fill = customers::keep_email_keys_filled(core.background_pool.clone(), self.subaddresses, shutdown.clone());
         vec![
-            ("lookup responder", core.responder(queue, lookup::CustomerLookups, shutdown)),
+            (
+                "lookup responder",
+                core.responder(queue, lookup::CustomerLookups, shutdown),
+            ),
             ("address key filler", Box::pin(fill)),
         ]
     }
