@@ -378,8 +378,9 @@ mod tests {
             assert!(APP_TEMPLATE.contains(&dimension), "no alarm on {key}");
         }
         // Eight dead-letter alarms, three on the work queues' waiting messages (a lookup waits
-        // seconds, then expires), one on stalled sagas.
-        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 12);
+        // seconds, then expires), one on stalled sagas, one on the campaign's budget, four on
+        // events SNS filtered out for missing or unreadable attributes.
+        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 17);
     }
 
     /// Every parameter `deploy` passes is one app.yaml declares, and every parameter app.yaml
@@ -399,6 +400,8 @@ mod tests {
             .collect();
         passed.extend(messaging_inputs().iter().map(|k| k.to_string()));
         passed.extend(NETWORK_INPUTS.iter().map(|k| k.to_string()));
+        // Derived by deploy from the public subnets when not given.
+        passed.push("LoadBalancerCidrs".to_owned());
         for key in &passed {
             assert!(declared.contains_key(key.as_str()), "app.yaml has no parameter {key}");
         }
