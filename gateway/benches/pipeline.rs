@@ -27,6 +27,9 @@
 //! `BENCH_SEQUENTIAL` (100), `BENCH_HOPS` (40), `BENCH_IDLE_SECONDS` (40) set the sizes;
 //! `BENCH_ONLY=consumer` stops after phase 1.
 
+#[path = "pipeline/lookups.rs"]
+mod lookups;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -66,6 +69,7 @@ enum Id {
     LogBytes,
     Cpu(usize),
     Rss(usize),
+    Lookup,
 }
 
 struct Target {
@@ -88,7 +92,7 @@ const fn target(id: Id, measure: &'static str, at_most: bool, limit: f64, shown:
     }
 }
 
-const TARGETS: [Target; 18] = [
+const TARGETS: [Target; 19] = [
     target(
         Id::ConsumerFarNear,
         "consumer loop on PostgreSQL, far / near",
@@ -157,6 +161,13 @@ const TARGETS: [Target; 18] = [
         true,
         0.6,
         "<= 0.6",
+    ),
+    target(
+        Id::Lookup,
+        "operator lookup p50 at idle / (query hop + reply hop)",
+        true,
+        1.5,
+        "<= 1.5x",
     ),
     target(Id::Rss(GATEWAY), "peak RSS, gateway", true, 25.0, "<= 25 MiB"),
     target(Id::Rss(CUSTOMER), "peak RSS, customer-api", true, 25.0, "<= 25 MiB"),
@@ -746,6 +757,8 @@ struct Results {
     /// Far / near of whole sagas, the median of the rounds'.
     sagas_far_to_near: f64,
     idle_receives: f64,
+    /// An operator lookup over the bus at idle, near.
+    lookup: lookups::LookupLatency,
 }
 
 /// The median over runs of one figure.
@@ -799,6 +812,16 @@ impl Results {
                 shown: format!("{:.2} ({:.0} / {:.0} msg/s)", c.postgres_to_raw, c.postgres_near, c.raw),
             },
         ];
+        m.push(Measured {
+            id: Id::Lookup,
+            value: self.lookup.ratio(),
+            shown: format!(
+                "{:.2}x ({:.1} ms; one hop {:.1} ms)",
+                self.lookup.ratio(),
+                self.lookup.lookup_ms,
+                self.lookup.hop_ms
+            ),
+        });
         for (id, runs) in [(Id::BilledNear, &self.near), (Id::BilledFar, &self.far)] {
             let billed = over(runs, SagaRun::billed_total);
             m.push(Measured {
@@ -1165,6 +1188,13 @@ async fn main() {
             .push(run);
         }
     }
+    println!("4. an operator lookup over the bus, at idle");
+    let lookup = {
+        let system = testkit::System::start(Backend::Postgres, testkit::Options::default()).await;
+        let lookup = lookups::measure(&system, size("BENCH_LOOKUPS", 40)).await;
+        system.stop().await;
+        lookup
+    };
     let sagas_far_to_near = median(
         near_runs
             .iter()
@@ -1181,6 +1211,7 @@ async fn main() {
         far: far_runs,
         sagas_far_to_near,
         idle_receives,
+        lookup,
     };
 
     let commit = git(&["rev-parse", "--short", "HEAD"]);

@@ -190,7 +190,10 @@ mod tests {
         assert!(!help.contains("swordfish") && !help.contains("hunter2"), "{help}");
         assert!(help.contains("PASSWORD  [default: (secret, not shown)]"), "{help}");
         assert!(help.contains("TOKEN  [default: unset]"), "{help}");
-        assert!(help.contains("DATABASE_URL  [default: (secret, not shown)]"), "{help}");
+        assert!(
+            help.contains("DATABASE_URL  [default: postgres://app:***@db/app]"),
+            "{help}"
+        );
         assert_eq!(format!("{:?}", Secret::new("swordfish")), "Secret(***)");
     }
 

@@ -105,6 +105,9 @@ impl Setting {
     pub(super) fn default_text(&self, default: &Value) -> String {
         match default {
             Value::Null => "unset".to_owned(),
+            // A secret URL's default (a database's) is shown with any password masked: where
+            // a service keeps its data by default is worth reading in --help.
+            Value::String(s) if self.secret() && is_url(s) => crate::storage::redact(s),
             _ if self.secret() => "(secret, not shown)".to_owned(),
             Value::String(s) if s.is_empty() => "empty".to_owned(),
             Value::String(s) => crate::storage::redact(s),
@@ -130,4 +133,11 @@ pub fn undocumented<T: JsonSchema>() -> Vec<String> {
         .filter(|s| s.text("title").is_none() && s.text("description").is_none())
         .map(|s| s.key)
         .collect()
+}
+
+/// `scheme:...`, as a URL starts (`sqlite:data/x.db`, `postgres://...`).
+fn is_url(value: &str) -> bool {
+    value
+        .split_once(':')
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+'))
 }
