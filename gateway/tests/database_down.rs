@@ -162,8 +162,9 @@ async fn every_route_answers_503_while_the_database_is_down() {
             WhileDown::Elsewhere => {}
         }
     }
+    // Submission (three ways), status, events, stalled and listing: the gateway's own database.
     assert!(
-        unavailable.len() >= 9,
+        unavailable.len() >= 7,
         "the document lost database routes: {operations:?}"
     );
 
