@@ -154,9 +154,14 @@ impl System {
     /// One more gateway instance on the same database and stack, its relay off (the first
     /// one's publishes): what `INSTANCES=3` runs, in this process.
     pub async fn another_gateway(&self) -> Running {
+        self.build_gateway(false).await
+    }
+
+    /// A gateway instance on the system's database and stack, started.
+    async fn build_gateway(&self, relay: bool) -> Running {
         let mut common = common_config(&self.gateway_db, &self.stack);
         common.receive_wait_seconds = self.options.receive_wait_seconds;
-        common.relay_enabled = false;
+        common.relay_enabled = relay;
         let gateway = gateway::Application::build(
             gateway::Config {
                 common,
@@ -166,7 +171,7 @@ impl System {
             self.bus.clone(),
         )
         .await
-        .expect("another gateway starts");
+        .expect("gateway starts");
         spawn(gateway.port(), gateway.pool().clone(), |s| gateway.run_until_stopped(s))
     }
 
@@ -196,22 +201,7 @@ impl System {
 
     /// (Re)starts the gateway on its existing database.
     pub async fn start_gateway(&mut self, relay: bool) {
-        let mut common = common_config(&self.gateway_db, &self.stack);
-        common.receive_wait_seconds = self.options.receive_wait_seconds;
-        common.relay_enabled = relay;
-        let gateway = gateway::Application::build(
-            gateway::Config {
-                common,
-                stall_after_seconds: self.options.stall_after_seconds,
-                ..gateway_config()
-            },
-            self.bus.clone(),
-        )
-        .await
-        .expect("gateway starts");
-        self.gateway = Some(spawn(gateway.port(), gateway.pool().clone(), |s| {
-            gateway.run_until_stopped(s)
-        }));
+        self.gateway = Some(self.build_gateway(relay).await);
     }
 
     pub fn gateway(&self) -> &Running {
