@@ -41,9 +41,10 @@ pub enum Disposition {
     Retry,
 }
 
-/// Parses `received` as a message of `kind` that belongs on `queue`, or logs why not.
+/// Parses `received` as a message of `kind` that belongs on `queue` (its body and `type`
+/// attribute agreeing, as on the saga's queues), or logs why not.
 pub fn parse(received: &Received, queue: Endpoint, kind: Kind) -> Option<Envelope> {
-    let envelope = match Envelope::parse(&received.body) {
+    let envelope = match Envelope::parse_received(&received.body, received.type_attribute.as_deref()) {
         Ok(envelope) => envelope,
         Err(err) => {
             tracing::warn!(
@@ -219,5 +220,49 @@ impl<A: Answer> Responder<A> {
             }
         }
         settled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messaging::message::GetPoints;
+
+    fn received(body: String, type_attribute: Option<&str>) -> Received {
+        Received {
+            sqs_message_id: "m-1".to_owned(),
+            receipt_handle: "r-1".to_owned(),
+            body,
+            receive_count: 1,
+            traceparent: None,
+            type_attribute: type_attribute.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_query_is_read_only_where_it_belongs_and_under_its_own_name() {
+        let query = Envelope::new(
+            Message::GetPoints(GetPoints {
+                customer_id: uuid::Uuid::now_v7(),
+                reply_by: chrono::Utc::now(),
+            }),
+            uuid::Uuid::now_v7(),
+        );
+        let queue = query.message.destination();
+        let body = query.to_json();
+        assert!(parse(&received(body.clone(), Some("GetPoints")), queue, Kind::Query).is_some());
+        assert!(parse(&received(body.clone(), None), queue, Kind::Query).is_some());
+        // A type attribute naming another message: refused, as on the saga's queues.
+        assert!(parse(&received(body.clone(), Some("GetCustomer")), queue, Kind::Query).is_none());
+        // Not a query, or not this queue's.
+        assert!(parse(&received(body.clone(), Some("GetPoints")), queue, Kind::Reply).is_none());
+        assert!(
+            parse(
+                &received(body, Some("GetPoints")),
+                Endpoint::CustomerCommands,
+                Kind::Query
+            )
+            .is_none()
+        );
     }
 }
