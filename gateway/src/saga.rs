@@ -330,7 +330,22 @@ mod tests {
         let email = Email::parse("a@b.co").unwrap();
         let reason = String::from("r");
         match message_type {
-            MessageType::Enroll => Message::Enroll(Enroll { name, email }),
+            MessageType::Enroll => Message::Enroll(Enroll {
+                name,
+                email,
+                confirmation: None,
+            }),
+            MessageType::ResendConfirmation => Message::ResendConfirmation(ResendConfirmation {
+                confirmation: ConfirmationLink {
+                    url: String::from("https://example.com/confirm#t"),
+                    expires_at: chrono::Utc::now(),
+                },
+            }),
+            MessageType::ConfirmEnrollment => Message::ConfirmEnrollment(ConfirmEnrollment {}),
+            MessageType::ForgetEnrollment => Message::ForgetEnrollment(ForgetEnrollment { reason: reason.clone() }),
+            MessageType::ConfirmationRequested => Message::ConfirmationRequested(ConfirmationRequested {
+                already_enrolled: false,
+            }),
             MessageType::Unenroll => Message::Unenroll(Unenroll {
                 customer_id: id,
                 reason,

@@ -126,6 +126,7 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
         Message::Enroll(Enroll {
             name: new.name.clone(),
             email: new.email.clone(),
+            confirmation: None,
         }),
         new.id,
     )

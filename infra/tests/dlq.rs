@@ -107,6 +107,7 @@ async fn dead_letters_are_listed_without_being_consumed_and_redriven() {
         Message::Enroll(Enroll {
             name: name(),
             email: email(),
+            confirmation: None,
         }),
         Uuid::now_v7(),
     );

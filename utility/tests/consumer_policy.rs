@@ -149,6 +149,7 @@ fn envelope() -> Envelope {
         Message::Enroll(Enroll {
             name: CustomerName::parse("Policy").unwrap(),
             email: Email::parse("policy@example.com").unwrap(),
+            confirmation: None,
         }),
         uuid::Uuid::now_v7(),
     )

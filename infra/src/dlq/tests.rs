@@ -9,6 +9,7 @@ fn enroll() -> Envelope {
         Payload::Enroll(Enroll {
             name: CustomerName::parse("Ada").unwrap(),
             email: Email::parse("ada@example.com").unwrap(),
+            confirmation: None,
         }),
         Uuid::now_v7(),
     )

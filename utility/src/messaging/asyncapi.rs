@@ -399,7 +399,12 @@ mod tests {
             &document["operations"]["customer-api-publishes-to-customer-events"]["bindings"]["sns"]["consumers"];
         assert_eq!(
             consumers[0]["filterPolicy"]["type"],
-            json!(["CustomerEnrolled", "EnrollmentRejected", "CustomerUnenrolled"])
+            json!([
+                "ConfirmationRequested",
+                "CustomerEnrolled",
+                "EnrollmentRejected",
+                "CustomerUnenrolled"
+            ])
         );
     }
 }

@@ -222,6 +222,7 @@ mod tests {
             Message::Enroll(Enroll {
                 name: CustomerName::parse("Ada").unwrap(),
                 email: Email::parse("ada@example.com").unwrap(),
+                confirmation: None,
             }),
             Uuid::now_v7(),
         )

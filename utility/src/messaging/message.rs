@@ -22,11 +22,47 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Asks the customer-api to create a customer.
+/// Asks the customer-api to create a customer. With a `confirmation`, it creates nothing yet: it
+/// holds the enrollment until `ConfirmEnrollment` or `ForgetEnrollment`, mails the address's
+/// owner the link (or, to an address that is already enrolled, a note without one) and publishes
+/// `ConfirmationRequested`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Enroll {
     pub name: CustomerName,
     pub email: Email,
+    /// Absent when the deployment does not ask owners to confirm (`EMAIL_CONFIRMATION=off`), and
+    /// in messages from before confirmation existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<ConfirmationLink>,
+}
+
+/// What a confirmation mail offers: the gateway's page that confirms this enrollment, with its
+/// single-use token in the URL's fragment (never sent to a server by a browser), and when the
+/// offer ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfirmationLink {
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Asks the customer-api to mail the confirmation again, with a new link (the gateway replaced
+/// the token, so the old link no longer confirms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResendConfirmation {
+    pub confirmation: ConfirmationLink,
+}
+
+/// The address's owner confirmed: asks the customer-api to create the customer it holds for this
+/// enrollment. Answered as an `Enroll` without confirmation is: `CustomerEnrolled` or
+/// `EnrollmentRejected`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfirmEnrollment {}
+
+/// The enrollment's confirmation deadline passed: asks the customer-api to forget the name and
+/// address it holds for it. Nothing answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ForgetEnrollment {
+    pub reason: String,
 }
 
 /// Asks the customer-api to roll an enrollment back (the compensation step).
@@ -63,6 +99,14 @@ pub struct CustomerEnrolled {
 pub struct EnrollmentRejected {
     pub email: Email,
     pub reason: String,
+}
+
+/// The customer-api mailed the owner of the enrollment's address: the confirmation link, or, when
+/// the address already has a customer, a note saying so. Both look the same to the public
+/// (no oracle); `already_enrolled` is for the operator view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfirmationRequested {
+    pub already_enrolled: bool,
 }
 
 /// The customer-api rolled the enrollment's customer back (the answer to `Unenroll`).
@@ -190,9 +234,13 @@ pub struct LedgerEntry {
 )]
 pub enum Message {
     Enroll(Enroll),
+    ResendConfirmation(ResendConfirmation),
+    ConfirmEnrollment(ConfirmEnrollment),
+    ForgetEnrollment(ForgetEnrollment),
     Unenroll(Unenroll),
     PostBonusPoints(PostBonusPoints),
     ReverseBonusPoints(ReverseBonusPoints),
+    ConfirmationRequested(ConfirmationRequested),
     CustomerEnrolled(CustomerEnrolled),
     EnrollmentRejected(EnrollmentRejected),
     CustomerUnenrolled(CustomerUnenrolled),
@@ -279,11 +327,16 @@ impl MessageType {
     pub const fn route(self) -> Route {
         use Participant::{CustomerApi, Gateway, TransactionApi};
         match self {
-            Self::Enroll | Self::Unenroll => const { Route::command(Gateway, &[CustomerApi]) },
+            Self::Enroll
+            | Self::ResendConfirmation
+            | Self::ConfirmEnrollment
+            | Self::ForgetEnrollment
+            | Self::Unenroll => const { Route::command(Gateway, &[CustomerApi]) },
             Self::PostBonusPoints | Self::ReverseBonusPoints => const { Route::command(Gateway, &[TransactionApi]) },
-            Self::CustomerEnrolled | Self::EnrollmentRejected | Self::CustomerUnenrolled => {
-                const { Route::event(CustomerApi, &[Gateway]) }
-            }
+            Self::ConfirmationRequested
+            | Self::CustomerEnrolled
+            | Self::EnrollmentRejected
+            | Self::CustomerUnenrolled => const { Route::event(CustomerApi, &[Gateway]) },
             Self::BonusPointsPosted | Self::BonusPointsFailed | Self::BonusPointsReversed => {
                 const { Route::event(TransactionApi, &[Gateway]) }
             }
@@ -340,7 +393,12 @@ impl Message {
     /// with what they know of the enrollment (the correlation id) before acting on it.
     pub fn customer_id(&self) -> Option<Uuid> {
         match self {
-            Self::Enroll(_) | Self::EnrollmentRejected(_) => None,
+            Self::Enroll(_)
+            | Self::ResendConfirmation(_)
+            | Self::ConfirmEnrollment(_)
+            | Self::ForgetEnrollment(_)
+            | Self::ConfirmationRequested(_)
+            | Self::EnrollmentRejected(_) => None,
             Self::Unenroll(m) => Some(m.customer_id),
             Self::PostBonusPoints(m) => Some(m.customer_id),
             Self::ReverseBonusPoints(m) => Some(m.customer_id),
@@ -384,7 +442,7 @@ mod tests {
         for message_type in MessageType::VARIANTS {
             assert_eq!(message_type.name().parse::<MessageType>().unwrap(), *message_type);
         }
-        assert_eq!(MessageType::VARIANTS.len(), 14);
+        assert_eq!(MessageType::VARIANTS.len(), 18);
     }
 
     #[test]
