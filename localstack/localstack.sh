@@ -28,7 +28,7 @@ start() {
   # Host-mode settings: see ARCHITECTURE.md ("Running locally") for why each one is here.
   GATEWAY_LISTEN="$listen" \
   LOCALSTACK_HOST="$listen" \
-  SERVICES="${LOCALSTACK_SERVICES:-sns,sqs,cloudformation,sts,iam,s3}" \
+  SERVICES="${LOCALSTACK_SERVICES:-sns,sqs,cloudformation,sts,iam,s3,ses}" \
   SQS_ENDPOINT_STRATEGY=path \
   SQS_DISABLE_CLOUDWATCH_METRICS=1 \
   EAGER_SERVICE_LOADING=1 \

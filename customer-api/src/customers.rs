@@ -1,29 +1,53 @@
 //! Customer state changes, each applied inside the consumer's transaction together with the
 //! event it causes (written to the outbox).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{AnyConnection, AnyPool};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use utility::domain::{Email, Subaddresses};
+use utility::domain::{CustomerName, Email, Subaddresses};
 use utility::messaging::consumer::{AfterCommit, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
-use utility::messaging::message::{
-    CustomerEnrolled, CustomerUnenrolled, Enroll, EnrollmentRejected, Message, Unenroll,
-};
+use utility::messaging::message::{CustomerEnrolled, CustomerUnenrolled, EnrollmentRejected, Message, Unenroll};
 use utility::messaging::outbox;
 use uuid::Uuid;
+
+use crate::confirmation::{self, Effect};
 
 pub struct CustomerHandler {
     /// How addresses are compared: one active customer per key ([`utility::domain::Email::key`]).
     pub subaddresses: Subaddresses,
+    /// Wakes the mail relay once a transaction that wrote mail has committed.
+    pub mail_signal: Arc<Notify>,
 }
 
 impl Handler for CustomerHandler {
     async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
-        let event = match &envelope.message {
-            Message::Enroll(command) => enroll(tx, envelope.correlation_id, command, self.subaddresses).await?,
-            Message::Unenroll(command) => unenroll(tx, envelope.correlation_id, command).await?,
+        let id = envelope.correlation_id;
+        let Effect { event, mailed } = match &envelope.message {
+            Message::Enroll(command) => match &command.confirmation {
+                Some(link) => confirmation::request(tx, id, command, link, self.subaddresses).await?,
+                None => Effect {
+                    event: enroll(
+                        tx,
+                        id,
+                        &command.name,
+                        &command.email,
+                        &command.email.key(self.subaddresses),
+                    )
+                    .await?,
+                    mailed: false,
+                },
+            },
+            Message::ConfirmEnrollment(_) => confirmation::confirm(tx, id).await?,
+            Message::ResendConfirmation(command) => confirmation::resend(tx, id, &command.confirmation).await?,
+            Message::ForgetEnrollment(command) => confirmation::forget(tx, id, &command.reason).await?,
+            Message::Unenroll(command) => Effect {
+                event: unenroll(tx, id, command).await?,
+                mailed: false,
+            },
             other => {
                 return Err(HandlerError::Refused(format!(
                     "the customer-api does not handle `{}`",
@@ -31,13 +55,23 @@ impl Handler for CustomerHandler {
                 )));
             }
         };
-        let after = match &event {
-            // A compensation is rare and worth a line; enrollments are counted, not logged.
-            Some(Message::CustomerUnenrolled(unenrolled)) => {
-                let (customer_id, reason) = (unenrolled.customer_id, unenrolled.reason.clone());
-                AfterCommit::then(move || tracing::info!(%customer_id, %reason, "customer unenrolled"))
-            }
-            _ => AfterCommit::nothing(),
+        // A compensation is rare and worth a line; enrollments are counted, not logged.
+        let unenrolled = match &event {
+            Some(Message::CustomerUnenrolled(unenrolled)) => Some((unenrolled.customer_id, unenrolled.reason.clone())),
+            _ => None,
+        };
+        let wake = mailed.then(|| self.mail_signal.clone());
+        let after = if unenrolled.is_none() && wake.is_none() {
+            AfterCommit::nothing()
+        } else {
+            AfterCommit::then(move || {
+                if let Some((customer_id, reason)) = unenrolled {
+                    tracing::info!(%customer_id, %reason, "customer unenrolled");
+                }
+                if let Some(signal) = wake {
+                    signal.notify_one();
+                }
+            })
         };
         if let Some(event) = event {
             outbox::enqueue(tx, &envelope.caused(event)).await?;
@@ -46,11 +80,40 @@ impl Handler for CustomerHandler {
     }
 }
 
-async fn enroll(
+/// Whether this enrollment was already decided here: it created a customer, or was rejected.
+pub async fn decided(tx: &mut AnyConnection, enrollment_id: Uuid) -> Result<bool, sqlx::Error> {
+    let decided: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM customers WHERE enrollment_id = $1
+         UNION ALL SELECT 1 FROM rejected_enrollments WHERE enrollment_id = $1",
+    )
+    .bind(enrollment_id.to_string())
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(decided.is_some())
+}
+
+/// Whether an active customer has this address: by its key, or, for a row an instance of an
+/// earlier release wrote without a key, by the address as written.
+pub async fn active_with_address(tx: &mut AnyConnection, key: &str, email: &Email) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM customers WHERE status = 'active' AND (email_key = $1 OR email = $2) LIMIT 1",
+    )
+    .bind(key)
+    .bind(email.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(found.is_some())
+}
+
+/// Creates the customer of this enrollment under the address key `key`: `CustomerEnrolled`, or
+/// `EnrollmentRejected` when an active customer has the key already; nothing when the enrollment
+/// was decided before (the same command under a new message id).
+pub async fn enroll(
     tx: &mut AnyConnection,
     enrollment_id: Uuid,
-    command: &Enroll,
-    subaddresses: Subaddresses,
+    name: &CustomerName,
+    email: &Email,
+    key: &str,
 ) -> Result<Option<Message>, HandlerError> {
     let rejected_before = sqlx::query("SELECT reason FROM rejected_enrollments WHERE enrollment_id = $1")
         .bind(enrollment_id.to_string())
@@ -70,9 +133,9 @@ async fn enroll(
     )
     .bind(customer_id.to_string())
     .bind(enrollment_id.to_string())
-    .bind(command.name.as_str())
-    .bind(command.email.as_str())
-    .bind(command.email.key(subaddresses))
+    .bind(name.as_str())
+    .bind(email.as_str())
+    .bind(key)
     .bind(utility::storage::now())
     .execute(&mut *tx)
     .await?
@@ -81,8 +144,8 @@ async fn enroll(
         tracing::debug!(%customer_id, "customer enrolled");
         return Ok(Some(Message::CustomerEnrolled(CustomerEnrolled {
             customer_id,
-            name: command.name.clone(),
-            email: command.email.clone(),
+            name: name.clone(),
+            email: email.clone(),
         })));
     }
     let same_saga = sqlx::query("SELECT id FROM customers WHERE enrollment_id = $1")
@@ -95,19 +158,19 @@ async fn enroll(
         return Ok(None);
     }
     tracing::debug!("e-mail already enrolled; rejecting");
-    let reason = format!("a customer with e-mail {} is already enrolled", command.email);
+    let reason = format!("a customer with e-mail {email} is already enrolled");
     sqlx::query(
         "INSERT INTO rejected_enrollments (enrollment_id, email, reason, rejected_at)
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )
     .bind(enrollment_id.to_string())
-    .bind(command.email.as_str())
+    .bind(email.as_str())
     .bind(&reason)
     .bind(utility::storage::now())
     .execute(&mut *tx)
     .await?;
     Ok(Some(Message::EnrollmentRejected(EnrollmentRejected {
-        email: command.email.clone(),
+        email: email.clone(),
         reason,
     })))
 }

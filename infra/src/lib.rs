@@ -8,6 +8,7 @@ pub mod release;
 
 pub mod dlq;
 mod events;
+pub mod mail;
 pub mod sdk_error;
 pub mod target;
 pub mod teardown;

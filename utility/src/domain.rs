@@ -102,6 +102,10 @@ impl fmt::Display for CustomerName {
     }
 }
 
+/// The address the customer-api sends mail from unless `MAIL_FROM` says otherwise: a local one,
+/// which `sagactl deploy` on an emulator and the tests' stacks verify as SES's sender identity.
+pub const DEFAULT_MAIL_FROM: &str = "no-reply@enrollment.local";
+
 /// An e-mail address in its one written form, so that an address means one mailbox wherever it
 /// is compared or stored:
 ///

@@ -42,6 +42,11 @@ enum Command {
         /// the services, the only principal the queue policies let send. Default: nobody else.
         #[arg(long, env = "REDRIVE_PRINCIPAL_ARN", default_value = "")]
         redrive_principal: String,
+        /// The customer-api's sender address. On an emulator on this machine, deploy verifies it
+        /// as an SES identity (SES refuses mail from any other); on AWS, verifying it is a step of
+        /// its own (DEPLOY.md).
+        #[arg(long, env = "MAIL_FROM", default_value = infra::mail::DEFAULT_MAIL_FROM)]
+        mail_from: String,
     },
     /// Delete the messaging stack and everything in it. Refuses while the application stack
     /// (<prefix>-app) exists, and while any queue or DLQ holds messages.
@@ -209,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             prefix,
             stack,
             redrive_principal,
+            mail_from,
         } => {
             let params = MessagingParams {
                 redrive_principal_arn: redrive_principal,
@@ -219,6 +225,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let outputs = infra::deploy_messaging_within(&client, &stack, &params, wait)
                 .await
                 .with_context(|| format!("deploying stack {stack}"))?;
+            if Endpoint::from_sdk(&sdk).is_local() {
+                infra::mail::verify_sender(&sdk, &mail_from).await?;
+                tracing::info!(mail_from, "sender identity verified on the emulator");
+            }
             println!("stack {stack} is ready");
             print_outputs(outputs);
         }

@@ -205,6 +205,9 @@ pub struct Bus {
     sns: aws_sdk_sns::Client,
     cloudformation: aws_sdk_cloudformation::Client,
     requests: Requests,
+    /// What the clients were built from, for a service's clients of other AWS APIs (the
+    /// customer-api's SES): same endpoint, region and credentials as the bus.
+    sdk: SdkConfig,
 }
 
 /// Loads the standard AWS configuration (`AWS_ENDPOINT_URL`, `AWS_REGION`, credential chain).
@@ -238,7 +241,13 @@ impl Bus {
             sns: aws_sdk_sns::Client::from_conf(sns),
             cloudformation: aws_sdk_cloudformation::Client::new(sdk),
             requests,
+            sdk: sdk.clone(),
         }
+    }
+
+    /// The AWS configuration the bus was built from (endpoint, region, credentials).
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.sdk
     }
 
     /// The SQS and SNS requests this bus (and every clone of it) has sent.

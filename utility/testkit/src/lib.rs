@@ -6,6 +6,7 @@
 //! | [`db`] | [`TestDb`]: a fresh SQLite file or PostgreSQL database per service, dropped after |
 //! | [`stack`] | [`TestStack`]: an isolated copy of the messaging stack, deleted after |
 //! | [`emulator`] | [`bus`]: the bus on LocalStack (or another emulator) with its dummy credentials |
+//! | [`mail`] | the mail SES sent, read back from LocalStack (`/_aws/ses`): per address, its link and token |
 //! | [`process`] | [`Process`]: a binary as a child in a process group of its own, its output kept; [`free_port`], [`binaries`] |
 //! | [`processes`] | [`Processes`]: the three service binaries (one or more instances each) on a stack and databases |
 //! | [`system`] | [`System`]: the three services in this process (feature `services`) |
@@ -21,6 +22,7 @@ pub mod api;
 pub mod cli;
 pub mod db;
 pub mod emulator;
+pub mod mail;
 pub mod otlp;
 pub mod poll;
 pub mod process;

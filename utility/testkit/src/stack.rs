@@ -42,11 +42,16 @@ impl TestStack {
             .unwrap_or_else(|e| panic!("deploying the test stack failed (is LocalStack running?): {e}"))
     }
 
-    /// Deploys `params` and waits until the stack is complete.
+    /// Deploys `params` and waits until the stack is complete; verifies the customer-api's
+    /// default sender address in the emulator's SES, as `sagactl deploy` does locally.
     pub async fn create(bus: &Bus, params: MessagingParams) -> Result<Self, InfraError> {
         let client = bus.cloudformation().clone();
         let name = params.stack_name();
         let outputs = infra::deploy_messaging(&client, &name, &params).await?;
+        if let Err(err) = infra::mail::verify_sender(bus.sdk_config(), infra::mail::DEFAULT_MAIL_FROM).await {
+            // Only the tests that send mail need it; they fail on the mail that never comes.
+            eprintln!("{err}");
+        }
         Ok(Self {
             name,
             params,

@@ -141,6 +141,7 @@ impl System {
                     ..common_config(&self.customer_db, &self.stack)
                 },
                 email_subaddresses: self.options.email_subaddresses,
+                ..customer_api::Config::default()
             },
             self.bus.clone(),
         )
