@@ -256,7 +256,11 @@ pub(super) async fn create(
     tracing::Span::current().record("enrollment_id", tracing::field::display(id));
     let confirmation = state.confirmation.as_ref().map(|settings| {
         let token = crate::confirmation::Token::new();
-        let expires_at = chrono::Utc::now() + chrono::Duration::from_std(settings.ttl).unwrap_or(chrono::Duration::MAX);
+        // To the millisecond, as stored: the link's deadline and the enrollment's are one.
+        let expires_at = chrono::SubsecRound::trunc_subsecs(
+            chrono::Utc::now() + chrono::Duration::from_std(settings.ttl).unwrap_or(chrono::Duration::MAX),
+            3,
+        );
         store::NewConfirmation {
             url: token.url(&settings.origin),
             token_hash: token.hash,
