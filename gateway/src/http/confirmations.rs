@@ -90,6 +90,7 @@ fn past(confirm_by: &str) -> bool {
     responses(
         (status = 200, description = "Confirmed: the enrollment as it stands.", body = store::PublicView, headers(
             ("Location" = String, description = "The enrollment's address."))),
+        (status = 400, description = "Malformed JSON.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The token is not valid, or was already used.", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The confirmation deadline has passed.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The body has no `token` string.", body = Problem, content_type = "application/problem+json"),
