@@ -20,6 +20,10 @@
   const timeline = document.getElementById("timeline");
   const outcome = document.getElementById("outcome");
   const again = document.getElementById("again");
+  const confirmation = document.getElementById("confirmation");
+  const confirmationText = document.getElementById("confirmation-text");
+  const resendButton = document.getElementById("resend");
+  const resendNote = document.getElementById("resend-note");
   const announce = document.getElementById("announce");
 
   let key = null; // the current submission's Idempotency-Key
@@ -138,6 +142,7 @@
     timeline.replaceChildren();
     outcome.hidden = true;
     outcome.className = "outcome";
+    confirmation.hidden = true;
     again.hidden = true;
     progress.hidden = true;
     form.hidden = false;
@@ -187,6 +192,11 @@
       previous = at;
       item.append(name, meta);
       timeline.append(item);
+      if (step.status === "awaiting_confirmation") {
+        awaitConfirmation(id);
+      } else if (step.status !== "pending") {
+        confirmation.hidden = true;
+      }
       if (isTerminal(step.status) && !done) {
         done = true;
         if (source) source.close();
@@ -232,6 +242,61 @@
     });
   }
 
+  // The saga waits for the owner of the address to follow the mailed link (in this tab or any
+  // other): say where the mail went, offer to send it again, and keep following the timeline,
+  // which goes on by itself once the link is confirmed.
+  async function awaitConfirmation(id) {
+    if (!confirmation.hidden) return;
+    let view = {};
+    try {
+      const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
+        headers: { Accept: "application/json" },
+      });
+      view = await response.json();
+    } catch (_) {
+      view = {};
+    }
+    if (view.status && view.status !== "awaiting_confirmation") return;
+    let text = "We sent a confirmation link to " + (view.mailed_to || "your e-mail address") + ".";
+    if (view.confirm_by) text += " Open it before " + new Date(view.confirm_by).toLocaleString() + ".";
+    text += " Nothing is enrolled until you do.";
+    confirmationText.textContent = text;
+    resendNote.hidden = true;
+    resendButton.disabled = false;
+    resendButton.dataset.id = id;
+    confirmation.hidden = false;
+    say(text);
+  }
+
+  resendButton.addEventListener("click", async () => {
+    const id = resendButton.dataset.id;
+    resendButton.disabled = true;
+    let text;
+    try {
+      const response = await fetch("/api/enrollments/" + encodeURIComponent(id) + "/resend", {
+        method: "POST",
+        headers: { Accept: "application/json" },
+      });
+      const answer = await response.json().catch(() => ({}));
+      if (response.status === 202) {
+        text = "Sent again: the new link replaces the previous one.";
+        setTimeout(() => (resendButton.disabled = false), (answer.next_resend_after || 60) * 1000);
+      } else if (response.status === 429 && response.headers.has("Retry-After")) {
+        const seconds = Number(response.headers.get("Retry-After")) || 60;
+        text = "A mail was sent less than a minute ago: you can ask again in " + seconds + " s.";
+        setTimeout(() => (resendButton.disabled = false), seconds * 1000);
+      } else {
+        text = answer.detail || "The mail could not be sent again (" + response.status + ").";
+      }
+    } catch (_) {
+      text = "The request failed; check the connection and try again.";
+      resendButton.disabled = false;
+    }
+    resendNote.textContent = text;
+    resendNote.hidden = false;
+    say(text);
+  });
+
   async function finish(id) {
     let view = {};
     try {
@@ -249,6 +314,9 @@
       outcome.className = "outcome ok";
     } else if (view.status === "rejected") {
       text = "Rejected: " + (view.reason || "the enrollment was refused.");
+      outcome.className = "outcome failed";
+    } else if (view.status === "expired") {
+      text = "Expired: " + (view.reason || "the e-mail address was not confirmed in time.") + " Enroll again to get a new link.";
       outcome.className = "outcome failed";
     } else if (view.status === "rolled_back") {
       text = "Rolled back: " + (view.reason || "the enrollment was undone.");

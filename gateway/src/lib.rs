@@ -3,6 +3,7 @@
 //! everything moves through the bus, the operator's customer and points lookups included
 //! (request/reply, [`lookups`]).
 
+mod confirmation;
 mod http;
 mod live;
 mod lookups;
@@ -12,6 +13,7 @@ mod settings;
 mod stalls;
 mod store;
 
+pub use confirmation::EmailConfirmation;
 pub use settings::{Origin, ProxyCidr};
 
 use serde::{Deserialize, Serialize};
@@ -78,6 +80,17 @@ pub struct Config {
     /// it when the gateway is reached over HTTPS only (on EC2, with a certificate); 0, the
     /// default, sends no such header (a browser would then refuse a plain-HTTP deployment).
     pub hsts_max_age_seconds: u64,
+    /// `required` (the default): nothing is enrolled until the owner of the address follows the
+    /// link the customer-api mails (decision 0035). `off`: enrolled at once, for a deployment
+    /// whose callers verified the addresses themselves; said at start-up.
+    pub email_confirmation: EmailConfirmation,
+    /// How long the owner of an address has to confirm, in seconds (24 h by default): then the
+    /// enrollment ends `expired` and the customer-api forgets the name and address.
+    #[schemars(range(min = 1))]
+    pub confirmation_ttl_seconds: u64,
+    /// The origin people reach the gateway's pages at (`scheme://host[:port]`, no path): the
+    /// confirmation links in the mails point to `<PUBLIC_ORIGIN>/confirm`.
+    pub public_origin: Origin,
 }
 
 /// Shortest operator token accepted.
@@ -102,6 +115,9 @@ impl Default for Config {
             events_poll_ms: 250,
             cors_allowed_origins: CommaSeparated::default(),
             hsts_max_age_seconds: 0,
+            email_confirmation: EmailConfirmation::Required,
+            confirmation_ttl_seconds: 24 * 60 * 60,
+            public_origin: "http://127.0.0.1:8080".parse().expect("a valid origin"),
         }
     }
 }
@@ -143,6 +159,18 @@ impl Config {
         })
     }
 
+    /// The confirmation settings; `None` when confirmation is off.
+    fn confirmation(&self) -> Option<http::Confirmation> {
+        (self.email_confirmation == EmailConfirmation::Required).then(|| http::Confirmation {
+            origin: self.public_origin.clone(),
+            ttl: self.confirmation_ttl(),
+        })
+    }
+
+    fn confirmation_ttl(&self) -> Duration {
+        Duration::from_secs(self.confirmation_ttl_seconds.max(1))
+    }
+
     fn api_state(
         &self,
         pool: AnyPool,
@@ -168,6 +196,7 @@ impl Config {
             lookups,
             stall_after: Duration::from_secs(self.stall_after_seconds),
             max_stream: Duration::from_secs(self.max_stream_seconds.max(1)),
+            confirmation: self.confirmation(),
         })
     }
 }
@@ -212,11 +241,21 @@ pub struct Gateway {
     edge: http::Edge,
     /// Made once, for the routes and the replies' task.
     lookups: std::sync::OnceLock<lookups::Lookups>,
+    /// Registered once, for the saga's handler and the expiry scan.
+    saga_metrics: std::sync::OnceLock<metrics::SagaMetrics>,
 }
 
 impl Gateway {
     fn stall_after(&self) -> Duration {
         Duration::from_secs(self.config.stall_after_seconds)
+    }
+
+    fn saga_metrics(&self, core: &ServiceCore) -> metrics::SagaMetrics {
+        self.saga_metrics
+            .get_or_init(|| {
+                metrics::SagaMetrics::register(&core.metrics, core.background_pool.clone(), self.stall_after())
+            })
+            .clone()
     }
 
     fn lookups(&self, core: &ServiceCore, shutdown: &CancellationToken) -> lookups::Lookups {
@@ -254,16 +293,24 @@ impl Service for Gateway {
         if edge.operator.is_none() {
             tracing::info!("operator routes are off: OPERATOR_TOKEN is not set");
         }
+        if config.email_confirmation == EmailConfirmation::Off {
+            tracing::warn!(
+                "EMAIL_CONFIRMATION=off: enrollments are enrolled without their address's owner confirming it; \
+                 only for callers that verified the addresses themselves"
+            );
+        }
         Ok(Self {
             config,
             edge,
             lookups: std::sync::OnceLock::new(),
+            saga_metrics: std::sync::OnceLock::new(),
         })
     }
 
     fn handler(&self, core: &ServiceCore) -> saga::SagaHandler {
-        let metrics = metrics::SagaMetrics::register(&core.metrics, core.background_pool.clone(), self.stall_after());
-        saga::SagaHandler { metrics }
+        saga::SagaHandler {
+            metrics: self.saga_metrics(core),
+        }
     }
 
     /// `/metrics` is among the operator routes, behind the operator token.
@@ -283,8 +330,17 @@ impl Service for Gateway {
         let replies = self
             .lookups(core, shutdown)
             .receive(shutdown.clone(), core.config.receive_wait());
+        let expiry = confirmation::ExpiryWatch {
+            pool: core.background_pool.clone(),
+            every: confirmation::scan_every(self.config.confirmation_ttl()),
+            outbox_signal: core.relay.signal(),
+            metrics: self.saga_metrics(core),
+        };
+        // The scan runs whatever the setting: enrollments accepted while confirmation was
+        // required still end at their deadline after it is turned off.
         vec![
             ("stall sweeper", Box::pin(watch.run(shutdown.clone()))),
+            ("confirmation expiry", Box::pin(expiry.run(shutdown.clone()))),
             ("lookup replies", Box::pin(replies)),
         ]
     }

@@ -3,11 +3,21 @@
 //! to send. Anything not in the table (a late, duplicated or out-of-order event) changes nothing.
 //!
 //! ```text
-//! pending --CustomerEnrolled--> enrolled --BonusPointsPosted--> completed
-//!    |                              |
-//!    +--EnrollmentRejected--> rejected
-//!                                   +--BonusPointsFailed--> compensating --CustomerUnenrolled--> rolled_back
+//! pending --ConfirmationRequested--> awaiting_confirmation --(the person confirms)--> confirmed
+//!    |                                      |                                           |
+//!    |                                      +--(deadline passes)--> expired             |
+//!    |                                                                                  |
+//!    +--CustomerEnrolled (EMAIL_CONFIRMATION=off)--+      +--CustomerEnrolled-----------+
+//!    +--EnrollmentRejected--> rejected             |      |   (confirmed --EnrollmentRejected--> rejected)
+//!                                                  v      v
+//!                                                  enrolled --BonusPointsPosted--> completed
+//!                                                     +--BonusPointsFailed--> compensating --CustomerUnenrolled--> rolled_back
 //! ```
+//!
+//! Two moves are not events: a person's confirmation (`POST /api/confirmations`, which sends
+//! `ConfirmEnrollment`) and the confirmation deadline (the expiry scan, [`crate::expiry`], which
+//! sends `ForgetEnrollment`). Both take the saga out of a status conditionally, as the handler
+//! does, so a late event and either of them cannot both move it.
 //!
 //! Late events never move a saga backwards. The one late event with an effect to undo is a
 //! `BonusPointsPosted` that arrives once the saga is `compensating` or `rolled_back` (a second
@@ -21,6 +31,17 @@ pub use handler::SagaHandler;
 
 use serde::{Deserialize, Serialize};
 use utility::messaging::message::{BonusFailure, Message, MessageType, PostBonusPoints, ReverseBonusPoints, Unenroll};
+
+/// What an open status waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaits {
+    /// A service to handle this command (its receiver, [`MessageType::route`]): a saga waiting
+    /// on one longer than the stall deadline is stalled.
+    Command(MessageType),
+    /// A person: the owner of the address, to follow the link mailed to them. Hours are normal
+    /// here, so such a saga is never stalled; its confirmation deadline ends it instead.
+    Person,
+}
 use uuid::Uuid;
 
 /// The saga's statuses: the one declaration. The snake-case names are what the API shows and the
@@ -46,11 +67,14 @@ use uuid::Uuid;
 #[strum(serialize_all = "snake_case")]
 pub enum Status {
     Pending,
+    AwaitingConfirmation,
+    Confirmed,
     Enrolled,
     Completed,
     Rejected,
     Compensating,
     RolledBack,
+    Expired,
 }
 
 impl Status {
@@ -58,14 +82,25 @@ impl Status {
         self.into()
     }
 
-    /// The command an open saga waits to see handled (by its receiver, [`MessageType::route`]);
-    /// `None` for a terminal status, which waits for nothing.
-    pub fn waiting_for(self) -> Option<MessageType> {
+    /// What an open saga waits for: a command to be handled, or a person; `None` for a terminal
+    /// status, which waits for nothing.
+    pub fn waiting_for(self) -> Option<Awaits> {
         match self {
-            Self::Pending => Some(MessageType::Enroll),
-            Self::Enrolled => Some(MessageType::PostBonusPoints),
-            Self::Compensating => Some(MessageType::Unenroll),
-            Self::Completed | Self::Rejected | Self::RolledBack => None,
+            Self::Pending => Some(Awaits::Command(MessageType::Enroll)),
+            Self::AwaitingConfirmation => Some(Awaits::Person),
+            Self::Confirmed => Some(Awaits::Command(MessageType::ConfirmEnrollment)),
+            Self::Enrolled => Some(Awaits::Command(MessageType::PostBonusPoints)),
+            Self::Compensating => Some(Awaits::Command(MessageType::Unenroll)),
+            Self::Completed | Self::Rejected | Self::RolledBack | Self::Expired => None,
+        }
+    }
+
+    /// The command an open saga waits to see handled; `None` when it waits on a person or for
+    /// nothing.
+    pub fn awaited_command(self) -> Option<MessageType> {
+        match self.waiting_for() {
+            Some(Awaits::Command(command)) => Some(command),
+            Some(Awaits::Person) | None => None,
         }
     }
 
@@ -73,15 +108,28 @@ impl Status {
         self.waiting_for().is_none()
     }
 
+    /// Waits on a person rather than on the system.
+    pub fn waits_on_person(self) -> bool {
+        self.waiting_for() == Some(Awaits::Person)
+    }
+
+    /// Can stall: open and waiting on a command. The stall scan looks at these only.
+    pub fn can_stall(self) -> bool {
+        self.awaited_command().is_some()
+    }
+
     /// How the enrollment page names the status.
     pub fn label(self) -> &'static str {
         match self {
             Self::Pending => "Received",
+            Self::AwaitingConfirmation => "Waiting for the e-mail confirmation",
+            Self::Confirmed => "Confirmed",
             Self::Enrolled => "Customer created",
             Self::Completed => "Completed",
             Self::Rejected => "Rejected",
             Self::Compensating => "Undoing the enrollment",
             Self::RolledBack => "Rolled back",
+            Self::Expired => "Expired (not confirmed in time)",
         }
     }
 
@@ -95,9 +143,22 @@ impl Status {
         Self::all().iter().copied().filter(|s| s.is_terminal())
     }
 
-    /// The open statuses: a saga in one of them is still moving (or stalled).
+    /// The open statuses: a saga in one of them is still moving (or stalled, or waiting on a
+    /// person).
     pub fn open() -> impl Iterator<Item = Status> {
         Self::all().iter().copied().filter(|s| !s.is_terminal())
+    }
+
+    /// The statuses a saga can stall in: those that wait on a command.
+    pub fn stallable() -> impl Iterator<Item = Status> {
+        Self::all().iter().copied().filter(|s| s.can_stall())
+    }
+
+    /// The statuses a person's confirmation takes a saga out of (to [`Status::Confirmed`]), and
+    /// the confirmation deadline (to [`Status::Expired`]): waiting for the mail to be sent, or for
+    /// the person. A link can be followed before the gateway heard that its mail went out.
+    pub fn confirmable() -> [Status; 2] {
+        [Self::Pending, Self::AwaitingConfirmation]
     }
 }
 
@@ -116,6 +177,8 @@ pub struct Step {
     pub bonus_points: Option<i64>,
     /// The services' own words, for operators.
     pub reason: Option<String>,
+    /// Whether the address already had a customer (`ConfirmationRequested`): operator view only.
+    pub already_enrolled: Option<bool>,
     /// The same, fit for the public enrollment view: fixed words per outcome, so nothing personal
     /// or internal can reach a URL that leaks through logs and referrers.
     pub public_reason: Option<&'static str>,
@@ -130,6 +193,7 @@ impl Step {
             customer_id: None,
             bonus_points: None,
             reason: None,
+            already_enrolled: None,
             public_reason: None,
             command: None,
         }
@@ -155,14 +219,18 @@ pub fn check_customer(customer: Option<Uuid>, event: &Message) -> Result<(), Str
 pub fn route(status: Status, event: &Message) -> Option<Step> {
     use Status::*;
     Some(match (status, event) {
-        (Pending, Message::CustomerEnrolled(e)) => Step {
+        (Pending, Message::ConfirmationRequested(e)) => Step {
+            already_enrolled: Some(e.already_enrolled),
+            ..Step::to(AwaitingConfirmation)
+        },
+        (Pending | Confirmed, Message::CustomerEnrolled(e)) => Step {
             customer_id: Some(e.customer_id),
             command: Some(Message::PostBonusPoints(PostBonusPoints {
                 customer_id: e.customer_id,
             })),
             ..Step::to(Enrolled)
         },
-        (Pending, Message::EnrollmentRejected(e)) => Step {
+        (Pending | Confirmed, Message::EnrollmentRejected(e)) => Step {
             reason: Some(e.reason.clone()),
             public_reason: Some("this e-mail address is already enrolled"),
             ..Step::to(Rejected)
@@ -250,6 +318,44 @@ mod tests {
     }
 
     #[test]
+    fn confirmation_waits_on_a_person_and_then_goes_on_as_before() {
+        let id = Uuid::now_v7();
+        let requested = |already_enrolled| Message::ConfirmationRequested(ConfirmationRequested { already_enrolled });
+        let step = route(Status::Pending, &requested(true)).unwrap();
+        assert_eq!(step.next, Status::AwaitingConfirmation);
+        assert_eq!(step.already_enrolled, Some(true));
+        assert_eq!(step.public_reason, None, "the public view must not tell the two apart");
+        assert_eq!(
+            route(Status::Pending, &requested(false)).unwrap().already_enrolled,
+            Some(false)
+        );
+        assert!(Status::AwaitingConfirmation.waits_on_person());
+        assert!(!Status::AwaitingConfirmation.can_stall());
+        assert!(!Status::AwaitingConfirmation.is_terminal());
+        // Nothing an event brings confirms: only a person does (outside the table).
+        for event in events(id).iter().chain([&requested(false)]) {
+            assert_eq!(
+                route(Status::AwaitingConfirmation, event),
+                None,
+                "{}",
+                event.type_name()
+            );
+        }
+        let e = events(id);
+        let step = route(Status::Confirmed, &e[0]).unwrap();
+        assert_eq!(step.next, Status::Enrolled);
+        assert!(matches!(step.command, Some(Message::PostBonusPoints(_))));
+        assert_eq!(route(Status::Confirmed, &e[1]).unwrap().next, Status::Rejected);
+        assert_eq!(route(Status::Confirmed, &requested(false)), None);
+        assert_eq!(
+            Status::Confirmed.waiting_for(),
+            Some(Awaits::Command(MessageType::ConfirmEnrollment))
+        );
+        assert!(Status::Expired.is_terminal());
+        assert_eq!(route(Status::Expired, &requested(false)), None);
+    }
+
+    #[test]
     fn terminal_states_never_move() {
         for status in Status::terminal() {
             for event in events(Uuid::now_v7()) {
@@ -309,11 +415,14 @@ mod tests {
             names,
             [
                 "pending",
+                "awaiting_confirmation",
+                "confirmed",
                 "enrolled",
                 "completed",
                 "rejected",
                 "compensating",
-                "rolled_back"
+                "rolled_back",
+                "expired"
             ]
         );
         for status in Status::VARIANTS {
@@ -442,8 +551,11 @@ mod tests {
             }
         }
         sent.push(MessageType::Enroll); // sent on acceptance, outside the table
-        for status in Status::open() {
-            let awaited = status.waiting_for().expect("an open status waits");
+        sent.push(MessageType::ConfirmEnrollment); // sent on a person's confirmation, outside it
+        for status in Status::stallable() {
+            let awaited = status
+                .awaited_command()
+                .expect("a status that can stall waits for a command");
             assert!(
                 sent.contains(&awaited),
                 "{status} waits for {awaited}, which nothing sends"

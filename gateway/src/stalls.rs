@@ -1,10 +1,10 @@
-//! Stalled sagas are visible, never silent. A saga that has not reached a terminal status and
+//! Stalled sagas are visible, never silent. A saga that waits for a command to be handled and
 //! has not changed for `STALL_AFTER_SECONDS` is *stalled*: `GET /api/enrollments/{id}` says so,
 //! `GET /api/enrollments/stalled` lists them with the service the saga waits for, and a sweeper
 //! logs each one once (again if it stalls again after moving). Nothing is cancelled: the saga
 //! finishes normally when the service it waits for comes back.
 
-use crate::saga::Status;
+use crate::saga::{Awaits, Status};
 use crate::store;
 use serde::Serialize;
 use sqlx::AnyPool;
@@ -31,10 +31,11 @@ pub struct StalledSaga {
 /// Who an open saga waits for, in words: the receiver of the command its status waits for.
 fn waiting_for(status: Status) -> String {
     match status.waiting_for() {
-        Some(command) => {
+        Some(Awaits::Command(command)) => {
             let receivers: Vec<&str> = command.route().receivers.iter().map(|p| p.name()).collect();
             format!("{} to handle {command}", receivers.join(", "))
         }
+        Some(Awaits::Person) => "the owner of the address to confirm it".to_owned(),
         None => "nothing".to_owned(),
     }
 }
@@ -110,9 +111,15 @@ mod tests {
 
     #[test]
     fn every_open_status_names_what_it_waits_for() {
-        for status in Status::open() {
-            assert!(waiting_for(status).ends_with(&format!("to handle {}", status.waiting_for().unwrap())));
+        for status in Status::stallable() {
+            assert!(waiting_for(status).ends_with(&format!("to handle {}", status.awaited_command().unwrap())));
         }
+        // Waiting on a person is not a stall (the stall scan leaves it alone), but it is said.
+        assert!(!Status::stallable().any(|s| s == Status::AwaitingConfirmation));
+        assert_eq!(
+            waiting_for(Status::AwaitingConfirmation),
+            "the owner of the address to confirm it"
+        );
         assert_eq!(
             waiting_for(Status::Enrolled),
             "transaction-api to handle PostBonusPoints"

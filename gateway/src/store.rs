@@ -9,7 +9,9 @@ use sqlx::{AnyConnection, AnyPool};
 use std::sync::LazyLock;
 use utility::domain::{CustomerName, Email};
 use utility::messaging::envelope::Envelope;
-use utility::messaging::message::{Enroll, Message};
+use utility::messaging::message::{
+    ConfirmEnrollment, ConfirmationLink, Enroll, ForgetEnrollment, Message, ResendConfirmation,
+};
 use utility::messaging::outbox;
 use uuid::Uuid;
 
@@ -41,8 +43,17 @@ pub struct PublicView {
     pub bonus_points: Option<i64>,
     /// Why it was rejected or rolled back, in words fit for the public (see `saga::Step`).
     pub reason: Option<String>,
-    /// Not terminal and unchanged for longer than the stall deadline.
+    /// Waiting for a service and unchanged for longer than the stall deadline (a saga that
+    /// waits for its address's owner is never stalled).
     pub stalled: bool,
+    /// Where the confirmation mail went, masked (`a…@example.com`); absent when the deployment
+    /// does not ask for confirmation.
+    #[schema(example = "a…@example.com")]
+    pub mailed_to: Option<String>,
+    /// The confirmation deadline (RFC 3339, UTC): unconfirmed by then, the enrollment ends
+    /// `expired`. Absent without confirmation.
+    #[schema(format = DateTime)]
+    pub confirm_by: Option<String>,
     pub history: Vec<HistoryEntry>,
 }
 
@@ -63,6 +74,16 @@ pub struct OperatorEntry {
     pub reason: Option<String>,
     /// The reason as the submitter sees it.
     pub public_reason: Option<String>,
+    /// With confirmation: whether the address already had a customer when the enrollment was
+    /// submitted (its owner got a note instead of a link). Operators only: the public view of
+    /// both is the same.
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub already_enrolled: Option<bool>,
+    #[serde(skip)]
+    #[sqlx(rename = "already_enrolled")]
+    pub already_enrolled_flag: Option<i64>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -91,6 +112,8 @@ struct EnrollmentRow {
     bonus_points: Option<i64>,
     public_reason: Option<String>,
     updated_at: String,
+    mailed_to: Option<String>,
+    confirm_by: Option<String>,
 }
 
 pub struct NewEnrollment<'a> {
@@ -100,6 +123,19 @@ pub struct NewEnrollment<'a> {
     pub idempotency_key: Option<&'a str>,
     pub fingerprint: &'a str,
     pub traceparent: String,
+    /// With confirmation required: the token's link, deadline and masked address.
+    pub confirmation: Option<NewConfirmation>,
+}
+
+/// A confirmation token as the gateway keeps it (its hash) and sends it (its link, once).
+pub struct NewConfirmation {
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// `<public origin>/confirm#<token>`.
+    pub url: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The address, masked for the public view.
+    pub mailed_to: String,
 }
 
 /// Stores the enrollment, its first history entry and the `Enroll` command in one transaction,
@@ -107,10 +143,11 @@ pub struct NewEnrollment<'a> {
 pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx::Error> {
     let now = utility::storage::now();
     let mut tx = pool.begin().await?;
+    let confirmation = new.confirmation.as_ref();
     sqlx::query(
         "INSERT INTO enrollments (id, name, email, status, idempotency_key, request_fingerprint, created_at, updated_at,
-                                  history_seq)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1)",
+                                  history_seq, confirmation_token_hash, confirm_by, mailed_to, last_mailed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1, $8, $9, $10, $11)",
     )
     .bind(new.id.to_string())
     .bind(new.name.as_str())
@@ -119,6 +156,10 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     .bind(new.idempotency_key)
     .bind(new.fingerprint)
     .bind(&now)
+    .bind(confirmation.map(|c| c.token_hash.as_str()))
+    .bind(confirmation.map(|c| utility::storage::timestamp(c.expires_at)))
+    .bind(confirmation.map(|c| c.mailed_to.as_str()))
+    .bind(confirmation.map(|_| now.as_str()))
     .execute(&mut *tx)
     .await?;
     insert_history(&mut tx, new.id, 1, Status::Pending, "EnrollmentAccepted", &now).await?;
@@ -126,7 +167,10 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
         Message::Enroll(Enroll {
             name: new.name.clone(),
             email: new.email.clone(),
-            confirmation: None,
+            confirmation: confirmation.map(|c| ConfirmationLink {
+                url: c.url.clone(),
+                expires_at: c.expires_at,
+            }),
         }),
         new.id,
     )
@@ -146,7 +190,8 @@ pub async fn find_by_key(pool: &AnyPool, key: &str) -> Result<Option<PriorSubmis
 /// stalled.
 pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option<PublicView>, sqlx::Error> {
     let row: Option<EnrollmentRow> = sqlx::query_as(
-        "SELECT id, status, customer_id, bonus_points, public_reason, updated_at FROM enrollments WHERE id = $1",
+        "SELECT id, status, customer_id, bonus_points, public_reason, updated_at, mailed_to, confirm_by
+         FROM enrollments WHERE id = $1",
     )
     .bind(id.to_string())
     .fetch_optional(pool)
@@ -156,7 +201,9 @@ pub async fn view(pool: &AnyPool, id: Uuid, stall_cutoff: &str) -> Result<Option
     };
     let history = history(pool, id).await?;
     Ok(Some(PublicView {
-        stalled: !row.status.is_terminal() && row.updated_at.as_str() < stall_cutoff,
+        stalled: row.status.can_stall() && row.updated_at.as_str() < stall_cutoff,
+        mailed_to: row.mailed_to,
+        confirm_by: row.confirm_by,
         id: row.id,
         status: row.status,
         customer_id: row.customer_id,
@@ -259,7 +306,7 @@ pub async fn list(
     // Ids are UUID v7 in canonical text, so their order is the order of acceptance. The two
     // optional filters are bound as NULL when absent, which keeps the SQL one portable statement.
     let mut entries: Vec<OperatorEntry> = sqlx::query_as(
-        "SELECT id, status, customer_id, bonus_points, reason, public_reason, created_at, updated_at
+        "SELECT id, status, customer_id, bonus_points, reason, public_reason, already_enrolled, created_at, updated_at
          FROM enrollments
          WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id < $2)
          ORDER BY id DESC LIMIT $3",
@@ -270,7 +317,8 @@ pub async fn list(
     .fetch_all(pool)
     .await?;
     for entry in &mut entries {
-        entry.stalled = !entry.status.is_terminal() && entry.updated_at.as_str() < stall_cutoff;
+        entry.stalled = entry.status.can_stall() && entry.updated_at.as_str() < stall_cutoff;
+        entry.already_enrolled = entry.already_enrolled_flag.map(|flag| flag != 0);
     }
     Ok(entries)
 }
@@ -309,7 +357,7 @@ pub async fn advance(
         "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
              bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason),
              public_reason = COALESCE($5, public_reason), updated_at = $6, stall_reported_at = NULL,
-             history_seq = history_seq + 1
+             history_seq = history_seq + 1, already_enrolled = COALESCE($9, already_enrolled)
          WHERE id = $7 AND status = $8
          RETURNING history_seq",
     )
@@ -321,15 +369,192 @@ pub async fn advance(
     .bind(now)
     .bind(id.to_string())
     .bind(from.name())
+    .bind(step.already_enrolled.map(i64::from))
     .fetch_optional(tx)
     .await
 }
 
-/// `status IN (...)` over the open statuses, as [`Status`] declares them.
+/// `status IN (...)` over the statuses that can stall (those waiting for a command), as
+/// [`Status`] declares them: a saga waiting on a person is not stalled.
 static OPEN: LazyLock<String> = LazyLock::new(|| {
-    let names: Vec<String> = Status::open().map(|s| format!("'{}'", s.name())).collect();
+    let names: Vec<String> = Status::stallable().map(|s| format!("'{}'", s.name())).collect();
     format!("status IN ({})", names.join(", "))
 });
+
+/// `status IN (...)` over [`Status::confirmable`].
+static CONFIRMABLE: LazyLock<String> = LazyLock::new(|| {
+    let names: Vec<String> = Status::confirmable()
+        .iter()
+        .map(|s| format!("'{}'", s.name()))
+        .collect();
+    format!("status IN ({})", names.join(", "))
+});
+
+/// The enrollment a confirmation token's hash names.
+#[derive(Debug, sqlx::FromRow)]
+pub struct TokenHolder {
+    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    pub confirm_by: Option<String>,
+}
+
+pub async fn by_token(pool: &AnyPool, token_hash: &str) -> Result<Option<TokenHolder>, sqlx::Error> {
+    sqlx::query_as("SELECT id, status, confirm_by FROM enrollments WHERE confirmation_token_hash = $1")
+        .bind(token_hash)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The person confirmed: moves the saga from `from` to `confirmed`, clears the token (single
+/// use) and sends `ConfirmEnrollment` through the outbox, in one transaction. Conditional on the
+/// status, the token and the deadline: `false` when the saga moved, the token was used or
+/// replaced, or the deadline passed meanwhile (nothing is changed then).
+pub async fn confirm(
+    pool: &AnyPool,
+    id: Uuid,
+    from: Status,
+    token_hash: &str,
+    traceparent: String,
+) -> Result<bool, sqlx::Error> {
+    let now = utility::storage::now();
+    let mut tx = pool.begin().await?;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "UPDATE enrollments SET status = $1, confirmation_token_hash = NULL, updated_at = $2, stall_reported_at = NULL,
+             history_seq = history_seq + 1
+         WHERE id = $3 AND status = $4 AND confirmation_token_hash = $5 AND confirm_by > $2
+         RETURNING history_seq",
+    )
+    .bind(Status::Confirmed.name())
+    .bind(&now)
+    .bind(id.to_string())
+    .bind(from.name())
+    .bind(token_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(seq) = seq else {
+        return Ok(false);
+    };
+    insert_history(&mut tx, id, seq, Status::Confirmed, "EnrollmentConfirmed", &now).await?;
+    let command =
+        Envelope::new(Message::ConfirmEnrollment(ConfirmEnrollment {}), id).with_traceparent(Some(traceparent));
+    outbox::enqueue(&mut tx, &command).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// What a resend finds of an enrollment.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ResendState {
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    pub confirm_by: Option<String>,
+    pub resends: i64,
+    pub last_mailed_at: Option<String>,
+}
+
+pub async fn resend_state(pool: &AnyPool, id: Uuid) -> Result<Option<ResendState>, sqlx::Error> {
+    sqlx::query_as("SELECT status, confirm_by, resends, last_mailed_at FROM enrollments WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await
+}
+
+/// Replaces the token with a new one and sends `ResendConfirmation` through the outbox, in one
+/// transaction. Conditional on what the caller read (`seen`: the status, the resend count): `false`
+/// when another request resent or the saga moved meanwhile.
+pub async fn resend(
+    pool: &AnyPool,
+    id: Uuid,
+    seen: &ResendState,
+    token_hash: &str,
+    link: ConfirmationLink,
+    traceparent: String,
+) -> Result<bool, sqlx::Error> {
+    let now = utility::storage::now();
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE enrollments SET confirmation_token_hash = $1, resends = resends + 1, last_mailed_at = $2
+         WHERE id = $3 AND status = $4 AND resends = $5",
+    )
+    .bind(token_hash)
+    .bind(&now)
+    .bind(id.to_string())
+    .bind(seen.status.name())
+    .bind(seen.resends)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    record_history(&mut tx, id, seen.status, "ConfirmationResent", &now).await?;
+    let command = Envelope::new(
+        Message::ResendConfirmation(ResendConfirmation { confirmation: link }),
+        id,
+    )
+    .with_traceparent(Some(traceparent));
+    outbox::enqueue(&mut tx, &command).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// An enrollment past its confirmation deadline, not confirmed.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Unconfirmed {
+    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    pub created_at: String,
+}
+
+/// Enrollments still waiting for their confirmation whose deadline is before `now`, oldest
+/// deadline first, at most `limit`.
+pub async fn past_deadline(pool: &AnyPool, now: &str, limit: i64) -> Result<Vec<Unconfirmed>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT id, status, created_at FROM enrollments WHERE {} AND confirm_by < $1 ORDER BY confirm_by, id LIMIT $2",
+        *CONFIRMABLE
+    ))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Ends an unconfirmed enrollment `expired` and sends `ForgetEnrollment` through the outbox, in
+/// one transaction. Conditional on its status (and deadline): `false` when it was confirmed, or
+/// another instance expired it, meanwhile.
+pub async fn expire(pool: &AnyPool, saga: &Unconfirmed, public_reason: &str) -> Result<bool, sqlx::Error> {
+    let now = utility::storage::now();
+    let id = Uuid::parse_str(&saga.id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let mut tx = pool.begin().await?;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "UPDATE enrollments SET status = $1, updated_at = $2, stall_reported_at = NULL, public_reason = $3,
+             reason = $3, history_seq = history_seq + 1
+         WHERE id = $4 AND status = $5 AND confirm_by < $2
+         RETURNING history_seq",
+    )
+    .bind(Status::Expired.name())
+    .bind(&now)
+    .bind(public_reason)
+    .bind(&saga.id)
+    .bind(saga.status.name())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(seq) = seq else {
+        return Ok(false);
+    };
+    insert_history(&mut tx, id, seq, Status::Expired, "ConfirmationExpired", &now).await?;
+    let command = Envelope::new(
+        Message::ForgetEnrollment(ForgetEnrollment {
+            reason: public_reason.to_owned(),
+        }),
+        id,
+    )
+    .with_traceparent(Some(utility::messaging::envelope::new_traceparent()));
+    outbox::enqueue(&mut tx, &command).await?;
+    tx.commit().await?;
+    Ok(true)
+}
 
 /// An open saga that has not moved since a cutoff.
 #[derive(Debug, sqlx::FromRow)]

@@ -18,7 +18,7 @@ testkit::on_both_backends!(schemathesis_finds_no_contradiction);
 
 /// Every route the gateway serves, as (method, path). The public routes, the page, the document
 /// and the health checks; the operator routes are in [`OPERATOR`].
-const PUBLIC: [(&str, &str); 10] = [
+const PUBLIC: [(&str, &str); 13] = [
     ("GET", "/"),
     ("GET", "/assets/{file}"),
     ("GET", "/openapi.json"),
@@ -27,6 +27,9 @@ const PUBLIC: [(&str, &str); 10] = [
     ("POST", "/api/enrollments"),
     ("GET", "/api/enrollments/{id}"),
     ("GET", "/api/enrollments/{id}/events"),
+    ("POST", "/api/enrollments/{id}/resend"),
+    ("GET", "/confirm"),
+    ("POST", "/api/confirmations"),
     ("GET", "/health"),
     ("GET", "/ready"),
 ];

@@ -199,16 +199,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 /// The trace this request is part of: the request's span, a trace of its own linked to the
 /// caller's `traceparent` (`utility::http::access`); a new trace when no tracing layer is
 /// installed.
-fn traceparent() -> String {
+pub(super) fn traceparent() -> String {
     utility::observe::context::traceparent(&tracing::Span::current())
         .unwrap_or_else(utility::messaging::envelope::new_traceparent)
 }
 
 /// Submit an enrollment.
 ///
-/// Stores it and starts its saga: the customer is enrolled, then the enrollment bonus is
-/// posted; if posting fails, the enrollment is rolled back. Follow it with
-/// `GET /api/enrollments/{id}`, its `/events` stream, or `Prefer: wait`.
+/// Stores it and starts its saga. With e-mail confirmation (the default), the owner of the
+/// address is mailed a link first, and the saga waits in `awaiting_confirmation` until they
+/// follow it (`POST /api/confirmations`) or the deadline passes (`expired`). Then the customer is
+/// enrolled, then the enrollment bonus is posted; if posting fails, the enrollment is rolled
+/// back. Follow it with `GET /api/enrollments/{id}`, its `/events` stream, or `Prefer: wait`
+/// (which, on a submission, also returns once the saga waits on a person).
 #[utoipa::path(
     post,
     path = "/api/enrollments",
@@ -221,7 +224,7 @@ fn traceparent() -> String {
             body = store::PublicView, headers(
                 ("Location" = String, description = "The enrollment's address."),
                 ("Preference-Applied" = String, description = "The wait applied, `wait=N`."))),
-        (status = 202, description = "Accepted; the saga runs. With `Prefer: wait`, the enrollment as it stood when the wait ended.",
+        (status = 202, description = "Accepted; the saga runs. With `Prefer: wait`, the enrollment as it stood when the wait ended, or once it waits for the e-mail confirmation.",
             body = Submitted, headers(
                 ("Location" = String, description = "The enrollment's address."),
                 ("Preference-Applied" = String, description = "With `Prefer: wait`: the wait applied."))),
@@ -251,6 +254,20 @@ pub(super) async fn create(
     }
     let id = Uuid::now_v7();
     tracing::Span::current().record("enrollment_id", tracing::field::display(id));
+    let confirmation = state.confirmation.as_ref().map(|settings| {
+        let token = crate::confirmation::Token::new();
+        // To the millisecond, as stored: the link's deadline and the enrollment's are one.
+        let expires_at = chrono::SubsecRound::trunc_subsecs(
+            chrono::Utc::now() + chrono::Duration::from_std(settings.ttl).unwrap_or(chrono::Duration::MAX),
+            3,
+        );
+        store::NewConfirmation {
+            url: token.url(&settings.origin),
+            token_hash: token.hash,
+            expires_at,
+            mailed_to: crate::confirmation::mask(&request.email),
+        }
+    });
     let new = NewEnrollment {
         id,
         name: &request.name,
@@ -258,6 +275,7 @@ pub(super) async fn create(
         idempotency_key: key.as_deref(),
         fingerprint: &fingerprint,
         traceparent: traceparent(),
+        confirmation,
     };
     match store::accept(&state.pool, &new).await {
         Ok(()) => {}

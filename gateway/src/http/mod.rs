@@ -2,7 +2,8 @@
 //!
 //! | surface | routes | who |
 //! |---|---|---|
-//! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{id}` (both with `Prefer: wait`), `GET /api/enrollments/{id}/events`, `/health` | anyone holding an enrollment id |
+//! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{id}` (both with `Prefer: wait`), `GET /api/enrollments/{id}/events`, `POST /api/enrollments/{id}/resend` (rate-limited), `/health` | anyone holding an enrollment id |
+//! | public | `GET /confirm` (the page a mailed link opens), `POST /api/confirmations` (rate-limited) | anyone holding a confirmation token |
 //! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
 //! Both are behind load shedding ([`edge`]). `GET /` and `/assets/*` serve the enrollment page
@@ -10,6 +11,7 @@
 //! only to a request with the operator token), `/asyncapi.json` the bus's ([`bus`]); origins in `CORS_ALLOWED_ORIGINS` may call the public routes from a page of theirs.
 
 mod bus;
+mod confirmations;
 pub mod edge;
 mod enrollments;
 mod events;
@@ -42,6 +44,17 @@ pub struct AppState {
     pub max_stream: std::time::Duration,
     pub hub: crate::live::Hub,
     pub metrics: utility::observe::metrics::Metrics,
+    /// Confirmation by e-mail; `None` when it is off (`EMAIL_CONFIRMATION=off`).
+    pub confirmation: Option<Confirmation>,
+}
+
+/// What the public routes need of the confirmation settings.
+#[derive(Clone)]
+pub struct Confirmation {
+    /// Where the mailed links point.
+    pub origin: crate::Origin,
+    /// How long the owner has to confirm.
+    pub ttl: std::time::Duration,
 }
 
 /// How the edge is set up (from the gateway's configuration).
@@ -82,10 +95,14 @@ pub fn cors(origins: Vec<axum::http::HeaderValue>) -> tower_http::cors::CorsLaye
 /// they did not exist. [`utility::http::finish`] adds the fallback and the request limits.
 pub fn routes(state: AppState, edge: &Edge) -> Router {
     let rate_limit = edge.rate_limit.clone();
-    let submit = routes!(enrollments::create).map(|route| match rate_limit {
-        Some(limit) => route.layer(from_fn_with_state(limit, edge::rate_limit)),
-        None => route,
-    });
+    let limited = |route: UtoipaMethodRouter<AppState>| {
+        let rate_limit = rate_limit.clone();
+        route.map(|route| match rate_limit {
+            Some(limit) => route.layer(from_fn_with_state(limit, edge::rate_limit)),
+            None => route,
+        })
+    };
+    let submit = limited(routes!(enrollments::create));
     let public = |route: UtoipaMethodRouter<AppState>| route.map(|r| r.fallback(method_not_allowed));
     let mut api = OpenApiRouter::with_openapi(reference::Frame::openapi())
         .routes(public(routes!(page::index)))
@@ -95,7 +112,10 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
         .routes(public(routes!(reference::docs)))
         .routes(public(submit))
         .routes(public(routes!(enrollments::show)))
-        .routes(public(routes!(events::events)));
+        .routes(public(routes!(events::events)))
+        .routes(public(routes!(confirmations::page)))
+        .routes(public(limited(routes!(confirmations::confirm))))
+        .routes(public(limited(routes!(confirmations::resend))));
     api = match &edge.operator {
         Some(token) => {
             let operator = |route: UtoipaMethodRouter<AppState>| {

@@ -31,6 +31,7 @@ static INDEX: LazyLock<String> = LazyLock::new(|| {
 });
 const APP_CSS: &str = include_str!("../../assets/app.css");
 const APP_JS: &str = include_str!("../../assets/app.js");
+const CONFIRM_JS: &str = include_str!("../../assets/confirm.js");
 
 /// Same origin for everything; no inline script or style; the page may not be framed.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
@@ -75,15 +76,17 @@ pub(super) enum Asset {
     Stylesheet,
     #[serde(rename = "app.js")]
     Script,
+    #[serde(rename = "confirm.js")]
+    ConfirmationScript,
 }
 
-/// The page's stylesheet (`app.css`) and script (`app.js`).
+/// The pages' stylesheet (`app.css`) and scripts (`app.js`, and `confirm.js` of `/confirm`).
 #[utoipa::path(
     get,
     path = "/assets/{file}",
     tag = "page",
     operation_id = "pageAsset",
-    params(("file" = Asset, Path, description = "`app.css` or `app.js`.")),
+    params(("file" = Asset, Path, description = "`app.css`, `app.js` or `confirm.js`.")),
     responses(
         (status = 200, description = "The file.", content(
             (String = "text/css"),
@@ -96,6 +99,7 @@ pub(super) async fn assets(ProblemPath(file): ProblemPath<String>) -> Response {
     match file.as_str() {
         "app.css" => asset("text/css; charset=utf-8", APP_CSS),
         "app.js" => asset("text/javascript; charset=utf-8", APP_JS),
+        "confirm.js" => asset("text/javascript; charset=utf-8", CONFIRM_JS),
         _ => utility::http::problem::not_found_route().await.into_response(),
     }
 }

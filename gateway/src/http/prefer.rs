@@ -39,7 +39,8 @@ pub(super) fn parameter() -> Parameter {
         .required(Required::False)
         .description(Some(format!(
             "RFC 7240 `wait=N`: hold the answer until the saga is terminal or N seconds pass \
-             (N is capped at {MAX_WAIT_SECONDS}). Other preferences are ignored."
+             (N is capped at {MAX_WAIT_SECONDS}); on a submission, also until the saga waits \
+             on a person (`awaiting_confirmation`). Other preferences are ignored."
         )))
         .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
         .example(Some("wait=10".into()))
@@ -80,7 +81,9 @@ pub(super) async fn answer(state: &AppState, id: &str, status: Status, wait: Opt
     let uuid = Uuid::parse_str(id).map_err(Problem::internal)?;
     // The enrollment is stored: whatever goes wrong while waiting, the answer is still that it
     // was accepted (an error here would make a client without a key submit it again).
-    let view = match wait_for(state, uuid, Duration::from_secs(seconds)).await {
+    // A submission's wait also ends where the next step is a person's (the e-mail confirmation).
+    let until = |status: Status| status.is_terminal() || status.waits_on_person();
+    let view = match wait_for(state, uuid, Duration::from_secs(seconds), until).await {
         Ok(Some(view)) => view,
         Ok(None) | Err(_) => {
             tracing::warn!(enrollment_id = %id, "waiting for the outcome failed; answering 202");
@@ -112,7 +115,7 @@ pub(super) async fn read(state: &AppState, id: Uuid, headers: &HeaderMap) -> Res
             .insert(header::VARY, HeaderValue::from_static("prefer"));
         return Ok(response);
     };
-    let view = wait_for(state, id, Duration::from_secs(seconds))
+    let view = wait_for(state, id, Duration::from_secs(seconds), Status::is_terminal)
         .await?
         .ok_or_else(not_found)?;
     let mut response = Json(view).into_response();
@@ -137,9 +140,15 @@ fn applied(response: &mut Response, seconds: u64) {
     headers.insert(header::VARY, HeaderValue::from_static("prefer"));
 }
 
-/// The enrollment once it is terminal, or as it stands when `wait` is over (or the service
-/// stops). Waiting costs no query of its own: the live-updates poller says when to look again.
-async fn wait_for(state: &AppState, id: Uuid, wait: Duration) -> Result<Option<store::PublicView>, Problem> {
+/// The enrollment once its status is one `until` accepts, or as it stands when `wait` is over
+/// (or the service stops). Waiting costs no query of its own: the live-updates poller says when
+/// to look again.
+async fn wait_for(
+    state: &AppState,
+    id: Uuid,
+    wait: Duration,
+    until: impl Fn(Status) -> bool,
+) -> Result<Option<store::PublicView>, Problem> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut subscription = state.hub.subscribe(&id.to_string());
     loop {
@@ -147,7 +156,7 @@ async fn wait_for(state: &AppState, id: Uuid, wait: Duration) -> Result<Option<s
         let Some(view) = store::view(&state.pool, id, &cutoff).await? else {
             return Ok(None);
         };
-        if view.status.is_terminal() || state.hub.is_closed() {
+        if until(view.status) || state.hub.is_closed() {
             return Ok(Some(view));
         }
         tokio::select! {

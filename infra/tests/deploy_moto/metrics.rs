@@ -178,6 +178,7 @@ fn samples(service: &str) -> Vec<(&'static str, Json)> {
             ("saga completed", "completed", 1840),
             ("saga rejected", "rejected", 95),
             ("saga rolled back", "rolled_back", 30_211),
+            ("saga expired", "expired", 86_400_412),
         ] {
             let fields = json!({"outcome": outcome, "duration_ms": duration, "enrollment_id": enrollment});
             lines.push((name, line("INFO", "saga finished", fields)));
@@ -211,11 +212,12 @@ fn expected_filters() -> Vec<Expected> {
         value,
         unit,
     };
-    let outcomes = &["saga completed", "saga rejected", "saga rolled back"];
+    let outcomes = &["saga completed", "saga rejected", "saga rolled back", "saga expired"];
     let mut expected = vec![
         gateway("SagasCompleted", &["saga completed"], "1", "Count"),
         gateway("SagasRejected", &["saga rejected"], "1", "Count"),
         gateway("SagasRolledBack", &["saga rolled back"], "1", "Count"),
+        gateway("SagasExpired", &["saga expired"], "1", "Count"),
         gateway("SagaDuration", outcomes, "$.duration_ms", "Milliseconds"),
         gateway("StalledSagas", &["gauges"], "$.stalled_sagas", "Count"),
     ];

@@ -200,8 +200,20 @@ pub async fn invariants(system: &System, accepted: &[Accepted]) -> anyhow::Resul
                     ));
                 }
             }
+            // Never confirmed: nothing was enrolled, nothing granted.
+            Status::Expired => {
+                if customer.is_some() || !bonuses.is_empty() {
+                    violate(format!(
+                        "{id}: expired but has a customer {customer:?} or bonus {bonuses:?}"
+                    ));
+                }
+            }
             // Open statuses were counted as lost above.
-            Status::Pending | Status::Enrolled | Status::Compensating => {}
+            Status::Pending
+            | Status::AwaitingConfirmation
+            | Status::Confirmed
+            | Status::Enrolled
+            | Status::Compensating => {}
         }
     }
     let mut active_by_email: HashMap<&str, Vec<&str>> = HashMap::new();

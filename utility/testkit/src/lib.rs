@@ -51,7 +51,7 @@ pub const DEADLINE: Duration = Duration::from_secs(45);
 /// The saga's terminal statuses, as `gateway::saga::Status` declares them (the gateway's
 /// `tests/statuses.rs` holds the two together; the harness cannot depend on the gateway for
 /// every crate that uses it).
-pub const TERMINAL: [&str; 3] = ["completed", "rejected", "rolled_back"];
+pub const TERMINAL: [&str; 4] = ["completed", "rejected", "rolled_back", "expired"];
 /// The operator token of every test gateway.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 

@@ -96,7 +96,12 @@ impl Default for Layout {
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
                 ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             ]),
-            service_env: vec![(GATEWAY, "OPERATOR_TOKEN".to_owned(), OPERATOR_TOKEN.to_owned())],
+            // Confirmation by e-mail off, explicitly: the suites that run the binaries are about
+            // the saga's machinery. A layout asks for it with a later `EMAIL_CONFIRMATION` entry.
+            service_env: vec![
+                (GATEWAY, "OPERATOR_TOKEN".to_owned(), OPERATOR_TOKEN.to_owned()),
+                (GATEWAY, "EMAIL_CONFIRMATION".to_owned(), "off".to_owned()),
+            ],
             ready_within: DEADLINE,
         }
     }

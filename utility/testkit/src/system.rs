@@ -14,11 +14,15 @@ use utility::messaging::bus::Bus;
 use utility::runtime::config::CommonConfig;
 
 /// A gateway configuration for tests: operator routes on with [`OPERATOR_TOKEN`], no rate limit
-/// (tests submit quickly from one address; the limit has tests of its own).
+/// (tests submit quickly from one address; the limit has tests of its own), and
+/// `EMAIL_CONFIRMATION=off`, explicitly: most tests are about the saga's machinery, not about a
+/// person following a mailed link. The confirmation tests turn it on
+/// ([`Options::email_confirmation`], or the field here).
 pub fn gateway_config() -> gateway::Config {
     gateway::Config {
         operator_token: Some(utility::runtime::config::Secret::new(OPERATOR_TOKEN.to_owned())),
         rate_limit_per_minute: 0,
+        email_confirmation: gateway::EmailConfirmation::Off,
         ..gateway::Config::default()
     }
 }
@@ -66,6 +70,10 @@ pub struct Options {
     pub receive_wait_seconds: i32,
     /// The customer-api's `EMAIL_SUBADDRESSES`.
     pub email_subaddresses: utility::domain::Subaddresses,
+    /// The gateway's `EMAIL_CONFIRMATION`: `off` unless a test asks for it ([`gateway_config`]).
+    pub email_confirmation: gateway::EmailConfirmation,
+    /// The gateway's `CONFIRMATION_TTL_SECONDS`.
+    pub confirmation_ttl_seconds: u64,
 }
 
 impl Default for Options {
@@ -77,6 +85,8 @@ impl Default for Options {
             stall_after_seconds: 120,
             receive_wait_seconds: 1,
             email_subaddresses: utility::domain::Subaddresses::default(),
+            email_confirmation: gateway::EmailConfirmation::Off,
+            confirmation_ttl_seconds: gateway::Config::default().confirmation_ttl_seconds,
         }
     }
 }
@@ -167,6 +177,8 @@ impl System {
             gateway::Config {
                 common,
                 stall_after_seconds: self.options.stall_after_seconds,
+                email_confirmation: self.options.email_confirmation,
+                confirmation_ttl_seconds: self.options.confirmation_ttl_seconds,
                 ..gateway_config()
             },
             self.bus.clone(),
