@@ -18,14 +18,16 @@
 //!    PostgreSQL, default log level, JSON logs), near and far alternately (`BENCH_SAGA_ROUNDS`,
 //!    2): sagas one after another (latency at low load against the hop sum), then
 //!    `BENCH_ENROLLMENTS` at once (throughput, billed requests, CPU, memory, log bytes), and once
-//!    nothing at all (idle receives).
+//!    nothing at all (idle receives);
+//! 4. [`lookup_phase`]: an operator lookup over the bus at idle against one SQS hop plus one reply
+//!    hop measured between the lookups (`BENCH_LOOKUPS`, 40).
 //!
 //! Then [`TARGETS`], issue 20's table, is filled in: each figure beside its target. `make bench`
 //! writes the run to `docs/performance.md` with the capacity plan of `docs/capacity.md` computed
 //! from the far figures. Under `cargo test` (no `--bench`) it is a smoke run of a twentieth of
 //! the size, one round, and writes nothing. `BENCH_MESSAGES` (2000), `BENCH_ENROLLMENTS` (400),
 //! `BENCH_SEQUENTIAL` (100), `BENCH_HOPS` (40), `BENCH_IDLE_SECONDS` (40) set the sizes;
-//! `BENCH_ONLY=consumer` stops after phase 1.
+//! `BENCH_ONLY=consumer` stops after phase 1; `BENCH_ONLY=lookup` runs phase 4 alone.
 
 #[path = "pipeline/lookups.rs"]
 mod lookups;
@@ -816,10 +818,11 @@ impl Results {
             id: Id::Lookup,
             value: self.lookup.ratio(),
             shown: format!(
-                "{:.2}x ({:.1} ms; one hop {:.1} ms)",
+                "{:.2}x ({:.1} ms; one hop {:.1} ms; the first lookup after start {:.1} ms)",
                 self.lookup.ratio(),
                 self.lookup.lookup_ms,
-                self.lookup.hop_ms
+                self.lookup.hop_ms,
+                self.lookup.first_ms
             ),
         });
         for (id, runs) in [(Id::BilledNear, &self.near), (Id::BilledFar, &self.far)] {
@@ -1143,10 +1146,29 @@ fn page(results: &Results, run: &str) -> String {
     )
 }
 
+/// Phase 4: an operator lookup over the bus at idle, on its own system.
+async fn lookup_phase() -> lookups::LookupLatency {
+    let system = testkit::System::start(Backend::Postgres, testkit::Options::default()).await;
+    let lookup = lookups::measure(&system, size("BENCH_LOOKUPS", 40)).await;
+    system.stop().await;
+    lookup
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let started = chrono::Utc::now();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("lookup") {
+        let lookup = lookup_phase().await;
+        println!(
+            "lookup p50 {:.1} ms, one hop {:.1} ms: {:.2}x the two hops; the first lookup {:.1} ms",
+            lookup.lookup_ms,
+            lookup.hop_ms,
+            lookup.ratio(),
+            lookup.first_ms
+        );
+        return;
+    }
     let near = Route::start("near", Duration::ZERO, Duration::ZERO).await;
     let far = Route::start("far", FAR_BUS, FAR_DATABASE).await;
     let stack = TestStack::deploy(&near.bus).await;
@@ -1189,12 +1211,7 @@ async fn main() {
         }
     }
     println!("4. an operator lookup over the bus, at idle");
-    let lookup = {
-        let system = testkit::System::start(Backend::Postgres, testkit::Options::default()).await;
-        let lookup = lookups::measure(&system, size("BENCH_LOOKUPS", 40)).await;
-        system.stop().await;
-        lookup
-    };
+    let lookup = lookup_phase().await;
     let sagas_far_to_near = median(
         near_runs
             .iter()

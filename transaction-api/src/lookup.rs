@@ -14,16 +14,18 @@ impl Answer for PointsLookups {
             return Ok(None);
         };
         let id = query.customer_id.to_string();
+        // One connection for both reads: one pool acquisition on the lookup's path, not two.
+        let mut conn = pool.acquire().await?;
         let balance: Option<i64> = sqlx::query_scalar("SELECT points FROM balances WHERE customer_id = $1")
             .bind(&id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
         let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
             "SELECT id, enrollment_id, kind, points, posted_at FROM ledger
              WHERE customer_id = $1 ORDER BY posted_at, id",
         )
         .bind(&id)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         let ledger = rows
             .into_iter()

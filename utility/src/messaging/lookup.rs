@@ -102,6 +102,11 @@ where
             continue;
         }
         let settled = sort(batch).await;
+        // `sort` may have woken the requests waiting for these messages (the gateway's lookups).
+        // Tokio runs a task woken from a worker on that worker, after the task that woke it
+        // yields: without this, each waiting request would wait for the deletes below to be
+        // built, signed and sent before it could answer.
+        tokio::task::yield_now().await;
         let done: Vec<&str> = settled
             .iter()
             .filter(|(_, d)| *d == Disposition::Done)
