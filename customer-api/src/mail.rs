@@ -33,6 +33,9 @@ const LEASE: Duration = Duration::from_secs(60);
 /// Longest one `SendEmail` may take, the SDK's retries included.
 const SEND_LIMIT: Duration = Duration::from_secs(20);
 
+/// Longest a mail waits between two attempts SES failed for now.
+const RETRY_CAP: Duration = Duration::from_secs(15 * 60);
+
 /// Mails claimed at once by one relay.
 const CLAIM: i64 = 10;
 
@@ -177,6 +180,8 @@ pub fn pending_gauge(metrics: &MailMetrics, pool: AnyPool) -> GaugeSource {
 struct Claimed {
     id: String,
     enrollment_id: String,
+    /// This one included.
+    attempts: i64,
     recipient: String,
     subject: String,
     body: String,
@@ -252,8 +257,12 @@ impl MailRelay {
                         self.set_aside(&mail, &code, &message).await?;
                     }
                     Err(SendFailure::Transient(reason)) => {
-                        let ids: Vec<String> = std::iter::once(mail.id).chain(rows.map(|r| r.id)).collect();
-                        self.release(&ids).await?;
+                        // This mail waits longer the more often it failed, so one SES keeps
+                        // refusing for now does not hold back the mails behind it; the relay
+                        // backs off as a whole, since SES itself may be what fails.
+                        self.postpone(&mail).await?;
+                        let rest: Vec<String> = rows.map(|r| r.id).collect();
+                        self.release(&rest).await?;
                         anyhow::bail!("SES did not take a mail: {reason}");
                     }
                 }
@@ -270,7 +279,7 @@ impl MailRelay {
                  SELECT id FROM mail_outbox
                  WHERE failed_at IS NULL AND (claimed_until IS NULL OR claimed_until < $2)
                  ORDER BY created_at, id LIMIT $3 {skip_locked})
-             RETURNING id, enrollment_id, recipient, subject, body, created_at"
+             RETURNING id, enrollment_id, attempts, recipient, subject, body, created_at"
         );
         let mut rows: Vec<Claimed> = sqlx::query_as(&sql)
             .bind(&until)
@@ -327,6 +336,20 @@ impl MailRelay {
         sqlx::query("UPDATE mail_outbox SET failed_at = $1, error = $2, claimed_until = NULL WHERE id = $3")
             .bind(now())
             .bind(format!("{code}: {message}"))
+            .bind(&mail.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps a mail SES failed to take from the next attempts for a while: twice as long after
+    /// each failed attempt, from 2 s up to [`RETRY_CAP`].
+    async fn postpone(&self, mail: &Claimed) -> Result<(), sqlx::Error> {
+        let exponent = u32::try_from(mail.attempts.clamp(1, 16)).unwrap_or(16);
+        let delay = Duration::from_secs(2u64.pow(exponent)).min(RETRY_CAP);
+        let until = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        sqlx::query("UPDATE mail_outbox SET claimed_until = $1 WHERE id = $2")
+            .bind(timestamp(until))
             .bind(&mail.id)
             .execute(&self.pool)
             .await?;

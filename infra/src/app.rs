@@ -59,6 +59,11 @@ pub enum DeployError {
          give --parameter CertificateArn=<ARN>, or --parameter AllowPlainHttp=true for a development deployment"
     )]
     PlainHttp,
+    #[error(
+        "no MailFrom: the customer-api mails enrollment confirmations from an address SES has verified; \
+         give --parameter MailFrom=<address> (DEPLOY.md, \"Mail\")"
+    )]
+    NoMailFrom,
     #[error("cannot read the CIDRs of the public subnets {subnets} (for LoadBalancerCidrs): {detail}")]
     Subnets { subnets: String, detail: String },
 }
@@ -109,6 +114,16 @@ pub fn check_transport(overrides: &[(String, String)]) -> Result<(), DeployError
         Ok(())
     } else {
         Err(DeployError::PlainHttp)
+    }
+}
+
+/// The sender of the customer-api's mail has no default (no address would be verified in a new
+/// account): refused before anything is uploaded when not given.
+pub fn check_mail_from(overrides: &[(String, String)]) -> Result<(), DeployError> {
+    let given = overrides.iter().rev().find(|(k, _)| k == "MailFrom");
+    match given {
+        Some((_, address)) if !address.trim().is_empty() => Ok(()),
+        _ => Err(DeployError::NoMailFrom),
     }
 }
 
@@ -219,6 +234,7 @@ pub fn release_parameters(
 #[tracing::instrument(skip_all, fields(prefix = %options.name_prefix))]
 pub async fn deploy(clients: &Clients, options: &AppOptions) -> Result<Deployment, DeployError> {
     check_transport(&options.overrides)?;
+    check_mail_from(&options.overrides)?;
     let stacks = Stacks::for_prefix(&options.name_prefix);
     let cfn = &clients.cloudformation;
     let limit = clients.settle_limit;
@@ -342,6 +358,21 @@ mod tests {
         assert!(given(&[("AllowPlainHttp", "true")]).is_ok());
     }
 
+    #[test]
+    fn a_deployment_names_its_mail_sender() {
+        let given = |pairs: &[(&str, &str)]| {
+            super::check_mail_from(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert!(given(&[]).is_err());
+        assert!(given(&[("MailFrom", " ")]).is_err());
+        assert!(given(&[("MailFrom", "no-reply@example.com")]).is_ok());
+    }
+
     use super::*;
 
     /// Every messaging output the application needs exists in messaging.yaml, is a parameter of
@@ -402,6 +433,8 @@ mod tests {
         passed.extend(NETWORK_INPUTS.iter().map(|k| k.to_string()));
         // Derived by deploy from the public subnets when not given.
         passed.push("LoadBalancerCidrs".to_owned());
+        // Given by the operator: deploy refuses to start without it (`check_mail_from`).
+        passed.push("MailFrom".to_owned());
         for key in &passed {
             assert!(declared.contains_key(key.as_str()), "app.yaml has no parameter {key}");
         }

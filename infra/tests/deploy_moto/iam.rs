@@ -35,6 +35,12 @@ fn percent_decode(raw: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// The sender identity the deployments under test are given (`MailFrom`).
+pub const MAIL_FROM: &str = "no-reply@mail.example.com";
+
+/// The one mail-sending action, for the customer-api alone.
+const SEND_MAIL: &str = "ses:SendEmail";
+
 /// Marks a resource the emulator left unresolved (see [`SECRET_ACTION`]).
 const UNRESOLVED: &str = "<unresolved>";
 
@@ -75,6 +81,14 @@ async fn grants(iam: &aws_sdk_iam::Client, role: &str) -> BTreeMap<String, Vec<S
             assert_eq!(statement["Effect"], "Allow");
             assert!(statement.get("NotAction").is_none() && statement.get("NotResource").is_none());
             for action in strings(&statement["Action"]) {
+                if action == SEND_MAIL {
+                    // Only from the one sender address, whichever identity covers it.
+                    let from = &statement["Condition"]["StringEquals"]["ses:FromAddress"];
+                    assert_eq!(
+                        from, MAIL_FROM,
+                        "{role}: {SEND_MAIL} without its ses:FromAddress condition"
+                    );
+                }
                 grants
                     .entry(action)
                     .or_default()
@@ -99,6 +113,8 @@ struct Scope {
     send_to: &'static [&'static str],
     topic: Option<&'static str>,
     secrets: usize,
+    /// Whether it sends mail (`ses:SendEmail` from [`MAIL_FROM`]'s identities).
+    mails: bool,
 }
 
 const SCOPES: [Scope; 3] = [
@@ -114,6 +130,7 @@ const SCOPES: [Scope; 3] = [
         ],
         topic: None,
         secrets: 2,
+        mails: false,
     },
     Scope {
         role: "CustomerApiRole",
@@ -122,6 +139,7 @@ const SCOPES: [Scope; 3] = [
         send_to: &["GatewayRepliesQueueArn"],
         topic: Some("CustomerEventsTopicArn"),
         secrets: 1,
+        mails: true,
     },
     Scope {
         role: "TransactionApiRole",
@@ -130,6 +148,7 @@ const SCOPES: [Scope; 3] = [
         send_to: &["GatewayRepliesQueueArn"],
         topic: Some("TransactionEventsTopicArn"),
         secrets: 1,
+        mails: false,
     },
 ];
 
@@ -160,6 +179,7 @@ pub async fn assert_least_privilege(
         "logs:CreateLogStream",
         "logs:DescribeLogStreams",
         "logs:PutLogEvents",
+        SEND_MAIL,
     ]);
     assert_eq!(roles.len(), SCOPES.len(), "roles: {roles:?}");
     for scope in &SCOPES {
@@ -217,5 +237,20 @@ pub async fn assert_least_privilege(
         for action in LOG_ACTIONS {
             assert_eq!(grants.get(action), Some(&set(&[own_log_group])), "{service}: {action}");
         }
+        // The address's SES identity and its domain's, nothing else.
+        let identities: Option<BTreeSet<String>> = grants.get(SEND_MAIL).map(|resources| {
+            resources
+                .iter()
+                .map(|arn| {
+                    let identity = arn
+                        .strip_prefix("arn:aws:ses:")
+                        .and_then(|rest| rest.split_once(":identity/"));
+                    identity.map_or_else(|| format!("not an SES identity: {arn}"), |(_, name)| name.to_owned())
+                })
+                .collect()
+        });
+        let domain = MAIL_FROM.split_once('@').map(|(_, d)| d).unwrap_or_default();
+        let expected = scope.mails.then(|| set(&[MAIL_FROM, domain]));
+        assert_eq!(identities, expected, "{service}: {SEND_MAIL}");
     }
 }

@@ -176,6 +176,7 @@ async fn deploy_app_end_to_end_on_moto() {
         overrides: vec![
             ("BonusBudgetPoints".to_owned(), "5000".to_owned()),
             ("LogRetentionDays".to_owned(), "14".to_owned()),
+            ("MailFrom".to_owned(), iam::MAIL_FROM.to_owned()),
             // No certificate in this deployment: plain HTTP, asked for by name.
             ("AllowPlainHttp".to_owned(), "true".to_owned()),
         ],
@@ -321,6 +322,7 @@ async fn deploy_app_end_to_end_on_moto() {
         overrides: vec![
             ("DatabaseDeletionProtection".to_owned(), "false".to_owned()),
             ("AllowPlainHttp".to_owned(), "true".to_owned()),
+            ("MailFrom".to_owned(), iam::MAIL_FROM.to_owned()),
         ],
         ..rollback.clone()
     };
@@ -386,6 +388,7 @@ async fn deploy_app_into_an_existing_vpc() {
             .chain([
                 ("DatabaseDeletionProtection".to_owned(), "false".to_owned()),
                 ("CertificateArn".to_owned(), certificate.clone()),
+                ("MailFrom".to_owned(), iam::MAIL_FROM.to_owned()),
             ])
             .collect(),
     };
