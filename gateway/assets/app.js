@@ -99,9 +99,9 @@
         body: JSON.stringify(body),
       });
       const answer = await response.json().catch(() => ({}));
-      if (response.ok && answer.id) {
+      if (response.ok && answer.view_key) {
         key = null;
-        follow(answer.id);
+        follow(answer.id, answer.view_key);
         return;
       }
       if (response.status === 422 && Array.isArray(answer["invalid-params"])) {
@@ -157,7 +157,10 @@
     return Math.floor(ms / 60000) + " min " + Math.round((ms % 60000) / 1000) + " s";
   }
 
-  function follow(id) {
+  // `id` names the enrollment (for support); `viewKey` is its address, the only thing the public
+  // routes take.
+  function follow(id, viewKey) {
+    const address = "/api/enrollments/" + encodeURIComponent(viewKey);
     form.hidden = true;
     progress.hidden = false;
     progress.dataset.id = id;
@@ -190,7 +193,7 @@
       if (isTerminal(step.status) && !done) {
         done = true;
         if (source) source.close();
-        finish(id);
+        finish(address);
       }
     }
 
@@ -203,7 +206,7 @@
       let pause = 2000;
       while (!done) {
         try {
-          const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
+          const response = await fetch(address, {
             headers: { Accept: "application/json", Prefer: "wait=20" },
           });
           if (response.ok) {
@@ -223,7 +226,9 @@
       }
     }
 
-    source = new EventSource("/api/enrollments/" + encodeURIComponent(id) + "/events");
+    // The stream ends after MAX_STREAM_SECONDS; EventSource then reconnects by itself with
+    // Last-Event-ID and the gateway resumes after the last event it sent.
+    source = new EventSource(address + "/events");
     source.addEventListener("status", (message) => addStep(JSON.parse(message.data)));
     // EventSource reconnects by itself (with Last-Event-ID) after a dropped connection; when it
     // gives up (the stream was refused), fall back to held GETs.
@@ -232,10 +237,10 @@
     });
   }
 
-  async function finish(id) {
+  async function finish(address) {
     let view = {};
     try {
-      const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
+      const response = await fetch(address, {
         headers: { Accept: "application/json" },
       });
       view = await response.json();
