@@ -305,7 +305,7 @@ pub(super) async fn create(
     // The place to wait is taken before anything is stored: a refusal leaves nothing behind.
     let held = match prefer::hold(&state, client, prefer::preferred_wait(&headers)) {
         Ok(held) => held,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(axum::response::IntoResponse::into_response(refused)),
     };
     if let Some(key) = key.as_deref()
         && let Some(existing) = replay(&state.pool, key, &fingerprint).await?

@@ -46,19 +46,28 @@ pub(super) struct Accepted {
 /// A place for the request to be held, when it asks to be (`wait`): `Ok(None)` when it does not
 /// ask or every place is taken (the preference is then not applied), a 429 when the client holds
 /// as many as one client may.
-pub(super) fn hold(state: &AppState, client: Client, wait: Option<u64>) -> Result<Option<(u64, Place)>, Response> {
+pub(super) fn hold(state: &AppState, client: Client, wait: Option<u64>) -> Result<Option<(u64, Place)>, TooManyHeld> {
     let Some(seconds) = wait else { return Ok(None) };
     match state.hub.wait_place(client.0) {
         Ok(place) => Ok(Some((seconds, place))),
         Err(Refused::Full) => Ok(None),
         Err(Refused::ClientFull) => {
             tracing::info!(client = %client.0, "held requests per client reached");
-            Err(super::edge::too_many(
-                "this address already has as many requests held by `Prefer: wait` as one client may; \
-                 retry after the time in Retry-After",
-                RETRY_AFTER_SECONDS,
-            ))
+            Err(TooManyHeld)
         }
+    }
+}
+
+/// The client holds as many requests as one client may: 429 with `Retry-After`.
+pub(super) struct TooManyHeld;
+
+impl IntoResponse for TooManyHeld {
+    fn into_response(self) -> Response {
+        super::edge::too_many(
+            "this address already has as many requests held by `Prefer: wait` as one client may; \
+             retry after the time in Retry-After",
+            RETRY_AFTER_SECONDS,
+        )
     }
 }
 
@@ -143,7 +152,7 @@ pub(super) async fn read(state: &AppState, id: Uuid, client: Client, headers: &H
     let not_found = || Problem::not_found("no enrollment at this address");
     let wait = match hold(state, client, preferred_wait(headers)) {
         Ok(wait) => wait,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(refused.into_response()),
     };
     let Some((seconds, _place)) = wait else {
         let cutoff = utility::storage::cutoff(state.stall_after);
