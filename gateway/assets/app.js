@@ -103,9 +103,9 @@
         body: JSON.stringify(body),
       });
       const answer = await response.json().catch(() => ({}));
-      if (response.ok && answer.id) {
+      if (response.ok && answer.view_key) {
         key = null;
-        follow(answer.id);
+        follow(answer.id, answer.view_key);
         return;
       }
       if (response.status === 422 && Array.isArray(answer["invalid-params"])) {
@@ -162,7 +162,10 @@
     return Math.floor(ms / 60000) + " min " + Math.round((ms % 60000) / 1000) + " s";
   }
 
-  function follow(id) {
+  // `id` names the enrollment (for support); `viewKey` is its address, the only thing the public
+  // routes take.
+  function follow(id, viewKey) {
+    const address = "/api/enrollments/" + encodeURIComponent(viewKey);
     form.hidden = true;
     progress.hidden = false;
     progress.dataset.id = id;
@@ -193,14 +196,14 @@
       item.append(name, meta);
       timeline.append(item);
       if (step.status === "awaiting_confirmation") {
-        awaitConfirmation(id);
+        awaitConfirmation(address);
       } else if (step.status !== "pending") {
         confirmation.hidden = true;
       }
       if (isTerminal(step.status) && !done) {
         done = true;
         if (source) source.close();
-        finish(id);
+        finish(address);
       }
     }
 
@@ -213,7 +216,7 @@
       let pause = 2000;
       while (!done) {
         try {
-          const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
+          const response = await fetch(address, {
             headers: { Accept: "application/json", Prefer: "wait=20" },
           });
           if (response.ok) {
@@ -233,7 +236,9 @@
       }
     }
 
-    source = new EventSource("/api/enrollments/" + encodeURIComponent(id) + "/events");
+    // The stream ends after MAX_STREAM_SECONDS; EventSource then reconnects by itself with
+    // Last-Event-ID and the gateway resumes after the last event it sent.
+    source = new EventSource(address + "/events");
     source.addEventListener("status", (message) => addStep(JSON.parse(message.data)));
     // EventSource reconnects by itself (with Last-Event-ID) after a dropped connection; when it
     // gives up (the stream was refused), fall back to held GETs.
@@ -245,11 +250,11 @@
   // The saga waits for the owner of the address to follow the mailed link (in this tab or any
   // other): say where the mail went, offer to send it again, and keep following the timeline,
   // which goes on by itself once the link is confirmed.
-  async function awaitConfirmation(id) {
+  async function awaitConfirmation(address) {
     if (!confirmation.hidden) return;
     let view = {};
     try {
-      const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
+      const response = await fetch(address, {
         headers: { Accept: "application/json" },
       });
       view = await response.json();
@@ -263,17 +268,17 @@
     confirmationText.textContent = text;
     resendNote.hidden = true;
     resendButton.disabled = false;
-    resendButton.dataset.id = id;
+    resendButton.dataset.address = address;
     confirmation.hidden = false;
     say(text);
   }
 
   resendButton.addEventListener("click", async () => {
-    const id = resendButton.dataset.id;
+    const address = resendButton.dataset.address;
     resendButton.disabled = true;
     let text;
     try {
-      const response = await fetch("/api/enrollments/" + encodeURIComponent(id) + "/resend", {
+      const response = await fetch(address + "/resend", {
         method: "POST",
         headers: { Accept: "application/json" },
       });
@@ -297,10 +302,10 @@
     say(text);
   });
 
-  async function finish(id) {
+  async function finish(address) {
     let view = {};
     try {
-      const response = await fetch("/api/enrollments/" + encodeURIComponent(id), {
+      const response = await fetch(address, {
         headers: { Accept: "application/json" },
       });
       view = await response.json();

@@ -61,10 +61,18 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Open event streams at most (`MAX_EVENT_STREAMS`); more are refused with 503.
     pub max_event_streams: usize,
+    /// Open event streams of one client at most (`MAX_EVENT_STREAMS_PER_CLIENT`), the client
+    /// counted as the submission rate limit counts it (its address, an IPv6 address by its /64);
+    /// more are refused with 429 and `Retry-After`. 0 turns the limit off.
+    pub max_event_streams_per_client: usize,
     /// Requests held by `Prefer: wait` at most (`MAX_WAITING_REQUESTS`); beyond it the
     /// preference is not applied. Keep it well below `MAX_CONCURRENT_REQUESTS`, whose places
     /// held requests occupy.
     pub max_waiting_requests: usize,
+    /// Requests of one client held by `Prefer: wait` at most
+    /// (`MAX_WAITING_REQUESTS_PER_CLIENT`, the client counted as for the streams); one more is
+    /// refused with 429 and `Retry-After` (a submission before it is stored). 0 turns the limit off.
+    pub max_waiting_requests_per_client: usize,
     /// Longest an event stream stays open, in seconds (`MAX_STREAM_SECONDS`): then it ends, and
     /// an EventSource comes back with `Last-Event-ID` and resumes where it was. A stream
     /// therefore holds its place for a bounded time, however stalled its saga.
@@ -110,7 +118,9 @@ impl Default for Config {
             trusted_proxy_cidrs: CommaSeparated::default(),
             max_concurrent_requests: 256,
             max_event_streams: 1000,
+            max_event_streams_per_client: 8,
             max_waiting_requests: 64,
+            max_waiting_requests_per_client: 4,
             max_stream_seconds: 300,
             events_poll_ms: 250,
             cors_allowed_origins: CommaSeparated::default(),
@@ -151,7 +161,8 @@ impl Config {
         Ok(http::Edge {
             cors: (!origins.is_empty()).then(|| http::cors(origins)),
             operator,
-            rate_limit: http::edge::RateLimit::new(self.rate_limit_per_minute, self.rate_limit_burst, proxies),
+            rate_limit: http::edge::RateLimit::new(self.rate_limit_per_minute, self.rate_limit_burst, proxies.clone()),
+            proxies,
             max_concurrent_requests: self.max_concurrent_requests,
             hsts: (self.hsts_max_age_seconds > 0)
                 .then(|| axum::http::HeaderValue::from_str(&format!("max-age={}", self.hsts_max_age_seconds)))
@@ -185,7 +196,10 @@ impl Config {
             live::Limits {
                 streams: self.max_event_streams,
                 waits: self.max_waiting_requests,
+                streams_per_client: self.max_event_streams_per_client,
+                waits_per_client: self.max_waiting_requests_per_client,
             },
+            &metrics,
             shutdown,
         );
         Ok(http::AppState {

@@ -1,5 +1,5 @@
 //! Stalled sagas are visible, never silent. A saga that waits for a command to be handled and
-//! has not changed for `STALL_AFTER_SECONDS` is *stalled*: `GET /api/enrollments/{id}` says so,
+//! has not changed for `STALL_AFTER_SECONDS` is *stalled*: `GET /api/enrollments/{view_key}` says so,
 //! `GET /api/enrollments/stalled` lists them with the service the saga waits for, and a sweeper
 //! logs each one once (again if it stalls again after moving). Nothing is cancelled: the saga
 //! finishes normally when the service it waits for comes back.

@@ -96,6 +96,8 @@ pub struct OperatorEntry {
 #[derive(sqlx::FromRow)]
 pub struct PriorSubmission {
     pub id: String,
+    /// `None` for an enrollment accepted before view keys existed (migration 160).
+    pub view_key: Option<String>,
     #[sqlx(try_from = "String")]
     pub status: Status,
     #[sqlx(rename = "request_fingerprint")]
@@ -118,6 +120,8 @@ struct EnrollmentRow {
 
 pub struct NewEnrollment<'a> {
     pub id: Uuid,
+    /// The public view's address (`http::view_key`).
+    pub view_key: &'a str,
     pub name: &'a CustomerName,
     pub email: &'a Email,
     pub idempotency_key: Option<&'a str>,
@@ -146,8 +150,8 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     let confirmation = new.confirmation.as_ref();
     sqlx::query(
         "INSERT INTO enrollments (id, name, email, status, idempotency_key, request_fingerprint, created_at, updated_at,
-                                  history_seq, confirmation_token_hash, confirm_by, mailed_to, last_mailed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1, $8, $9, $10, $11)",
+                                  history_seq, view_key, confirmation_token_hash, confirm_by, mailed_to, last_mailed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1, $8, $9, $10, $11, $12)",
     )
     .bind(new.id.to_string())
     .bind(new.name.as_str())
@@ -156,6 +160,7 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     .bind(new.idempotency_key)
     .bind(new.fingerprint)
     .bind(&now)
+    .bind(new.view_key)
     .bind(confirmation.map(|c| c.token_hash.as_str()))
     .bind(confirmation.map(|c| utility::storage::timestamp(c.expires_at)))
     .bind(confirmation.map(|c| c.mailed_to.as_str()))
@@ -180,10 +185,33 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
 }
 
 pub async fn find_by_key(pool: &AnyPool, key: &str) -> Result<Option<PriorSubmission>, sqlx::Error> {
-    sqlx::query_as("SELECT id, status, request_fingerprint FROM enrollments WHERE idempotency_key = $1")
+    sqlx::query_as("SELECT id, view_key, status, request_fingerprint FROM enrollments WHERE idempotency_key = $1")
         .bind(key)
         .fetch_optional(pool)
         .await
+}
+
+/// Gives an enrollment accepted before view keys existed the key `view_key`, unless it has one
+/// by now; returns the key it has.
+pub async fn give_view_key(pool: &AnyPool, id: &str, view_key: &str) -> Result<String, sqlx::Error> {
+    sqlx::query("UPDATE enrollments SET view_key = $1 WHERE id = $2 AND view_key IS NULL")
+        .bind(view_key)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    sqlx::query_scalar("SELECT view_key FROM enrollments WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}
+
+/// The enrollment whose public view `view_key` addresses.
+pub async fn enrollment_by_view_key(pool: &AnyPool, view_key: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM enrollments WHERE view_key = $1")
+        .bind(view_key)
+        .fetch_optional(pool)
+        .await?;
+    Ok(id.and_then(|id| Uuid::parse_str(&id).ok()))
 }
 
 /// The enrollment as its submitter sees it; `stall_cutoff` is the oldest `updated_at` that is not
@@ -222,6 +250,38 @@ pub async fn history(pool: &AnyPool, id: Uuid) -> Result<Vec<HistoryEntry>, sqlx
     .bind(id.to_string())
     .fetch_all(pool)
     .await
+}
+
+/// The histories of `ids`, one query per 500 ids, each oldest first; an id without
+/// history is absent.
+pub async fn histories(
+    pool: &AnyPool,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<HistoryEntry>>, sqlx::Error> {
+    let mut histories = std::collections::HashMap::<String, Vec<HistoryEntry>>::new();
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT enrollment_id, id, status, at, event FROM enrollment_history WHERE enrollment_id IN ({}) \
+             {HISTORY_ORDER_BY_ENROLLMENT}",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, EnrollmentHistoryRow>(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(pool).await? {
+            histories.entry(row.enrollment_id).or_default().push(row.entry);
+        }
+    }
+    Ok(histories)
+}
+
+#[derive(sqlx::FromRow)]
+struct EnrollmentHistoryRow {
+    enrollment_id: String,
+    #[sqlx(flatten)]
+    entry: HistoryEntry,
 }
 
 /// How many history entries each of `ids` has: what live updates compare to see a change.
@@ -394,13 +454,16 @@ static CONFIRMABLE: LazyLock<String> = LazyLock::new(|| {
 #[derive(Debug, sqlx::FromRow)]
 pub struct TokenHolder {
     pub id: String,
+    /// The public view's address (`None` only for an enrollment from before view keys, which
+    /// never had a token either).
+    pub view_key: Option<String>,
     #[sqlx(try_from = "String")]
     pub status: Status,
     pub confirm_by: Option<String>,
 }
 
 pub async fn by_token(pool: &AnyPool, token_hash: &str) -> Result<Option<TokenHolder>, sqlx::Error> {
-    sqlx::query_as("SELECT id, status, confirm_by FROM enrollments WHERE confirmation_token_hash = $1")
+    sqlx::query_as("SELECT id, view_key, status, confirm_by FROM enrollments WHERE confirmation_token_hash = $1")
         .bind(token_hash)
         .fetch_optional(pool)
         .await
@@ -658,3 +721,5 @@ pub(crate) async fn insert_history(
 /// History in the order the saga took (entries written before sequence numbers existed first,
 /// by time).
 const HISTORY_ORDER: &str = "ORDER BY COALESCE(seq, 0), at, id";
+/// [`HISTORY_ORDER`] within each enrollment.
+const HISTORY_ORDER_BY_ENROLLMENT: &str = "ORDER BY enrollment_id, COALESCE(seq, 0), at, id";

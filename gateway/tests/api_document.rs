@@ -25,9 +25,9 @@ const PUBLIC: [(&str, &str); 13] = [
     ("GET", "/asyncapi.json"),
     ("GET", "/docs"),
     ("POST", "/api/enrollments"),
-    ("GET", "/api/enrollments/{id}"),
-    ("GET", "/api/enrollments/{id}/events"),
-    ("POST", "/api/enrollments/{id}/resend"),
+    ("GET", "/api/enrollments/{view_key}"),
+    ("GET", "/api/enrollments/{view_key}/events"),
+    ("POST", "/api/enrollments/{view_key}/resend"),
     ("GET", "/confirm"),
     ("POST", "/api/confirmations"),
     ("GET", "/health"),
@@ -243,11 +243,11 @@ async fn each_operation_states_its_headers_and_problem_answers() {
     assert!(submit["responses"]["202"]["headers"].get("Location").is_some());
     assert!(submit["responses"]["429"]["headers"].get("Retry-After").is_some());
     assert!(submit["responses"]["503"]["headers"].get("Retry-After").is_some());
-    let show = &doc["paths"]["/api/enrollments/{id}"]["get"];
+    let show = &doc["paths"]["/api/enrollments/{view_key}"]["get"];
     assert!(show["responses"]["200"]["headers"].get("Preference-Applied").is_some());
-    for path in ["/api/enrollments/{id}", "/api/enrollments/{id}/events"] {
+    for path in ["/api/enrollments/{view_key}", "/api/enrollments/{view_key}/events"] {
         let responses = doc["paths"][path]["get"]["responses"].as_object().unwrap();
-        for status in ["400", "404", "503"] {
+        for status in ["400", "404", "429", "503"] {
             assert!(responses.contains_key(status), "GET {path} does not document {status}");
         }
     }

@@ -67,10 +67,10 @@ enum WhileDown {
     Elsewhere,
 }
 
-/// What `method path` answers while the database is down; `id` is a stored enrollment.
+/// What `method path` answers while the database is down; `view_key` is a stored enrollment's.
 /// Panics for an operation it does not know, so a route
 /// added to the document must be added here.
-fn while_down(method: &str, path: &str, id: &str) -> WhileDown {
+fn while_down(method: &str, path: &str, view_key: &str) -> WhileDown {
     use WhileDown::{Answers, Elsewhere, Unavailable};
     match (method, path) {
         ("POST", "/api/enrollments") => Unavailable(vec![
@@ -81,13 +81,13 @@ fn while_down(method: &str, path: &str, id: &str) -> WhileDown {
                 post_enrollment(Some("down-key")),
             ),
         ]),
-        ("GET", "/api/enrollments/{id}") => Unavailable(vec![(
-            "GET /api/enrollments/{id}",
-            get(&format!("/api/enrollments/{id}")),
+        ("GET", "/api/enrollments/{view_key}") => Unavailable(vec![(
+            "GET /api/enrollments/{view_key}",
+            get(&format!("/api/enrollments/{view_key}")),
         )]),
-        ("GET", "/api/enrollments/{id}/events") => Unavailable(vec![(
-            "GET /api/enrollments/{id}/events",
-            get(&format!("/api/enrollments/{id}/events")),
+        ("GET", "/api/enrollments/{view_key}/events") => Unavailable(vec![(
+            "GET /api/enrollments/{view_key}/events",
+            get(&format!("/api/enrollments/{view_key}/events")),
         )]),
         ("GET", "/api/enrollments/stalled") => {
             Unavailable(vec![("GET /api/enrollments/stalled", get("/api/enrollments/stalled"))])
@@ -128,11 +128,11 @@ async fn every_route_answers_503_while_the_database_is_down() {
     // Up: every route answers from the database.
     let accepted = call(&gateway, post_enrollment(Some("down-key"))).await;
     assert_eq!(accepted.status, 202, "{}", accepted.body);
-    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    let view_key = accepted.body["view_key"].as_str().unwrap().to_owned();
     let up = [
         (post_enrollment(None), 202),
         (post_enrollment(Some("down-key")), 409),
-        (get(&format!("/api/enrollments/{id}")), 200),
+        (get(&format!("/api/enrollments/{view_key}")), 200),
         (get("/api/enrollments/stalled"), 200),
         (get("/api/enrollments?limit=5"), 200),
     ];
@@ -156,7 +156,7 @@ async fn every_route_answers_503_while_the_database_is_down() {
         .collect();
     let (mut unavailable, mut answering) = (Vec::new(), Vec::new());
     for (method, path) in &operations {
-        match while_down(method, path, &id) {
+        match while_down(method, path, &view_key) {
             WhileDown::Unavailable(requests) => unavailable.extend(requests),
             WhileDown::Answers(requests) => answering.extend(requests),
             WhileDown::Elsewhere => {}

@@ -531,7 +531,7 @@ async fn connections_that_trickle_headers_or_idle_are_closed_and_their_number_is
 
     // A keep-alive connection answered once, then left idle: closed within the bound too.
     let mut idle = connect().await.unwrap();
-    let path = format!("/api/enrollments/{}", uuid::Uuid::now_v7());
+    let path = format!("/api/enrollments/{}", "A".repeat(22));
     idle.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();

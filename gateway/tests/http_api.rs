@@ -12,7 +12,9 @@ testkit::on_both_backends!(
     idempotency_key_replays_or_conflicts,
     a_malformed_traceparent_is_ignored,
     an_empty_listing_parameter_is_refused_not_read_as_absent,
-    the_listing_names_a_customer_only_where_there_is_one
+    the_listing_names_a_customer_only_where_there_is_one,
+    the_public_view_is_addressed_by_a_view_key_not_the_id,
+    a_replay_gives_an_enrollment_from_before_view_keys_a_key
 );
 
 fn post(body: impl Into<Body>, content_type: Option<&str>) -> Request<Body> {
@@ -96,17 +98,17 @@ async fn bad_input_gets_problem_details(backend: Backend) {
     empty_key.headers_mut().insert("idempotency-key", "".parse().unwrap());
     api.call(empty_key).await.problem(400);
 
-    api.call(get("/api/enrollments/not-a-uuid")).await.problem(400);
+    api.call(get("/api/enrollments/not-a-view-key")).await.problem(400);
     api.call(get(&format!("/api/enrollments/{}", "9".repeat(5000))))
         .await
         .problem(400);
-    let unknown = uuid::Uuid::now_v7();
+    let unknown = "A".repeat(22);
     let answer = api.call(get(&format!("/api/enrollments/{unknown}"))).await;
     assert!(
         answer.problem(404)["detail"]
             .as_str()
             .unwrap()
-            .contains(&unknown.to_string())
+            .contains("no enrollment")
     );
     api.call(get("/api/customers/nope")).await.problem(401);
     let mut with_token = get("/api/customers/nope");
@@ -148,10 +150,8 @@ async fn idempotency_key_replays_or_conflicts(backend: Backend) {
         .await;
     assert_eq!(again.status, 202, "{}", again.body);
     assert_eq!(again.body["id"], id.as_str());
-    assert_eq!(
-        again.header("location"),
-        Some(format!("/api/enrollments/{id}").as_str())
-    );
+    assert_eq!(again.body["view_key"], first.body["view_key"]);
+    assert_eq!(again.header("location"), first.header("location"));
 
     let conflict = api
         .call(json_post(&json!({"name": "Someone Else", "email": email}), Some(&key)))
@@ -161,7 +161,11 @@ async fn idempotency_key_replays_or_conflicts(backend: Backend) {
     // a key must not learn someone else's enrollment id.
     assert!(body["detail"].as_str().unwrap().contains("Idempotency-Key"), "{body}");
     assert!(
-        !conflict.body.to_string().contains(&id),
+        !conflict.body.to_string().contains(&id)
+            && !conflict
+                .body
+                .to_string()
+                .contains(first.body["view_key"].as_str().unwrap()),
         "the 409 names the enrollment: {body}"
     );
 
@@ -313,4 +317,95 @@ async fn services_refuse_to_start_without_their_topology() {
         .send()
         .await;
     assert!(exists.is_err(), "the service created a queue");
+}
+
+/// The public view's address is a view key of 128 random bits, made at acceptance: `Location`
+/// and the 202 body carry it, the public routes take it, and the enrollment id (a UUIDv7, which
+/// shows when it was made and has few random bits) addresses nothing. Nothing the public routes
+/// answer is kept by a cache.
+async fn the_public_view_is_addressed_by_a_view_key_not_the_id(backend: Backend) {
+    let api = GatewayApi::start(backend).await;
+    let accepted = api
+        .call(json_post(
+            &json!({"name": "Ada", "email": "view-key@example.com"}),
+            None,
+        ))
+        .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    assert_eq!(accepted.header("cache-control"), Some("no-store"));
+    let id = accepted.body["id"].as_str().unwrap();
+    let view_key = accepted.body["view_key"].as_str().unwrap();
+    assert_eq!(view_key.len(), 22, "{view_key}");
+    assert!(
+        view_key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{view_key}"
+    );
+    let location = format!("/api/enrollments/{view_key}");
+    assert_eq!(accepted.header("location"), Some(location.as_str()));
+    let stored: String = sqlx::query_scalar("SELECT view_key FROM enrollments WHERE id = $1")
+        .bind(id)
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, view_key);
+
+    let shown = api.call(get(&location)).await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert_eq!(shown.body["id"], id, "the id stays, for correlation");
+    assert_eq!(shown.header("cache-control"), Some("no-store"));
+    let mut waited = get(&location);
+    waited.headers_mut().insert("prefer", "wait=1".parse().unwrap());
+    let waited = api.call(waited).await;
+    assert_eq!(waited.status, 200, "{}", waited.body);
+    assert_eq!(waited.header("preference-applied"), Some("wait=1"));
+    assert_eq!(waited.header("cache-control"), Some("no-store"));
+
+    // The id no longer opens the view, nor its stream; the refusal says what does.
+    for path in [
+        format!("/api/enrollments/{id}"),
+        format!("/api/enrollments/{id}/events"),
+    ] {
+        let refused = api.call(get(&path)).await;
+        let detail = refused.problem(400)["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("view key"), "{detail}");
+        assert_eq!(refused.header("cache-control"), Some("no-store"));
+    }
+    // Each acceptance makes a new key.
+    let other = api
+        .call(json_post(
+            &json!({"name": "Ada", "email": "view-key-2@example.com"}),
+            None,
+        ))
+        .await;
+    assert_ne!(other.body["view_key"], view_key);
+}
+
+/// An enrollment accepted before view keys existed has none, so no public view; replaying its
+/// submission (the same key and body, which only its submitter has) gives it one.
+async fn a_replay_gives_an_enrollment_from_before_view_keys_a_key(backend: Backend) {
+    let api = GatewayApi::start(backend).await;
+    let body = json!({"name": "Ada", "email": "before-keys@example.com"});
+    let first = api.call(json_post(&body, Some("before-keys"))).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let id = first.body["id"].as_str().unwrap();
+    sqlx::query("UPDATE enrollments SET view_key = NULL WHERE id = $1")
+        .bind(id)
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    let old_key = first.body["view_key"].as_str().unwrap();
+    api.call(get(&format!("/api/enrollments/{old_key}"))).await.problem(404);
+
+    let again = api.call(json_post(&body, Some("before-keys"))).await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.body["id"], id);
+    let new_key = again.body["view_key"].as_str().unwrap();
+    assert_ne!(new_key, old_key);
+    let shown = api.call(get(&format!("/api/enrollments/{new_key}"))).await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    // And it keeps that key.
+    let third = api.call(json_post(&body, Some("before-keys"))).await;
+    assert_eq!(third.body["view_key"], new_key);
 }

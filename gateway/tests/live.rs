@@ -75,7 +75,7 @@ async fn events_follow_the_saga_and_resume_without_repeats(backend: Backend) {
     let system = System::start(backend, Options::default()).await;
     let email = format!("live-{}@example.com", uuid::Uuid::new_v4().simple());
     let id = system.submit("Live", &email).await;
-    let url = system.url(&format!("/api/enrollments/{id}/events"));
+    let url = system.url(&format!("{}/events", system.enrollment_path(&id).await));
     let (events, ended) = read_events(open(&system, &url, None).await, DEADLINE).await;
     assert!(ended, "the stream did not end after the terminal status: {events:?}");
     assert_eq!(statuses(&events), ["pending", "enrolled", "completed"]);
@@ -91,8 +91,11 @@ async fn events_follow_the_saga_and_resume_without_repeats(backend: Backend) {
     // A client that has the outcome gets 204, which stops an EventSource from reconnecting.
     assert_eq!(open(&system, &url, Some(&events[2].id)).await.status(), 204);
     // Unknown enrollment: a problem, before any stream.
-    let unknown = system.url(&format!("/api/enrollments/{}/events", uuid::Uuid::now_v7()));
+    let unknown = system.url(&format!("/api/enrollments/{}/events", "A".repeat(22)));
     assert_eq!(open(&system, &unknown, None).await.status(), 404);
+    // The enrollment id does not address it.
+    let by_id = system.url(&format!("/api/enrollments/{id}/events"));
+    assert_eq!(open(&system, &by_id, None).await.status(), 400);
     system.stop().await;
 }
 
@@ -114,7 +117,7 @@ async fn prefer_wait_answers_with_the_outcome(backend: Backend) {
     assert_eq!(body["status"], "completed", "{body}");
     assert_eq!(body["bonus_points"], 500);
     assert_eq!(testkit::history(&body), ["pending", "enrolled", "completed"]);
-    assert_eq!(location, format!("/api/enrollments/{}", body["id"].as_str().unwrap()));
+    assert_eq!(location, system.enrollment_path(body["id"].as_str().unwrap()).await);
     // A GET that asks to wait for a finished saga answers at once; an absurd wait is capped.
     let started = tokio::time::Instant::now();
     let response = system
@@ -165,8 +168,8 @@ async fn a_second_gateway_instance_streams_what_the_first_consumed() {
         .json()
         .await
         .unwrap();
-    let id = answer["id"].as_str().unwrap().to_owned();
-    let url = second.url(&format!("/api/enrollments/{id}/events"));
+    let view_key = answer["view_key"].as_str().unwrap().to_owned();
+    let url = second.url(&format!("/api/enrollments/{view_key}/events"));
     let stream = tokio::spawn(read_events(open(&system, &url, None).await, DEADLINE));
     // Let the saga go: the first instance, restarted with its relay, publishes the held command.
     system.gateway.take().unwrap().stop().await.unwrap();
@@ -196,7 +199,12 @@ async fn open_streams_end_when_the_gateway_stops() {
     let id = system
         .submit("Stuck", &format!("stuck-{}@example.com", uuid::Uuid::new_v4().simple()))
         .await;
-    let stream = open(&system, &system.url(&format!("/api/enrollments/{id}/events")), None).await;
+    let stream = open(
+        &system,
+        &system.url(&format!("{}/events", system.enrollment_path(&id).await)),
+        None,
+    )
+    .await;
     let reader = tokio::spawn(read_events(stream, Duration::from_secs(40)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!reader.is_finished(), "the stream ended before the saga did");
@@ -260,13 +268,13 @@ async fn waits_end_with_the_wait_and_streams_are_bounded() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["preference-applied"], "wait=1");
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "pending");
     assert_eq!(testkit::history(&body), ["pending"]);
-    let id = body["id"].as_str().unwrap();
 
     // One stream may be open; the next is refused until it closes.
-    let events = server.url(&format!("/api/enrollments/{id}/events"));
+    let events = server.url(&format!("{location}/events"));
     let first = http.get(&events).send().await.unwrap();
     assert_eq!(first.status(), 200);
     let second = http.get(&events).send().await.unwrap();
@@ -304,7 +312,10 @@ async fn a_stream_ends_after_its_lifetime_and_resumes_where_it_was() {
         .json()
         .await
         .unwrap();
-    let events = server.url(&format!("/api/enrollments/{}/events", accepted["id"].as_str().unwrap()));
+    let events = server.url(&format!(
+        "/api/enrollments/{}/events",
+        accepted["view_key"].as_str().unwrap()
+    ));
     let started = tokio::time::Instant::now();
     let (first, ended) = read_events(http.get(&events).send().await.unwrap(), Duration::from_secs(10)).await;
     assert!(ended, "the stream outlived its lifetime: {first:?}");
@@ -321,4 +332,186 @@ async fn a_stream_ends_after_its_lifetime_and_resumes_where_it_was() {
     assert!(ended);
     assert!(again.is_empty(), "{again:?}");
     server.stop().await;
+}
+
+/// Streams and held requests are bounded per client (by the address the rate limit keys on), so
+/// one client cannot take every place: beyond its share it is refused with 429 and `Retry-After`,
+/// while another client still gets a place. A refused submission stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_place_to_follow() {
+    let api = GatewayApi::with_config(
+        Backend::Sqlite,
+        gateway::Config {
+            max_event_streams_per_client: 2,
+            max_waiting_requests_per_client: 1,
+            // The test's requests come from 127.0.0.1, a trusted proxy, so X-Forwarded-For names
+            // the client.
+            trusted_proxy_cidrs: "127.0.0.1".parse().unwrap(),
+            ..testkit::gateway_config()
+        },
+    )
+    .await;
+    let server = Served::start(api.router.clone()).await;
+    let http = reqwest::Client::new();
+    let as_client = |request: reqwest::RequestBuilder, client: &str| request.header("x-forwarded-for", client);
+    let (mallory, alice) = ("203.0.113.7", "198.51.100.4");
+    // No bus here: the saga stays pending, so streams and waits stay open.
+    let accepted = as_client(http.post(server.url("/api/enrollments")), mallory)
+        .json(&json!({"name": "Held", "email": "held@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    let location = accepted.headers()["location"].to_str().unwrap().to_owned();
+    let events = server.url(&format!("{location}/events"));
+
+    let first = as_client(http.get(&events), mallory).send().await.unwrap();
+    let second = as_client(http.get(&events), mallory).send().await.unwrap();
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let third = as_client(http.get(&events), mallory).send().await.unwrap();
+    assert_eq!(third.status(), 429);
+    assert!(third.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(third.headers()["content-type"], "application/problem+json");
+    let theirs = as_client(http.get(&events), alice).send().await.unwrap();
+    assert_eq!(theirs.status(), 200, "another client is not refused");
+    drop(first);
+    eventually(
+        "the closed stream's place to come back to its client",
+        DEADLINE,
+        async || {
+            let again = as_client(http.get(&events), mallory).send().await.unwrap();
+            Poll::ready_if(again.status() == 200, (), again.status())
+        },
+    )
+    .await
+    .unwrap();
+
+    // One held request per client: the next is refused, a GET and a submission alike, and the
+    // refused submission is not stored.
+    let held = tokio::spawn(
+        as_client(http.get(server.url(&location)), mallory)
+            .header("prefer", "wait=5")
+            .send(),
+    );
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM enrollments")
+            .fetch_one(&api.pool)
+            .await
+            .unwrap()
+    };
+    let before = stored().await;
+    let refused = eventually("the held request to take the client's place", DEADLINE, async || {
+        let again = as_client(http.get(server.url(&location)), mallory)
+            .header("prefer", "wait=5")
+            .send()
+            .await
+            .unwrap();
+        let status = again.status();
+        Poll::ready_if(status == 429, again, status)
+    })
+    .await
+    .unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    let submission = as_client(http.post(server.url("/api/enrollments")), mallory)
+        .header("prefer", "wait=5")
+        .json(&json!({"name": "Refused", "email": "refused@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submission.status(), 429);
+    assert_eq!(stored().await, before, "a refused submission was stored");
+    // Without Prefer: wait the same client is answered at once, and another client may wait.
+    let plain = as_client(http.get(server.url(&location)), mallory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    let waited = as_client(http.get(server.url(&location)), alice)
+        .header("prefer", "wait=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(waited.headers()["preference-applied"], "wait=1");
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    server.stop().await;
+}
+
+/// Many streams on one saga cost one history read per change, not one per stream: the
+/// live-updates poller reads it and hands it to all of them
+/// (`saga_follower_history_reads_total` counts the reads). The saga is held until every stream
+/// is open (the consuming gateway's relay is off), as in the test above of two instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_streams_on_one_saga_share_one_history_read_per_change() {
+    const STREAMS: u64 = 6;
+    let mut system = System::start(
+        Backend::Postgres,
+        Options {
+            gateway_relay: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let pool = utility::storage::connect(&system.gateway_db.url, gateway::migrations())
+        .await
+        .unwrap();
+    let follower = gateway::router(
+        &testkit::gateway_config(),
+        pool,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    )
+    .unwrap();
+    let follower = Served::start(follower).await;
+    let metrics = follower.url("/metrics");
+    assert_eq!(history_reads(&system.http, &metrics).await, 0);
+    let email = format!("fan-out-{}@example.com", uuid::Uuid::new_v4().simple());
+    let answer: Value = system
+        .http
+        .post(follower.url("/api/enrollments"))
+        .json(&json!({"name": "Fan Out", "email": email}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = follower.url(&format!(
+        "/api/enrollments/{}/events",
+        answer["view_key"].as_str().unwrap()
+    ));
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(tokio::spawn(read_events(open(&system, &url, None).await, DEADLINE)));
+    }
+    system.gateway.take().unwrap().stop().await.unwrap();
+    system.start_gateway(true).await;
+    for stream in streams {
+        let (events, ended) = stream.await.unwrap();
+        assert!(ended, "{events:?}");
+        assert_eq!(statuses(&events), ["pending", "enrolled", "completed"]);
+    }
+    // One read as each stream opened, then at most one per change the poller saw: its first
+    // look, and the two steps. One read per stream per change would be STREAMS * 2 more at least.
+    let after = history_reads(&system.http, &metrics).await - STREAMS;
+    assert!(
+        (1..=3).contains(&after),
+        "{after} history reads after the streams opened"
+    );
+    follower.stop().await;
+    system.stop().await;
+}
+
+/// `saga_follower_history_reads_total` of the gateway whose `/metrics` is `url`.
+async fn history_reads(http: &reqwest::Client, url: &str) -> u64 {
+    let text = http
+        .get(url)
+        .bearer_auth(testkit::OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("saga_follower_history_reads_total "))
+        .map(|value| value.trim().parse::<f64>().unwrap() as u64)
+        .unwrap_or_else(|| panic!("saga_follower_history_reads_total is not exported: {text}"))
 }

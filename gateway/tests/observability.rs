@@ -201,6 +201,34 @@ async fn one_enrollment_is_one_trace_across_the_three_services_and_its_logs_join
         }
     }
     assert!(joined >= 6, "only {joined} log lines named the enrollment");
+    // The view key (the capability to follow it, in `Location`) is in no line and no span, at
+    // DEBUG, though the enrollment was read at its address until it finished: the access log and
+    // the request span name the route, not the path.
+    let location = response.headers()["location"].to_str().unwrap();
+    let view_key = location.rsplit('/').next().unwrap();
+    assert_eq!(view_key.len(), 22, "{location}");
+    for service in [system.gateway(), system.customer(), system.transaction()] {
+        for line in service.logs() {
+            assert!(
+                !line.to_string().contains(view_key),
+                "a log line carries the view key: {line}"
+            );
+        }
+    }
+    for span in system.collector.spans() {
+        assert!(
+            !span.to_string().contains(view_key),
+            "a span carries the view key: {span}"
+        );
+    }
+    let reads = system
+        .gateway()
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "request" && l["method"] == "GET")
+        .filter(|l| l["route"] == "/api/enrollments/{view_key}")
+        .count();
+    assert!(reads >= 1, "no access line of a read at the enrollment's address");
     // The access log line of the submission: at DEBUG, since it was neither slow nor an error
     // (a line per request at INFO would be most of a saga's log volume).
     let access = system

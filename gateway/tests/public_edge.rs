@@ -48,7 +48,7 @@ async fn operator_routes_need_the_token_and_are_off_without_one() {
     let api = GatewayApi::with_config(Backend::Sqlite, config.clone()).await;
     let accepted = api.call(submit_from("203.0.113.1:5000", None, 0)).await;
     assert_eq!(accepted.status, 202, "{}", accepted.body);
-    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    let view_key = accepted.body["view_key"].as_str().unwrap().to_owned();
 
     let operator_routes = [
         "/api/enrollments".to_owned(),
@@ -72,7 +72,7 @@ async fn operator_routes_need_the_token_and_are_off_without_one() {
         assert_eq!(answer.status, expected, "{route} with the token: {}", answer.body);
     }
     // The public routes need no token.
-    let public = api.call(get_as(&format!("/api/enrollments/{id}"), None)).await;
+    let public = api.call(get_as(&format!("/api/enrollments/{view_key}"), None)).await;
     assert_eq!(public.status, 200, "{}", public.body);
 
     // Without OPERATOR_TOKEN the operator routes do not exist, whatever is sent.

@@ -289,7 +289,7 @@ async fn redelivered_commands_have_one_effect(backend: Backend) {
     let (_, points) = system.get_json(&format!("/api/customers/{customer_id}/points")).await;
     assert_eq!(points["balance"], 500, "{points}");
     assert_eq!(points["ledger"].as_array().map(Vec::len), Some(1), "{points}");
-    let (_, after) = system.get_json(&format!("/api/enrollments/{id}")).await;
+    let (_, after) = system.get_json(&system.enrollment_path(&id).await).await;
     assert_eq!(history(&after), ["pending", "enrolled", "completed"]);
     system.stop().await;
 }
@@ -394,8 +394,9 @@ async fn stalled_saga_is_visible_and_completes_when_the_service_returns(backend:
 
     let id = system.submit("Patient", &unique_email("stall")).await;
     system.wait_for_status(&id, &["enrolled"]).await;
+    let path = system.enrollment_path(&id).await;
     let stalled = eventually("the saga to be shown stalled", DEADLINE, async || {
-        let (_, body) = system.get_json(&format!("/api/enrollments/{id}")).await;
+        let (_, body) = system.get_json(&path).await;
         Poll::ready_if(body["stalled"] == true, body.clone(), Shown(body))
     })
     .await
@@ -459,8 +460,9 @@ async fn late_bonus_after_a_rollback_is_reversed(backend: Backend) {
         .send_raw("TransactionCommandsQueueUrl", &resent.to_string())
         .await;
 
+    let path = system.enrollment_path(&id).await;
     let reversed = eventually("a BonusPointsReversed entry in the history", DEADLINE, async || {
-        let (_, body) = system.get_json(&format!("/api/enrollments/{id}")).await;
+        let (_, body) = system.get_json(&path).await;
         let reversed = body["history"]
             .as_array()
             .is_some_and(|h| h.iter().any(|e| e["event"] == "BonusPointsReversed"));
@@ -556,7 +558,7 @@ async fn a_rejected_enrollment_never_gains_a_customer(backend: Backend) {
     )
     .await;
     assert_eq!(customers, 0, "the rejected enrollment gained a customer");
-    let (_, view) = system.get_json(&format!("/api/enrollments/{second}")).await;
+    let (_, view) = system.get_json(&system.enrollment_path(&second).await).await;
     assert_eq!(view["status"], "rejected");
     system.stop().await;
 }
@@ -650,7 +652,7 @@ async fn events_disagreeing_with_the_saga_or_their_type_attribute_are_refused(ba
         )
         .await;
     system.wait_for_queue_depth("GatewayEventsDlqUrl", 2).await;
-    let (_, still) = system.get_json(&format!("/api/enrollments/{id}")).await;
+    let (_, still) = system.get_json(&system.enrollment_path(&id).await).await;
     assert_eq!(history(&still), ["pending", "enrolled"], "{still}");
 
     // The real bonus still completes the saga.
@@ -676,7 +678,7 @@ async fn an_http_flood_costs_no_message_its_receive(backend: Backend) {
     for worker in 0..48usize {
         let (client, stop) = (client.clone(), stop.clone());
         let (show, list, post) = (
-            system.url(&format!("/api/enrollments/{}", uuid::Uuid::now_v7())),
+            system.url(&format!("/api/enrollments/{worker:022}")),
             system.url("/api/enrollments?limit=500"),
             system.url("/api/enrollments"),
         );

@@ -141,7 +141,11 @@ pub(super) async fn confirm(
         .await?
         .ok_or_else(|| Problem::internal(anyhow::anyhow!("confirmed enrollment {id} is gone")))?;
     let mut response = Json(view).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/enrollments/{id}")) {
+    if let Some(location) = holder
+        .view_key
+        .as_deref()
+        .and_then(|key| HeaderValue::from_str(&format!("/api/enrollments/{key}")).ok())
+    {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
@@ -153,14 +157,14 @@ pub(super) async fn confirm(
 /// one mail a minute (the first one included) and five resends per enrollment.
 #[utoipa::path(
     post,
-    path = "/api/enrollments/{id}/resend",
+    path = "/api/enrollments/{view_key}/resend",
     tag = "enrollments",
     operation_id = "resendConfirmation",
-    params(enrollments::EnrollmentId),
+    params(enrollments::ViewKey),
     responses(
         (status = 202, description = "A new mail is on its way.", body = Resent),
-        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such enrollment.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "This is not a view key (an enrollment id is not one).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No enrollment has this view key.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The enrollment does not wait for a confirmation.", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The confirmation deadline has passed.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too soon after the last mail (retry after `Retry-After` seconds), or no resends left (no `Retry-After`).",
@@ -168,15 +172,16 @@ pub(super) async fn confirm(
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
 )]
-#[tracing::instrument(skip_all, fields(enrollment_id = %id))]
+#[tracing::instrument(skip_all, fields(enrollment_id = tracing::field::Empty))]
 pub(super) async fn resend(
     State(state): State<AppState>,
-    ProblemPath(id): ProblemPath<String>,
+    ProblemPath(view_key): ProblemPath<String>,
 ) -> Result<Response, Problem> {
-    let id = enrollments::parse_id(&id, "enrollment")?;
+    let id = enrollments::resolve(&state.pool, &view_key).await?;
+    tracing::Span::current().record("enrollment_id", tracing::field::display(id));
     let seen = store::resend_state(&state.pool, id)
         .await?
-        .ok_or_else(|| Problem::not_found(format!("no enrollment {id}")))?;
+        .ok_or_else(|| Problem::not_found("no enrollment at this address"))?;
     let (Some(settings), Some(confirm_by)) = (state.confirmation.as_ref(), seen.confirm_by.as_deref()) else {
         return Err(Problem::conflict(
             "this enrollment does not wait for an e-mail confirmation",

@@ -190,6 +190,27 @@ pub fn peer(request: &Request) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
+/// The client a request comes from, as the rate limit and the live-update limits count it: its
+/// address ([`TrustedProxies::client`]) reduced to its bucket ([`bucket`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Client(pub IpAddr);
+
+/// Middleware for the public enrollment routes: names the request's [`Client`].
+pub async fn identify_client(State(proxies): State<TrustedProxies>, mut request: Request, next: Next) -> Response {
+    let client = bucket(proxies.client(peer(&request), request.headers()));
+    request.extensions_mut().insert(Client(client));
+    next.run(request).await
+}
+
+/// A 429 that says what was refused, with `Retry-After`.
+pub fn too_many(detail: &'static str, retry_after_seconds: u64) -> Response {
+    let mut response = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests", detail).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds.max(1)));
+    response
+}
+
 /// Middleware for `POST /api/enrollments`.
 pub async fn rate_limit(State(limit): State<RateLimit>, request: Request, next: Next) -> Response {
     let client = limit.proxies.client(peer(&request), request.headers());
@@ -202,16 +223,10 @@ pub async fn rate_limit(State(limit): State<RateLimit>, request: Request, next: 
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             tracing::info!(%client, retry_after_s = seconds, "submission rate limit reached");
-            let mut response = Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too Many Requests",
+            too_many(
                 "too many enrollments from this address; retry after the time in Retry-After",
+                seconds,
             )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-            response
         }
     }
 }

@@ -1,11 +1,17 @@
-//! The public surface: submitting an enrollment and following it. The enrollment id is the
-//! client's capability: what `GET /api/enrollments/{id}` shows is what its submitter may see, and
-//! nothing personal (no name, no e-mail, no operator detail in the reason), since such a URL
-//! leaks through logs and referrers.
+//! The public surface: submitting an enrollment and following it. The client's capability is the
+//! enrollment's view key ([`new_view_key`]: 128 random bits, base64url), made at acceptance and
+//! answered in `Location`; the enrollment id (a UUIDv7, which shows its creation time and has few
+//! random bits) is only for correlation and no public route takes it (decision 0040). What
+//! `GET /api/enrollments/{view_key}` shows is what its submitter may see, and nothing personal (no
+//! name, no e-mail, no operator detail in the reason), since such a URL leaks through referrers
+//! and browser history; every answer carries `Cache-Control: no-store`, and the access log names
+//! the route, never the path.
 
+use super::edge::Client;
 use super::{AppState, prefer};
 use crate::saga::Status;
 use crate::store::{self, NewEnrollment};
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -130,13 +136,65 @@ impl IntoParams for WaitHeader {
     }
 }
 
-/// The enrollment id in the path.
+/// The view key in the path.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
-pub(super) struct EnrollmentId {
-    /// The id the submission answered (UUID).
-    id: Uuid,
+pub(super) struct ViewKey {
+    /// The enrollment's view key, as the submission answered it (`view_key`, and in
+    /// `Location`): 22 base64url characters. The enrollment id does not address it.
+    #[param(pattern = "^[A-Za-z0-9_-]{22}$")]
+    view_key: String,
+}
+
+/// Random bytes in a view key: 128 bits, beyond guessing.
+const VIEW_KEY_BYTES: usize = 16;
+/// Characters in a view key: base64url of [`VIEW_KEY_BYTES`], without padding.
+const VIEW_KEY_CHARS: usize = (VIEW_KEY_BYTES * 8).div_ceil(6);
+
+/// A new view key: 128 bits from the operating system's CSPRNG (seeding `rand`'s thread-local
+/// ChaCha generator), base64url without padding.
+pub(super) fn new_view_key() -> String {
+    let bytes: [u8; VIEW_KEY_BYTES] = rand::random();
+    base64url(&bytes)
+}
+
+/// Base64url (RFC 4648 section 5) without padding.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity((bytes.len() * 8).div_ceil(6));
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+pub(super) fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(id).map_err(|_| Problem::bad_request(format!("{what} id must be a UUID")))
+}
+
+/// The enrollment a view key addresses: 400 when `view_key` cannot be one (an enrollment id
+/// included), 404 when none has it.
+pub(super) async fn resolve(pool: &AnyPool, view_key: &str) -> Result<Uuid, Problem> {
+    let well_formed = view_key.len() == VIEW_KEY_CHARS
+        && view_key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !well_formed {
+        return Err(Problem::bad_request(format!(
+            "an enrollment is addressed by its view key ({VIEW_KEY_CHARS} base64url characters, as \
+             in the submission's Location), not by its id"
+        )));
+    }
+    store::enrollment_by_view_key(pool, view_key)
+        .await?
+        .ok_or_else(|| Problem::not_found("no enrollment at this address"))
 }
 
 /// A validated enrollment request.
@@ -232,7 +290,7 @@ pub(super) fn traceparent() -> String {
         (status = 409, description = "The `Idempotency-Key` was used with another body.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json` (UTF-8).", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid; `invalid-params` names each one.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many submissions from this client; retry after `Retry-After` seconds.",
+        (status = 429, description = "Too many submissions from this client, or (with `Prefer: wait`) too many of its requests held; nothing was stored. Retry after `Retry-After` seconds.",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
@@ -240,17 +298,22 @@ pub(super) fn traceparent() -> String {
 #[tracing::instrument(skip_all, fields(enrollment_id = tracing::field::Empty))]
 pub(super) async fn create(
     State(state): State<AppState>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     ProblemJson(body): ProblemJson<Value>,
 ) -> Result<Response, Problem> {
     let key = idempotency_key(&headers)?;
     let request = EnrollmentRequest::parse(&body)?;
     let fingerprint = request.fingerprint();
-    let wait = prefer::preferred_wait(&headers);
+    // The place to wait is taken before anything is stored: a refusal leaves nothing behind.
+    let held = match prefer::hold(&state, client, prefer::preferred_wait(&headers)) {
+        Ok(held) => held,
+        Err(refused) => return Ok(axum::response::IntoResponse::into_response(refused)),
+    };
     if let Some(key) = key.as_deref()
         && let Some(existing) = replay(&state.pool, key, &fingerprint).await?
     {
-        return prefer::answer(&state, &existing.id, existing.status, wait).await;
+        return answer_replay(&state, existing, held).await;
     }
     let id = Uuid::now_v7();
     tracing::Span::current().record("enrollment_id", tracing::field::display(id));
@@ -268,8 +331,10 @@ pub(super) async fn create(
             mailed_to: crate::confirmation::mask(&request.email),
         }
     });
+    let view_key = new_view_key();
     let new = NewEnrollment {
         id,
+        view_key: &view_key,
         name: &request.name,
         email: &request.email,
         idempotency_key: key.as_deref(),
@@ -285,13 +350,27 @@ pub(super) async fn create(
             let existing = replay(&state.pool, key, &fingerprint).await?.ok_or_else(|| {
                 Problem::internal(anyhow::anyhow!("idempotency key {key} conflicted but is not stored"))
             })?;
-            return prefer::answer(&state, &existing.id, existing.status, wait).await;
+            return answer_replay(&state, existing, held).await;
         }
         Err(err) => return Err(err.into()),
     }
     state.outbox_signal.notify_one();
     tracing::debug!("enrollment accepted");
-    prefer::answer(&state, &id.to_string(), Status::Pending, wait).await
+    prefer::answer(&state, &id.to_string(), &view_key, Status::Pending, held).await
+}
+
+/// The answer to a replayed submission: the first one's enrollment, under its view key (given
+/// one now if it was accepted before view keys existed).
+async fn answer_replay(
+    state: &AppState,
+    existing: store::PriorSubmission,
+    held: Option<(u64, crate::live::Place)>,
+) -> Result<Response, Problem> {
+    let view_key = match existing.view_key {
+        Some(view_key) => view_key,
+        None => store::give_view_key(&state.pool, &existing.id, &new_view_key()).await?,
+    };
+    prefer::answer(state, &existing.id, &view_key, existing.status, held).await
 }
 
 /// The enrollment a repeated `Idempotency-Key` names, or 409 if the body differs.
@@ -308,32 +387,33 @@ async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<s
     Ok(Some(existing))
 }
 
-pub(super) fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(id).map_err(|_| Problem::bad_request(format!("{what} id must be a UUID")))
-}
-
 /// Read an enrollment: its status, outcome and history.
 ///
 /// With `Prefer: wait=N`, the answer is held until the saga is terminal or N seconds pass.
 #[utoipa::path(
     get,
-    path = "/api/enrollments/{id}",
+    path = "/api/enrollments/{view_key}",
     tag = "enrollments",
     operation_id = "getEnrollment",
-    params(EnrollmentId, WaitHeader),
+    params(ViewKey, WaitHeader),
     responses(
         (status = 200, description = "The enrollment as it stands.", body = store::PublicView, headers(
             ("Preference-Applied" = String, description = "With `Prefer: wait`: the wait applied."))),
-        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such enrollment.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "This is not a view key (an enrollment id is not one).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No enrollment has this view key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "With `Prefer: wait`: this client already has as many requests held as one client may; retry after `Retry-After` seconds.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ),
 )]
 pub(super) async fn show(
     State(state): State<AppState>,
-    ProblemPath(id): ProblemPath<String>,
+    Extension(client): Extension<Client>,
+    ProblemPath(view_key): ProblemPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    prefer::read(&state, parse_id(&id, "enrollment")?, &headers).await
+    let id = resolve(&state.pool, &view_key).await?;
+    prefer::read(&state, id, client, &headers).await
 }
 
 #[cfg(test)]
@@ -349,5 +429,17 @@ mod tests {
         assert!(EnrollmentRequest::parse(&json!([1])).is_err());
         let ok = EnrollmentRequest::parse(&json!({"name": " Ada ", "email": "ADA@x.io"})).unwrap();
         assert_eq!(ok.fingerprint(), r#"{"email":"ada@x.io","name":"Ada"}"#);
+    }
+
+    #[test]
+    fn view_keys_are_128_random_bits_in_base64url() {
+        assert_eq!(base64url(b""), "");
+        assert_eq!(base64url(b"f"), "Zg");
+        assert_eq!(base64url(b"fo"), "Zm8");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(&[0xfb, 0xff, 0xbf]), "-_-_");
+        let keys: std::collections::HashSet<String> = (0..1000).map(|_| new_view_key()).collect();
+        assert_eq!(keys.len(), 1000);
+        assert!(keys.iter().all(|k| k.len() == VIEW_KEY_CHARS && VIEW_KEY_CHARS == 22));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! | surface | routes | who |
 //! |---|---|---|
-//! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{id}` (both with `Prefer: wait`), `GET /api/enrollments/{id}/events`, `POST /api/enrollments/{id}/resend` (rate-limited), `/health` | anyone holding an enrollment id |
+//! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{view_key}` (both with `Prefer: wait`), `GET /api/enrollments/{view_key}/events`, `POST /api/enrollments/{view_key}/resend` (rate-limited), `/health` | anyone holding an enrollment's view key (not its id) |
 //! | public | `GET /confirm` (the page a mailed link opens), `POST /api/confirmations` (rate-limited) | anyone holding a confirmation token |
 //! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
@@ -62,11 +62,23 @@ pub struct Confirmation {
 pub struct Edge {
     pub operator: Option<OperatorToken>,
     pub rate_limit: Option<RateLimit>,
+    /// Who a client is, for the rate limit and the live-update limits.
+    pub proxies: edge::TrustedProxies,
     pub max_concurrent_requests: usize,
     /// Cross-origin access to the API; `None`: same origin only (no CORS headers at all).
     pub cors: Option<tower_http::cors::CorsLayer>,
     /// `Strict-Transport-Security` for every answer, when the gateway is reached over HTTPS only.
     pub hsts: Option<axum::http::HeaderValue>,
+}
+
+/// `Cache-Control: no-store` on an answer that carries an enrollment (or may): neither the
+/// browser nor a shared cache keeps it.
+async fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// CORS for `origins`: the public routes' methods and request headers, and the response headers
@@ -104,18 +116,26 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
     };
     let submit = limited(routes!(enrollments::create));
     let public = |route: UtoipaMethodRouter<AppState>| route.map(|r| r.fallback(method_not_allowed));
+    // The routes that carry an enrollment: who the client is (for the per-client limits), and
+    // answers no cache keeps.
+    let proxies = edge.proxies.clone();
+    let enrollment = move |route: UtoipaMethodRouter<AppState>| {
+        route
+            .layer(from_fn_with_state(proxies.clone(), edge::identify_client))
+            .layer(axum::middleware::map_response(no_store))
+    };
     let mut api = OpenApiRouter::with_openapi(reference::Frame::openapi())
         .routes(public(routes!(page::index)))
         .routes(public(routes!(page::assets)))
         .routes(public(routes!(reference::openapi_json)))
         .routes(public(routes!(bus::asyncapi_json)))
         .routes(public(routes!(reference::docs)))
-        .routes(public(submit))
-        .routes(public(routes!(enrollments::show)))
-        .routes(public(routes!(events::events)))
+        .routes(public(enrollment(submit)))
+        .routes(public(enrollment(routes!(enrollments::show))))
+        .routes(public(enrollment(routes!(events::events))))
         .routes(public(routes!(confirmations::page)))
-        .routes(public(limited(routes!(confirmations::confirm))))
-        .routes(public(limited(routes!(confirmations::resend))));
+        .routes(public(enrollment(limited(routes!(confirmations::confirm)))))
+        .routes(public(enrollment(limited(routes!(confirmations::resend)))));
     api = match &edge.operator {
         Some(token) => {
             let operator = |route: UtoipaMethodRouter<AppState>| {
@@ -129,7 +149,7 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
                 .routes(public(operator(routes!(operator::metrics))))
         }
         // Off: no route at all (404 whatever the method); the stalled listing's path is held so
-        // that it is not read as an enrollment id.
+        // that it is not read as a view key.
         None => api
             .route("/api/enrollments", get(not_found_route))
             .route("/api/enrollments/stalled", any(not_found_route))

@@ -1,12 +1,16 @@
 //! `Prefer: wait=N` (RFC 7240) on the public enrollment routes: the answer is held until the saga
 //! is terminal or N seconds pass. A server may ignore a preference, so when every place to wait
-//! is taken ([`crate::live::Hub::wait_permit`]) the answer comes at once, as without the header,
-//! and `Preference-Applied` says whether the wait was applied.
+//! is taken ([`crate::live::Hub::wait_place`]) the answer comes at once, as without the header,
+//! and `Preference-Applied` says whether the wait was applied. A client that already holds
+//! `MAX_WAITING_REQUESTS_PER_CLIENT` waits is refused with 429 instead ([`hold`]): answering it at
+//! once would only have it ask again at once.
 //!
 //! Also the submission's answer itself ([`answer`]), since what it is depends on the wait: the
 //! short acknowledgement, or the whole enrollment as it stood when the wait ended.
 
 use super::AppState;
+use super::edge::Client;
+use crate::live::{Place, Refused};
 use crate::saga::Status;
 use crate::store;
 use axum::Json;
@@ -22,13 +26,49 @@ use uuid::Uuid;
 /// The longest a client may ask to be held.
 pub(super) const MAX_WAIT_SECONDS: u64 = 30;
 
+/// How long a client refused a place to wait is asked to wait before asking again.
+pub(super) const RETRY_AFTER_SECONDS: u64 = 5;
+
 /// The answer to a submission without `Prefer: wait` (or with a wait that could not be applied).
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Accepted {
+    /// The enrollment's id, for correlation (support, logs); it does not address the enrollment.
     #[schema(format = Uuid)]
     id: String,
+    /// The key of the enrollment's public view: `GET /api/enrollments/{view_key}` and its
+    /// `/events` (the `Location`). Whoever holds it can follow the enrollment.
+    #[schema(pattern = "^[A-Za-z0-9_-]{22}$")]
+    view_key: String,
     status: Status,
+}
+
+/// A place for the request to be held, when it asks to be (`wait`): `Ok(None)` when it does not
+/// ask or every place is taken (the preference is then not applied), a 429 when the client holds
+/// as many as one client may.
+pub(super) fn hold(state: &AppState, client: Client, wait: Option<u64>) -> Result<Option<(u64, Place)>, TooManyHeld> {
+    let Some(seconds) = wait else { return Ok(None) };
+    match state.hub.wait_place(client.0) {
+        Ok(place) => Ok(Some((seconds, place))),
+        Err(Refused::Full) => Ok(None),
+        Err(Refused::ClientFull) => {
+            tracing::info!(client = %client.0, "held requests per client reached");
+            Err(TooManyHeld)
+        }
+    }
+}
+
+/// The client holds as many requests as one client may: 429 with `Retry-After`.
+pub(super) struct TooManyHeld;
+
+impl IntoResponse for TooManyHeld {
+    fn into_response(self) -> Response {
+        super::edge::too_many(
+            "this address already has as many requests held by `Prefer: wait` as one client may; \
+             retry after the time in Retry-After",
+            RETRY_AFTER_SECONDS,
+        )
+    }
 }
 
 /// The `Prefer` request header, as the API document shows it.
@@ -65,17 +105,25 @@ pub(super) fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
         .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
 }
 
-/// The answer to a submission: without `Prefer: wait`, 202 with the id and status; with it, the
-/// whole enrollment once it is terminal (201 Created) or the wait is over (202 Accepted).
-/// Either way `Location` names the enrollment.
-pub(super) async fn answer(state: &AppState, id: &str, status: Status, wait: Option<u64>) -> Result<Response, Problem> {
+/// The answer to a submission: without `Prefer: wait`, 202 with the id, view key and status;
+/// with it (`held`, a place taken by [`hold`]), the whole enrollment once it is terminal (201
+/// Created) or the wait is over (202 Accepted). Either way `Location` is the enrollment's public
+/// view.
+pub(super) async fn answer(
+    state: &AppState,
+    id: &str,
+    view_key: &str,
+    status: Status,
+    held: Option<(u64, Place)>,
+) -> Result<Response, Problem> {
     let body = Accepted {
         id: id.to_owned(),
+        view_key: view_key.to_owned(),
         status,
     };
-    let acknowledgement = || with_location((StatusCode::ACCEPTED, Json(&body)).into_response(), id);
+    let acknowledgement = || with_location((StatusCode::ACCEPTED, Json(&body)).into_response(), view_key);
     // Without a free place to wait, the preference is not applied (RFC 7240 lets a server ignore it).
-    let Some((seconds, _place)) = wait.and_then(|s| Some((s, state.hub.wait_permit()?))) else {
+    let Some((seconds, _place)) = held else {
         return Ok(acknowledgement());
     };
     let uuid = Uuid::parse_str(id).map_err(Problem::internal)?;
@@ -95,16 +143,20 @@ pub(super) async fn answer(state: &AppState, id: &str, status: Status, wait: Opt
     } else {
         StatusCode::ACCEPTED
     };
-    let mut response = with_location((code, Json(view)).into_response(), id);
+    let mut response = with_location((code, Json(view)).into_response(), view_key);
     applied(&mut response, seconds);
     Ok(response)
 }
 
-/// The answer to a read (`GET /api/enrollments/{id}`): the enrollment as it stands, or, with
-/// `Prefer: wait` and a free place to wait, once it is terminal or the wait is over.
-pub(super) async fn read(state: &AppState, id: Uuid, headers: &HeaderMap) -> Result<Response, Problem> {
-    let not_found = || Problem::not_found(format!("no enrollment {id}"));
-    let wait = preferred_wait(headers).and_then(|s| Some((s, state.hub.wait_permit()?)));
+/// The answer to a read (`GET /api/enrollments/{view_key}`, resolved to the enrollment `id`):
+/// the enrollment as it stands, or, with `Prefer: wait` and a free place to wait, once it is
+/// terminal or the wait is over.
+pub(super) async fn read(state: &AppState, id: Uuid, client: Client, headers: &HeaderMap) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found("no enrollment at this address");
+    let wait = match hold(state, client, preferred_wait(headers)) {
+        Ok(wait) => wait,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     let Some((seconds, _place)) = wait else {
         let cutoff = utility::storage::cutoff(state.stall_after);
         let view = store::view(&state.pool, id, &cutoff).await?.ok_or_else(not_found)?;
@@ -123,9 +175,9 @@ pub(super) async fn read(state: &AppState, id: Uuid, headers: &HeaderMap) -> Res
     Ok(response)
 }
 
-/// `response` with `Location: /api/enrollments/{id}`.
-fn with_location(mut response: Response, id: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(&format!("/api/enrollments/{id}")) {
+/// `response` with `Location: /api/enrollments/{view_key}`.
+fn with_location(mut response: Response, view_key: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&format!("/api/enrollments/{view_key}")) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     response

@@ -29,16 +29,19 @@ use utoipa::{Modify, PartialSchema, ToSchema};
         description = "Submit a customer enrollment and follow its saga: the customer is enrolled, \
 the enrollment bonus is posted, and a failure rolls the enrollment back.\n\n\
 Every error is an RFC 9457 problem document (`application/problem+json`). Submissions are safe to \
-retry with an `Idempotency-Key`. `Prefer: wait=N` holds an answer until the saga is terminal; \
-`/api/enrollments/{id}/events` streams it.",
+retry with an `Idempotency-Key`. The submission answers the enrollment's address in `Location` \
+(`/api/enrollments/{view_key}`); `Prefer: wait=N` holds an answer until the saga is terminal; \
+`/api/enrollments/{view_key}/events` streams it. One client may hold only so many streams and held \
+requests (429 with `Retry-After` beyond them).",
         license(name = "MIT OR Apache-2.0"),
     ),
     paths(utility::http::health::health, utility::http::health::ready),
     // Schemas that only a parameter names (utoipa collects those of bodies and responses).
     components(schemas(Problem, super::page::Asset)),
     tags(
-        (name = "enrollments", description = "Submitting an enrollment and following it. The enrollment id is the \
-client's capability: what it shows names nobody."),
+        (name = "enrollments", description = "Submitting an enrollment and following it. The view key, not the \
+enrollment id, is the client's capability: what it shows names nobody, and no cache keeps it \
+(`Cache-Control: no-store`)."),
         (name = "operator", description = "For operators, with `Authorization: Bearer <OPERATOR_TOKEN>`. \
 Not mounted (404) when the gateway has no operator token."),
         (name = "page", description = "The enrollment page and this document."),

@@ -129,7 +129,7 @@ pub async fn invariants(system: &System, accepted: &[Accepted]) -> anyhow::Resul
 
     let mut violate = |what: String| tally.violations.push(what);
     let accepted_ids: HashSet<&str> = accepted.iter().map(|a| a.id.as_str()).collect();
-    for Accepted { id, email } in accepted {
+    for Accepted { id, email, .. } in accepted {
         let Some(enrollment) = enrollments.get(id) else {
             violate(format!("{id}: accepted (202) but unknown to the gateway's database"));
             tally.lost.push(id.clone());
@@ -243,7 +243,8 @@ pub async fn invariants(system: &System, accepted: &[Accepted]) -> anyhow::Resul
     Ok(tally)
 }
 
-/// What clients see must match the database: `GET /api/enrollments/{id}` for every enrollment.
+/// What clients see must match the database: `GET /api/enrollments/{view_key}` for every
+/// enrollment.
 async fn compare_api(
     system: &System,
     accepted: &[Accepted],
@@ -252,10 +253,10 @@ async fn compare_api(
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(8));
     let mut tasks = tokio::task::JoinSet::new();
-    for Accepted { id, .. } in accepted {
+    for Accepted { id, view_key, .. } in accepted {
         let (http, url, id) = (
             system.processes.http.clone(),
-            format!("{}/api/enrollments/{id}", system.gateway_url()),
+            format!("{}/api/enrollments/{view_key}", system.gateway_url()),
             id.clone(),
         );
         let permits = permits.clone();

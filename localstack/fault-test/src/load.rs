@@ -23,6 +23,8 @@ const DUPLICATE_SHARE: f64 = 0.08;
 #[derive(Debug, Clone)]
 pub struct Accepted {
     pub id: String,
+    /// The public view's key: `GET /api/enrollments/{view_key}`.
+    pub view_key: String,
     pub email: String,
 }
 
@@ -78,9 +80,9 @@ pub async fn run(
     let mut result = LoadResult::default();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((email, Ok((id, attempts)))) => {
+            Ok((email, Ok((id, view_key, attempts)))) => {
                 result.retried += usize::from(attempts > 1);
-                result.accepted.push(Accepted { id, email });
+                result.accepted.push(Accepted { id, view_key, email });
             }
             Ok((email, Err(why))) => result.refused.push(format!("{email}: {why}")),
             Err(join) => result.refused.push(format!("a submit task failed: {join}")),
@@ -97,7 +99,7 @@ async fn submit(
     turn: usize,
     name: &str,
     email: &str,
-) -> Result<(String, u32), String> {
+) -> Result<(String, String, u32), String> {
     let key = uuid::Uuid::new_v4().to_string();
     let body = json!({"name": name, "email": email});
     let started = Instant::now();
@@ -116,7 +118,8 @@ async fn submit(
             Ok(response) if response.status().as_u16() == 202 => {
                 let answer: Value = response.json().await.map_err(|e| format!("202 without JSON: {e}"))?;
                 let id = answer["id"].as_str().ok_or("202 without an id")?;
-                return Ok((id.to_owned(), attempts));
+                let view_key = answer["view_key"].as_str().ok_or("202 without a view key")?;
+                return Ok((id.to_owned(), view_key.to_owned(), attempts));
             }
             Ok(response) if response.status().is_server_error() => last = format!("HTTP {}", response.status()),
             Ok(response) => {

@@ -290,17 +290,21 @@ impl Processes {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 202);
         let location = response.headers()["location"].to_str().unwrap().to_owned();
-        let id = location.rsplit('/').next().unwrap().to_owned();
         let url = self.gateway().url(&location);
-        eventually("the saga to finish", DEADLINE, async || {
+        let id = eventually("the saga to finish", DEADLINE, async || {
             let body: Option<Value> = match self.http.get(&url).send().await {
                 Ok(answer) => answer.json().await.ok(),
                 Err(_) => None,
             };
             let status = body.as_ref().and_then(|b| b["status"].as_str()).map(str::to_owned);
+            let id = body
+                .as_ref()
+                .and_then(|b| b["id"].as_str())
+                .unwrap_or_default()
+                .to_owned();
             Poll::ready_if(
                 status.as_deref().is_some_and(|s| TERMINAL.contains(&s)),
-                (),
+                id,
                 body.map(Shown),
             )
         })

@@ -243,14 +243,39 @@ impl System {
         (status, response.json().await.expect("JSON body"), location)
     }
 
-    /// Submits an enrollment, checks the 202 contract, and returns its id.
+    /// Submits an enrollment, checks the 202 contract, and returns its id (its public address is
+    /// [`Self::enrollment_path`]).
     pub async fn submit(&self, name: &str, email: &str) -> String {
         let (status, body, location) = self.enroll(name, email).await;
         assert_eq!(status, 202, "{body}");
         assert_eq!(body["status"], "pending");
         let id = body["id"].as_str().expect("id").to_owned();
-        assert_eq!(location.as_deref(), Some(format!("/api/enrollments/{id}").as_str()));
+        let view_key = body["view_key"].as_str().expect("view_key");
+        assert_eq!(
+            location.as_deref(),
+            Some(format!("/api/enrollments/{view_key}").as_str())
+        );
         id
+    }
+
+    /// The view key of enrollment `id`, from the gateway's database (tests correlate by id; the
+    /// public routes take only the key).
+    pub async fn view_key(&self, id: &str) -> String {
+        let pool = sqlx::AnyPool::connect(&self.gateway_db.url)
+            .await
+            .expect("gateway database");
+        let key: Option<String> = sqlx::query_scalar("SELECT view_key FROM enrollments WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("enrollment in the gateway's database");
+        pool.close().await;
+        key.expect("enrollment with a view key")
+    }
+
+    /// `/api/enrollments/{view_key}` of enrollment `id`: its public view.
+    pub async fn enrollment_path(&self, id: &str) -> String {
+        format!("/api/enrollments/{}", self.view_key(id).await)
     }
 
     /// GETs `path` as an operator (the token does no harm on public routes).
@@ -269,8 +294,9 @@ impl System {
     /// Polls the enrollment until its status is one of `statuses`; fails after [`DEADLINE`].
     pub async fn wait_for_status(&self, id: &str, statuses: &[&str]) -> Value {
         let what = format!("enrollment {id} to reach {statuses:?}");
+        let path = self.enrollment_path(id).await;
         eventually(&what, DEADLINE, async || {
-            let (_, body) = self.get_json(&format!("/api/enrollments/{id}")).await;
+            let (_, body) = self.get_json(&path).await;
             let reached = body["status"].as_str().is_some_and(|s| statuses.contains(&s));
             Poll::ready_if(reached, body.clone(), Shown(body))
         })
