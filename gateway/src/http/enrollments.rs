@@ -173,7 +173,8 @@ impl EnrollmentRequest {
         }
     }
 
-    /// What makes two requests "the same" for idempotency: the normalised fields.
+    /// What makes two requests "the same" for idempotency: the normalised fields. Only its
+    /// [`store::fingerprint_hash`] under the request's key is stored, never the fields.
     fn fingerprint(&self) -> String {
         json!({"name": self.name.as_str(), "email": self.email.as_str()}).to_string()
     }
@@ -199,7 +200,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 /// The trace this request is part of: the request's span, a trace of its own linked to the
 /// caller's `traceparent` (`utility::http::access`); a new trace when no tracing layer is
 /// installed.
-fn traceparent() -> String {
+pub(super) fn traceparent() -> String {
     utility::observe::context::traceparent(&tracing::Span::current())
         .unwrap_or_else(utility::messaging::envelope::new_traceparent)
 }
@@ -242,10 +243,12 @@ pub(super) async fn create(
 ) -> Result<Response, Problem> {
     let key = idempotency_key(&headers)?;
     let request = EnrollmentRequest::parse(&body)?;
-    let fingerprint = request.fingerprint();
+    let fingerprint = key
+        .as_deref()
+        .map(|key| store::fingerprint_hash(key, &request.fingerprint()));
     let wait = prefer::preferred_wait(&headers);
     if let Some(key) = key.as_deref()
-        && let Some(existing) = replay(&state.pool, key, &fingerprint).await?
+        && let Some(existing) = replay(&state.pool, key, &request).await?
     {
         return prefer::answer(&state, &existing.id, existing.status, wait).await;
     }
@@ -256,7 +259,7 @@ pub(super) async fn create(
         name: &request.name,
         email: &request.email,
         idempotency_key: key.as_deref(),
-        fingerprint: &fingerprint,
+        fingerprint: fingerprint.as_deref().unwrap_or_default(),
         traceparent: traceparent(),
     };
     match store::accept(&state.pool, &new).await {
@@ -264,7 +267,7 @@ pub(super) async fn create(
         // Another request with the same key won the race: answer as a replay of it.
         Err(err) if utility::storage::is_unique_violation(&err) && key.is_some() => {
             let key = key.as_deref().unwrap_or_default();
-            let existing = replay(&state.pool, key, &fingerprint).await?.ok_or_else(|| {
+            let existing = replay(&state.pool, key, &request).await?.ok_or_else(|| {
                 Problem::internal(anyhow::anyhow!("idempotency key {key} conflicted but is not stored"))
             })?;
             return prefer::answer(&state, &existing.id, existing.status, wait).await;
@@ -276,12 +279,22 @@ pub(super) async fn create(
     prefer::answer(&state, &id.to_string(), Status::Pending, wait).await
 }
 
-/// The enrollment a repeated `Idempotency-Key` names, or 409 if the body differs.
-async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<store::PriorSubmission>, Problem> {
+/// The enrollment a repeated `Idempotency-Key` names, or 409 if the body differs (or its
+/// personal data was erased, which leaves nothing to compare with).
+async fn replay(
+    pool: &AnyPool,
+    key: &str,
+    request: &EnrollmentRequest,
+) -> Result<Option<store::PriorSubmission>, Problem> {
     let Some(existing) = store::find_by_key(pool, key).await? else {
         return Ok(None);
     };
-    if existing.fingerprint != fingerprint {
+    let fingerprint = request.fingerprint();
+    // A row written before fingerprints were hashed (or by an instance of that release during a
+    // roll-out) holds the fields themselves until the stall sweeper hashes it.
+    let same =
+        existing.fingerprint == store::fingerprint_hash(key, &fingerprint) || existing.fingerprint == fingerprint;
+    if !same {
         // Naming the enrollment would hand someone else's capability to whoever guessed the key.
         return Err(Problem::conflict(
             "Idempotency-Key was already used with a different body; use a new key for a new enrollment",

@@ -3,7 +3,7 @@
 //! | surface | routes | who |
 //! |---|---|---|
 //! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{id}` (both with `Prefer: wait`), `GET /api/enrollments/{id}/events`, `/health` | anyone holding an enrollment id |
-//! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
+//! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `DELETE /api/enrollments/{id}/personal-data`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
 //! Both are behind load shedding ([`edge`]). `GET /` and `/assets/*` serve the enrollment page
 //! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]; its operator part
@@ -107,6 +107,7 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
                 .routes(public(operator(routes!(operator::customer))))
                 .routes(public(operator(routes!(operator::points))))
                 .routes(public(operator(routes!(operator::metrics))))
+                .routes(public(operator(routes!(operator::erase_personal_data))))
         }
         // Off: no route at all (404 whatever the method); the stalled listing's path is held so
         // that it is not read as an enrollment id.
