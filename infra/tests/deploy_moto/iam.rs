@@ -113,7 +113,7 @@ const SCOPES: [Scope; 3] = [
             "TransactionQueriesQueueArn",
         ],
         topic: None,
-        secrets: 2,
+        secrets: 3,
     },
     Scope {
         role: "CustomerApiRole",
@@ -121,7 +121,7 @@ const SCOPES: [Scope; 3] = [
         own_queues: &["CustomerCommandsQueueArn", "CustomerQueriesQueueArn"],
         send_to: &["GatewayRepliesQueueArn"],
         topic: Some("CustomerEventsTopicArn"),
-        secrets: 1,
+        secrets: 2,
     },
     Scope {
         role: "TransactionApiRole",
@@ -129,7 +129,7 @@ const SCOPES: [Scope; 3] = [
         own_queues: &["TransactionCommandsQueueArn", "TransactionQueriesQueueArn"],
         send_to: &["GatewayRepliesQueueArn"],
         topic: Some("TransactionEventsTopicArn"),
-        secrets: 1,
+        secrets: 2,
     },
 ];
 
