@@ -340,5 +340,17 @@ fn plain_http_needs_asking_for_and_https_brings_hsts() {
         user_data.contains("HstsMaxAge: !If") && user_data.contains("HasCertificate"),
         "HSTS must follow the certificate:\n{user_data}"
     );
-}");
+    // The operator listener is HTTPS whenever there is a certificate (the public one, or one of
+    // its own), so plain HTTP there also needs AllowPlainHttp; its URL says which.
+    let tls = serde_norway::to_string(&template["Conditions"]["OperatorOverTls"]).unwrap();
+    for needle in ["CertificateArn", "OperatorCertificateArn"] {
+        assert!(tls.contains(needle), "{tls}");
+    }
+    let listener = serde_norway::to_string(&template["Resources"]["OperatorListener"]["Properties"]).unwrap();
+    assert!(
+        listener.contains("OperatorOverTls") && listener.contains("HTTPS"),
+        "{listener}"
+    );
+    let url = serde_norway::to_string(&template["Outputs"]["OperatorUrl"]["Value"]).unwrap();
+    assert!(url.contains("OperatorOverTls") && url.contains("https://"), "{url}");
 }
