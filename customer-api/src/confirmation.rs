@@ -107,7 +107,7 @@ async fn pending(tx: &mut AnyConnection, enrollment_id: Uuid) -> Result<Option<P
 }
 
 /// Forgets what is held for `enrollment_id`: its row and every mail of it.
-async fn drop_held(tx: &mut AnyConnection, enrollment_id: Uuid) -> Result<(), sqlx::Error> {
+pub(crate) async fn drop_held(tx: &mut AnyConnection, enrollment_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM pending_enrollments WHERE enrollment_id = $1")
         .bind(enrollment_id.to_string())
         .execute(&mut *tx)

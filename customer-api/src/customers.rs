@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use utility::domain::{CustomerName, Email, Subaddresses};
 use utility::messaging::consumer::{AfterCommit, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
-use utility::messaging::message::{CustomerEnrolled, CustomerUnenrolled, EnrollmentRejected, Message, Unenroll};
+use utility::messaging::message::{
+    CustomerEnrolled, CustomerUnenrolled, EnrollmentRejected, Message, MessageType, Unenroll,
+};
 use utility::messaging::outbox;
 use uuid::Uuid;
 
@@ -46,6 +48,10 @@ impl Handler for CustomerHandler {
             Message::ForgetEnrollment(command) => confirmation::forget(tx, id, &command.reason).await?,
             Message::Unenroll(command) => Effect {
                 event: unenroll(tx, id, command).await?,
+                mailed: false,
+            },
+            Message::ErasePersonalData(_) => Effect {
+                event: erase(tx, id).await?,
                 mailed: false,
             },
             other => {
@@ -215,6 +221,49 @@ async fn unenroll(
         customer_id: command.customer_id,
         reason: command.reason.clone(),
     })))
+}
+
+/// What a customer's name becomes when an operator erases it.
+pub const ERASED_NAME: &str = "(erased)";
+
+/// Erases what this service holds of the enrollment's personal data (decision 0042): the
+/// customer's name and address become a tombstone (the address `erased:<customer id>`, unique as
+/// the address indexes need, and never an address), and a rejection's address likewise; the
+/// sent events that carried them leave the outbox. The rows stay: the customer's id is what the
+/// ledger's postings name. An enrollment this service never saw has nothing to erase. No answer.
+async fn erase(tx: &mut AnyConnection, enrollment_id: Uuid) -> Result<Option<Message>, HandlerError> {
+    let now = utility::storage::now();
+    let customers = sqlx::query(
+        "UPDATE customers SET name = $1, email = 'erased:' || id, email_key = 'erased:' || id,
+                              erased_at = COALESCE(erased_at, $2)
+         WHERE enrollment_id = $3",
+    )
+    .bind(ERASED_NAME)
+    .bind(&now)
+    .bind(enrollment_id.to_string())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let rejections = sqlx::query(
+        "UPDATE rejected_enrollments SET email = 'erased:' || enrollment_id,
+                reason = 'the address was already enrolled (erased since)', erased_at = COALESCE(erased_at, $1)
+         WHERE enrollment_id = $2",
+    )
+    .bind(&now)
+    .bind(enrollment_id.to_string())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM outbox WHERE correlation_id = $1 AND sent_at IS NOT NULL AND message_type IN ($2, $3)")
+        .bind(enrollment_id.to_string())
+        .bind(MessageType::CustomerEnrolled.name())
+        .bind(MessageType::EnrollmentRejected.name())
+        .execute(&mut *tx)
+        .await?;
+    // An enrollment still waiting for its confirmation: what is held for it, and its mails.
+    confirmation::drop_held(tx, enrollment_id).await?;
+    tracing::info!(%enrollment_id, customers, rejections, "personal data erased");
+    Ok(None)
 }
 
 /// How often [`fill_email_keys`] looks for customers without a key.

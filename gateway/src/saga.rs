@@ -452,6 +452,7 @@ mod tests {
             }),
             MessageType::ConfirmEnrollment => Message::ConfirmEnrollment(ConfirmEnrollment {}),
             MessageType::ForgetEnrollment => Message::ForgetEnrollment(ForgetEnrollment { reason: reason.clone() }),
+            MessageType::ErasePersonalData => Message::ErasePersonalData(ErasePersonalData {}),
             MessageType::ConfirmationRequested => Message::ConfirmationRequested(ConfirmationRequested {
                 already_enrolled: false,
             }),

@@ -74,11 +74,28 @@ impl StallWatch {
         (self.after / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
     }
 
+    /// Also hashes, once per start, the idempotency fingerprints written before they were
+    /// hashed ([`store::hash_plain_fingerprints`]).
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut fingerprints_hashed = false;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 () = tokio::time::sleep(self.every()) => {}
+            }
+            if !fingerprints_hashed {
+                match store::hash_plain_fingerprints(&self.pool).await {
+                    Ok(n) => {
+                        fingerprints_hashed = true;
+                        if n > 0 {
+                            tracing::info!(
+                                enrollments = n,
+                                "idempotency fingerprints hashed, names and addresses dropped"
+                            );
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "hashing fingerprints failed; will try again"),
+                }
             }
             if let Err(err) = self.sweep().await {
                 tracing::warn!(error = %err, "stall sweep failed; will try again");

@@ -10,7 +10,8 @@ use std::sync::LazyLock;
 use utility::domain::{CustomerName, Email};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
-    ConfirmEnrollment, ConfirmationLink, Enroll, ForgetEnrollment, Message, ResendConfirmation,
+    ConfirmEnrollment, ConfirmationLink, Enroll, ErasePersonalData, ForgetEnrollment, Message, MessageType,
+    ResendConfirmation,
 };
 use utility::messaging::outbox;
 use uuid::Uuid;
@@ -118,6 +119,16 @@ struct EnrollmentRow {
     confirm_by: Option<String>,
 }
 
+/// What the enrollment row keeps of a keyed request's body: the SHA-256 of the key and the
+/// normalised fields, enough to tell a replay from a different body without holding the name
+/// and address (decision 0042). Salted by the key, so equal bodies under different keys differ.
+pub fn fingerprint_hash(key: &str, fields: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{key}\n{fields}").as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 pub struct NewEnrollment<'a> {
     pub id: Uuid,
     /// The public view's address (`http::view_key`).
@@ -125,6 +136,7 @@ pub struct NewEnrollment<'a> {
     pub name: &'a CustomerName,
     pub email: &'a Email,
     pub idempotency_key: Option<&'a str>,
+    /// [`fingerprint_hash`] of the body under the key; empty without a key.
     pub fingerprint: &'a str,
     pub traceparent: String,
     /// With confirmation required: the token's link, deadline and masked address.
@@ -143,7 +155,10 @@ pub struct NewConfirmation {
 }
 
 /// Stores the enrollment, its first history entry and the `Enroll` command in one transaction,
-/// so an accepted enrollment is never lost even if the bus is down when it is accepted.
+/// so an accepted enrollment is never lost even if the bus is down when it is accepted. The name
+/// and address go only into the command: the outbox holds them until the relay sends it; the
+/// enrollment row keeps empty `name` and `email` columns (decision 0042: kept, not yet dropped,
+/// so that the release before this one still runs against the schema).
 pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx::Error> {
     let now = utility::storage::now();
     let mut tx = pool.begin().await?;
@@ -151,11 +166,9 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     sqlx::query(
         "INSERT INTO enrollments (id, name, email, status, idempotency_key, request_fingerprint, created_at, updated_at,
                                   history_seq, view_key, confirmation_token_hash, confirm_by, mailed_to, last_mailed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1, $8, $9, $10, $11, $12)",
+         VALUES ($1, '', '', $2, $3, $4, $5, $5, 1, $6, $7, $8, $9, $10)",
     )
     .bind(new.id.to_string())
-    .bind(new.name.as_str())
-    .bind(new.email.as_str())
     .bind(Status::Pending.name())
     .bind(new.idempotency_key)
     .bind(new.fingerprint)
@@ -404,7 +417,8 @@ pub async fn saga(tx: &mut AnyConnection, id: Uuid) -> Result<Option<SagaState>,
 }
 
 /// Moves the saga from `from` to `step.next` with what the step records, clears any stall report
-/// and takes the history's next number (one statement). Conditional on `from`: `None` when
+/// and takes the history's next number (one statement). Empties `name` and `email`, which only
+/// an instance of the release before decision 0042 still writes (during a roll-out). Conditional on `from`: `None` when
 /// another writer moved the saga first; else the number of the history entry to write.
 pub async fn advance(
     tx: &mut AnyConnection,
@@ -417,7 +431,8 @@ pub async fn advance(
         "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
              bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason),
              public_reason = COALESCE($5, public_reason), updated_at = $6, stall_reported_at = NULL,
-             history_seq = history_seq + 1, already_enrolled = COALESCE($9, already_enrolled)
+             history_seq = history_seq + 1, name = '', email = '',
+             already_enrolled = COALESCE($9, already_enrolled)
          WHERE id = $7 AND status = $8
          RETURNING history_seq",
     )
@@ -432,6 +447,81 @@ pub async fn advance(
     .bind(step.already_enrolled.map(i64::from))
     .fetch_optional(tx)
     .await
+}
+
+/// What [`erase_personal_data`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Erasure {
+    /// Erased here, and `ErasePersonalData` is in the outbox for the customer-api.
+    Done,
+    NotFound,
+    /// The `Enroll` carrying the name and address has not been relayed yet: erasing now would
+    /// either strand the saga or let the customer-api store what was just erased. Retry shortly.
+    NotRelayedYet,
+}
+
+/// An operator's erasure of an enrollment's personal data (decision 0042), in one transaction:
+/// the row's fingerprint becomes `erased` (a replay of its key is then refused, as a different
+/// body is), the sent `Enroll` rows of the outbox (which hold the name and address until the
+/// retention sweeper would delete them) are deleted, and `ErasePersonalData` goes into the
+/// outbox for the customer-api. The saga itself, its status and history stay.
+pub async fn erase_personal_data(pool: &AnyPool, id: Uuid, traceparent: String) -> Result<Erasure, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let erased =
+        sqlx::query("UPDATE enrollments SET name = '', email = '', request_fingerprint = 'erased' WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+    if erased.rows_affected() == 0 {
+        return Ok(Erasure::NotFound);
+    }
+    let unsent: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox WHERE correlation_id = $1 AND message_type = $2 AND sent_at IS NULL",
+    )
+    .bind(id.to_string())
+    .bind(MessageType::Enroll.name())
+    .fetch_one(&mut *tx)
+    .await?;
+    if unsent > 0 {
+        return Ok(Erasure::NotRelayedYet);
+    }
+    sqlx::query("DELETE FROM outbox WHERE correlation_id = $1 AND message_type = $2")
+        .bind(id.to_string())
+        .bind(MessageType::Enroll.name())
+        .execute(&mut *tx)
+        .await?;
+    let command =
+        Envelope::new(Message::ErasePersonalData(ErasePersonalData {}), id).with_traceparent(Some(traceparent));
+    outbox::enqueue(&mut tx, &command).await?;
+    tx.commit().await?;
+    Ok(Erasure::Done)
+}
+
+/// Replaces the fingerprints that still hold a request's fields (rows from before decision 0042,
+/// or from an instance of that release during a roll-out) with their hash, and empties those
+/// rows' `name` and `email`; returns how many. Run by the stall sweeper when it starts.
+pub async fn hash_plain_fingerprints(pool: &AnyPool) -> Result<u64, sqlx::Error> {
+    let rows: Vec<(String, Option<String>, String)> = sqlx::query_as(
+        "SELECT id, idempotency_key, request_fingerprint FROM enrollments WHERE request_fingerprint LIKE '{%'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut done = 0;
+    for (id, key, fields) in rows {
+        // Without a key the fingerprint is never compared: nothing to keep.
+        let hashed = key.map(|key| fingerprint_hash(&key, &fields)).unwrap_or_default();
+        done += sqlx::query(
+            "UPDATE enrollments SET request_fingerprint = $1, name = '', email = ''
+             WHERE id = $2 AND request_fingerprint = $3",
+        )
+        .bind(hashed)
+        .bind(&id)
+        .bind(&fields)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    }
+    Ok(done)
 }
 
 /// `status IN (...)` over the statuses that can stall (those waiting for a command), as

@@ -33,12 +33,13 @@ const PUBLIC: [(&str, &str); 13] = [
     ("GET", "/health"),
     ("GET", "/ready"),
 ];
-const OPERATOR: [(&str, &str); 5] = [
+const OPERATOR: [(&str, &str); 6] = [
     ("GET", "/metrics"),
     ("GET", "/api/enrollments"),
     ("GET", "/api/enrollments/stalled"),
     ("GET", "/api/customers/{id}"),
     ("GET", "/api/customers/{id}/points"),
+    ("DELETE", "/api/enrollments/{id}/personal-data"),
 ];
 
 fn get(uri: &str) -> Request<Body> {

@@ -28,6 +28,7 @@ source "$conf/$service.bootstrap"
 : "${RELEASE_PREFIX:?missing in $conf/$service.bootstrap}"
 : "${RELEASE_MANIFEST_SHA256:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_SECRET_ARN:?missing in $conf/$service.bootstrap}"
+: "${APP_DATABASE_SECRET_ARN:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_HOST:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_PORT:?missing in $conf/$service.bootstrap}"
 : "${DATABASE_NAME:?missing in $conf/$service.bootstrap}"
@@ -77,11 +78,16 @@ curl --fail --silent --show-error --proto '=https' --tlsv1.2 --retry 5 --max-tim
 grep -q -- '-----BEGIN CERTIFICATE-----' "$scratch/rds-ca-bundle.pem" ||
   fail "$DATABASE_CA_BUNDLE_URL holds no certificate"
 
-# The secrets: DATABASE_URL from the service's own secret and, for the gateway, OPERATOR_TOKEN.
-# They go where only root can read them; systemd reads EnvironmentFile= as root before it drops
-# to the saga user. A secret travels through the environment of one short python3 process, never
-# through its arguments.
+# The secrets. Two database users (decision 0043): the owner (the RDS master user, the service's
+# DatabaseSecret) only migrates, below, through this script's environment, never written to
+# disk; the service connects as its application role (AppDatabaseSecret), which may read and
+# write rows and nothing else. DATABASE_URL and, for the gateway, OPERATOR_TOKEN go where only
+# root can read them; systemd reads EnvironmentFile= as root before it drops to the saga user. A
+# secret travels through the environment of one short python3 process, never through its
+# arguments.
 secret=$(aws secretsmanager get-secret-value --secret-id "$DATABASE_SECRET_ARN" \
+  --query SecretString --output text)
+app_secret=$(aws secretsmanager get-secret-value --secret-id "$APP_DATABASE_SECRET_ARN" \
   --query SecretString --output text)
 operator_token=""
 if [[ -n "${OPERATOR_TOKEN_SECRET_ARN:-}" ]]; then
@@ -91,19 +97,24 @@ if [[ -n "${OPERATOR_TOKEN_SECRET_ARN:-}" ]]; then
   [[ "$operator_token" =~ ^[A-Za-z0-9]{32,}$ ]] ||
     fail "the operator token must be at least 32 letters and digits (see DEPLOY.md)"
 fi
-umask 077
-SAGA_SECRET="$secret" SAGA_OPERATOR_TOKEN="$operator_token" python3 -c '
+database_url() {
+  SAGA_SECRET="$1" python3 -c '
 import json, os, sys
 from urllib.parse import quote
 creds = json.loads(os.environ["SAGA_SECRET"])
 user, password = quote(creds["username"], safe=""), quote(creds["password"], safe="")
 host, port, name, ca = sys.argv[1:5]
 tls = "sslmode=verify-full&sslrootcert=" + quote(ca, safe="/")
-print(f"DATABASE_URL=postgres://{user}:{password}@{host}:{port}/{name}?{tls}")
-if os.environ["SAGA_OPERATOR_TOKEN"]:
-    print("OPERATOR_TOKEN=" + os.environ["SAGA_OPERATOR_TOKEN"])
-' "$DATABASE_HOST" "$DATABASE_PORT" "$DATABASE_NAME" "/etc/saga/rds-ca-bundle.pem" \
-  >"$conf/$service.secret.env.new"
+print(f"postgres://{user}:{password}@{host}:{port}/{name}?{tls}")
+' "$DATABASE_HOST" "$DATABASE_PORT" "$DATABASE_NAME" "/etc/saga/rds-ca-bundle.pem"
+}
+owner_url=$(database_url "$secret")
+app_url=$(database_url "$app_secret")
+umask 077
+{
+  printf 'DATABASE_URL=%s\n' "$app_url"
+  if [[ -n "$operator_token" ]]; then printf 'OPERATOR_TOKEN=%s\n' "$operator_token"; fi
+} >"$conf/$service.secret.env.new"
 umask 022
 
 # Everything checked: install. The service runs as an unprivileged system user that owns only
@@ -128,6 +139,13 @@ install -D -m 0644 "$scratch/rds-ca-bundle.pem" "$conf/rds-ca-bundle.pem"
 install -D -m 0755 "$scratch/bin/$service" "$root/usr/local/bin/$service"
 install -D -m 0644 "$scratch/ec2/saga-service@.service" "$root/etc/systemd/system/saga-service@.service"
 mv "$conf/$service.secret.env.new" "$conf/$service.secret.env"
+
+# Migrate as the owner, as the saga user, then set up the application role the service connects
+# as (`<service> migrate`); a release whose migrations fail starts nothing.
+MIGRATE_DATABASE_URL="$owner_url" DATABASE_URL="$app_url" \
+  runuser -u saga -- "$root/usr/local/bin/$service" migrate ||
+  fail "$service migrate failed (its log is above)"
+unset owner_url secret
 
 systemctl daemon-reload
 systemctl enable "saga-service@$service.service"

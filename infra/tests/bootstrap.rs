@@ -68,7 +68,7 @@ impl Machine {
             &root.join("etc/saga/gateway.bootstrap"),
             format!(
                 "ARTIFACT_BUCKET=bucket\nRELEASE_PREFIX={}\nRELEASE_MANIFEST_SHA256={}\n\
-                 DATABASE_SECRET_ARN=db-secret\nOPERATOR_TOKEN_SECRET_ARN=token-secret\n\
+                 DATABASE_SECRET_ARN=db-secret\nAPP_DATABASE_SECRET_ARN=app-secret\nOPERATOR_TOKEN_SECRET_ARN=token-secret\n\
                  DATABASE_HOST=gateway.db.example\nDATABASE_PORT=5432\nDATABASE_NAME=gateway\n\
                  DATABASE_CA_BUNDLE_URL=https://truststore.example/bundle.pem\n\
                  LOG_GROUP=/saga/gateway\n",
@@ -86,6 +86,7 @@ case "$1 $2" in
   "secretsmanager get-secret-value")
     case "$4" in
       db-secret) echo '{{"username": "gateway", "password": "p@ss w/rd"}}' ;;
+      app-secret) echo '{{"username": "gateway_app", "password": "app p@ss"}}' ;;
       token-secret) echo '{TOKEN}' ;;
     esac ;;
   *) exit 1 ;;
@@ -110,6 +111,14 @@ esac"#,
         for name in stubbed {
             script(&stubs.join(name), &format!("echo \"{name} $*\" >>{log_path}"));
         }
+        // The migration step: which users its two URLs name.
+        script(
+            &stubs.join("runuser"),
+            &format!(
+                "user() {{ printf '%s' \"$1\" | sed 's#^postgres://\\([^:]*\\):.*#\\1#'; }}\n\
+                 echo \"runuser $* owner=$(user \"$MIGRATE_DATABASE_URL\") app=$(user \"$DATABASE_URL\")\" >>{log_path}"
+            ),
+        );
         (
             Self {
                 _dir: dir,
@@ -159,7 +168,7 @@ fn a_release_that_matches_its_manifest_is_installed_with_verified_tls_and_the_to
     assert_eq!(
         env,
         format!(
-            "DATABASE_URL=postgres://gateway:p%40ss%20w%2Frd@gateway.db.example:5432/gateway\
+            "DATABASE_URL=postgres://gateway_app:app%20p%40ss@gateway.db.example:5432/gateway\
              ?sslmode=verify-full&sslrootcert=/etc/saga/rds-ca-bundle.pem\nOPERATOR_TOKEN={TOKEN}\n"
         )
     );
@@ -176,6 +185,33 @@ fn a_release_that_matches_its_manifest_is_installed_with_verified_tls_and_the_to
         calls.contains("systemctl restart saga-service@gateway.service"),
         "{calls}"
     );
+    // Migrated as the owner, as the saga user, before the service (the app role) starts; the
+    // owner's password is on no disk.
+    let migrate = calls.find("runuser -u saga -- ").expect("the migration step ran");
+    assert!(calls[migrate..].contains("/usr/local/bin/gateway migrate"), "{calls}");
+    assert!(calls.contains("migrate owner=gateway app=gateway_app"), "{calls}");
+    assert!(migrate < calls.find("systemctl restart").unwrap(), "{calls}");
+    for file in walk(&machine.root) {
+        let text = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&text).contains("p%40ss%20w%2Frd"),
+            "{} holds the owner's password",
+            file.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// The file the unit appends the service's output to, for one service (`%i` expanded).

@@ -231,7 +231,8 @@ impl EnrollmentRequest {
         }
     }
 
-    /// What makes two requests "the same" for idempotency: the normalised fields.
+    /// What makes two requests "the same" for idempotency: the normalised fields. Only its
+    /// [`store::fingerprint_hash`] under the request's key is stored, never the fields.
     fn fingerprint(&self) -> String {
         json!({"name": self.name.as_str(), "email": self.email.as_str()}).to_string()
     }
@@ -304,14 +305,16 @@ pub(super) async fn create(
 ) -> Result<Response, Problem> {
     let key = idempotency_key(&headers)?;
     let request = EnrollmentRequest::parse(&body)?;
-    let fingerprint = request.fingerprint();
+    let fingerprint = key
+        .as_deref()
+        .map(|key| store::fingerprint_hash(key, &request.fingerprint()));
     // The place to wait is taken before anything is stored: a refusal leaves nothing behind.
     let held = match prefer::hold(&state, client, prefer::preferred_wait(&headers)) {
         Ok(held) => held,
         Err(refused) => return Ok(axum::response::IntoResponse::into_response(refused)),
     };
     if let Some(key) = key.as_deref()
-        && let Some(existing) = replay(&state.pool, key, &fingerprint).await?
+        && let Some(existing) = replay(&state.pool, key, &request).await?
     {
         return answer_replay(&state, existing, held).await;
     }
@@ -338,7 +341,7 @@ pub(super) async fn create(
         name: &request.name,
         email: &request.email,
         idempotency_key: key.as_deref(),
-        fingerprint: &fingerprint,
+        fingerprint: fingerprint.as_deref().unwrap_or_default(),
         traceparent: traceparent(),
         confirmation,
     };
@@ -347,7 +350,7 @@ pub(super) async fn create(
         // Another request with the same key won the race: answer as a replay of it.
         Err(err) if utility::storage::is_unique_violation(&err) && key.is_some() => {
             let key = key.as_deref().unwrap_or_default();
-            let existing = replay(&state.pool, key, &fingerprint).await?.ok_or_else(|| {
+            let existing = replay(&state.pool, key, &request).await?.ok_or_else(|| {
                 Problem::internal(anyhow::anyhow!("idempotency key {key} conflicted but is not stored"))
             })?;
             return answer_replay(&state, existing, held).await;
@@ -373,12 +376,22 @@ async fn answer_replay(
     prefer::answer(state, &existing.id, &view_key, existing.status, held).await
 }
 
-/// The enrollment a repeated `Idempotency-Key` names, or 409 if the body differs.
-async fn replay(pool: &AnyPool, key: &str, fingerprint: &str) -> Result<Option<store::PriorSubmission>, Problem> {
+/// The enrollment a repeated `Idempotency-Key` names, or 409 if the body differs (or its
+/// personal data was erased, which leaves nothing to compare with).
+async fn replay(
+    pool: &AnyPool,
+    key: &str,
+    request: &EnrollmentRequest,
+) -> Result<Option<store::PriorSubmission>, Problem> {
     let Some(existing) = store::find_by_key(pool, key).await? else {
         return Ok(None);
     };
-    if existing.fingerprint != fingerprint {
+    let fingerprint = request.fingerprint();
+    // A row written before fingerprints were hashed (or by an instance of that release during a
+    // roll-out) holds the fields themselves until the stall sweeper hashes it.
+    let same =
+        existing.fingerprint == store::fingerprint_hash(key, &fingerprint) || existing.fingerprint == fingerprint;
+    if !same {
         // Naming the enrollment would hand someone else's capability to whoever guessed the key.
         return Err(Problem::conflict(
             "Idempotency-Key was already used with a different body; use a new key for a new enrollment",

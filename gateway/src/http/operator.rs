@@ -9,6 +9,7 @@ use crate::saga::Status;
 use crate::store;
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utility::domain::FieldError;
@@ -191,6 +192,46 @@ pub(super) async fn stalled(State(state): State<AppState>) -> Result<Json<Stalle
 )]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     utility::http::metrics(state.metrics.clone()).await
+}
+
+/// Erase an enrollment's personal data (operator).
+///
+/// The gateway keeps no name or address once the `Enroll` is relayed; this also forgets the
+/// request's fingerprint (a replay of its `Idempotency-Key` is then refused with 409) and the
+/// relayed command, and sends `ErasePersonalData` to the customer-api, which replaces the
+/// customer's name and address with a tombstone and keeps the row, so the ledger's postings
+/// still name a customer. The saga, its status and history stay. Asynchronous for the
+/// customer-api's part; repeating it is harmless.
+#[utoipa::path(
+    delete,
+    path = "/api/enrollments/{id}/personal-data",
+    tag = "operator",
+    operation_id = "erasePersonalData",
+    params(super::enrollments::EnrollmentId),
+    security(("operator_token" = [])),
+    responses(
+        (status = 202, description = "Erased here; the customer-api's erasure is on its way."),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such enrollment.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The enrollment's `Enroll` is not relayed yet; retry in a moment.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(super) async fn erase_personal_data(
+    State(state): State<AppState>,
+    ProblemPath(id): ProblemPath<String>,
+) -> Result<StatusCode, Problem> {
+    let id = parse_id(&id, "enrollment")?;
+    match store::erase_personal_data(&state.pool, id, super::enrollments::traceparent()).await? {
+        store::Erasure::Done => {
+            state.outbox_signal.notify_one();
+            tracing::info!(enrollment_id = %id, "personal data erased; customer-api asked to erase");
+            Ok(StatusCode::ACCEPTED)
+        }
+        store::Erasure::NotFound => Err(Problem::not_found(format!("no enrollment {id}"))),
+        store::Erasure::NotRelayedYet => Err(Problem::conflict(
+            "the enrollment's Enroll command has not been relayed yet; retry in a moment",
+        )),
+    }
 }
 
 /// Read a customer (operator).

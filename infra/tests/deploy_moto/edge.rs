@@ -197,6 +197,32 @@ const REQUESTS: &[(&str, &str, Route)] = &[
 
 /// Checks the public load balancer: with a certificate, HTTPS on 443 serving the routes and 80
 /// redirecting to it; without, 80 serving them; and exactly the public routes forwarded.
+/// The operator listener (internal load balancer, 8080) carries the bearer token: HTTPS with the
+/// deployment's certificate when there is one, plain HTTP only in a deployment that allowed it.
+pub async fn assert_operator_listener(
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
+    resources: &Resources,
+    certificate: Option<&str>,
+) {
+    let alb = physical(resources, "AWS::ElasticLoadBalancingV2::LoadBalancer", "InternalAlb");
+    let listeners = listeners(elb, alb).await;
+    assert_eq!(listeners.keys().copied().collect::<Vec<_>>(), [8080]);
+    let operator = &listeners[&8080];
+    match certificate {
+        Some(arn) => {
+            assert_eq!(operator.protocol().map(|p| p.as_str()), Some("HTTPS"));
+            assert_eq!(operator.ssl_policy(), Some("ELBSecurityPolicy-TLS13-1-2-2021-06"));
+            let certificates: Vec<_> = operator
+                .certificates()
+                .iter()
+                .filter_map(|c| c.certificate_arn())
+                .collect();
+            assert_eq!(certificates, [arn]);
+        }
+        None => assert_eq!(operator.protocol().map(|p| p.as_str()), Some("HTTP")),
+    }
+}
+
 pub async fn assert_public_listener(
     elb: &aws_sdk_elasticloadbalancingv2::Client,
     resources: &Resources,

@@ -129,7 +129,7 @@ const SCOPES: [Scope; 3] = [
             "TransactionQueriesQueueArn",
         ],
         topic: None,
-        secrets: 2,
+        secrets: 3,
         mails: false,
     },
     Scope {
@@ -138,7 +138,7 @@ const SCOPES: [Scope; 3] = [
         own_queues: &["CustomerCommandsQueueArn", "CustomerQueriesQueueArn"],
         send_to: &["GatewayRepliesQueueArn"],
         topic: Some("CustomerEventsTopicArn"),
-        secrets: 1,
+        secrets: 2,
         mails: true,
     },
     Scope {
@@ -147,7 +147,7 @@ const SCOPES: [Scope; 3] = [
         own_queues: &["TransactionCommandsQueueArn", "TransactionQueriesQueueArn"],
         send_to: &["GatewayRepliesQueueArn"],
         topic: Some("TransactionEventsTopicArn"),
-        secrets: 1,
+        secrets: 2,
         mails: false,
     },
 ];

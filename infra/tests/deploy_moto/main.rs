@@ -253,6 +253,7 @@ async fn deploy_app_end_to_end_on_moto() {
     observe::assert_dashboard(&moto.endpoint, &prefix, &messaging_outputs, &first.app_outputs, 300).await;
     // Without a certificate: plain HTTP on 80, serving only the public routes.
     edge::assert_public_listener(&elb, &app_resources, None).await;
+    edge::assert_operator_listener(&elb, &app_resources, None).await;
     edge::assert_internal_listeners(&elb, &app_resources).await;
     edge::assert_health_checks(&elb, &app_resources).await;
     edge::assert_ingress(&ec2, &app_resources, false).await;
@@ -412,6 +413,7 @@ async fn deploy_app_into_an_existing_vpc() {
     let url = &deployment.gateway_url;
     assert!(url.starts_with("https://") && url.contains(".elb."), "{url}");
     edge::assert_public_listener(&elb, &app_resources, Some(&certificate)).await;
+    edge::assert_operator_listener(&elb, &app_resources, Some(&certificate)).await;
     edge::assert_ingress(&ec2, &app_resources, true).await;
     // The default retention, where the first test passes its own.
     observe::assert_log_groups(&moto.endpoint, &app_resources, &prefix, 30).await;

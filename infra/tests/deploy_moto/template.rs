@@ -204,6 +204,67 @@ fn only_the_gateway_reads_the_operator_token() {
     assert_eq!(told, ["GatewayLaunchTemplate"]);
 }
 
+/// Each service connects as an application role of its own (decision 0043): a generated secret
+/// beside the owner's (the RDS master user, whose secret only the migration step reads), named
+/// `<owner>_app`, readable by that service's role alone, and named to its instances.
+#[test]
+fn each_service_connects_as_an_application_role_not_as_the_owner() {
+    let template = template();
+    for (service, owner, master) in [
+        ("Gateway", "gateway", "GatewayDatabase"),
+        ("CustomerApi", "customers", "CustomerApiDatabase"),
+        ("TransactionApi", "ledger", "TransactionApiDatabase"),
+    ] {
+        let app = format!("{service}AppDatabaseSecret");
+        let owner_secret = format!("{service}DatabaseSecret");
+        let secret = &template["Resources"][app.as_str()];
+        assert_eq!(secret["Type"].as_str(), Some("AWS::SecretsManager::Secret"), "{app}");
+        let generate = &secret["Properties"]["GenerateSecretString"];
+        assert_eq!(
+            generate["SecretStringTemplate"].as_str(),
+            Some(format!(r#"{{"username": "{owner}_app"}}"#).as_str()),
+            "{app}"
+        );
+        assert!(generate["PasswordLength"].as_i64().unwrap_or_default() >= 32, "{app}");
+        assert_eq!(
+            template["Resources"][master]["Properties"]["MasterUsername"].as_str(),
+            Some(owner),
+            "{master}: the owner is the master user"
+        );
+        let mut readers = Vec::new();
+        for (logical, policy) in of_type(&template, "AWS::IAM::Policy") {
+            let statements = policy["Properties"]["PolicyDocument"]["Statement"]
+                .as_sequence()
+                .expect("statements");
+            for statement in statements {
+                let resources: Vec<Option<&str>> = statement["Resource"]
+                    .as_sequence()
+                    .map(|r| r.iter().map(reference).collect())
+                    .unwrap_or_default();
+                if resources.contains(&Some(app.as_str())) {
+                    assert_eq!(
+                        resources,
+                        [Some(owner_secret.as_str()), Some(app.as_str())],
+                        "{logical}"
+                    );
+                    readers.push(logical);
+                }
+            }
+        }
+        assert_eq!(readers, [format!("{service}Policy")], "{app}");
+        let told: Vec<&str> = of_type(&template, "AWS::EC2::LaunchTemplate")
+            .into_iter()
+            .filter(|(_, lt)| {
+                let text = serde_norway::to_string(lt).unwrap();
+                text.contains(&format!("APP_DATABASE_SECRET_ARN=${{{app}}}"))
+                    && text.contains(&format!("DATABASE_SECRET_ARN=${{{owner_secret}}}"))
+            })
+            .map(|(logical, _)| logical)
+            .collect();
+        assert_eq!(told, [format!("{service}LaunchTemplate")], "{app}");
+    }
+}
+
 /// The artifact bucket keeps every version of every object (moto 5.2.5 does not apply
 /// `VersioningConfiguration` from CloudFormation, so the template is checked), and destroy
 /// empties it version by version (`release::empty_bucket`, exercised by the end-to-end test).
@@ -279,4 +340,17 @@ fn plain_http_needs_asking_for_and_https_brings_hsts() {
         user_data.contains("HstsMaxAge: !If") && user_data.contains("HasCertificate"),
         "HSTS must follow the certificate:\n{user_data}"
     );
+    // The operator listener is HTTPS whenever there is a certificate (the public one, or one of
+    // its own), so plain HTTP there also needs AllowPlainHttp; its URL says which.
+    let tls = serde_norway::to_string(&template["Conditions"]["OperatorOverTls"]).unwrap();
+    for needle in ["CertificateArn", "OperatorCertificateArn"] {
+        assert!(tls.contains(needle), "{tls}");
+    }
+    let listener = serde_norway::to_string(&template["Resources"]["OperatorListener"]["Properties"]).unwrap();
+    assert!(
+        listener.contains("OperatorOverTls") && listener.contains("HTTPS"),
+        "{listener}"
+    );
+    let url = serde_norway::to_string(&template["Outputs"]["OperatorUrl"]["Value"]).unwrap();
+    assert!(url.contains("OperatorOverTls") && url.contains("https://"), "{url}");
 }

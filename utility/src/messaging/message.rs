@@ -65,6 +65,13 @@ pub struct ForgetEnrollment {
     pub reason: String,
 }
 
+/// An operator erased the enrollment's personal data (decision 0042): asks the customer-api to
+/// replace the name and address it holds for this enrollment (its customer, or its rejection)
+/// with a tombstone, keeping the customer's row and id for the ledger. Nothing answers it; it may
+/// come again, and changes nothing the second time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErasePersonalData {}
+
 /// Asks the customer-api to roll an enrollment back (the compensation step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Unenroll {
@@ -237,6 +244,7 @@ pub enum Message {
     ResendConfirmation(ResendConfirmation),
     ConfirmEnrollment(ConfirmEnrollment),
     ForgetEnrollment(ForgetEnrollment),
+    ErasePersonalData(ErasePersonalData),
     Unenroll(Unenroll),
     PostBonusPoints(PostBonusPoints),
     ReverseBonusPoints(ReverseBonusPoints),
@@ -331,6 +339,7 @@ impl MessageType {
             | Self::ResendConfirmation
             | Self::ConfirmEnrollment
             | Self::ForgetEnrollment
+            | Self::ErasePersonalData
             | Self::Unenroll => const { Route::command(Gateway, &[CustomerApi]) },
             Self::PostBonusPoints | Self::ReverseBonusPoints => const { Route::command(Gateway, &[TransactionApi]) },
             Self::ConfirmationRequested
@@ -397,6 +406,7 @@ impl Message {
             | Self::ResendConfirmation(_)
             | Self::ConfirmEnrollment(_)
             | Self::ForgetEnrollment(_)
+            | Self::ErasePersonalData(_)
             | Self::ConfirmationRequested(_)
             | Self::EnrollmentRejected(_) => None,
             Self::Unenroll(m) => Some(m.customer_id),
@@ -442,7 +452,7 @@ mod tests {
         for message_type in MessageType::VARIANTS {
             assert_eq!(message_type.name().parse::<MessageType>().unwrap(), *message_type);
         }
-        assert_eq!(MessageType::VARIANTS.len(), 18);
+        assert_eq!(MessageType::VARIANTS.len(), 19);
     }
 
     #[test]

@@ -117,13 +117,29 @@ impl<S: Service> Application<S> {
 /// traces, builds the service on the bus the standard AWS variables name, and runs it until
 /// SIGTERM or Ctrl-C. A failed start-up is logged, then returned.
 pub fn main<S: Service>() -> anyhow::Result<()> {
-    let Some(config) = config::from_command_line::<S::Config>(S::INFO) else {
+    let Some((invocation, config)) = config::from_command_line::<S::Config>(S::INFO) else {
         return Ok(()); // --help or --version
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run::<S>(config))
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match invocation {
+        config::Invocation::Migrate => runtime.block_on(migrate::<S>(config)),
+        _ => runtime.block_on(run::<S>(config)),
+    }
+}
+
+/// `<service> migrate`: the migrations as the database's owner, then the application role's
+/// rights ([`crate::storage::migrate_as_owner`]).
+async fn migrate<S: Service>(config: S::Config) -> anyhow::Result<()> {
+    let telemetry = telemetry::init(config.as_ref().log_format, S::INFO.name);
+    let common = config.as_ref();
+    let owner = common.migrate_database_url.as_ref().unwrap_or(&common.database_url);
+    let done = crate::storage::migrate_as_owner(owner.expose(), common.database_url.expose(), S::migrations()).await;
+    match &done {
+        Ok(()) => tracing::info!("migrations applied; the application role may read and write rows"),
+        Err(err) => tracing::error!(error = format!("{err:#}"), "migration failed"),
+    }
+    telemetry.shutdown();
+    Ok(done?)
 }
 
 async fn run<S: Service>(config: S::Config) -> anyhow::Result<()> {

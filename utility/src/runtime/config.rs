@@ -58,6 +58,11 @@ pub struct CommonConfig {
     /// `sqlite:<file>` (created on first run) or `postgres://user:password@host/database`. Secret:
     /// a PostgreSQL URL carries the password, so no log line or `--help` may show it.
     pub database_url: Secret<String>,
+    /// The database owner's URL (`MIGRATE_DATABASE_URL`), read only by `<service> migrate`: that
+    /// step migrates as the owner and gives the user of `DATABASE_URL` (created if missing, its
+    /// password set from that URL) the right to read and write rows, nothing else. Unset, it
+    /// migrates with `DATABASE_URL`. The service itself never reads it.
+    pub migrate_database_url: Option<Secret<String>>,
     /// Long-poll wait of each SQS receive, in seconds (SQS accepts 0 to 20).
     #[schemars(range(min = 0, max = 20))]
     pub receive_wait_seconds: i32,
@@ -97,6 +102,7 @@ impl CommonConfig {
         Self {
             http_addr,
             database_url: Secret::new(database_url.into()),
+            migrate_database_url: None,
             // Short off a load balancer: a client trickling its headers is cut off within it.
             http_header_timeout_seconds: 10,
             http_max_connections: 2048,

@@ -50,6 +50,8 @@ pub enum DbError {
     },
     #[error("database migration failed: {0}")]
     Migrate(#[from] MigrateError),
+    #[error("cannot set up the application role: {0}")]
+    AppRole(String),
 }
 
 pub fn is_sqlite(url: &str) -> bool {
@@ -85,8 +87,14 @@ impl Pools {
     ) -> Result<Self, DbError> {
         // Migrations may build indexes on large tables: they run on a connection of their own,
         // without the statement timeout, before the pools open.
+        // Only when some are pending: an application role without DDL rights (`migrate_as_owner`)
+        // starts on a database its owner migrated.
         let setup = open_pool(url, 1, None).await?;
-        let migrated = migrate(&setup, service_migrations).await;
+        let migrated = if pending(&setup, &service_migrations).await {
+            migrate(&setup, service_migrations).await
+        } else {
+            Ok(())
+        };
         setup.close().await;
         migrated?;
         let http = open_pool(url, HTTP_CONNECTIONS, Some(statement_timeout)).await?;
@@ -103,7 +111,9 @@ impl Pools {
 /// and tools use. Services open [`Pools`].
 pub async fn connect(url: &str, service_migrations: Migrator) -> Result<AnyPool, DbError> {
     let pool = open_pool(url, HTTP_CONNECTIONS, None).await?;
-    migrate(&pool, service_migrations).await?;
+    if pending(&pool, &service_migrations).await {
+        migrate(&pool, service_migrations).await?;
+    }
     Ok(pool)
 }
 
@@ -149,6 +159,105 @@ async fn migrate(pool: &AnyPool, mut service: Migrator) -> Result<(), MigrateErr
     let mut shared = sqlx::migrate!("./migrations");
     shared.set_ignore_missing(true).run(pool).await?;
     service.set_ignore_missing(true).run(pool).await
+}
+
+/// Whether a shared or service migration is not applied yet (also when the bookkeeping table
+/// cannot be read: then migrating says why).
+async fn pending(pool: &AnyPool, service: &Migrator) -> bool {
+    let Ok(applied) = sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+    else {
+        return true;
+    };
+    let shared = sqlx::migrate!("./migrations");
+    shared
+        .iter()
+        .chain(service.iter())
+        .filter(|m| !m.migration_type.is_down_migration())
+        .any(|m| !applied.contains(&m.version))
+}
+
+/// `<service> migrate` (decision 0043): applies the migrations as the database's owner
+/// (`owner_url`), then, on PostgreSQL, makes the user of `app_url` an application role: created
+/// if missing (login, its password from the URL, nothing more), allowed to connect, to use the
+/// schema and to read and write the rows of every table and sequence it holds, and no more:
+/// the tables belong to the owner, so the role can neither create, alter nor drop one. Run on
+/// every deployment, after each migration, so new tables are granted too. The same user in
+/// both URLs (local runs) is left as it is; SQLite has no roles.
+pub async fn migrate_as_owner(owner_url: &str, app_url: &str, service_migrations: Migrator) -> Result<(), DbError> {
+    let pool = open_pool(owner_url, 1, None).await?;
+    let done = async {
+        migrate(&pool, service_migrations).await?;
+        if is_sqlite(owner_url) {
+            return Ok(());
+        }
+        let (owner, _) = credentials(owner_url)?;
+        let (role, password) = credentials(app_url)?;
+        if role == owner {
+            tracing::warn!(%role, "DATABASE_URL names the owner: the service runs with the right to change the schema");
+            return Ok(());
+        }
+        grant_app_role(&pool, &role, &password)
+            .await
+            .map_err(|e| DbError::AppRole(format!("{role}: {e}")))
+    }
+    .await;
+    pool.close().await;
+    done
+}
+
+/// The user and password of a PostgreSQL URL, percent-decoded.
+fn credentials(url: &str) -> Result<(String, String), DbError> {
+    let parsed = url::Url::parse(url).map_err(|e| DbError::AppRole(format!("{}: {e}", redact(url))))?;
+    let decode = |text: &str| {
+        url::form_urlencoded::parse(format!("x={text}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let user = decode(&parsed.username().replace('+', "%2B"));
+    if user.is_empty() {
+        return Err(DbError::AppRole(format!("{} names no user", redact(url))));
+    }
+    Ok((user, decode(&parsed.password().unwrap_or_default().replace('+', "%2B"))))
+}
+
+async fn grant_app_role(pool: &AnyPool, role: &str, password: &str) -> Result<(), sqlx::Error> {
+    // Utility statements take no parameters: `format` quotes the name (%I) and the password (%L).
+    let statement = async |template: &str| -> Result<(), sqlx::Error> {
+        let sql: String = sqlx::query_scalar(&format!("SELECT format('{template}', $1, $2)"))
+            .bind(role)
+            .bind(password)
+            .fetch_one(pool)
+            .await?;
+        sqlx::query(&sql).execute(pool).await.map(|_| ())
+    };
+    let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_one(pool)
+        .await?;
+    if exists == 0 {
+        // Another instance migrating at the same moment may create it first: the ALTER below
+        // then applies to that one.
+        if let Err(err) = statement("CREATE ROLE %I LOGIN PASSWORD %L").await {
+            tracing::debug!(error = %err, "role not created here");
+        }
+    }
+    statement("ALTER ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT PASSWORD %L").await?;
+    let connect: String =
+        sqlx::query_scalar("SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), $1)")
+            .bind(role)
+            .fetch_one(pool)
+            .await?;
+    sqlx::query(&connect).execute(pool).await?;
+    // PostgreSQL before 15 lets everyone create in `public`.
+    sqlx::query("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .execute(pool)
+        .await?;
+    statement("GRANT USAGE ON SCHEMA public TO %I").await?;
+    statement("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO %I").await?;
+    statement("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO %I").await
 }
 
 /// Adds `mode=rwc` to SQLite URLs (create the file if missing) and creates the file's directory.

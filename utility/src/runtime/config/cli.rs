@@ -32,6 +32,9 @@ macro_rules! service_info {
 #[derive(Debug)]
 pub enum Invocation {
     Run,
+    /// `migrate`: apply the migrations as the database's owner, set up the application role,
+    /// and exit (see `CommonConfig::migrate_database_url`).
+    Migrate,
     Help,
     Version,
 }
@@ -46,8 +49,9 @@ pub fn parse_args(info: &ServiceInfo, args: impl IntoIterator<Item = OsString>) 
     let invocation = match first.to_str() {
         Some("--help" | "-h") => Invocation::Help,
         Some("--version" | "-V") => Invocation::Version,
+        Some("migrate") => Invocation::Migrate,
         _ => anyhow::bail!(
-            "unknown argument `{}`: {} takes no arguments; its settings come from the environment",
+            "unknown argument `{}`: {} takes no argument but `migrate`; its settings come from the environment",
             first.to_string_lossy(),
             info.name
         ),
@@ -61,7 +65,7 @@ pub fn parse_args(info: &ServiceInfo, args: impl IntoIterator<Item = OsString>) 
 /// The start of every service's `main`: answers `--help` and `--version` on stdout (then `None`:
 /// the caller returns), or loads and checks the configuration. A bad argument or configuration
 /// is printed to stderr, one line per problem, and the process exits with status 2.
-pub fn from_command_line<T: Settings>(info: ServiceInfo) -> Option<T> {
+pub fn from_command_line<T: Settings>(info: ServiceInfo) -> Option<(Invocation, T)> {
     let refuse = |what: &str, problems: Vec<String>| -> ! {
         eprintln!("{}: {what} (`{} --help` lists every setting):", info.name, info.name);
         for problem in problems {
@@ -78,8 +82,8 @@ pub fn from_command_line<T: Settings>(info: ServiceInfo) -> Option<T> {
             println!("{} {}", info.name, info.version);
             None
         }
-        Ok(Invocation::Run) => match load(T::default()) {
-            Ok(config) => Some(config),
+        Ok(invocation @ (Invocation::Run | Invocation::Migrate)) => match load(T::default()) {
+            Ok(config) => Some((invocation, config)),
             Err(ConfigError::Invalid(problems)) => refuse("invalid configuration", problems),
             Err(err) => refuse("invalid configuration", vec![err.to_string()]),
         },
@@ -96,7 +100,8 @@ pub fn help<T: Settings>(info: &ServiceInfo) -> String {
         settings::<T>().into_iter().partition(|s| common.contains(&s.key));
     let mut out = format!(
         "{name} {version}: {about}\n\n\
-         Usage: {name} [--help | --version]\n\n\
+         Usage: {name} [migrate | --help | --version]\n\n\
+         `migrate` applies the migrations as the database owner (the URL below) and exits.\n\n\
          Settings come from environment variables, or from the TOML file named by CONFIG_FILE with\n\
          the same names in lower case (`receive_wait_seconds = 5`); the environment wins. An unknown\n\
          key in that file, or a value out of range, stops {name} at start-up.\n",
