@@ -207,7 +207,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     path = "/api/enrollments/{id}/personal-data",
     tag = "operator",
     operation_id = "erasePersonalData",
-    params(super::enrollments::EnrollmentId),
+    params(EnrollmentId),
     security(("operator_token" = [])),
     responses(
         (status = 202, description = "Erased here; the customer-api's erasure is on its way."),
@@ -319,4 +319,13 @@ fn unanswered(err: LookupError, service: &str) -> Problem {
         }
         LookupError::Closed => Problem::unavailable("the gateway is stopping"),
     }
+}
+
+/// The enrollment id in an operator's path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct EnrollmentId {
+    /// The id the submission answered (UUID), as logs and the listing show it.
+    id: uuid::Uuid,
 }
