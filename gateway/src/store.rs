@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, AnyPool};
 use std::sync::LazyLock;
 use utility::domain::{CustomerName, Email};
 use utility::messaging::envelope::Envelope;
-use utility::messaging::message::{Enroll, Message};
+use utility::messaging::message::{Enroll, EnrollmentStatusChanged, Message};
 use utility::messaging::outbox;
 use uuid::Uuid;
 
@@ -100,6 +100,8 @@ pub struct NewEnrollment<'a> {
     pub idempotency_key: Option<&'a str>,
     pub fingerprint: &'a str,
     pub traceparent: String,
+    /// Where to send its status changes, checked.
+    pub callback_url: Option<&'a str>,
 }
 
 /// Stores the enrollment, its first history entry and the `Enroll` command in one transaction,
@@ -109,8 +111,8 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO enrollments (id, name, email, status, idempotency_key, request_fingerprint, created_at, updated_at,
-                                  history_seq)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1)",
+                                  history_seq, callback_url)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1, $8)",
     )
     .bind(new.id.to_string())
     .bind(new.name.as_str())
@@ -119,6 +121,7 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     .bind(new.idempotency_key)
     .bind(new.fingerprint)
     .bind(&now)
+    .bind(new.callback_url)
     .execute(&mut *tx)
     .await?;
     insert_history(&mut tx, new.id, 1, Status::Pending, "EnrollmentAccepted", &now).await?;
@@ -407,7 +410,8 @@ pub(crate) async fn record_history(
 }
 
 /// Writes history entry number `seq` (taken under the enrollment's row lock, by
-/// [`record_history`], [`advance`] or the enrollment's insert).
+/// [`record_history`], [`advance`] or the enrollment's insert), and in the same transaction the
+/// `EnrollmentStatusChanged` that tells the gateway's topic about it (webhooks, any subscriber).
 pub(crate) async fn insert_history(
     tx: &mut AnyConnection,
     id: Uuid,
@@ -425,9 +429,15 @@ pub(crate) async fn insert_history(
     .bind(event)
     .bind(at)
     .bind(seq)
-    .execute(tx)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    let changed = Message::EnrollmentStatusChanged(EnrollmentStatusChanged {
+        sequence: seq,
+        status: status.name().to_owned(),
+        at: at.to_owned(),
+        event: event.to_owned(),
+    });
+    outbox::enqueue(tx, &Envelope::new(changed, id)).await
 }
 
 /// History in the order the saga took (entries written before sequence numbers existed first,

@@ -17,6 +17,7 @@ mod operator;
 mod page;
 mod prefer;
 mod reference;
+mod webhook_keys;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::middleware::from_fn_with_state;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub outbox_signal: Arc<Notify>,
     /// The operator's lookups over the bus; `None` in the in-process router, which has no bus.
     pub lookups: Option<crate::lookups::Lookups>,
+    /// The callback URL policy and webhook keys; `None` when callbacks are off.
+    pub callbacks: Option<crate::webhooks::Callbacks>,
     pub stall_after: std::time::Duration,
     /// Longest an event stream stays open.
     pub max_stream: std::time::Duration,
@@ -95,7 +98,8 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
         .routes(public(routes!(reference::docs)))
         .routes(public(submit))
         .routes(public(routes!(enrollments::show)))
-        .routes(public(routes!(events::events)));
+        .routes(public(routes!(events::events)))
+        .routes(public(routes!(webhook_keys::webhook_keys)));
     api = match &edge.operator {
         Some(token) => {
             let operator = |route: UtoipaMethodRouter<AppState>| {
