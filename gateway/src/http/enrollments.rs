@@ -40,7 +40,7 @@ pub(super) struct EnrollmentInput {
     /// Where to POST each status change of the enrollment, as a signed webhook (Standard
     /// Webhooks; keys at `/.well-known/webhook-keys`). `https`, no credentials, at most 2048
     /// characters, a host whose addresses are all public.
-    #[schema(format = "uri", max_length = 2048, example = "https://example.com/hooks/enrollments")]
+    #[schema(format = "uri", max_length = 2048)]
     callback_url: Option<String>,
 }
 
