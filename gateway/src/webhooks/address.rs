@@ -80,7 +80,7 @@ impl Policy {
     /// Whether `host` is named by `CALLBACK_ALLOWED_HOSTS` (and so exempt from the address test).
     pub fn admits_any_address(&self, host: &str) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        self.allowed_hosts.iter().any(|h| *h == host)
+        self.allowed_hosts.contains(&host)
     }
 
     /// The URL's form: scheme, no credentials, a host, a length limit, and the allow-list. Says
