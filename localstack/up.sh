@@ -86,9 +86,17 @@ if [[ -z "${OPERATOR_TOKEN:-}" ]]; then
 fi
 (umask 077 && printf '%s\n' "$OPERATOR_TOKEN" >"$run_dir/operator-token")
 
+# Webhooks are signed with an Ed25519 key (Standard Webhooks, `v1a`): yours if
+# WEBHOOK_SIGNING_KEYS is set, else a fresh one (`whsk_` + base64 of 32 random bytes), kept in
+# .run/webhook-signing-key. Its public half is at /.well-known/webhook-keys.
+if [[ -z "${WEBHOOK_SIGNING_KEYS:-}" ]]; then
+  WEBHOOK_SIGNING_KEYS="whsk_$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
+fi
+(umask 077 && printf '%s\n' "$WEBHOOK_SIGNING_KEYS" >"$run_dir/webhook-signing-key")
+
 start customer-api CUSTOMER_API_DATABASE_URL 8081
 start transaction-api TRANSACTION_API_DATABASE_URL 8082
-OPERATOR_TOKEN="$OPERATOR_TOKEN" start gateway GATEWAY_DATABASE_URL 8080
+OPERATOR_TOKEN="$OPERATOR_TOKEN" WEBHOOK_SIGNING_KEYS="$WEBHOOK_SIGNING_KEYS" start gateway GATEWAY_DATABASE_URL 8080
 
 gateway=http://127.0.0.1:8080
 deadline=$((SECONDS + 60))

@@ -20,7 +20,7 @@ case "${1:-}" in
   run)
     shift
     install
-    exec "$venv/bin/st" run "$@"
+    exec "$venv/bin/st" --config-file "$here/schemathesis.toml" run "$@"
     ;;
   *)
     echo "usage: $0 install|run [st run arguments]" >&2

@@ -12,6 +12,7 @@ pub mod saga;
 mod settings;
 mod stalls;
 mod store;
+pub mod webhooks;
 
 pub use confirmation::EmailConfirmation;
 pub use settings::{Origin, ProxyCidr};
@@ -99,6 +100,27 @@ pub struct Config {
     /// The origin people reach the gateway's pages at (`scheme://host[:port]`, no path): the
     /// confirmation links in the mails point to `<PUBLIC_ORIGIN>/confirm`.
     pub public_origin: Origin,
+    /// Private keys that sign webhooks (`WEBHOOK_SIGNING_KEYS`, comma-separated `whsk_` + base64
+    /// of a 32-byte Ed25519 seed; `make up` generates one). The first signs; all are published at
+    /// `/.well-known/webhook-keys`. Unset: callbacks are off, and a `callback_url` is refused.
+    pub webhook_signing_keys: Option<Secret<String>>,
+    /// Accept plain `http` callback URLs (`CALLBACK_ALLOW_HTTP`): local development and tests only.
+    pub callback_allow_http: bool,
+    /// The only hosts callbacks may reach, when set (`CALLBACK_ALLOWED_HOSTS`, comma-separated
+    /// names or addresses); they are reached even on private or loopback addresses. Empty, the
+    /// default: any host whose addresses are all public.
+    pub callback_allowed_hosts: CommaSeparated<String>,
+    /// Bound of the first webhook retry's delay, in ms (`WEBHOOK_RETRY_BASE_MS`); each later
+    /// one doubles, up to an hour, with full jitter, for up to 24 h.
+    #[schemars(range(min = 1))]
+    pub webhook_retry_base_ms: u64,
+    /// Webhook deliveries in flight to one host at most (`WEBHOOK_HOST_CONCURRENCY`).
+    #[schemars(range(min = 1))]
+    pub webhook_host_concurrency: usize,
+    /// How often due webhook deliveries are looked for, in ms, besides on each new one
+    /// (`WEBHOOK_POLL_MS`).
+    #[schemars(range(min = 1))]
+    pub webhook_poll_ms: u64,
 }
 
 /// Shortest operator token accepted.
@@ -128,6 +150,12 @@ impl Default for Config {
             email_confirmation: EmailConfirmation::Required,
             confirmation_ttl_seconds: 24 * 60 * 60,
             public_origin: "http://127.0.0.1:8080".parse().expect("a valid origin"),
+            webhook_signing_keys: None,
+            callback_allow_http: false,
+            callback_allowed_hosts: CommaSeparated::default(),
+            webhook_retry_base_ms: 5000,
+            webhook_host_concurrency: 8,
+            webhook_poll_ms: 1000,
         }
     }
 }
@@ -182,6 +210,34 @@ impl Config {
         Duration::from_secs(self.confirmation_ttl_seconds.max(1))
     }
 
+    /// Callbacks as configured: off without a signing key; a malformed key stops the gateway at
+    /// start-up, naming the setting.
+    fn callbacks(&self) -> anyhow::Result<Option<webhooks::Callbacks>> {
+        let Some(keys) = self
+            .webhook_signing_keys
+            .as_ref()
+            .map(|k| k.expose())
+            .filter(|k| !k.is_empty())
+        else {
+            return Ok(None);
+        };
+        let keys = keys
+            .parse::<webhooks::signing::SigningKeys>()
+            .map_err(|e| anyhow::anyhow!("WEBHOOK_SIGNING_KEYS: {e}"))?;
+        let policy = webhooks::address::Policy {
+            allow_http: self.callback_allow_http,
+            allowed_hosts: self
+                .callback_allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        };
+        Ok(Some(webhooks::Callbacks {
+            policy: Arc::new(policy),
+            keys,
+        }))
+    }
+
     fn api_state(
         &self,
         pool: AnyPool,
@@ -208,6 +264,7 @@ impl Config {
             pool,
             outbox_signal,
             lookups,
+            callbacks: self.callbacks()?,
             stall_after: Duration::from_secs(self.stall_after_seconds),
             max_stream: Duration::from_secs(self.max_stream_seconds.max(1)),
             confirmation: self.confirmation(),
@@ -232,14 +289,17 @@ pub fn router(config: &Config, pool: AnyPool, outbox_signal: Arc<Notify>) -> any
 }
 
 /// Consumed queue first, then the command queues it routes to, then the lookups' queues (the
-/// replies it consumes, the services' queries it sends to).
-pub const ENDPOINTS: [Endpoint; 6] = [
+/// replies it consumes, the services' queries it sends to), then its topic of status events and
+/// the webhook deliveries' queue subscribed to it.
+pub const ENDPOINTS: [Endpoint; 8] = [
     Endpoint::GatewayEvents,
     Endpoint::CustomerCommands,
     Endpoint::TransactionCommands,
     lookups::ENDPOINTS[0],
     lookups::ENDPOINTS[1],
     lookups::ENDPOINTS[2],
+    Endpoint::StatusEvents,
+    Endpoint::WebhookDeliveries,
 ];
 
 /// This service's own migrations (the shared outbox and processed-message tables come with
@@ -289,6 +349,42 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The webhook deliveries' consumer and dispatcher; with callbacks off, the consumer alone,
+    /// which deletes the status events (no enrollment can have a callback then).
+    fn webhook_tasks(&self, core: &ServiceCore, shutdown: &CancellationToken) -> Vec<(&'static str, Task)> {
+        let mut tasks: Vec<(&'static str, Task)> = Vec::new();
+        let callbacks = match self.config.callbacks() {
+            Ok(callbacks) => callbacks,
+            Err(err) => return vec![("webhook dispatcher", Box::pin(async move { Err(err) }))],
+        };
+        let dispatch = Arc::new(Notify::new());
+        if let Some(callbacks) = callbacks {
+            match webhooks::client::Client::new(callbacks.policy.clone()) {
+                Ok(client) => {
+                    let mut dispatcher = webhooks::delivery::Dispatcher::new(
+                        core.background_pool.clone(),
+                        client,
+                        callbacks.keys,
+                        Duration::from_millis(self.config.webhook_retry_base_ms.max(1)),
+                        Duration::from_millis(self.config.webhook_poll_ms.max(1)),
+                        self.config.webhook_host_concurrency,
+                    );
+                    dispatcher.signal = dispatch.clone();
+                    tasks.push(("webhook dispatcher", Box::pin(dispatcher.run(shutdown.clone()))));
+                }
+                Err(err) => tasks.push(("webhook dispatcher", Box::pin(async move { Err(err) }))),
+            }
+        }
+        let handler = webhooks::delivery::ScheduleHandler { dispatch };
+        match core.consumer(Endpoint::WebhookDeliveries, handler) {
+            Ok(consumer) => tasks.push(("webhook deliveries consumer", Box::pin(consumer.run(shutdown.clone())))),
+            Err(err) => tasks.push(("webhook deliveries consumer", Box::pin(async move { Err(err) }))),
+        }
+        tasks
+    }
+}
+
 impl Service for Gateway {
     const INFO: ServiceInfo = utility::service_info!();
     const QUEUE: Endpoint = Endpoint::GatewayEvents;
@@ -304,6 +400,9 @@ impl Service for Gateway {
 
     fn from_config(config: Config) -> anyhow::Result<Self> {
         let edge = config.edge()?;
+        if config.callbacks()?.is_none() {
+            tracing::info!("callbacks are off: WEBHOOK_SIGNING_KEYS is not set");
+        }
         if edge.operator.is_none() {
             tracing::info!("operator routes are off: OPERATOR_TOKEN is not set");
         }
@@ -352,11 +451,13 @@ impl Service for Gateway {
         };
         // The scan runs whatever the setting: enrollments accepted while confirmation was
         // required still end at their deadline after it is turned off.
-        vec![
+        let mut tasks: Vec<(&'static str, Task)> = vec![
             ("stall sweeper", Box::pin(watch.run(shutdown.clone()))),
             ("confirmation expiry", Box::pin(expiry.run(shutdown.clone()))),
             ("lookup replies", Box::pin(replies)),
-        ]
+        ];
+        tasks.extend(self.webhook_tasks(core, shutdown));
+        tasks
     }
 
     fn limits(&self) -> RequestLimits {

@@ -490,6 +490,14 @@ mod tests {
                 points: 1,
                 balance: 0,
             }),
+            MessageType::EnrollmentStatusChanged => {
+                Message::EnrollmentStatusChanged(utility::messaging::message::EnrollmentStatusChanged {
+                    sequence: 1,
+                    status: String::from("pending"),
+                    at: String::from("2026-12-06T00:00:00.000Z"),
+                    event: String::from("EnrollmentAccepted"),
+                })
+            }
             MessageType::GetCustomer => Message::GetCustomer(GetCustomer {
                 customer_id: id,
                 reply_by: chrono::Utc::now(),

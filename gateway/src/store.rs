@@ -10,8 +10,8 @@ use std::sync::LazyLock;
 use utility::domain::{CustomerName, Email};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
-    ConfirmEnrollment, ConfirmationLink, Enroll, ErasePersonalData, ForgetEnrollment, Message, MessageType,
-    ResendConfirmation,
+    ConfirmEnrollment, ConfirmationLink, Enroll, EnrollmentStatusChanged, ErasePersonalData, ForgetEnrollment,
+    Message, MessageType, ResendConfirmation,
 };
 use utility::messaging::outbox;
 use uuid::Uuid;
@@ -139,6 +139,8 @@ pub struct NewEnrollment<'a> {
     /// [`fingerprint_hash`] of the body under the key; empty without a key.
     pub fingerprint: &'a str,
     pub traceparent: String,
+    /// Where to send its status changes, checked.
+    pub callback_url: Option<&'a str>,
     /// With confirmation required: the token's link, deadline and masked address.
     pub confirmation: Option<NewConfirmation>,
 }
@@ -165,8 +167,9 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     let confirmation = new.confirmation.as_ref();
     sqlx::query(
         "INSERT INTO enrollments (id, name, email, status, idempotency_key, request_fingerprint, created_at, updated_at,
-                                  history_seq, view_key, confirmation_token_hash, confirm_by, mailed_to, last_mailed_at)
-         VALUES ($1, '', '', $2, $3, $4, $5, $5, 1, $6, $7, $8, $9, $10)",
+                                  history_seq, view_key, confirmation_token_hash, confirm_by, mailed_to, last_mailed_at,
+                                  callback_url)
+         VALUES ($1, '', '', $2, $3, $4, $5, $5, 1, $6, $7, $8, $9, $10, $11)",
     )
     .bind(new.id.to_string())
     .bind(Status::Pending.name())
@@ -178,6 +181,7 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     .bind(confirmation.map(|c| utility::storage::timestamp(c.expires_at)))
     .bind(confirmation.map(|c| c.mailed_to.as_str()))
     .bind(confirmation.map(|_| now.as_str()))
+    .bind(new.callback_url)
     .execute(&mut *tx)
     .await?;
     insert_history(&mut tx, new.id, 1, Status::Pending, "EnrollmentAccepted", &now).await?;
@@ -785,7 +789,8 @@ pub(crate) async fn record_history(
 }
 
 /// Writes history entry number `seq` (taken under the enrollment's row lock, by
-/// [`record_history`], [`advance`] or the enrollment's insert).
+/// [`record_history`], [`advance`] or the enrollment's insert), and in the same transaction the
+/// `EnrollmentStatusChanged` that tells the gateway's topic about it (webhooks, any subscriber).
 pub(crate) async fn insert_history(
     tx: &mut AnyConnection,
     id: Uuid,
@@ -803,9 +808,15 @@ pub(crate) async fn insert_history(
     .bind(event)
     .bind(at)
     .bind(seq)
-    .execute(tx)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    let changed = Message::EnrollmentStatusChanged(EnrollmentStatusChanged {
+        sequence: seq,
+        status: status.name().to_owned(),
+        at: at.to_owned(),
+        event: event.to_owned(),
+    });
+    outbox::enqueue(tx, &Envelope::new(changed, id)).await
 }
 
 /// History in the order the saga took (entries written before sequence numbers existed first,

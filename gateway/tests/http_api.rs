@@ -178,7 +178,8 @@ async fn idempotency_key_replays_or_conflicts(backend: Backend) {
 
     // One enrollment and one Enroll command per key.
     assert_eq!(count(&api, "SELECT COUNT(*) FROM enrollments").await, 2);
-    assert_eq!(utility::messaging::outbox::pending(&api.pool).await.unwrap(), 2);
+    // Two enrollments: each an `Enroll` and the `EnrollmentStatusChanged` of its first entry.
+    assert_eq!(utility::messaging::outbox::pending(&api.pool).await.unwrap(), 4);
 }
 
 /// `traceparent` only ever continues a trace: a value that is not W3C trace context starts a new

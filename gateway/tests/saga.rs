@@ -303,11 +303,12 @@ async fn outbox_row_written_before_a_crash_is_published_after_restart(backend: B
     let mut system = System::start(backend, options).await;
     let email = unique_email("crash");
     let id = system.submit("Barbara", &email).await;
+    // `Enroll`, and the `EnrollmentStatusChanged` of the first history entry.
     assert_eq!(
         utility::messaging::outbox::pending(&system.gateway().pool)
             .await
             .unwrap(),
-        1
+        2
     );
 
     system.gateway.take().unwrap().crash().await;

@@ -391,7 +391,7 @@ mod tests {
             );
         }
         let inputs = messaging_inputs();
-        assert_eq!(inputs.len(), 22);
+        assert_eq!(inputs.len(), 27);
         for key in &inputs {
             assert!(
                 messaging.contains(&format!("\n  {key}:\n")),
@@ -403,15 +403,15 @@ mod tests {
             );
         }
         let dlq_names: Vec<&str> = inputs.iter().copied().filter(|k| k.ends_with("DlqName")).collect();
-        assert_eq!(dlq_names.len(), 8);
+        assert_eq!(dlq_names.len(), 10);
         for key in dlq_names {
             let dimension = format!("Dimensions: [{{ Name: QueueName, Value: !Ref {key} }}]");
             assert!(APP_TEMPLATE.contains(&dimension), "no alarm on {key}");
         }
-        // Eight dead-letter alarms, three on the work queues' waiting messages (a lookup waits
+        // Ten dead-letter alarms, three on the work queues' waiting messages (a lookup waits
         // seconds, then expires), one on stalled sagas, one on the campaign's budget, four on
         // events SNS filtered out for missing or unreadable attributes.
-        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 17);
+        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 19);
     }
 
     /// Every parameter `deploy` passes is one app.yaml declares, and every parameter app.yaml

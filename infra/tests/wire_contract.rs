@@ -41,6 +41,12 @@ fn declared() -> BTreeMap<(Endpoint, Endpoint), BTreeSet<String>> {
     let mut paths: BTreeMap<(Endpoint, Endpoint), BTreeSet<String>> = BTreeMap::new();
     for message_type in MessageType::VARIANTS {
         let route = message_type.route();
+        for queue in route.subscribers {
+            paths
+                .entry((route.destination, *queue))
+                .or_default()
+                .insert(message_type.name().to_owned());
+        }
         if route.kind != Kind::Event {
             continue;
         }
@@ -112,9 +118,12 @@ fn the_subscriptions_deliver_exactly_the_declared_events() {
 #[test]
 fn every_queue_and_topic_belongs_to_a_declared_service() {
     for endpoint in Endpoint::VARIANTS {
-        let owned = Participant::VARIANTS
-            .iter()
-            .any(|p| p.queue() == *endpoint || p.lookups() == *endpoint || p.topic() == Some(*endpoint));
+        let owned = Participant::VARIANTS.iter().any(|p| {
+            p.queue() == *endpoint
+                || p.lookups() == *endpoint
+                || p.topic() == Some(*endpoint)
+                || p.subscriptions().contains(endpoint)
+        });
         assert!(owned, "{endpoint} belongs to no service");
     }
 }
@@ -186,11 +195,16 @@ fn only_the_declared_senders_may_put_messages_on_the_bus() {
             }
         }
     }
-    // Every service's queue and topic, with no sender yet; the routes add theirs.
+    // Every service's queue, topic and subscribed queues, with no sender yet; the routes add
+    // theirs (a subscribed queue has none: only its topic delivers there).
     let mut declared: BTreeMap<Endpoint, BTreeSet<String>> = Participant::VARIANTS
         .iter()
-        .flat_map(|p| [Some(p.queue()), p.topic()])
-        .flatten()
+        .flat_map(|p| {
+            [Some(p.queue()), p.topic()]
+                .into_iter()
+                .flatten()
+                .chain(p.subscriptions().iter().copied())
+        })
         .map(|e| (e, BTreeSet::new()))
         .collect();
     for message_type in MessageType::VARIANTS {

@@ -43,6 +43,11 @@ pub(super) struct EnrollmentInput {
     name: String,
     #[schema(schema_with = email_schema)]
     email: String,
+    /// Where to POST each status change of the enrollment, as a signed webhook (Standard
+    /// Webhooks; keys at `/.well-known/webhook-keys`). `https`, no credentials, at most 2048
+    /// characters, a host whose addresses are all public.
+    #[schema(format = "uri", max_length = 2048)]
+    callback_url: Option<String>,
 }
 
 // The limits the document states are the domain's own constants, set here because utoipa's
@@ -201,6 +206,8 @@ pub(super) async fn resolve(pool: &AnyPool, view_key: &str) -> Result<Uuid, Prob
 struct EnrollmentRequest {
     name: CustomerName,
     email: Email,
+    /// As given; its form and addresses are checked by [`check_callback`].
+    callback_url: Option<String>,
 }
 
 impl EnrollmentRequest {
@@ -225,16 +232,54 @@ impl EnrollmentRequest {
         };
         let name = text("name").and_then(CustomerName::parse);
         let email = text("email").and_then(Email::parse);
-        match (name, email) {
-            (Ok(name), Ok(email)) => Ok(Self { name, email }),
-            (name, email) => Err(Problem::invalid(name.err().into_iter().chain(email.err()).collect())),
+        let callback_url = match object.get("callback_url") {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => text("callback_url").map(|url| Some(url.to_owned())),
+        };
+        match (name, email, callback_url) {
+            (Ok(name), Ok(email), Ok(callback_url)) => Ok(Self {
+                name,
+                email,
+                callback_url,
+            }),
+            (name, email, callback_url) => Err(Problem::invalid(
+                name.err()
+                    .into_iter()
+                    .chain(email.err())
+                    .chain(callback_url.err())
+                    .collect(),
+            )),
         }
     }
 
     /// What makes two requests "the same" for idempotency: the normalised fields. Only its
     /// [`store::fingerprint_hash`] under the request's key is stored, never the fields.
     fn fingerprint(&self) -> String {
-        json!({"name": self.name.as_str(), "email": self.email.as_str()}).to_string()
+        match &self.callback_url {
+            None => json!({"name": self.name.as_str(), "email": self.email.as_str()}).to_string(),
+            Some(url) => {
+                json!({"name": self.name.as_str(), "email": self.email.as_str(), "callback_url": url}).to_string()
+            }
+        }
+    }
+}
+
+/// The callback URL checked against the policy, its host resolved: a 422 naming `callback_url`
+/// when it may not be called, or when callbacks are off.
+async fn check_callback(state: &AppState, url: Option<&str>) -> Result<Option<String>, Problem> {
+    let Some(url) = url else { return Ok(None) };
+    let refuse = |message: String| {
+        Problem::invalid(vec![FieldError {
+            field: "callback_url",
+            message,
+        }])
+    };
+    let Some(callbacks) = state.callbacks.as_ref() else {
+        return Err(refuse("is not accepted: this gateway sends no callbacks".to_owned()));
+    };
+    match callbacks.policy.check(url).await {
+        Ok(url) => Ok(Some(url.to_string())),
+        Err(message) => Err(refuse(message)),
     }
 }
 
@@ -318,6 +363,7 @@ pub(super) async fn create(
     {
         return answer_replay(&state, existing, held).await;
     }
+    let callback_url = check_callback(&state, request.callback_url.as_deref()).await?;
     let id = Uuid::now_v7();
     tracing::Span::current().record("enrollment_id", tracing::field::display(id));
     let confirmation = state.confirmation.as_ref().map(|settings| {
@@ -336,6 +382,7 @@ pub(super) async fn create(
     });
     let view_key = new_view_key();
     let new = NewEnrollment {
+        callback_url: callback_url.as_deref(),
         id,
         view_key: &view_key,
         name: &request.name,

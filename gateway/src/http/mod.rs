@@ -19,6 +19,7 @@ mod operator;
 mod page;
 mod prefer;
 mod reference;
+mod webhook_keys;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::middleware::from_fn_with_state;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub outbox_signal: Arc<Notify>,
     /// The operator's lookups over the bus; `None` in the in-process router, which has no bus.
     pub lookups: Option<crate::lookups::Lookups>,
+    /// The callback URL policy and webhook keys; `None` when callbacks are off.
+    pub callbacks: Option<crate::webhooks::Callbacks>,
     pub stall_after: std::time::Duration,
     /// Longest an event stream stays open.
     pub max_stream: std::time::Duration,
@@ -135,7 +138,8 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
         .routes(public(enrollment(routes!(events::events))))
         .routes(public(routes!(confirmations::page)))
         .routes(public(enrollment(limited(routes!(confirmations::confirm)))))
-        .routes(public(enrollment(limited(routes!(confirmations::resend)))));
+        .routes(public(enrollment(limited(routes!(confirmations::resend)))))
+        .routes(public(routes!(webhook_keys::webhook_keys)));
     api = match &edge.operator {
         Some(token) => {
             let operator = |route: UtoipaMethodRouter<AppState>| {

@@ -44,6 +44,9 @@ enrollment id, is the client's capability: what it shows names nobody, and no ca
 (`Cache-Control: no-store`)."),
         (name = "operator", description = "For operators, with `Authorization: Bearer <OPERATOR_TOKEN>`. \
 Not mounted (404) when the gateway has no operator token."),
+        (name = "webhooks", description = "Callbacks: an enrollment submitted with a `callback_url` gets each status \
+change there as a Standard Webhooks POST (`webhook-id`, `webhook-timestamp`, `webhook-signature`), signed with \
+Ed25519 (`v1a,`) by a key published here."),
         (name = "page", description = "The enrollment page and this document."),
         (name = "health", description = "Liveness and readiness."),
     ),

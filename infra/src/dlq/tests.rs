@@ -94,7 +94,7 @@ fn resolves_and_filters_by_source() {
         .chain(source_queues().map(|e| e.outputs().arn))
         .map(|k| (k.to_owned(), format!("value-of-{k}")))
         .collect();
-    assert_eq!(resolve(&outputs, None).unwrap().len(), 8);
+    assert_eq!(resolve(&outputs, None).unwrap().len(), 10);
     let gateway = resolve(&outputs, Some(source_queue("gateway-events").unwrap())).unwrap();
     assert_eq!(gateway.len(), 3);
     assert!(gateway.iter().all(|q| q.source_arn == "value-of-GatewayEventsQueueArn"));

@@ -89,6 +89,7 @@ fn carried(endpoint: Endpoint) -> Vec<MessageType> {
             let route = t.route();
             route.destination == endpoint
                 || (route.kind == Kind::Event && route.receivers.iter().any(|r| r.queue() == endpoint))
+                || (route.kind == Kind::Integration && route.subscribers.contains(&endpoint))
         })
         .collect()
 }
@@ -123,7 +124,9 @@ fn channel(endpoint: Endpoint) -> Value {
             json!({"sns": {"name": address(endpoint.name()), "bindingVersion": "0.1.0"}}),
         )
     } else {
-        let owner = owner(endpoint, |p| p.queue() == endpoint || p.lookups() == endpoint);
+        let owner = owner(endpoint, |p| {
+            p.queue() == endpoint || p.lookups() == endpoint || p.subscriptions().contains(&endpoint)
+        });
         (
             format!("{} (SQS queue)", endpoint.name()),
             format!(
@@ -219,13 +222,63 @@ fn operations() -> Map<String, Value> {
                 "tags": [{"name": participant.name()}],
             }),
         );
+        for queue in participant.subscriptions() {
+            operations.insert(
+                format!("{participant}-receives-from-{queue}"),
+                json!({
+                    "action": "receive",
+                    "channel": {"$ref": format!("#/channels/{}", queue.name())},
+                    "title": format!("The {participant} receives from {queue}"),
+                    "summary": "Long polls; each event of an enrollment with a callback URL becomes a scheduled, signed webhook delivery (in the same transaction as its processed-message row), then the message is deleted.",
+                    "messages": message_refs(*queue, carried(*queue)),
+                    "tags": [{"name": participant.name()}],
+                }),
+            );
+        }
     }
     operations
 }
 
 /// The SNS subscriptions of `topic`: one per receiving service, to its queue, admitting exactly
-/// the types declared for that pair.
+/// the types declared for that pair; and one per queue subscribed to its integration events.
 fn consumers(topic: Endpoint) -> Vec<Value> {
+    let mut subscribers: Vec<Endpoint> = Vec::new();
+    for message_type in MessageType::VARIANTS {
+        let route = message_type.route();
+        if route.destination == topic {
+            for queue in route.subscribers {
+                if !subscribers.contains(queue) {
+                    subscribers.push(*queue);
+                }
+            }
+        }
+    }
+    let integration = subscribers.into_iter().map(|queue| {
+        let types: Vec<&str> = MessageType::VARIANTS
+            .iter()
+            .filter(|t| t.route().destination == topic && t.route().subscribers.contains(&queue))
+            .map(|t| t.name())
+            .collect();
+        subscription(topic, queue, &types)
+    });
+    let mut all = services(topic);
+    all.extend(integration);
+    all
+}
+
+fn subscription(topic: Endpoint, queue: Endpoint, types: &[&str]) -> Value {
+    json!({
+        "protocol": "sqs",
+        "endpoint": {"name": address(queue.name())},
+        "filterPolicy": {"type": types},
+        "filterPolicyScope": "MessageAttributes",
+        "rawMessageDelivery": true,
+        "redrivePolicy": {"deadLetterQueue": {"name": address(topic.outputs().dead_letter.name)}},
+    })
+}
+
+/// The subscriptions of the services that receive `topic`'s events.
+fn services(topic: Endpoint) -> Vec<Value> {
     let mut receivers: Vec<Participant> = Vec::new();
     for message_type in MessageType::VARIANTS {
         let route = message_type.route();
@@ -245,14 +298,7 @@ fn consumers(topic: Endpoint) -> Vec<Value> {
                 .filter(|t| t.route().destination == topic && t.route().receivers.contains(&receiver))
                 .map(|t| t.name())
                 .collect();
-            json!({
-                "protocol": "sqs",
-                "endpoint": {"name": address(receiver.queue().name())},
-                "filterPolicy": {"type": types},
-                "filterPolicyScope": "MessageAttributes",
-                "rawMessageDelivery": true,
-                "redrivePolicy": {"deadLetterQueue": {"name": address(topic.outputs().dead_letter.name)}},
-            })
+            subscription(topic, receiver.queue(), &types)
         })
         .collect()
 }
@@ -325,13 +371,15 @@ impl PayloadSchemas {
             Kind::Event => "event",
             Kind::Query => "query",
             Kind::Reply => "reply",
+            Kind::Integration => "integration event",
         };
         let correlation = if route.kind.is_saga() {
             "The enrollment id: every message of one saga carries it."
         } else {
             "The query's message id: a reply carries its query's, which is how the asker finds it."
         };
-        let receivers: Vec<&str> = route.receivers.iter().map(|r| r.name()).collect();
+        let mut receivers: Vec<&str> = route.receivers.iter().map(|r| r.name()).collect();
+        receivers.extend(route.subscribers.iter().map(|q| q.name()));
         let headers: Map<String, Value> = ATTRIBUTES
             .iter()
             .map(|(name, description)| {
@@ -348,7 +396,7 @@ impl PayloadSchemas {
             "summary": summary,
             "description": format!(
                 "{} {kind} from the {} to the {}. The body is the envelope; its `payload` is the {} payload.",
-                if kind == "event" { "An" } else { "A" },
+                if kind.starts_with(['e', 'i']) { "An" } else { "A" },
                 route.sender,
                 receivers.join(", the "),
                 message_type.name()

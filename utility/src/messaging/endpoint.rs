@@ -34,6 +34,8 @@ pub enum Endpoint {
     CustomerQueries,
     TransactionQueries,
     GatewayReplies,
+    StatusEvents,
+    WebhookDeliveries,
 }
 
 /// What the messaging stack outputs for one endpoint.
@@ -65,7 +67,10 @@ impl Endpoint {
     }
 
     pub fn is_topic(self) -> bool {
-        matches!(self, Self::CustomerEvents | Self::TransactionEvents)
+        matches!(
+            self,
+            Self::CustomerEvents | Self::TransactionEvents | Self::StatusEvents
+        )
     }
 
     /// The table: this endpoint's outputs in the messaging stack.
@@ -138,13 +143,36 @@ impl Endpoint {
                 arn: "GatewayRepliesQueueArn",
                 dead_letter: dlq("gateway-replies-dlq", "GatewayRepliesDlqUrl", "GatewayRepliesDlqName"),
             },
+            Self::StatusEvents => StackOutputs {
+                address: "StatusEventsTopicArn",
+                arn: "StatusEventsTopicArn",
+                dead_letter: dlq(
+                    "status-events-subscription-dlq",
+                    "StatusEventsSubscriptionDlqUrl",
+                    "StatusEventsSubscriptionDlqName",
+                ),
+            },
+            Self::WebhookDeliveries => StackOutputs {
+                address: "WebhookDeliveriesQueueUrl",
+                arn: "WebhookDeliveriesQueueArn",
+                dead_letter: dlq(
+                    "webhook-deliveries-dlq",
+                    "WebhookDeliveriesDlqUrl",
+                    "WebhookDeliveriesDlqName",
+                ),
+            },
         }
     }
 
     /// Where the messages of this endpoint's dead-letter queue belong back: the queue itself, or
-    /// for a topic the queue its subscription delivers to (the gateway's).
+    /// for a topic the queue its subscription delivers to (the gateway's for the services'
+    /// topics, the webhook deliveries' for the gateway's).
     pub fn redrive_target(self) -> Endpoint {
-        if self.is_topic() { Self::GatewayEvents } else { self }
+        match self {
+            Self::StatusEvents => Self::WebhookDeliveries,
+            topic if topic.is_topic() => Self::GatewayEvents,
+            queue => queue,
+        }
     }
 }
 
@@ -201,9 +229,20 @@ impl Participant {
     /// The topic it publishes its events to; `None` for a service that publishes none.
     pub const fn topic(self) -> Option<Endpoint> {
         match self {
-            Self::Gateway => None,
+            Self::Gateway => Some(Endpoint::StatusEvents),
             Self::CustomerApi => Some(Endpoint::CustomerEvents),
             Self::TransactionApi => Some(Endpoint::TransactionEvents),
+        }
+    }
+}
+
+impl Participant {
+    /// The queues it consumes besides its saga and lookups queues: subscriptions to integration
+    /// events (the gateway's webhook deliveries).
+    pub const fn subscriptions(self) -> &'static [Endpoint] {
+        match self {
+            Self::Gateway => &[Endpoint::WebhookDeliveries],
+            Self::CustomerApi | Self::TransactionApi => &[],
         }
     }
 }
@@ -239,7 +278,7 @@ mod tests {
         }
         assert_eq!(Endpoint::CustomerCommands.name(), "customer-commands");
         assert!("nowhere".parse::<Endpoint>().is_err());
-        // 6 queues x (URL, ARN) + 2 topic ARNs + 8 DLQs x (URL, name).
-        assert_eq!(stack_output_keys().len(), 30);
+        // 7 queues x (URL, ARN) + 3 topic ARNs + 10 DLQs x (URL, name).
+        assert_eq!(stack_output_keys().len(), 37);
     }
 }

@@ -162,6 +162,22 @@ pub struct BonusPointsReversed {
     pub balance: i64,
 }
 
+/// The gateway recorded a step of the saga: its history entry, as the event stream shows it, and
+/// nothing personal. An integration event for whoever subscribes to the gateway's topic (the
+/// webhook delivery, analytics), never routed by the saga's table. `sequence` numbers an
+/// enrollment's entries 1, 2, 3, ... in the order the saga took them, so a subscriber receiving
+/// them out of order (or twice) can tell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EnrollmentStatusChanged {
+    pub sequence: i64,
+    /// The saga's status after the step (`pending`, `completed`, ...).
+    pub status: String,
+    /// When the gateway recorded it (RFC 3339, UTC).
+    pub at: String,
+    /// What produced it: `EnrollmentAccepted` or the event's type.
+    pub event: String,
+}
+
 /// Asks the customer-api for a customer's record. Answered with `CustomerReply`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GetCustomer {
@@ -255,6 +271,7 @@ pub enum Message {
     BonusPointsPosted(BonusPointsPosted),
     BonusPointsFailed(BonusPointsFailed),
     BonusPointsReversed(BonusPointsReversed),
+    EnrollmentStatusChanged(EnrollmentStatusChanged),
     GetCustomer(GetCustomer),
     GetPoints(GetPoints),
     CustomerReply(CustomerReply),
@@ -262,20 +279,24 @@ pub enum Message {
 }
 
 /// A command asks one service to act; an event tells whoever subscribes what happened. A query
-/// asks one service what it holds, and its reply answers the one that asked.
+/// asks one service what it holds, and its reply answers the one that asked. An integration
+/// event tells the world outside the saga what the saga did: published to its sender's topic for
+/// queues that are no service's saga queue ([`Route::subscribers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Command,
     Event,
     Query,
     Reply,
+    Integration,
 }
 
 impl Kind {
-    /// Commands and events: the saga's messages, sent through an outbox and routed by the
-    /// gateway's table. Queries and replies are neither.
+    /// Commands, events and integration events: sent through an outbox. Only commands and
+    /// events are routed by the gateway's table (an integration event has no receiving
+    /// service). Queries and replies are neither.
     pub const fn is_saga(self) -> bool {
-        matches!(self, Self::Command | Self::Event)
+        matches!(self, Self::Command | Self::Event | Self::Integration)
     }
 }
 
@@ -288,6 +309,9 @@ pub struct Route {
     pub receivers: &'static [Participant],
     /// A command goes to its receiver's queue, an event to its sender's topic.
     pub destination: Endpoint,
+    /// The queues subscribed to an integration event (no service's saga queue); empty for the
+    /// other kinds, whose receivers' queues say where they arrive.
+    pub subscribers: &'static [Endpoint],
 }
 
 impl Route {
@@ -297,6 +321,7 @@ impl Route {
             sender,
             receivers: receiver,
             destination: receiver[0].queue(),
+            subscribers: &[],
         }
     }
 
@@ -307,6 +332,7 @@ impl Route {
             sender,
             receivers: receiver,
             destination: receiver[0].lookups(),
+            subscribers: &[],
         }
     }
 
@@ -319,6 +345,21 @@ impl Route {
             sender,
             receivers,
             destination,
+            subscribers: &[],
+        }
+    }
+
+    /// To the sender's topic, for the queues `subscribers`, which belong to no service's saga.
+    const fn integration(sender: Participant, subscribers: &'static [Endpoint]) -> Self {
+        let Some(destination) = sender.topic() else {
+            panic!("a service that sends events needs a topic");
+        };
+        Self {
+            kind: Kind::Integration,
+            sender,
+            receivers: &[],
+            destination,
+            subscribers,
         }
     }
 }
@@ -349,6 +390,7 @@ impl MessageType {
             Self::BonusPointsPosted | Self::BonusPointsFailed | Self::BonusPointsReversed => {
                 const { Route::event(TransactionApi, &[Gateway]) }
             }
+            Self::EnrollmentStatusChanged => const { Route::integration(Gateway, &[Endpoint::WebhookDeliveries]) },
             Self::GetCustomer => const { Route::lookup(Kind::Query, Gateway, &[CustomerApi]) },
             Self::GetPoints => const { Route::lookup(Kind::Query, Gateway, &[TransactionApi]) },
             Self::CustomerReply => const { Route::lookup(Kind::Reply, CustomerApi, &[Gateway]) },
@@ -408,7 +450,8 @@ impl Message {
             | Self::ForgetEnrollment(_)
             | Self::ErasePersonalData(_)
             | Self::ConfirmationRequested(_)
-            | Self::EnrollmentRejected(_) => None,
+            | Self::EnrollmentRejected(_)
+            | Self::EnrollmentStatusChanged(_) => None,
             Self::Unenroll(m) => Some(m.customer_id),
             Self::PostBonusPoints(m) => Some(m.customer_id),
             Self::ReverseBonusPoints(m) => Some(m.customer_id),
@@ -472,6 +515,13 @@ mod tests {
                 Kind::Event => {
                     assert_eq!(Some(route.destination), route.sender.topic());
                     assert!(route.destination.is_topic());
+                }
+                Kind::Integration => {
+                    assert!(route.receivers.is_empty(), "{message_type}");
+                    assert_eq!(Some(route.destination), route.sender.topic());
+                    assert!(!route.subscribers.is_empty(), "{message_type}: nobody subscribes");
+                    let saga_queues: Vec<Endpoint> = Participant::VARIANTS.iter().map(|p| p.queue()).collect();
+                    assert!(route.subscribers.iter().all(|q| !saga_queues.contains(q)));
                 }
                 Kind::Query | Kind::Reply => {
                     assert_eq!(route.receivers.len(), 1, "{message_type}");

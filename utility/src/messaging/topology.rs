@@ -34,6 +34,10 @@ pub struct TopologyConfig {
     pub transaction_queries_queue_url: Option<String>,
     /// URL of the gateway-replies queue, instead of the stack's output.
     pub gateway_replies_queue_url: Option<String>,
+    /// ARN of the status-events topic, instead of the stack's output.
+    pub status_events_topic_arn: Option<String>,
+    /// URL of the webhook-deliveries queue, instead of the stack's output.
+    pub webhook_deliveries_queue_url: Option<String>,
 }
 
 impl Default for TopologyConfig {
@@ -48,6 +52,8 @@ impl Default for TopologyConfig {
             customer_queries_queue_url: None,
             transaction_queries_queue_url: None,
             gateway_replies_queue_url: None,
+            status_events_topic_arn: None,
+            webhook_deliveries_queue_url: None,
         }
     }
 }
@@ -63,6 +69,8 @@ impl TopologyConfig {
             Endpoint::CustomerQueries => self.customer_queries_queue_url.as_deref(),
             Endpoint::TransactionQueries => self.transaction_queries_queue_url.as_deref(),
             Endpoint::GatewayReplies => self.gateway_replies_queue_url.as_deref(),
+            Endpoint::StatusEvents => self.status_events_topic_arn.as_deref(),
+            Endpoint::WebhookDeliveries => self.webhook_deliveries_queue_url.as_deref(),
         }
         .filter(|s| !s.is_empty())
     }

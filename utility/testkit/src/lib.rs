@@ -40,7 +40,7 @@ pub use process::{Process, Signal, binaries, free_port};
 pub use processes::{Layout, Processes};
 pub use stack::TestStack;
 #[cfg(feature = "services")]
-pub use system::{Options, Running, System, gateway_config};
+pub use system::{Options, Running, System, WEBHOOK_TEST_KEY, gateway_config, with_test_callbacks};
 
 use serde_json::Value;
 use sqlx::{AnyPool, Row};

@@ -27,7 +27,7 @@ pub const NAMES: [&str; 3] = ["gateway", "customer-api", "transaction-api"];
 
 /// Configuration the harness sets itself, whatever the environment it runs in holds: an
 /// inherited value would change what is tested.
-const OWNED_VARS: [&str; 15] = [
+const OWNED_VARS: [&str; 17] = [
     "CONFIG_FILE",
     "CUSTOMER_COMMANDS_QUEUE_URL",
     "TRANSACTION_COMMANDS_QUEUE_URL",
@@ -37,6 +37,8 @@ const OWNED_VARS: [&str; 15] = [
     "CUSTOMER_QUERIES_QUEUE_URL",
     "TRANSACTION_QUERIES_QUEUE_URL",
     "GATEWAY_REPLIES_QUEUE_URL",
+    "STATUS_EVENTS_TOPIC_ARN",
+    "WEBHOOK_DELIVERIES_QUEUE_URL",
     "RELAY_ENABLED",
     "BONUS_POINTS",
     "RUST_LOG",

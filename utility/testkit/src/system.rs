@@ -74,6 +74,24 @@ pub struct Options {
     pub email_confirmation: gateway::EmailConfirmation,
     /// The gateway's `CONFIRMATION_TTL_SECONDS`.
     pub confirmation_ttl_seconds: u64,
+    /// Callbacks on, to receivers on this machine: the gateway signs with [`WEBHOOK_TEST_KEY`],
+    /// reaches 127.0.0.1 over plain http, and retries after tens of milliseconds.
+    pub callbacks: bool,
+}
+
+/// The webhook signing key of [`Options::callbacks`] (a test key, published by the gateway).
+pub const WEBHOOK_TEST_KEY: &str = "whsk_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// The gateway's settings for callbacks to receivers on this machine ([`Options::callbacks`]).
+pub fn with_test_callbacks(config: gateway::Config) -> gateway::Config {
+    gateway::Config {
+        webhook_signing_keys: Some(utility::runtime::config::Secret::new(WEBHOOK_TEST_KEY.to_owned())),
+        callback_allow_http: true,
+        callback_allowed_hosts: "127.0.0.1".parse().expect("a host list"),
+        webhook_retry_base_ms: 50,
+        webhook_poll_ms: 50,
+        ..config
+    }
 }
 
 impl Default for Options {
@@ -87,6 +105,7 @@ impl Default for Options {
             email_subaddresses: utility::domain::Subaddresses::default(),
             email_confirmation: gateway::EmailConfirmation::Off,
             confirmation_ttl_seconds: gateway::Config::default().confirmation_ttl_seconds,
+            callbacks: false,
         }
     }
 }
@@ -173,18 +192,21 @@ impl System {
         let mut common = common_config(&self.gateway_db, &self.stack);
         common.receive_wait_seconds = self.options.receive_wait_seconds;
         common.relay_enabled = relay;
-        let gateway = gateway::Application::build(
-            gateway::Config {
-                common,
-                stall_after_seconds: self.options.stall_after_seconds,
-                email_confirmation: self.options.email_confirmation,
-                confirmation_ttl_seconds: self.options.confirmation_ttl_seconds,
-                ..gateway_config()
-            },
-            self.bus.clone(),
-        )
-        .await
-        .expect("gateway starts");
+        let config = gateway::Config {
+            common,
+            stall_after_seconds: self.options.stall_after_seconds,
+            email_confirmation: self.options.email_confirmation,
+            confirmation_ttl_seconds: self.options.confirmation_ttl_seconds,
+            ..gateway_config()
+        };
+        let config = if self.options.callbacks {
+            with_test_callbacks(config)
+        } else {
+            config
+        };
+        let gateway = gateway::Application::build(config, self.bus.clone())
+            .await
+            .expect("gateway starts");
         spawn(gateway.port(), gateway.pool().clone(), |s| gateway.run_until_stopped(s))
     }
 

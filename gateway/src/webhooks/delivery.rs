@@ -1,0 +1,396 @@
+//! From status event to delivered webhook, in two halves:
+//!
+//! - [`ScheduleHandler`], the consumer of the `webhook-deliveries` queue: each
+//!   `EnrollmentStatusChanged` of an enrollment with a callback becomes a `webhook_deliveries` row
+//!   in the consumer's transaction (its id the event's message id: a redelivered event finds it
+//!   there). Without a callback, the event is just deleted.
+//! - [`Dispatcher`], a task: claims due rows with a lease, posts each (signed, through the
+//!   guarded [`Client`]), and writes what came of it: delivered (2xx), stopped (410, with the
+//!   enrollment's later deliveries), failed (refused address, or still failing 24 h after the
+//!   event), or due again after an exponential back-off with full jitter.
+//!
+//! Each host has at most `WEBHOOK_HOST_CONCURRENCY` deliveries in flight and a circuit that opens
+//! after [`CIRCUIT_FAILURES`] failures in a row: while open, that host's rows are put back for
+//! [`CIRCUIT_OPEN`] without a request, so one dead receiver costs the others nothing.
+
+use super::client::{Client, Outcome};
+use super::signing::SigningKeys;
+use rand::RngExt;
+use serde_json::json;
+use sqlx::{AnyConnection, AnyPool};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use utility::messaging::consumer::{AfterCommit, Handler, HandlerError};
+use utility::messaging::envelope::Envelope;
+use utility::messaging::message::Message;
+use utility::storage::timestamp;
+
+/// A delivery still failing this long after its event is given up.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest wait between two attempts.
+const MAX_DELAY: Duration = Duration::from_secs(60 * 60);
+/// How long a dispatcher holds the rows it claimed before another may take them.
+const LEASE: Duration = Duration::from_secs(60);
+/// Rows claimed at once.
+const CLAIM: i64 = 32;
+/// Failures in a row that open a host's circuit, and how long it stays open.
+const CIRCUIT_FAILURES: u32 = 5;
+const CIRCUIT_OPEN: Duration = Duration::from_secs(30);
+
+/// The webhook's body: Standard Webhooks' `type`, `timestamp`, `data`; `data` is the event
+/// stream's entry with the enrollment id and the entry's `sequence`.
+pub fn body(enrollment_id: &str, event: &utility::messaging::message::EnrollmentStatusChanged) -> String {
+    json!({
+        "type": "enrollment.status_changed",
+        "timestamp": event.at,
+        "data": {
+            "enrollment_id": enrollment_id,
+            "sequence": event.sequence,
+            "status": event.status,
+            "at": event.at,
+            "event": event.event,
+        },
+    })
+    .to_string()
+}
+
+/// Consumes `webhook-deliveries`.
+pub struct ScheduleHandler {
+    pub dispatch: Arc<Notify>,
+}
+
+impl Handler for ScheduleHandler {
+    async fn handle(&self, tx: &mut AnyConnection, envelope: &Envelope) -> Result<AfterCommit, HandlerError> {
+        let Message::EnrollmentStatusChanged(event) = &envelope.message else {
+            return Err(HandlerError::Refused(format!(
+                "`{}` does not belong on the webhook deliveries queue",
+                envelope.type_name()
+            )));
+        };
+        let id = envelope.correlation_id.to_string();
+        let callback: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT callback_url, callback_gone_at FROM enrollments WHERE id = $1")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let url = match callback {
+            None => return Err(HandlerError::Refused(format!("no enrollment {id}"))),
+            Some((Some(url), None)) => url,
+            // No callback, or its receiver said 410: nothing to deliver.
+            Some(_) => return Ok(AfterCommit::nothing()),
+        };
+        let now = utility::storage::now();
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, enrollment_id, url, body, created_at, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(envelope.message_id.to_string())
+        .bind(&id)
+        .bind(url)
+        .bind(body(&id, event))
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let dispatch = self.dispatch.clone();
+        Ok(AfterCommit::then(move || dispatch.notify_one()))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: String,
+    enrollment_id: String,
+    url: String,
+    body: String,
+    created_at: String,
+    attempts: i64,
+}
+
+/// Per host: deliveries in flight and the circuit.
+#[derive(Default)]
+struct Hosts(HashMap<String, HostState>);
+
+struct HostState {
+    in_flight: Arc<Semaphore>,
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Posts due deliveries.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub pool: AnyPool,
+    pub client: Client,
+    pub keys: SigningKeys,
+    pub signal: Arc<Notify>,
+    /// First retry's bound; each later one doubles, up to an hour.
+    pub retry_base: Duration,
+    /// How often due rows are looked for when nothing signals.
+    pub interval: Duration,
+    pub host_concurrency: usize,
+    pub skip_locked: bool,
+    hosts: Arc<Mutex<Hosts>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        pool: AnyPool,
+        client: Client,
+        keys: SigningKeys,
+        retry_base: Duration,
+        interval: Duration,
+        host_concurrency: usize,
+    ) -> Self {
+        let skip_locked = pool.connect_options().database_url.scheme().starts_with("postgres");
+        Self {
+            pool,
+            client,
+            keys,
+            signal: Arc::new(Notify::new()),
+            retry_base,
+            interval,
+            host_concurrency: host_concurrency.max(1),
+            skip_locked,
+            hosts: Arc::default(),
+        }
+    }
+
+    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut in_flight = tokio::task::JoinSet::new();
+        loop {
+            match self.claim().await {
+                Ok(rows) => {
+                    for row in rows {
+                        let this = self.clone();
+                        in_flight.spawn(async move { this.attempt(row).await });
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot read due webhook deliveries"),
+            }
+            while in_flight.try_join_next().is_some() {}
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.signal.notified() => {}
+                () = tokio::time::sleep(self.interval) => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            }
+        }
+        // Attempts under way finish (each within the client's total timeout); unfinished rows
+        // are due again once their lease runs out.
+        while in_flight.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn claim(&self) -> Result<Vec<Due>, sqlx::Error> {
+        let now = utility::storage::now();
+        let until = timestamp(chrono::Utc::now() + LEASE);
+        let skip_locked = if self.skip_locked { "FOR UPDATE SKIP LOCKED" } else { "" };
+        sqlx::query_as(&format!(
+            "UPDATE webhook_deliveries SET claimed_until = $1 WHERE id IN (
+                 SELECT id FROM webhook_deliveries
+                 WHERE state = 'pending' AND next_attempt_at <= $2
+                   AND (claimed_until IS NULL OR claimed_until < $2)
+                 ORDER BY next_attempt_at, id LIMIT $3 {skip_locked})
+             RETURNING id, enrollment_id, url, body, created_at, attempts"
+        ))
+        .bind(&until)
+        .bind(&now)
+        .bind(CLAIM)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// A place among the host's deliveries in flight, unless its circuit is open or its places
+    /// are taken: then `Err` with when to look again.
+    fn enter(&self, host: &str) -> Result<OwnedSemaphorePermit, Duration> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let state = hosts.0.entry(host.to_owned()).or_insert_with(|| HostState {
+            in_flight: Arc::new(Semaphore::new(self.host_concurrency)),
+            failures: 0,
+            open_until: None,
+        });
+        if let Some(until) = state.open_until {
+            let now = Instant::now();
+            if until > now {
+                return Err(until - now);
+            }
+            state.open_until = None;
+        }
+        state.in_flight.clone().try_acquire_owned().map_err(|_| self.interval)
+    }
+
+    /// Counts an attempt's result against its host's circuit.
+    fn record(&self, host: &str, failed: bool) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = hosts.0.get_mut(host) {
+            if failed {
+                state.failures += 1;
+                if state.failures >= CIRCUIT_FAILURES {
+                    tracing::warn!(host, "webhook receiver keeps failing; its circuit opens");
+                    state.open_until = Some(Instant::now() + CIRCUIT_OPEN);
+                    state.failures = 0;
+                }
+            } else {
+                state.failures = 0;
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(webhook_id = %row.id, enrollment_id = %row.enrollment_id))]
+    async fn attempt(&self, row: Due) {
+        let result = self.try_attempt(&row).await;
+        if let Err(err) = result {
+            // The lease runs out and the row is attempted again.
+            tracing::warn!(error = %err, "cannot record a webhook attempt");
+        }
+    }
+
+    async fn try_attempt(&self, row: &Due) -> Result<(), sqlx::Error> {
+        let Ok(url) = reqwest::Url::parse(&row.url) else {
+            return self
+                .finish(row, "failed", None, Some("the stored URL does not parse"))
+                .await;
+        };
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let _permit = match self.enter(&host) {
+            Ok(permit) => permit,
+            Err(wait) => return self.put_back(row, wait).await,
+        };
+        let sent_at = chrono::Utc::now().timestamp();
+        let headers = [
+            ("webhook-id", row.id.clone()),
+            ("webhook-timestamp", sent_at.to_string()),
+            ("webhook-signature", self.keys.sign(&row.id, sent_at, &row.body)),
+        ];
+        let outcome = self.client.post(&url, &headers, row.body.clone()).await;
+        self.record(&host, !matches!(outcome, Outcome::Delivered(_) | Outcome::Gone));
+        match outcome {
+            Outcome::Delivered(status) => {
+                tracing::debug!(status, "webhook delivered");
+                self.finish(row, "delivered", Some(status), None).await
+            }
+            Outcome::Gone => {
+                tracing::info!("webhook receiver answered 410; its callbacks stop");
+                self.finish(row, "stopped", Some(410), None).await?;
+                self.stop_enrollment(&row.enrollment_id).await
+            }
+            Outcome::Refused(reason) => {
+                tracing::warn!(%reason, "webhook refused: the URL leads to an address callbacks may not reach");
+                self.finish(row, "failed", None, Some(&format!("refused: {reason}")))
+                    .await
+            }
+            Outcome::Retry { status, reason } => self.retry(row, status, &reason).await,
+        }
+    }
+
+    async fn finish(
+        &self,
+        row: &Due,
+        state: &str,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + $2, last_status = $3,
+                 last_error = $4, finished_at = $5, next_attempt_at = NULL, claimed_until = NULL
+             WHERE id = $6",
+        )
+        .bind(state)
+        .bind(i64::from(status.is_some() || state == "failed"))
+        .bind(status.map(i64::from))
+        .bind(error)
+        .bind(utility::storage::now())
+        .bind(&row.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// After a 410: the enrollment's callback is gone, and so are its deliveries still pending.
+    async fn stop_enrollment(&self, enrollment_id: &str) -> Result<(), sqlx::Error> {
+        let now = utility::storage::now();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE enrollments SET callback_gone_at = $1 WHERE id = $2")
+            .bind(&now)
+            .bind(enrollment_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'stopped', finished_at = $1, next_attempt_at = NULL,
+                 claimed_until = NULL
+             WHERE enrollment_id = $2 AND state = 'pending'",
+        )
+        .bind(&now)
+        .bind(enrollment_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// Not attempted (the host's circuit is open or its places are taken): due again after `wait`.
+    async fn put_back(&self, row: &Due, wait: Duration) -> Result<(), sqlx::Error> {
+        let at = timestamp(chrono::Utc::now() + wait);
+        sqlx::query("UPDATE webhook_deliveries SET next_attempt_at = $1, claimed_until = NULL WHERE id = $2")
+            .bind(at)
+            .bind(&row.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn retry(&self, row: &Due, status: Option<u16>, reason: &str) -> Result<(), sqlx::Error> {
+        let created = chrono::DateTime::parse_from_rfc3339(&row.created_at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now());
+        let next = chrono::Utc::now() + delay(self.retry_base, row.attempts);
+        if next - created > chrono::Duration::from_std(GIVE_UP_AFTER).unwrap_or(chrono::Duration::MAX) {
+            tracing::warn!(%reason, attempts = row.attempts + 1, "webhook still failing after 24 h; given up");
+            return self.finish(row, "failed", status, Some(reason)).await;
+        }
+        tracing::info!(%reason, attempts = row.attempts + 1, "webhook attempt failed; retried later");
+        sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_status = $1, last_error = $2,
+                 next_attempt_at = $3, claimed_until = NULL
+             WHERE id = $4",
+        )
+        .bind(status.map(i64::from))
+        .bind(reason)
+        .bind(timestamp(next))
+        .bind(&row.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Full jitter: uniform in `[0, min(1 h, base x 2^attempts)]`.
+fn delay(base: Duration, attempts: i64) -> chrono::Duration {
+    let exponent = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+    let ceiling = base.saturating_mul(2u32.saturating_pow(exponent)).min(MAX_DELAY);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
+    chrono::Duration::milliseconds(rand::rng().random_range(0..=millis) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_up_to_an_hour() {
+        let base = Duration::from_secs(5);
+        for attempts in 0..30 {
+            let bound = base
+                .saturating_mul(2u32.saturating_pow(attempts.min(20) as u32))
+                .min(MAX_DELAY);
+            for _ in 0..50 {
+                let d = delay(base, attempts).to_std().unwrap();
+                assert!(d <= bound, "{d:?} above {bound:?}");
+            }
+        }
+        let spread: std::collections::BTreeSet<i64> = (0..50).map(|_| delay(base, 10).num_milliseconds()).collect();
+        assert!(spread.len() > 10, "no jitter: {spread:?}");
+    }
+}

@@ -1,0 +1,325 @@
+//! Callbacks: a receiver here (axum on port 0) verifies every webhook with the key the gateway
+//! publishes and records what it gets; the gateway, the services, LocalStack and the databases
+//! are real. Also the SSRF guard, at submission (422) and at delivery (the address connected to).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use testkit::api::GatewayApi;
+use testkit::{Backend, DEADLINE, Options, Poll, System, eventually};
+
+testkit::on_both_backends!(
+    every_status_change_arrives_signed_and_retries_reach_a_flaky_receiver,
+    a_410_stops_the_callbacks_and_a_redirect_is_not_followed,
+    callback_urls_to_private_addresses_are_refused_at_submission,
+);
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Hit {
+    id: String,
+    verified: bool,
+    body: Value,
+}
+
+#[derive(Default)]
+struct Receiver {
+    key: String,
+    hits: HashMap<String, Vec<Hit>>,
+}
+
+type Shared = Arc<Mutex<Receiver>>;
+
+/// `/{behaviour}/{tag}`: `ok` answers 204, `flaky` 503 to the first two attempts of each
+/// webhook-id, `gone` 410, `redirect` 307 to `/ok/redirected`.
+async fn receive(
+    State(receiver): State<Shared>,
+    Path((behaviour, tag)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (id, timestamp, signature) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let mut receiver = receiver.lock().unwrap();
+    let verified = gateway::webhooks::signing::verify(&receiver.key, &id, &timestamp, &body, &signature);
+    let hits = receiver.hits.entry(format!("{behaviour}/{tag}")).or_default();
+    let earlier = hits.iter().filter(|h| h.id == id).count();
+    hits.push(Hit {
+        id,
+        verified,
+        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+    });
+    match behaviour.as_str() {
+        "flaky" if earlier < 2 => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        "gone" => StatusCode::GONE.into_response(),
+        "redirect" => (StatusCode::TEMPORARY_REDIRECT, [("location", "/ok/redirected")]).into_response(),
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+async fn start_receiver(key: String) -> (u16, Shared) {
+    let shared: Shared = Arc::new(Mutex::new(Receiver {
+        key,
+        hits: HashMap::new(),
+    }));
+    let app = axum::Router::new()
+        .route("/{behaviour}/{tag}", post(receive))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, shared)
+}
+
+async fn published_key(system: &System) -> String {
+    let (status, keys) = system.get_json("/.well-known/webhook-keys").await;
+    assert_eq!(status, 200, "{keys}");
+    keys["keys"][0].as_str().expect("a published key").to_owned()
+}
+
+async fn submit_with_callback(system: &System, callback_url: &str) -> String {
+    let response = system
+        .http
+        .post(system.url("/api/enrollments"))
+        .json(&json!({
+            "name": "Ada",
+            "email": format!("hook-{}@example.com", uuid::Uuid::new_v4().simple()),
+            "callback_url": callback_url,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().expect("enrollment id").to_owned()
+}
+
+fn hits(receiver: &Shared, path: &str) -> Vec<Hit> {
+    receiver.lock().unwrap().hits.get(path).cloned().unwrap_or_default()
+}
+
+/// The statuses delivered, in the order of their `sequence`, each once.
+fn delivered_statuses(hits: &[Hit]) -> Vec<(i64, String)> {
+    let mut seen: Vec<(i64, String)> = hits
+        .iter()
+        .map(|h| {
+            (
+                h.body["data"]["sequence"].as_i64().unwrap_or(-1),
+                h.body["data"]["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+async fn every_status_change_arrives_signed_and_retries_reach_a_flaky_receiver(backend: Backend) {
+    let system = System::start(
+        backend,
+        Options {
+            callbacks: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (port, receiver) = start_receiver(published_key(&system).await).await;
+    let steady = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/ok/steady")).await;
+    let flaky = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/flaky/flaky")).await;
+    let expected = vec![
+        (1, "pending".to_owned()),
+        (2, "enrolled".to_owned()),
+        (3, "completed".to_owned()),
+    ];
+    for (id, path, attempts) in [(&steady, "ok/steady", 1), (&flaky, "flaky/flaky", 3)] {
+        let got = eventually("every status change to arrive", DEADLINE, || async {
+            let got = hits(&receiver, path);
+            let ids: std::collections::BTreeSet<&str> = got.iter().map(|h| h.id.as_str()).collect();
+            let done = ids.len() == 3 && got.len() == 3 * attempts;
+            Poll::ready_if(done, got.clone(), got.len())
+        })
+        .await
+        .unwrap();
+        assert!(got.iter().all(|h| h.verified), "a signature did not verify: {got:?}");
+        assert!(got.iter().all(|h| h.body["data"]["enrollment_id"] == id.as_str()));
+        assert!(got.iter().all(|h| h.body["type"] == "enrollment.status_changed"));
+        assert_eq!(delivered_statuses(&got), expected, "{path}");
+        // Each webhook-id came exactly `attempts` times: the flaky receiver got its third.
+        let mut per_id: HashMap<&str, usize> = HashMap::new();
+        for hit in &got {
+            *per_id.entry(hit.id.as_str()).or_default() += 1;
+        }
+        assert!(per_id.values().all(|n| *n == attempts), "{path}: {per_id:?}");
+        // Nothing personal travels.
+        assert!(!got.iter().any(|h| h.body.to_string().contains("example.com")));
+    }
+    let delivered: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'delivered' AND attempts = 3")
+            .fetch_one(&system.gateway().pool)
+            .await
+            .unwrap();
+    assert_eq!(delivered, 3, "the flaky receiver's deliveries took three attempts each");
+    system.stop().await;
+}
+
+async fn a_410_stops_the_callbacks_and_a_redirect_is_not_followed(backend: Backend) {
+    let system = System::start(
+        backend,
+        Options {
+            callbacks: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (port, receiver) = start_receiver(published_key(&system).await).await;
+    let gone = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/gone/g")).await;
+    let redirect = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/redirect/r")).await;
+    system.wait_for_status(&gone, &testkit::TERMINAL).await;
+    system.wait_for_status(&redirect, &testkit::TERMINAL).await;
+    let pool = system.gateway().pool.clone();
+
+    // 410: the enrollment's callbacks stop; no webhook-id is tried twice.
+    let states = eventually("the gone receiver's deliveries to stop", DEADLINE, || async {
+        let states: Vec<String> =
+            sqlx::query_scalar("SELECT state FROM webhook_deliveries WHERE enrollment_id = $1 ORDER BY created_at")
+                .bind(&gone)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let gone_at: Option<String> = sqlx::query_scalar("SELECT callback_gone_at FROM enrollments WHERE id = $1")
+            .bind(&gone)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        Poll::ready_if(
+            gone_at.is_some() && !states.is_empty() && states.iter().all(|s| s == "stopped"),
+            states.clone(),
+            states,
+        )
+    })
+    .await
+    .unwrap();
+    let got = hits(&receiver, "gone/g");
+    let ids: std::collections::BTreeSet<&str> = got.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(ids.len(), got.len(), "a webhook was retried after 410: {got:?}");
+    assert!(got.len() <= states.len());
+
+    // A redirect is an unsuccessful attempt, retried, never followed.
+    eventually("the redirecting receiver to be tried again", DEADLINE, || async {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(attempts) FROM webhook_deliveries WHERE enrollment_id = $1 AND last_status = 307",
+        )
+        .bind(&redirect)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        Poll::ready_if(attempts.unwrap_or(0) >= 2, (), attempts)
+    })
+    .await
+    .unwrap();
+    assert!(hits(&receiver, "redirect/r").len() >= 2);
+    assert!(hits(&receiver, "ok/redirected").is_empty(), "the redirect was followed");
+    system.stop().await;
+}
+
+async fn callback_urls_to_private_addresses_are_refused_at_submission(backend: Backend) {
+    let config = gateway::Config {
+        webhook_signing_keys: Some(utility::runtime::config::Secret::new(
+            testkit::WEBHOOK_TEST_KEY.to_owned(),
+        )),
+        ..testkit::gateway_config()
+    };
+    let api = GatewayApi::with_config(backend, config).await;
+    for url in [
+        "https://127.0.0.1/hook",
+        "https://10.1.2.3/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::1]/hook",
+        "https://localhost/hook",
+        "http://93.184.216.34/hook",
+        "https://user:secret@93.184.216.34/hook",
+    ] {
+        let answer = api.call(submit(url)).await;
+        let problem = answer.problem(422);
+        assert_eq!(problem["invalid-params"][0]["name"], "callback_url", "{url}: {problem}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM enrollments")
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "a refused callback URL must not be accepted");
+    let answer = api.call(submit("https://93.184.216.34/hook")).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+
+    // Callbacks off (no signing key): refused, naming the field.
+    let off = GatewayApi::start(backend).await;
+    let problem = off.call(submit("https://93.184.216.34/hook")).await;
+    assert_eq!(problem.problem(422)["invalid-params"][0]["name"], "callback_url");
+    let keys = off
+        .call(
+            axum::http::Request::get("/.well-known/webhook-keys")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(keys.body, json!({"keys": []}));
+}
+
+fn submit(callback_url: &str) -> axum::http::Request<axum::body::Body> {
+    let body = json!({"name": "Ada", "email": "ada@example.com", "callback_url": callback_url});
+    axum::http::Request::post("/api/enrollments")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// At delivery the address connected to is what counts: names resolving to loopback (as a name
+/// that resolved to a public address at submission may now), and private literals, are refused
+/// without a request reaching them; an allowed host is reached on loopback.
+#[tokio::test]
+async fn delivery_connects_only_to_public_addresses_unless_the_host_is_allowed() {
+    use gateway::webhooks::address::Policy;
+    use gateway::webhooks::client::{Client, Outcome};
+    let (port, receiver) = start_receiver(String::new()).await;
+    let open = Client::new(Arc::new(Policy {
+        allow_http: true,
+        allowed_hosts: Vec::new(),
+    }))
+    .unwrap();
+    for url in [
+        format!("http://localhost:{port}/ok/refused"),
+        format!("http://127.0.0.1:{port}/ok/refused"),
+        format!("http://[::1]:{port}/ok/refused"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://10.0.0.1/".to_owned(),
+    ] {
+        let outcome = open.post(&url.parse().unwrap(), &[], "{}".to_owned()).await;
+        assert!(matches!(outcome, Outcome::Refused(_)), "{url}: {outcome:?}");
+    }
+    assert!(hits(&receiver, "ok/refused").is_empty());
+    let allowed = Client::new(Arc::new(Policy {
+        allow_http: true,
+        allowed_hosts: vec!["localhost".to_owned()],
+    }))
+    .unwrap();
+    let url = format!("http://localhost:{port}/ok/allowed").parse().unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(15), allowed.post(&url, &[], "{}".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Delivered(204));
+}
