@@ -11,10 +11,12 @@ run_dir="$root/.run"
 mkdir -p "$run_dir/data"
 started_localstack=0
 pids=()
+watcher=""
 
 # shellcheck disable=SC2317,SC2329  # called from the EXIT trap
 stop_all() {
   trap - EXIT INT TERM
+  [[ -z "$watcher" ]] || kill -TERM "$watcher" 2>/dev/null || true
   if ((${#pids[@]})); then
     echo "up: stopping services" >&2
     kill -TERM "${pids[@]}" 2>/dev/null || true
@@ -67,6 +69,35 @@ if ((instances > 1)); then
   done
 fi
 
+# The confirmation links the customer-api mailed, read back from the emulator's SES: one line
+# "<mail id> <recipient> <link>" per link.
+mail_links() {
+  curl -fsS --max-time 5 "$AWS_ENDPOINT_URL/_aws/ses" | python3 -c '
+import json, sys
+for mail in json.load(sys.stdin).get("messages", []):
+    text = (mail.get("Body") or {}).get("text_part") or ""
+    to = ",".join((mail.get("Destination") or {}).get("ToAddresses") or [])
+    for word in text.split():
+        if "/confirm#" in word:
+            print(mail.get("Id", ""), to, word)
+'
+}
+# Every confirmation link mailed from now on is printed, so a person can open it
+# (EMAIL_CONFIRMATION=required, the default: nothing is enrolled until then).
+seen="$run_dir/mails-seen"
+{ mail_links 2>/dev/null || true; } | cut -d' ' -f1 >"$seen"
+(
+  trap 'exit 0' TERM
+  while sleep 2; do
+    { mail_links 2>/dev/null || true; } | while read -r id to link; do
+      grep -qxF "$id" "$seen" && continue
+      echo "$id" >>"$seen"
+      echo "up: mailed to $to, the confirmation link: $link" >&2
+    done
+  done
+) &
+watcher=$!
+
 start() {
   local name=$1 db_var=$2 port=$3
   local db_url="${!db_var:-sqlite:$run_dir/data/$name.db}"
@@ -110,14 +141,35 @@ done
 
 email="sample-$(date +%s)@example.com"
 echo "up: submitting a sample enrollment for $email" >&2
-# `Prefer: wait` holds the answer until the saga ends (201) or the wait is over (202), so the
-# script needs no list of statuses.
+# `Prefer: wait` holds the answer until the saga ends (201), waits for the owner of the address
+# to confirm it (202, `awaiting_confirmation`) or the wait is over (202).
 answer=$(mktemp)
 code=$(curl -sS -o "$answer" -w '%{http_code}' -H 'content-type: application/json' -H 'prefer: wait=30' \
   -d "{\"name\": \"Sample Customer\", \"email\": \"$email\"}" "$gateway/api/enrollments") || code=000
 case "$code" in
   201) echo "up: the sample enrollment ended: $(cat "$answer")" >&2 ;;
-  202) echo "up: the sample enrollment is still running after 30 s: $(cat "$answer")" >&2 ;;
+  202)
+    if grep -q '"status":"awaiting_confirmation"' "$answer"; then
+      # Confirmed as a person would: with the link from the mail (its token is after the `#`).
+      link=""
+      for _ in $(seq 60); do
+        link=$({ mail_links 2>/dev/null || true; } | awk -v to="$email" '$2 == to { print $3; exit }')
+        [[ -z "$link" ]] || break
+        sleep 0.5
+      done
+      if [[ -z "$link" ]]; then
+        echo "up: no confirmation mail to $email after 30 s; see the customer-api's log above" >&2
+      else
+        echo "up: confirming the sample enrollment with the link mailed to $email" >&2
+        curl -sS -o /dev/null -H 'content-type: application/json' -d "{\"token\": \"${link#*#}\"}" "$gateway/api/confirmations"
+        id=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$answer")
+        curl -sS -o "$answer" -H 'prefer: wait=30' "$gateway/api/enrollments/$id" || true
+        echo "up: the sample enrollment, once confirmed: $(cat "$answer")" >&2
+      fi
+    else
+      echo "up: the sample enrollment is still running after 30 s: $(cat "$answer")" >&2
+    fi
+    ;;
   *) echo "up: the gateway did not accept the sample enrollment (HTTP $code); see its log above" >&2 ;;
 esac
 rm -f "$answer"

@@ -4,7 +4,8 @@
 //! back once the bonus budget is spent, a server-side field error shown next to its field after
 //! one request, a double click enrolling once, and a retry after a lost answer enrolling once
 //! (the same `Idempotency-Key`), and the page following the saga without its events stream (and
-//! backing off when the gateway does not hold its reads either); it
+//! backing off when the gateway does not hold its reads either), and, with confirmation
+//! required, a person confirming through the mailed link in another tab; it
 //! saves a screenshot of a finished timeline to `target/enrollment-page.png` (and, with
 //! `UPDATE_SCREENSHOT=1`, to `docs/enrollment-page.png`, which README shows).
 //!
@@ -334,6 +335,87 @@ async fn a_person_enrolls_through_the_page() {
 
 /// The page without a stream (refused) and without held answers (no place to wait), on a saga
 /// that cannot move (no bus): it must not hammer the gateway with GETs, but back off.
+/// With confirmation required: the page says where the mail went and refuses a resend too soon;
+/// the link from the mail, opened in another tab, confirms with one press (its token gone from
+/// the address bar); the first tab's timeline goes on to the outcome by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_confirms_through_the_mail() {
+    let browser = Browser::start().await;
+    let system = System::start(
+        Backend::Sqlite,
+        Options {
+            email_confirmation: gateway::EmailConfirmation::Required,
+            ..Options::default()
+        },
+    )
+    .await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let email = format!("ada-{run}@example.com");
+    browser.fill(&system.url("/"), "Ada Lovelace", &email).await;
+    browser
+        .client
+        .find(Locator::Id("submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let waiting = browser.wait_text("#confirmation-text", |t| !t.is_empty()).await;
+    assert!(waiting.contains("a…@example.com"), "{waiting}");
+    browser
+        .client
+        .find(Locator::Id("resend"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let note = browser.wait_text("#resend-note", |t| !t.is_empty()).await;
+    assert!(note.contains("less than a minute"), "{note}");
+
+    // The mail's link, opened in another tab on this gateway (the test's gateway is not on the
+    // link's origin): the token is in the fragment.
+    let mail = testkit::mail::wait_for_one(&email).await;
+    let token = mail.token().expect("a confirmation link").to_owned();
+    let first_tab = browser.client.window().await.unwrap();
+    let second_tab = browser.client.new_window(true).await.unwrap();
+    browser.client.switch_to_window(second_tab.handle).await.unwrap();
+    browser
+        .client
+        .goto(&system.url(&format!("/confirm#{token}")))
+        .await
+        .unwrap();
+    let button = browser.client.wait().for_element(Locator::Id("confirm")).await.unwrap();
+    let address = browser.script("return location.href;").await;
+    assert!(
+        !address.as_str().unwrap().contains(&token),
+        "the token stays in the address bar: {address}"
+    );
+    let (_, before) = system.get_json("/api/enrollments?status=awaiting_confirmation").await;
+    assert_eq!(
+        before["enrollments"].as_array().map(Vec::len),
+        Some(1),
+        "opening the page confirmed: {before}"
+    );
+    button.click().await.unwrap();
+    let confirmed = browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert!(confirmed.starts_with("Confirmed"), "{confirmed}");
+
+    browser.client.switch_to_window(first_tab).await.unwrap();
+    let outcome = browser.wait_text("#outcome", |t| !t.is_empty()).await;
+    assert!(outcome.starts_with("Completed"), "{outcome}");
+    assert_eq!(
+        browser.timeline().await,
+        ["pending", "awaiting_confirmation", "confirmed", "enrolled", "completed"]
+    );
+    assert!(
+        browser.text("#confirmation").await.is_empty(),
+        "the confirmation panel is gone"
+    );
+    browser.client.clone().close().await.expect("the browser closes");
+    system.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_backs_off_when_the_gateway_does_not_hold_its_requests() {
     let browser = Browser::start().await;

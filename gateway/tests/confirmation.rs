@@ -3,7 +3,8 @@
 //! the single-use POST, the deadline (410 even before the expiry scan), the resend limits, and the
 //! expiry scan that ends an unconfirmed enrollment `expired` and tells the customer-api to forget
 //! it. The route tests run the real router over a fresh database (no bus): what would be relayed
-//! is read from the outbox. The expiry tests run the three services on LocalStack.
+//! is read from the outbox. The others run the three services on LocalStack, the mail going
+//! through LocalStack's SES and read back from it (`testkit::mail`).
 
 use axum::body::Body;
 use axum::http::Request;
@@ -18,6 +19,9 @@ testkit::on_both_backends!(
     a_confirmation_after_the_deadline_is_refused_before_the_scan_ran,
     resends_replace_the_token_and_are_limited,
     an_unconfirmed_enrollment_expires_and_its_data_is_forgotten,
+    the_owner_confirms_through_the_mail_and_the_saga_goes_on,
+    an_enrolled_address_looks_like_any_other_until_its_deadline,
+    past_its_deadline_an_enrollment_is_forgotten_and_never_enrolled,
 );
 
 fn required(ttl_seconds: u64) -> gateway::Config {
@@ -431,5 +435,213 @@ async fn an_unconfirmed_enrollment_expires_and_its_data_is_forgotten(backend: Ba
     both.sort_by_key(|id| id.to_string());
     assert_eq!(of_type("ForgetEnrollment"), both, "{bodies:?}");
     assert_eq!(of_type("Enroll"), both, "{bodies:?}");
+    system.stop().await;
+}
+
+fn with_confirmation(ttl_seconds: u64) -> Options {
+    Options {
+        email_confirmation: gateway::EmailConfirmation::Required,
+        confirmation_ttl_seconds: ttl_seconds,
+        ..Options::default()
+    }
+}
+
+/// POSTs an enrollment with `Prefer: wait=20`; returns the status code and the body.
+async fn submit_and_wait(system: &System, name: &str, email: &str) -> (u16, Value) {
+    let response = system
+        .http
+        .post(system.url("/api/enrollments"))
+        .header("prefer", "wait=20")
+        .json(&json!({"name": name, "email": email}))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn confirm_over_http(system: &System, token: &str) -> (u16, Value) {
+    let response = system
+        .http
+        .post(system.url("/api/confirmations"))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn held_by_the_customer_api(system: &System, id: &str) -> i64 {
+    testkit::scalar_i64(
+        &system.customer.as_ref().unwrap().pool,
+        "SELECT COUNT(*) FROM pending_enrollments WHERE enrollment_id = $1",
+        id,
+    )
+    .await
+}
+
+async fn customers_of(system: &System, id: &str) -> i64 {
+    testkit::scalar_i64(
+        &system.customer.as_ref().unwrap().pool,
+        "SELECT COUNT(*) FROM customers WHERE enrollment_id = $1",
+        id,
+    )
+    .await
+}
+
+/// The whole flow: the submission waits until the saga waits on the person, the customer-api
+/// mails the link through SES, opening the link confirms nothing, pressing the button does, once,
+/// and the saga goes on as without confirmation. Another enrollment's token confirms that one only.
+async fn the_owner_confirms_through_the_mail_and_the_saga_goes_on(backend: Backend) {
+    let system = System::start(backend, with_confirmation(3600)).await;
+    let email = unique_email("ada");
+    let other_email = unique_email("bob");
+
+    let (status, body) = submit_and_wait(&system, "Ada Lovelace", &email).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body["status"], "awaiting_confirmation",
+        "Prefer: wait ends where a person is next: {body}"
+    );
+    assert_eq!(body["mailed_to"], "a…@example.com");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let other = system.submit("Bob", &other_email).await;
+
+    let mail = testkit::mail::wait_for_one(&email).await;
+    let link = mail.link().expect("a link").to_owned();
+    let token = mail.token().expect("a token").to_owned();
+    assert!(link.ends_with(&format!("/confirm#{token}")), "{link}");
+    // What a mail scanner does: fetch the page the link names (the fragment is never sent).
+    let page = system.http.get(system.url("/confirm")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let (_, still) = system.get_json(&format!("/api/enrollments/{id}")).await;
+    assert_eq!(still["status"], "awaiting_confirmation", "{still}");
+
+    let (status, confirmed) = confirm_over_http(&system, &token).await;
+    assert_eq!(status, 200, "{confirmed}");
+    assert_eq!(confirmed["id"], id.as_str());
+    assert_eq!(confirmed["status"], "confirmed");
+    let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["bonus_points"], 500);
+    assert_eq!(
+        history(&done),
+        ["pending", "awaiting_confirmation", "confirmed", "enrolled", "completed"]
+    );
+    assert_eq!(customers_of(&system, &id).await, 1);
+    assert_eq!(
+        held_by_the_customer_api(&system, &id).await,
+        0,
+        "the held enrollment became the customer"
+    );
+
+    // Once only, and never for another enrollment.
+    let (status, again) = confirm_over_http(&system, &token).await;
+    assert_eq!(status, 404, "{again}");
+    let (_, other_view) = system.get_json(&format!("/api/enrollments/{other}")).await;
+    assert!(
+        ["pending", "awaiting_confirmation"].contains(&other_view["status"].as_str().unwrap()),
+        "{other_view}"
+    );
+    let other_token = testkit::mail::wait_for_token(&other_email).await;
+    assert_ne!(other_token, token);
+    let (status, confirmed) = confirm_over_http(&system, &other_token).await;
+    assert_eq!(status, 200, "{confirmed}");
+    assert_eq!(confirmed["id"], other.as_str());
+    let done = system.wait_for_status(&other, &testkit::TERMINAL).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(customers_of(&system, &id).await, 1);
+    system.stop().await;
+}
+
+/// Someone enrolls an address that is already a customer's: its public view is the same as a
+/// new address's (status, fields, steps), the owner gets a note without a link, and only the
+/// operator listing tells the two apart. Neither is enrolled; both expire.
+async fn an_enrolled_address_looks_like_any_other_until_its_deadline(backend: Backend) {
+    let system = System::start(backend, with_confirmation(20)).await;
+    let taken = unique_email("ada-taken");
+    let (_, first) = submit_and_wait(&system, "Ada Lovelace", &taken).await;
+    let first = first["id"].as_str().unwrap().to_owned();
+    let token = testkit::mail::wait_for_token(&taken).await;
+    assert_eq!(confirm_over_http(&system, &token).await.0, 200);
+    assert_eq!(
+        system.wait_for_status(&first, &testkit::TERMINAL).await["status"],
+        "completed"
+    );
+
+    let fresh_email = unique_email("ada-fresh");
+    let (squat_status, squat) = submit_and_wait(&system, "Mallory", &taken).await;
+    let (fresh_status, fresh) = submit_and_wait(&system, "Mallory", &fresh_email).await;
+    assert_eq!((squat_status, fresh_status), (202, 202));
+    let public = |body: &Value| {
+        let mut body = body.clone();
+        let object = body.as_object_mut().unwrap();
+        object.remove("id");
+        object.remove("confirm_by");
+        let steps: Vec<Value> = object["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|step| json!({"status": step["status"], "event": step["event"]}))
+            .collect();
+        object.insert("history".into(), Value::Array(steps));
+        body
+    };
+    assert_eq!(squat["status"], "awaiting_confirmation", "{squat}");
+    assert_eq!(public(&squat), public(&fresh), "the public view is an oracle");
+    let (squat, fresh) = (
+        squat["id"].as_str().unwrap().to_owned(),
+        fresh["id"].as_str().unwrap().to_owned(),
+    );
+
+    // The owner of the taken address is told, without a link.
+    let mails = testkit::mail::wait_for(&taken, 2, DEADLINE).await;
+    assert!(mails[1].token().is_none(), "{:?}", mails[1]);
+    testkit::mail::wait_for_token(&fresh_email).await;
+    let (_, listing) = system.get_json("/api/enrollments?status=awaiting_confirmation").await;
+    let flag = |id: &str| {
+        listing["enrollments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .map(|e| e["already_enrolled"].clone())
+    };
+    assert_eq!(flag(&squat), Some(json!(true)), "{listing}");
+    assert_eq!(flag(&fresh), Some(json!(false)), "{listing}");
+
+    for id in [&squat, &fresh] {
+        let done = system.wait_for_status(id, &testkit::TERMINAL).await;
+        assert_eq!(done["status"], "expired", "{done}");
+    }
+    assert_eq!(customers_of(&system, &squat).await, 0);
+    system.stop().await;
+}
+
+/// Not confirmed by its deadline, the enrollment ends `expired`, the customer-api forgets the
+/// name and address it held, nothing is enrolled, and the link is refused clearly afterwards.
+async fn past_its_deadline_an_enrollment_is_forgotten_and_never_enrolled(backend: Backend) {
+    let system = System::start(backend, with_confirmation(8)).await;
+    let email = unique_email("late");
+    let (_, body) = submit_and_wait(&system, "Late Larry", &email).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    let token = testkit::mail::wait_for_token(&email).await;
+    assert_eq!(held_by_the_customer_api(&system, &id).await, 1);
+
+    let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
+    assert_eq!(done["status"], "expired", "{done}");
+    assert_eq!(history(&done), ["pending", "awaiting_confirmation", "expired"]);
+    eventually("the customer-api to forget the enrollment", DEADLINE, async || {
+        let held = held_by_the_customer_api(&system, &id).await;
+        Poll::ready_if(held == 0, (), held)
+    })
+    .await
+    .unwrap();
+    let (status, refused) = confirm_over_http(&system, &token).await;
+    assert_eq!(status, 410, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("expired"), "{refused}");
+    assert_eq!(customers_of(&system, &id).await, 0);
+    let (_, still) = system.get_json(&format!("/api/enrollments/{id}")).await;
+    assert_eq!(still["status"], "expired");
     system.stop().await;
 }
