@@ -127,12 +127,20 @@ pub(super) async fn confirm(
         return Err(not_valid());
     }
     let id = enrollments::parse_id(&holder.id, "enrollment")?;
-    if !store::confirm(&state.pool, id, holder.status, &token_hash, enrollments::traceparent()).await? {
-        // Used, replaced or expired between the read and the update.
-        return Err(match store::by_token(&state.pool, &token_hash).await? {
-            Some(now) if now.status == Status::Expired || past(confirm_by) => too_late(confirm_by),
-            _ => not_valid(),
-        });
+    let mut from = holder.status;
+    // The saga may move from `pending` to `awaiting_confirmation` (the mail went out) between the
+    // read and the update; the token is still good then, so the update is tried from there.
+    let mut tries = Status::confirmable().len();
+    while !store::confirm(&state.pool, id, from, &token_hash, enrollments::traceparent()).await? {
+        // Used, replaced or expired between the read and the update, or the saga moved on.
+        match store::by_token(&state.pool, &token_hash).await? {
+            Some(now) if now.status == Status::Expired || past(confirm_by) => return Err(too_late(confirm_by)),
+            Some(now) if now.status != from && Status::confirmable().contains(&now.status) && tries > 1 => {
+                from = now.status;
+                tries -= 1;
+            }
+            _ => return Err(not_valid()),
+        }
     }
     state.outbox_signal.notify_one();
     tracing::info!("enrollment confirmed by its address's owner");

@@ -7,6 +7,7 @@
 //! ends, including on error, panic or Ctrl-C: each is owned by a guard that kills it on drop.
 
 mod check;
+mod confirm;
 mod inject;
 mod load;
 mod outage;
@@ -74,11 +75,32 @@ struct Args {
 fn default_faults(profile: Profile, backend: Backend) -> Vec<Fault> {
     use Fault::*;
     match (profile, backend) {
-        (Profile::Short, Backend::Sqlite) => vec![Kill9, Sigterm, Duplicates, Poison],
-        (Profile::Short, Backend::Postgres) => vec![DbOutage, Kill9Pair],
-        (Profile::Full, Backend::Sqlite) => vec![None, Kill9, Kill9Far, Sigterm, Duplicates, Poison, BusOutage],
+        (Profile::Short, Backend::Sqlite) => vec![Kill9, Sigterm, Duplicates, Poison, ConfirmKill9],
+        (Profile::Short, Backend::Postgres) => vec![DbOutage, Kill9Pair, ConfirmKill9],
+        (Profile::Full, Backend::Sqlite) => {
+            vec![
+                None,
+                Kill9,
+                Kill9Far,
+                Sigterm,
+                Duplicates,
+                Poison,
+                BusOutage,
+                ConfirmKill9,
+            ]
+        }
         (Profile::Full, Backend::Postgres) => {
-            vec![None, Kill9, Kill9Far, Kill9Pair, Sigterm, Duplicates, Poison, DbOutage]
+            vec![
+                None,
+                Kill9,
+                Kill9Far,
+                Kill9Pair,
+                Sigterm,
+                Duplicates,
+                Poison,
+                DbOutage,
+                ConfirmKill9,
+            ]
         }
     }
 }
@@ -184,7 +206,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut reports = Vec::new();
     let mut errors = Vec::new();
     for fault in faults {
-        eprintln!("fault-test: phase {}", fault.name());
+        eprintln!(
+            "fault-test: phase {} (EMAIL_CONFIRMATION={})",
+            fault.name(),
+            fault.email_confirmation()
+        );
         match phases::run(&mut ctx, fault).await {
             Ok(report) => reports.push(report),
             Err(err) => errors.push(format!("{}: {err:#}", fault.name())),
@@ -266,8 +292,14 @@ mod tests {
         }
         assert_eq!(
             default_faults(Profile::Short, Backend::Postgres),
-            [Fault::DbOutage, Fault::Kill9Pair]
+            [Fault::DbOutage, Fault::Kill9Pair, Fault::ConfirmKill9]
         );
+        // Confirmation through the mail under kills, on both backends, in every profile.
+        for profile in [Profile::Short, Profile::Full] {
+            for backend in [Backend::Sqlite, Backend::Postgres] {
+                assert!(default_faults(profile, backend).contains(&Fault::ConfirmKill9));
+            }
+        }
         assert!(!default_faults(Profile::Full, Backend::Sqlite).contains(&Fault::DbOutage));
         assert!(!default_faults(Profile::Full, Backend::Sqlite).contains(&Fault::Kill9Pair));
         for backend in [Backend::Sqlite, Backend::Postgres] {

@@ -35,6 +35,10 @@ pub enum Fault {
     BusOutage,
     /// The suite's own PostgreSQL stopped and started again (PostgreSQL backend only).
     DbOutage,
+    /// `EMAIL_CONFIRMATION=required`: every link mailed is read from the emulator's SES and
+    /// POSTed (some twice, some twice at once), while the gateway and then the customer-api are
+    /// killed with kill -9 mid-load and restarted.
+    ConfirmKill9,
 }
 
 impl Fault {
@@ -45,7 +49,18 @@ impl Fault {
             .map(|v| v.get_name().to_owned())
             .unwrap_or_default()
     }
+
+    /// The gateway's `EMAIL_CONFIRMATION` in this phase: only the confirmation phase waits on
+    /// the mail; the others test the saga's machinery without that step.
+    pub fn email_confirmation(self) -> &'static str {
+        if self == Fault::ConfirmKill9 { "required" } else { "off" }
+    }
 }
+
+/// The gateway's `CONFIRMATION_TTL_SECONDS` when confirmation is required: long enough for every
+/// link to be followed despite the kills, short enough that an enrollment whose address was
+/// already enrolled (its mail has no link) ends `expired` within the phase's deadline.
+pub(crate) const CONFIRMATION_TTL: Duration = Duration::from_secs(60);
 
 /// The environment phases run in.
 pub struct Context {
@@ -99,6 +114,7 @@ impl Context {
         let mut system = System::start(
             &self.settings,
             &fault.name(),
+            fault.email_confirmation(),
             &endpoint,
             &storage,
             self.budget(enrollments),
@@ -116,7 +132,18 @@ impl Context {
         spread: Duration,
         tag: &str,
     ) -> tokio::task::JoinHandle<LoadResult> {
-        let tag = format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        self.start_load_as(system, count, spread, load_tag(tag))
+    }
+
+    /// [`Context::start_load`] with the addresses' tag chosen by the caller (see [`load_tag`]):
+    /// `u<i>.<tag>@fault.test`.
+    pub(crate) fn start_load_as(
+        &self,
+        system: &System,
+        count: usize,
+        spread: Duration,
+        tag: String,
+    ) -> tokio::task::JoinHandle<LoadResult> {
         tokio::spawn(load::run(
             system.processes.http.clone(),
             system.gateway_urls(),
@@ -125,6 +152,11 @@ impl Context {
             tag,
         ))
     }
+}
+
+/// A tag for one load's addresses, unique to the run: the phase's name and a random suffix.
+pub(crate) fn load_tag(phase: &str) -> String {
+    format!("{phase}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
 }
 
 /// Ids of what the gateway accepted; requests never accepted are violations.

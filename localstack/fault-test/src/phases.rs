@@ -4,11 +4,14 @@
 //! the server back) until every accepted enrollment is terminal.
 
 use crate::check;
+use crate::confirm::{self, Confirmer, Outcome};
 use crate::inject;
 use crate::outage;
-use crate::phase::{Context, Fault, Report, TERM_LIMIT, accepted_ids, check_dlqs_empty, finish, log_count};
+use crate::phase::{
+    CONFIRMATION_TTL, Context, Fault, Report, TERM_LIMIT, accepted_ids, check_dlqs_empty, finish, load_tag, log_count,
+};
 use crate::system::{CUSTOMER, GATEWAY, NAMES, System, TRANSACTION};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -20,6 +23,7 @@ pub async fn run(ctx: &mut Context, fault: Fault) -> anyhow::Result<Report> {
     match fault {
         Fault::BusOutage => outage::bus(ctx, &mut report).await?,
         Fault::DbOutage => outage::database(ctx, &mut report).await?,
+        Fault::ConfirmKill9 => confirm_under_kills(ctx, &mut report).await?,
         _ => under_load(ctx, fault, &mut report).await?,
     }
     Ok(report)
@@ -114,7 +118,7 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
                 report.notes.push(oversize);
             }
         }
-        Fault::None | Fault::BusOutage | Fault::DbOutage => {}
+        Fault::None | Fault::BusOutage | Fault::DbOutage | Fault::ConfirmKill9 => {}
     }
     let loaded = load.await?;
     // Recovery counts from when both the last fault and the load are over.
@@ -150,6 +154,113 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
         check_dlqs_empty(&system, report).await?;
     }
     finish(system, &loaded.accepted, report).await
+}
+
+/// Confirmation by e-mail under kill -9: the load's enrollments wait for their mail; the
+/// [`Confirmer`] follows every link mailed while the gateway (answering the confirmations) and
+/// then the customer-api (sending the mail) are killed mid-batch and restarted. Then: every
+/// enrollment terminal, nothing duplicated (the common checks), every address mailed, each
+/// enrollment confirmed at most once and none enrolled without a confirmation.
+async fn confirm_under_kills(ctx: &Context, report: &mut Report) -> anyhow::Result<()> {
+    let fault = Fault::ConfirmKill9;
+    let mut system = ctx.system(fault, &ctx.endpoint, ctx.enrollments).await?;
+    let tag = load_tag(&report.fault);
+    let confirmer = Confirmer::start(
+        system.processes.http.clone(),
+        ctx.endpoint.clone(),
+        system.gateway_url(),
+        &tag,
+    );
+    let load = ctx.start_load_as(&system, ctx.enrollments, ctx.spread, tag);
+    let step = ctx.spread / 4;
+    for i in [GATEWAY, CUSTOMER] {
+        tokio::time::sleep(step).await;
+        let holding = wait_until_holding(&system, i, step).await?;
+        system.processes.services[i].kill().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ready = system.restart(i).await?;
+        report.notes.push(format!(
+            "{} killed {}, ready again {:.1} s after restart",
+            NAMES[i],
+            holding_text(holding),
+            ready.as_secs_f64()
+        ));
+    }
+    let loaded = load.await?;
+    let fault_end = Instant::now();
+    let ids = accepted_ids(&loaded, report);
+    // Unconfirmable enrollments (the address was enrolled: its mail has no link) end at the deadline.
+    let limit = ctx.terminal_limit.max(CONFIRMATION_TTL * 2);
+    check::wait_terminal(&system, &ids, limit).await?;
+    report.recover = Some(fault_end.elapsed());
+    let seen = confirmer.finish().await?;
+    check_confirmations(&system, &loaded.accepted, &seen, report).await?;
+    check_dlqs_empty(&system, report).await?;
+    finish(system, &loaded.accepted, report).await
+}
+
+/// What the confirmation phase promises beyond the common checks.
+async fn check_confirmations(
+    system: &System,
+    accepted: &[crate::load::Accepted],
+    seen: &Outcome,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let violations = &mut report.tally.violations;
+    violations.extend(seen.violations.iter().map(|v| format!("confirmation: {v}")));
+    for (id, times) in seen.confirmed.iter().filter(|(_, n)| **n > 1) {
+        violations.push(format!("{id}: confirmed {times} times"));
+    }
+    let accepted_ids: HashSet<&str> = accepted.iter().map(|a| a.id.as_str()).collect();
+    for id in seen.confirmed.keys().filter(|id| !accepted_ids.contains(id.as_str())) {
+        violations.push(format!("{id}: a mailed link confirmed an enrollment nobody submitted"));
+    }
+    // Every enrollment, one mail at least (a link to a new address, a note to an enrolled one).
+    let mails = confirm::mails_by_address(&seen.mails);
+    let mut wanted: HashMap<String, usize> = HashMap::new();
+    for a in accepted {
+        *wanted.entry(a.email.to_ascii_lowercase()).or_default() += 1;
+    }
+    let mut extra = 0;
+    for (address, enrollments) in &wanted {
+        let (sent, links) = mails.get(address).copied().unwrap_or_default();
+        if sent < *enrollments || links == 0 {
+            violations.push(format!(
+                "{address}: {enrollments} enrollments but {sent} mails ({links} with a link)"
+            ));
+        }
+        extra += sent.saturating_sub(*enrollments);
+    }
+    // Nothing goes past `awaiting_confirmation` unless its link was followed.
+    let pool = system.pool(GATEWAY).await?;
+    let passed: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT enrollment_id FROM enrollment_history WHERE status = 'confirmed'")
+            .fetch_all(&pool)
+            .await?;
+    pool.close().await;
+    let unknown = passed
+        .iter()
+        .filter(|id| accepted_ids.contains(id.as_str()) && !seen.confirmed.contains_key(*id))
+        .count();
+    if unknown > seen.unanswered {
+        violations.push(format!(
+            "{unknown} enrollments confirmed without a 200 for their link, \
+             but only {} POSTs went unanswered",
+            seen.unanswered
+        ));
+    }
+    report.notes.push(format!(
+        "EMAIL_CONFIRMATION=required: {} mails ({extra} beyond one per enrollment), {} links POSTed, \
+         {} confirmed with a 200, {} by a POST the killed gateway never answered, \
+         {} second POSTs refused as used, {} POSTs retried",
+        seen.mails.len(),
+        seen.tokens,
+        seen.confirmed.len(),
+        seen.unanswered,
+        seen.refused_again,
+        seen.retried
+    ));
+    Ok(())
 }
 
 /// The work queue each service consumes, by service index.

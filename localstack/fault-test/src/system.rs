@@ -53,6 +53,7 @@ impl System {
     pub async fn start(
         settings: &Settings,
         phase: &str,
+        email_confirmation: &str,
         endpoint: &str,
         storage: &Storage,
         budget_points: i64,
@@ -80,7 +81,16 @@ impl System {
             dir: Some(dir),
             bin_dir: Some(settings.bin_dir.clone()),
             env: Vec::new(),
-            service_env: vec![(TRANSACTION, "BONUS_BUDGET_POINTS".to_owned(), budget_points.to_string())],
+            // Confirmation by e-mail stated per phase (the gateway's own default is `required`).
+            service_env: vec![
+                (TRANSACTION, "BONUS_BUDGET_POINTS".to_owned(), budget_points.to_string()),
+                (GATEWAY, "EMAIL_CONFIRMATION".to_owned(), email_confirmation.to_owned()),
+                (
+                    GATEWAY,
+                    "CONFIRMATION_TTL_SECONDS".to_owned(),
+                    crate::phase::CONFIRMATION_TTL.as_secs().to_string(),
+                ),
+            ],
             ready_within: READY_LIMIT,
             ..Layout::default()
         };

@@ -68,11 +68,18 @@ const EVERY: Duration = Duration::from_millis(250);
 
 /// Every mail sent to `address` (compared case-insensitively), oldest first.
 pub async fn sent_to(address: &str) -> Result<Vec<SentMail>, String> {
-    let response = reqwest::get(endpoint())
-        .await
-        .map_err(|e| format!("GET {}: {e}", endpoint()))?;
+    let mut mails = all_sent(&crate::emulator_endpoint()).await?;
+    mails.retain(|mail| mail.to.iter().any(|to| to.eq_ignore_ascii_case(address)));
+    Ok(mails)
+}
+
+/// Every mail the emulator at `emulator` (its base address) ever sent, oldest first: one read
+/// for a caller that follows many addresses at once.
+pub async fn all_sent(emulator: &str) -> Result<Vec<SentMail>, String> {
+    let url = format!("{}/_aws/ses", emulator.trim_end_matches('/'));
+    let response = reqwest::get(&url).await.map_err(|e| format!("GET {url}: {e}"))?;
     if !response.status().is_success() {
-        return Err(format!("GET {} answered {}", endpoint(), response.status()));
+        return Err(format!("GET {url} answered {}", response.status()));
     }
     let body: Value = response.json().await.map_err(|e| format!("not JSON: {e}"))?;
     let mut mails: Vec<SentMail> = body["messages"]
@@ -80,7 +87,6 @@ pub async fn sent_to(address: &str) -> Result<Vec<SentMail>, String> {
         .ok_or_else(|| format!("no `messages` in {body}"))?
         .iter()
         .map(SentMail::from_json)
-        .filter(|mail| mail.to.iter().any(|to| to.eq_ignore_ascii_case(address)))
         .collect();
     mails.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
     Ok(mails)
