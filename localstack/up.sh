@@ -144,7 +144,8 @@ echo "up: submitting a sample enrollment for $email" >&2
 # `Prefer: wait` holds the answer until the saga ends (201), waits for the owner of the address
 # to confirm it (202, `awaiting_confirmation`) or the wait is over (202).
 answer=$(mktemp)
-code=$(curl -sS -o "$answer" -w '%{http_code}' -H 'content-type: application/json' -H 'prefer: wait=30' \
+headers=$(mktemp)
+code=$(curl -sS -o "$answer" -D "$headers" -w '%{http_code}' -H 'content-type: application/json' -H 'prefer: wait=30' \
   -d "{\"name\": \"Sample Customer\", \"email\": \"$email\"}" "$gateway/api/enrollments") || code=000
 case "$code" in
   201) echo "up: the sample enrollment ended: $(cat "$answer")" >&2 ;;
@@ -162,8 +163,9 @@ case "$code" in
       else
         echo "up: confirming the sample enrollment with the link mailed to $email" >&2
         curl -sS -o /dev/null -H 'content-type: application/json' -d "{\"token\": \"${link#*#}\"}" "$gateway/api/confirmations"
-        id=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$answer")
-        curl -sS -o "$answer" -H 'prefer: wait=30' "$gateway/api/enrollments/$id" || true
+        # Followed at its view key's address (the `Location` of the answer), not at its id.
+        location=$(tr -d '\r' <"$headers" | awk 'tolower($1) == "location:" { print $2; exit }')
+        curl -sS -o "$answer" -H 'prefer: wait=30' "$gateway$location" || true
         echo "up: the sample enrollment, once confirmed: $(cat "$answer")" >&2
       fi
     else
@@ -172,7 +174,7 @@ case "$code" in
     ;;
   *) echo "up: the gateway did not accept the sample enrollment (HTTP $code); see its log above" >&2 ;;
 esac
-rm -f "$answer"
+rm -f "$answer" "$headers"
 echo "up: the system is running; the gateway answers on $gateway. Ctrl-C stops everything." >&2
 if ((instances > 1)); then
   echo "up: $instances instances of each service on PostgreSQL; gateways on ports $(seq -s ' ' 8080 10 $((8080 + 10 * (instances - 1))))" >&2

@@ -10,8 +10,8 @@ use std::sync::LazyLock;
 use utility::domain::{CustomerName, Email};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
-    ConfirmEnrollment, ConfirmationLink, Enroll, EnrollmentStatusChanged, ErasePersonalData, ForgetEnrollment,
-    Message, MessageType, ResendConfirmation,
+    ConfirmEnrollment, ConfirmationLink, Enroll, EnrollmentStatusChanged, ErasePersonalData, ForgetEnrollment, Message,
+    MessageType, ResendConfirmation,
 };
 use utility::messaging::outbox;
 use uuid::Uuid;
