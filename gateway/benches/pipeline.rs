@@ -1239,7 +1239,8 @@ async fn main() {
     };
     let run = format!(
         "| | |\n|---|---|\n| date | {} |\n| machine | {}, {} cores, load average at the start {} |\n\
-         | commit | `{commit}`{dirty} |\n| command | `make bench` |\n",
+         | commit | `{commit}`{dirty} |\n| command | `make bench` |\n\
+         | e-mail confirmation | `EMAIL_CONFIRMATION=off`: sagas run without waiting on a person |\n",
         started.format("%Y-%m-%d %H:%M UTC"),
         machine(),
         std::thread::available_parallelism().map_or(1, usize::from),

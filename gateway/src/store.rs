@@ -453,12 +453,19 @@ pub async fn advance(
     .await
 }
 
+/// Why an enrollment still waiting for its owner's confirmation ended: its personal data was
+/// erased (fixed words, shown publicly).
+const ERASED_BEFORE_CONFIRMATION: &str = "its personal data was erased before the address was confirmed";
+
 /// What [`erase_personal_data`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Erasure {
     /// Erased here, and `ErasePersonalData` is in the outbox for the customer-api.
     Done,
     NotFound,
+    /// The address's owner confirmed and the customer is being created: erasing now could
+    /// overtake the creation. Retry shortly.
+    BeingConfirmed,
     /// The `Enroll` carrying the name and address has not been relayed yet: erasing now would
     /// either strand the saga or let the customer-api store what was just erased. Retry shortly.
     NotRelayedYet,
@@ -489,9 +496,44 @@ pub async fn erase_personal_data(pool: &AnyPool, id: Uuid, traceparent: String) 
     if unsent > 0 {
         return Ok(Erasure::NotRelayedYet);
     }
-    sqlx::query("DELETE FROM outbox WHERE correlation_id = $1 AND message_type = $2")
+    // A confirmation in progress: its owner's link must not confirm an enrollment whose data is
+    // gone (the customer-api forgets what it holds for it), so one still waiting for the owner
+    // ends `expired` now, and one the owner confirmed is left to finish first.
+    let status: String = sqlx::query_scalar("SELECT status FROM enrollments WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+    let status: Status = status.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    if status == Status::Confirmed {
+        return Ok(Erasure::BeingConfirmed);
+    }
+    let now = utility::storage::now();
+    let ended: Option<i64> = sqlx::query_scalar(
+        "UPDATE enrollments SET status = $1, updated_at = $2, stall_reported_at = NULL, public_reason = $3,
+             reason = $3, history_seq = history_seq + 1
+         WHERE id = $4 AND confirm_by IS NOT NULL AND status IN ($5, $6)
+         RETURNING history_seq",
+    )
+    .bind(Status::Expired.name())
+    .bind(&now)
+    .bind(ERASED_BEFORE_CONFIRMATION)
+    .bind(id.to_string())
+    .bind(Status::Pending.name())
+    .bind(Status::AwaitingConfirmation.name())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(seq) = ended {
+        insert_history(&mut tx, id, seq, Status::Expired, "PersonalDataErased", &now).await?;
+    }
+    sqlx::query("UPDATE enrollments SET confirmation_token_hash = NULL, mailed_to = NULL WHERE id = $1")
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    // The relayed commands that carried the name, the address or a confirmation link.
+    sqlx::query("DELETE FROM outbox WHERE correlation_id = $1 AND message_type IN ($2, $3)")
         .bind(id.to_string())
         .bind(MessageType::Enroll.name())
+        .bind(MessageType::ResendConfirmation.name())
         .execute(&mut *tx)
         .await?;
     let command =

@@ -46,10 +46,10 @@ async fn the_application_role_reads_and_writes_rows_but_cannot_change_the_schema
     )
     .await;
     assert_eq!(submitted.status, 202, "{}", submitted.text);
-    let id = submitted.body["id"].as_str().unwrap();
+    let view_key = submitted.body["view_key"].as_str().unwrap();
     let shown = testkit::api::call(
         &router,
-        Request::get(format!("/api/enrollments/{id}"))
+        Request::get(format!("/api/enrollments/{view_key}"))
             .body(Body::empty())
             .unwrap(),
     )

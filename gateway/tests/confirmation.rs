@@ -22,6 +22,7 @@ testkit::on_both_backends!(
     the_owner_confirms_through_the_mail_and_the_saga_goes_on,
     an_enrolled_address_looks_like_any_other_until_its_deadline,
     past_its_deadline_an_enrollment_is_forgotten_and_never_enrolled,
+    an_erasure_before_the_confirmation_ends_the_enrollment_and_its_link,
 );
 
 fn required(ttl_seconds: u64) -> gateway::Config {
@@ -663,4 +664,49 @@ async fn past_its_deadline_an_enrollment_is_forgotten_and_never_enrolled(backend
     let (_, still) = system.get_json(&system.enrollment_path(&id).await).await;
     assert_eq!(still["status"], "expired");
     system.stop().await;
+}
+
+/// An operator erases an enrollment still waiting for its owner: it ends `expired` at once, the
+/// mailed link no longer confirms anything, the masked address leaves the public view, and the
+/// customer-api keeps nothing of it.
+async fn an_erasure_before_the_confirmation_ends_the_enrollment_and_its_link(backend: Backend) {
+    let system = System::start(backend, with_confirmation(3600)).await;
+    let email = unique_email("erased");
+    let (status, body) = submit_and_wait(&system, "Ada Lovelace", &email).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "awaiting_confirmation", "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let token = testkit::mail::wait_for_token(&email).await;
+
+    let erased = system
+        .http
+        .delete(system.url(&format!("/api/enrollments/{id}/personal-data")))
+        .bearer_auth(testkit::OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 202);
+    let (_, view) = system.get_json(&system.enrollment_path(&id).await).await;
+    assert_eq!(view["status"], "expired", "{view}");
+    assert!(
+        view["mailed_to"].is_null(),
+        "the masked address outlived the erasure: {view}"
+    );
+
+    let (status, refused) = confirm_over_http(&system, &token).await;
+    assert_eq!(
+        status, 404,
+        "the mailed link still confirms after the erasure: {refused}"
+    );
+    eventually(
+        "the customer-api to forget the erased enrollment",
+        DEADLINE,
+        async || {
+            let held = held_by_the_customer_api(&system, &id).await;
+            Poll::ready_if(held == 0, (), held)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(customers_of(&system, &id).await, 0);
 }

@@ -89,6 +89,26 @@ fn while_down(method: &str, path: &str, view_key: &str) -> WhileDown {
             "GET /api/enrollments/{view_key}/events",
             get(&format!("/api/enrollments/{view_key}/events")),
         )]),
+        ("POST", "/api/enrollments/{view_key}/resend") => Unavailable(vec![(
+            "POST /api/enrollments/{view_key}/resend",
+            Request::post(format!("/api/enrollments/{view_key}/resend"))
+                .body(Body::empty())
+                .unwrap(),
+        )]),
+        ("POST", "/api/confirmations") => Unavailable(vec![(
+            "POST /api/confirmations",
+            Request::post("/api/confirmations")
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"token": "A".repeat(43)}).to_string()))
+                .unwrap(),
+        )]),
+        ("DELETE", "/api/enrollments/{id}/personal-data") => Unavailable(vec![(
+            "DELETE /api/enrollments/{id}/personal-data",
+            Request::delete(format!("/api/enrollments/{}/personal-data", uuid::Uuid::now_v7()))
+                .header("authorization", format!("Bearer {}", testkit::OPERATOR_TOKEN))
+                .body(Body::empty())
+                .unwrap(),
+        )]),
         ("GET", "/api/enrollments/stalled") => {
             Unavailable(vec![("GET /api/enrollments/stalled", get("/api/enrollments/stalled"))])
         }
@@ -102,6 +122,8 @@ fn while_down(method: &str, path: &str, view_key: &str) -> WhileDown {
         ("GET", "/api/customers/{id}" | "/api/customers/{id}/points") => Elsewhere,
         // Compiled into the binary.
         ("GET", "/" | "/openapi.json" | "/asyncapi.json" | "/docs") => Answers(vec![get(path)]),
+        // The confirmation page and the webhooks' public keys: compiled in, or from the settings.
+        ("GET", "/confirm" | "/.well-known/webhook-keys") => Answers(vec![get(path)]),
         ("GET", "/assets/{file}") => Answers(vec![get("/assets/app.css"), get("/assets/app.js")]),
         // Scraped during an outage most of all: the saga gauges keep their last reading.
         ("GET", "/metrics") => Answers(vec![get("/metrics")]),

@@ -168,12 +168,22 @@ async fn every_status_change_arrives_signed_and_retries_reach_a_flaky_receiver(b
         // Nothing personal travels.
         assert!(!got.iter().any(|h| h.body.to_string().contains("example.com")));
     }
-    let delivered: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'delivered' AND attempts = 3")
+    // The receiver answers before the dispatcher records the outcome: poll for the record.
+    eventually(
+        "the flaky receiver's deliveries recorded as taking three attempts each",
+        DEADLINE,
+        async || {
+            let delivered: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'delivered' AND attempts = 3",
+            )
             .fetch_one(&system.gateway().pool)
             .await
             .unwrap();
-    assert_eq!(delivered, 3, "the flaky receiver's deliveries took three attempts each");
+            Poll::ready_if(delivered == 3, (), delivered)
+        },
+    )
+    .await
+    .unwrap();
     system.stop().await;
 }
 

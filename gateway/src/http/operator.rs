@@ -213,7 +213,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         (status = 202, description = "Erased here; the customer-api's erasure is on its way."),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such enrollment.", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The enrollment's `Enroll` is not relayed yet; retry in a moment.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The enrollment's `Enroll` is not relayed yet, or its owner has just confirmed it; retry in a moment.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn erase_personal_data(
@@ -228,6 +228,9 @@ pub(super) async fn erase_personal_data(
             Ok(StatusCode::ACCEPTED)
         }
         store::Erasure::NotFound => Err(Problem::not_found(format!("no enrollment {id}"))),
+        store::Erasure::BeingConfirmed => Err(Problem::conflict(
+            "the address's owner has just confirmed and the customer is being created; retry in a moment",
+        )),
         store::Erasure::NotRelayedYet => Err(Problem::conflict(
             "the enrollment's Enroll command has not been relayed yet; retry in a moment",
         )),

@@ -159,6 +159,11 @@ const REQUESTS: &[(&str, &str, Route)] = &[
     ("GET", "/docs", Route::Gateway),
     ("GET", "/docs/index.html", Route::Gateway),
     ("GET", "/health", Route::Gateway),
+    ("POST", "/api/confirmations", Route::Gateway),
+    ("OPTIONS", "/api/confirmations", Route::Gateway),
+    ("POST", "/api/enrollments/AAAAAAAAAAAAAAAAAAAAAA/resend", Route::Gateway),
+    ("GET", "/confirm", Route::Gateway),
+    ("GET", "/.well-known/webhook-keys", Route::Gateway),
     // Operator routes: never forwarded by the public listener.
     ("GET", "/api/enrollments", Route::NotFound),
     ("GET", "/api/enrollments/stalled", Route::NotFound),
@@ -177,6 +182,12 @@ const REQUESTS: &[(&str, &str, Route)] = &[
     ),
     ("GET", "/metrics", Route::NotFound),
     ("GET", "/ready", Route::NotFound),
+    (
+        "DELETE",
+        "/api/enrollments/0194b3c5-1c1f-7000-8000-000000000001/personal-data",
+        Route::NotFound,
+    ),
+    ("POST", "/api/enrollments/stalled/resend", Route::NotFound),
     // Other methods and paths.
     ("PUT", "/api/enrollments", Route::NotFound),
     (
@@ -190,6 +201,7 @@ const REQUESTS: &[(&str, &str, Route)] = &[
         Route::NotFound,
     ),
     ("POST", "/health", Route::NotFound),
+    ("GET", "/api/confirmations", Route::NotFound),
     ("GET", "/API/enrollments", Route::NotFound),
     ("GET", "/healthz", Route::NotFound),
     ("GET", "/docsx", Route::NotFound),

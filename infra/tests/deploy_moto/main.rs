@@ -212,9 +212,11 @@ async fn deploy_app_end_to_end_on_moto() {
     assert_eq!(v1_keys, expected);
 
     let messaging_resources = resources(cfn, &stacks.messaging).await;
-    assert_eq!(messaging_resources["AWS::SNS::Topic"].len(), 2);
-    // Three work queues, three lookup queues, and a dead-letter queue for each and for each subscription.
-    assert_eq!(messaging_resources["AWS::SQS::Queue"].len(), 14);
+    // The two services' event topics and the saga's status-change topic (webhooks' fan-out).
+    assert_eq!(messaging_resources["AWS::SNS::Topic"].len(), 3);
+    // Three work queues, three lookup queues, the webhook deliveries queue, and a dead-letter
+    // queue for each and for each of the three subscriptions.
+    assert_eq!(messaging_resources["AWS::SQS::Queue"].len(), 17);
     let app_resources = resources(cfn, &stacks.app).await;
     for (kind, count) in [
         ("AWS::IAM::Role", 3),

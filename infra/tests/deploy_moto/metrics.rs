@@ -414,6 +414,8 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
         "CustomerQueriesDlqName",
         "TransactionQueriesDlqName",
         "GatewayRepliesDlqName",
+        "StatusEventsSubscriptionDlqName",
+        "WebhookDeliveriesDlqName",
     ]
     .into_iter()
     .map(|dlq| sqs("ApproximateNumberOfMessagesVisible", dlq, "0"))
@@ -429,7 +431,11 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
             "!Ref OldestMessageAlarmSeconds",
         ));
     }
-    for topic in ["CustomerEventsTopicArn", "TransactionEventsTopicArn"] {
+    for topic in [
+        "CustomerEventsTopicArn",
+        "TransactionEventsTopicArn",
+        "StatusEventsTopicArn",
+    ] {
         for metric in [
             "NumberOfNotificationsFilteredOut-InvalidAttributes",
             "NumberOfNotificationsFilteredOut-NoMessageAttributes",

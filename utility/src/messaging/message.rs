@@ -495,7 +495,7 @@ mod tests {
         for message_type in MessageType::VARIANTS {
             assert_eq!(message_type.name().parse::<MessageType>().unwrap(), *message_type);
         }
-        assert_eq!(MessageType::VARIANTS.len(), 19);
+        assert_eq!(MessageType::VARIANTS.len(), 20);
     }
 
     #[test]
