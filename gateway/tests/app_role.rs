@@ -75,7 +75,8 @@ async fn the_application_role_reads_and_writes_rows_but_cannot_change_the_schema
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(outbox, 1);
+    // The `Enroll` and the saga's first status change (the webhooks' fan-out).
+    assert_eq!(outbox, 2);
     pool.close().await;
 
     // The role goes with the test (roles belong to the server, not to the database).

@@ -325,6 +325,12 @@ pub async fn assert_public_listener(
                 vec!["GET", "HEAD", "OPTIONS"],
                 Route::Gateway
             ),
+            (
+                35,
+                vec!["/api/confirmations", "/api/enrollments/*/resend"],
+                vec!["POST", "OPTIONS"],
+                Route::Gateway
+            ),
             (40, vec!["/", "/health"], vec!["GET", "HEAD"], Route::Gateway),
             (
                 45,
@@ -335,6 +341,12 @@ pub async fn assert_public_listener(
             (
                 50,
                 vec!["/assets/*", "/docs", "/docs/*"],
+                vec!["GET", "HEAD"],
+                Route::Gateway
+            ),
+            (
+                55,
+                vec!["/confirm", "/.well-known/webhook-keys"],
                 vec!["GET", "HEAD"],
                 Route::Gateway
             ),

@@ -121,14 +121,19 @@ const SCOPES: [Scope; 3] = [
     Scope {
         role: "GatewayRole",
         service: "gateway",
-        own_queues: &["GatewayEventsQueueArn", "GatewayRepliesQueueArn"],
+        own_queues: &[
+            "GatewayEventsQueueArn",
+            "GatewayRepliesQueueArn",
+            "WebhookDeliveriesQueueArn",
+        ],
         send_to: &[
             "CustomerCommandsQueueArn",
             "TransactionCommandsQueueArn",
             "CustomerQueriesQueueArn",
             "TransactionQueriesQueueArn",
         ],
-        topic: None,
+        // The saga's status changes, the webhooks' fan-out.
+        topic: Some("StatusEventsTopicArn"),
         secrets: 3,
         mails: false,
     },

@@ -226,7 +226,7 @@ async fn deploy_app_end_to_end_on_moto() {
         ("AWS::ElasticLoadBalancingV2::LoadBalancer", 2),
         // The gateway's two; nothing balances the customer-api or the transaction-api.
         ("AWS::ElasticLoadBalancingV2::TargetGroup", 2),
-        ("AWS::ElasticLoadBalancingV2::ListenerRule", 6),
+        ("AWS::ElasticLoadBalancingV2::ListenerRule", 8),
         ("AWS::RDS::DBInstance", 3),
         ("AWS::EC2::SecurityGroup", 8),
         ("AWS::Logs::LogGroup", 3),

@@ -177,7 +177,7 @@ pub async fn assert_dashboard(
         .filter(|(k, _)| k.ends_with("DlqName"))
         .map(|(_, v)| v)
         .collect();
-    assert_eq!(dlqs.len(), 8);
+    assert_eq!(dlqs.len(), 10);
     for dlq in dlqs {
         expected.insert((
             "ApproximateNumberOfMessagesVisible".to_owned(),
