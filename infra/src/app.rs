@@ -409,9 +409,9 @@ mod tests {
             assert!(APP_TEMPLATE.contains(&dimension), "no alarm on {key}");
         }
         // Ten dead-letter alarms, three on the work queues' waiting messages (a lookup waits
-        // seconds, then expires), one on stalled sagas, one on the campaign's budget, four on
-        // events SNS filtered out for missing or unreadable attributes.
-        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 19);
+        // seconds, then expires), one on stalled sagas, one on the campaign's budget, six on
+        // events SNS filtered out (three topics) for missing or unreadable attributes.
+        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 21);
     }
 
     /// Every parameter `deploy` passes is one app.yaml declares, and every parameter app.yaml
