@@ -123,10 +123,7 @@ struct EnrollmentRow {
 /// normalised fields, enough to tell a replay from a different body without holding the name
 /// and address (decision 0042). Salted by the key, so equal bodies under different keys differ.
 pub fn fingerprint_hash(key: &str, fields: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{key}\n{fields}").as_bytes());
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::confirmation::hash(&format!("{key}\n{fields}")))
 }
 
 pub struct NewEnrollment<'a> {

@@ -161,23 +161,7 @@ const VIEW_KEY_CHARS: usize = (VIEW_KEY_BYTES * 8).div_ceil(6);
 /// ChaCha generator), base64url without padding.
 pub(super) fn new_view_key() -> String {
     let bytes: [u8; VIEW_KEY_BYTES] = rand::random();
-    base64url(&bytes)
-}
-
-/// Base64url (RFC 4648 section 5) without padding.
-fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity((bytes.len() * 8).div_ceil(6));
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
+    crate::confirmation::base64url(&bytes)
 }
 
 pub(super) fn parse_id(id: &str, what: &str) -> Result<Uuid, Problem> {
@@ -493,6 +477,7 @@ mod tests {
 
     #[test]
     fn view_keys_are_128_random_bits_in_base64url() {
+        use crate::confirmation::base64url;
         assert_eq!(base64url(b""), "");
         assert_eq!(base64url(b"f"), "Zg");
         assert_eq!(base64url(b"fo"), "Zm8");
