@@ -10,7 +10,7 @@ use sqlx::{AnyConnection, AnyPool};
 use tokio_util::sync::CancellationToken;
 use utility::domain::{CustomerName, Email, Subaddresses};
 use utility::messaging::consumer::HandlerError;
-use utility::messaging::message::{ConfirmationLink, ConfirmationRequested, Enroll, Message};
+use utility::messaging::message::{ConfirmationLapsed, ConfirmationLink, ConfirmationRequested, Enroll, Message};
 use utility::storage::{now, timestamp};
 use uuid::Uuid;
 
@@ -118,14 +118,25 @@ pub(crate) async fn drop_held(tx: &mut AnyConnection, enrollment_id: Uuid) -> Re
 
 /// `ConfirmEnrollment`: creates the customer from the held enrollment, exactly as an `Enroll`
 /// without confirmation does (`CustomerEnrolled`, or `EnrollmentRejected` when the address's key
-/// has an active customer by now), and forgets the held row. Nothing held (forgotten, expired,
-/// already confirmed) means nothing to do.
+/// has an active customer by now), and forgets the held row. Nothing held: if the enrollment was
+/// applied before (a second `ConfirmEnrollment`), its event already went out and nothing is
+/// done; otherwise it was forgotten (past its deadline and the sweep's grace, or erased) before
+/// the command arrived, and `ConfirmationLapsed` tells the saga, which would otherwise wait in
+/// `confirmed` for ever.
 pub async fn confirm(tx: &mut AnyConnection, enrollment_id: Uuid) -> Result<Effect, HandlerError> {
     let Some(held) = pending(tx, enrollment_id).await? else {
-        tracing::debug!(
-            "no enrollment held for this confirmation (confirmed before, forgotten or expired); nothing to do"
+        if customers::decided(tx, enrollment_id).await? {
+            tracing::debug!("enrollment confirmed before; nothing to do");
+            return Ok(Effect::default());
+        }
+        tracing::warn!(
+            "a confirmation arrived for an enrollment no longer held (forgotten past its deadline, or erased); \
+             its saga ends expired"
         );
-        return Ok(Effect::default());
+        return Ok(Effect {
+            event: Some(Message::ConfirmationLapsed(ConfirmationLapsed {})),
+            mailed: false,
+        });
     };
     // Both were checked when the enrollment arrived; a rule added since is not applied to it.
     let name = CustomerName::parse(&held.name)

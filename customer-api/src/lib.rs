@@ -1,6 +1,6 @@
 //! The customer-api: owns the customer database and the addresses. It consumes `Enroll`,
 //! `ConfirmEnrollment`, `ResendConfirmation`, `ForgetEnrollment` and `Unenroll` commands from its
-//! queue and publishes `ConfirmationRequested`, `CustomerEnrolled`, `EnrollmentRejected` and
+//! queue and publishes `ConfirmationRequested`, `ConfirmationLapsed`, `CustomerEnrolled`, `EnrollmentRejected` and
 //! `CustomerUnenrolled` to the customer events topic, always through its outbox. It is the one
 //! service that sends mail (SES), through a mail outbox of its own ([`mail`]).
 

@@ -277,6 +277,10 @@ async fn a_new_address_is_mailed_the_link_and_enrolled_once_confirmed(backend: B
         .await;
     harness.settle().await;
     assert_eq!(harness.events_of(id, "CustomerEnrolled").len(), 1);
+    assert!(
+        harness.events_of(id, "ConfirmationLapsed").is_empty(),
+        "an enrollment confirmed before has not lapsed"
+    );
     assert_eq!(harness.customers(id).await, 1);
     harness.stop().await;
 }
@@ -397,6 +401,15 @@ async fn what_was_held_is_forgotten(backend: Backend) {
         assert!(harness.events_of(id, "CustomerEnrolled").is_empty());
     }
     assert!(harness.events_of(late, "ConfirmationRequested").is_empty());
+    // A confirmation that comes after the enrollment was forgotten is answered, so the saga
+    // does not wait for ever in `confirmed`: once per confirmation, nothing for the resends.
+    for id in [forgotten, expired] {
+        harness.event(id, "ConfirmationLapsed").await;
+    }
+    harness.settle().await;
+    for id in [forgotten, expired] {
+        assert_eq!(harness.events_of(id, "ConfirmationLapsed").len(), 1);
+    }
     // One mail each (the first), no more: the resends found nothing to mail.
     assert_eq!(mail::sent_to(&forgotten_email).await.unwrap().len(), 1);
     assert_eq!(mail::sent_to(&expired_email).await.unwrap().len(), 1);

@@ -6,6 +6,7 @@
 //! pending --ConfirmationRequested--> awaiting_confirmation --(the person confirms)--> confirmed
 //!    |                                      |                                           |
 //!    |                                      +--(deadline passes)--> expired             |
+//!    |                                   expired <--ConfirmationLapsed (held no more)---+
 //!    |                                                                                  |
 //!    +--CustomerEnrolled (EMAIL_CONFIRMATION=off)--+      +--CustomerEnrolled-----------+
 //!    +--EnrollmentRejected--> rejected             |      |   (confirmed --EnrollmentRejected--> rejected)
@@ -215,6 +216,9 @@ pub fn check_customer(customer: Option<Uuid>, event: &Message) -> Result<(), Str
     }
 }
 
+/// Why a confirmed enrollment ended `expired` after all, for the public view.
+pub const LAPSED_REASON: &str = "the confirmation arrived after the enrollment had been forgotten; please enroll again";
+
 /// The routing table. `None`: the event does not apply to a saga in `status`.
 pub fn route(status: Status, event: &Message) -> Option<Step> {
     use Status::*;
@@ -222,6 +226,13 @@ pub fn route(status: Status, event: &Message) -> Option<Step> {
         (Pending, Message::ConfirmationRequested(e)) => Step {
             already_enrolled: Some(e.already_enrolled),
             ..Step::to(AwaitingConfirmation)
+        },
+        (Confirmed, Message::ConfirmationLapsed(_)) => Step {
+            reason: Some(String::from(
+                "the customer-api no longer held the enrollment when the confirmation reached it",
+            )),
+            public_reason: Some(LAPSED_REASON),
+            ..Step::to(Expired)
         },
         (Pending | Confirmed, Message::CustomerEnrolled(e)) => Step {
             customer_id: Some(e.customer_id),
@@ -353,6 +364,14 @@ mod tests {
         );
         assert!(Status::Expired.is_terminal());
         assert_eq!(route(Status::Expired, &requested(false)), None);
+        // A confirmation the customer-api could no longer honour ends the saga, and only then.
+        let lapsed = Message::ConfirmationLapsed(ConfirmationLapsed {});
+        let step = route(Status::Confirmed, &lapsed).unwrap();
+        assert_eq!(step.next, Status::Expired);
+        assert_eq!(step.public_reason, Some(LAPSED_REASON));
+        for status in Status::all().iter().filter(|s| **s != Status::Confirmed) {
+            assert_eq!(route(*status, &lapsed), None, "{status}");
+        }
     }
 
     #[test]
@@ -456,6 +475,7 @@ mod tests {
             MessageType::ConfirmationRequested => Message::ConfirmationRequested(ConfirmationRequested {
                 already_enrolled: false,
             }),
+            MessageType::ConfirmationLapsed => Message::ConfirmationLapsed(ConfirmationLapsed {}),
             MessageType::Unenroll => Message::Unenroll(Unenroll {
                 customer_id: id,
                 reason,

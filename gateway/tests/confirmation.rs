@@ -22,6 +22,7 @@ testkit::on_both_backends!(
     the_owner_confirms_through_the_mail_and_the_saga_goes_on,
     an_enrolled_address_looks_like_any_other_until_its_deadline,
     past_its_deadline_an_enrollment_is_forgotten_and_never_enrolled,
+    a_confirmation_the_customer_api_can_no_longer_honour_ends_the_enrollment,
     an_erasure_before_the_confirmation_ends_the_enrollment_and_its_link,
 );
 
@@ -663,6 +664,35 @@ async fn past_its_deadline_an_enrollment_is_forgotten_and_never_enrolled(backend
     assert_eq!(customers_of(&system, &id).await, 0);
     let (_, still) = system.get_json(&system.enrollment_path(&id).await).await;
     assert_eq!(still["status"], "expired");
+    system.stop().await;
+}
+
+/// The owner confirms in time, but the customer-api has forgotten the enrollment by the time the
+/// command reaches it (here its sweep ran first, as after an outage longer than its grace): the
+/// saga ends `expired` with the reason, instead of waiting in `confirmed` for ever.
+async fn a_confirmation_the_customer_api_can_no_longer_honour_ends_the_enrollment(backend: Backend) {
+    let system = System::start(backend, with_confirmation(3600)).await;
+    let email = unique_email("slow");
+    let (_, body) = submit_and_wait(&system, "Slow Sam", &email).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    let token = testkit::mail::wait_for_token(&email).await;
+    let customers = &system.customer.as_ref().unwrap().pool;
+    sqlx::query("DELETE FROM pending_enrollments WHERE enrollment_id = $1")
+        .bind(&id)
+        .execute(customers)
+        .await
+        .unwrap();
+
+    let (status, confirmed) = confirm_over_http(&system, &token).await;
+    assert_eq!(status, 200, "{confirmed}");
+    let done = system.wait_for_status(&id, &testkit::TERMINAL).await;
+    assert_eq!(done["status"], "expired", "{done}");
+    assert_eq!(
+        history(&done),
+        ["pending", "awaiting_confirmation", "confirmed", "expired"]
+    );
+    assert_eq!(done["reason"], gateway::saga::LAPSED_REASON, "{done}");
+    assert_eq!(customers_of(&system, &id).await, 0);
     system.stop().await;
 }
 

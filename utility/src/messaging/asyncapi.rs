@@ -449,6 +449,7 @@ mod tests {
             consumers[0]["filterPolicy"]["type"],
             json!([
                 "ConfirmationRequested",
+                "ConfirmationLapsed",
                 "CustomerEnrolled",
                 "EnrollmentRejected",
                 "CustomerUnenrolled"

@@ -116,6 +116,13 @@ pub struct ConfirmationRequested {
     pub already_enrolled: bool,
 }
 
+/// The customer-api got `ConfirmEnrollment` but no longer holds the enrollment: it was forgotten
+/// after its deadline (the sweep's grace ran out while the command was delayed, by an outage of
+/// the customer-api or of the bus) or erased. Nothing was created; the saga ends `expired`
+/// instead of waiting for ever in `confirmed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfirmationLapsed {}
+
 /// The customer-api rolled the enrollment's customer back (the answer to `Unenroll`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerUnenrolled {
@@ -265,6 +272,7 @@ pub enum Message {
     PostBonusPoints(PostBonusPoints),
     ReverseBonusPoints(ReverseBonusPoints),
     ConfirmationRequested(ConfirmationRequested),
+    ConfirmationLapsed(ConfirmationLapsed),
     CustomerEnrolled(CustomerEnrolled),
     EnrollmentRejected(EnrollmentRejected),
     CustomerUnenrolled(CustomerUnenrolled),
@@ -384,6 +392,7 @@ impl MessageType {
             | Self::Unenroll => const { Route::command(Gateway, &[CustomerApi]) },
             Self::PostBonusPoints | Self::ReverseBonusPoints => const { Route::command(Gateway, &[TransactionApi]) },
             Self::ConfirmationRequested
+            | Self::ConfirmationLapsed
             | Self::CustomerEnrolled
             | Self::EnrollmentRejected
             | Self::CustomerUnenrolled => const { Route::event(CustomerApi, &[Gateway]) },
@@ -450,6 +459,7 @@ impl Message {
             | Self::ForgetEnrollment(_)
             | Self::ErasePersonalData(_)
             | Self::ConfirmationRequested(_)
+            | Self::ConfirmationLapsed(_)
             | Self::EnrollmentRejected(_)
             | Self::EnrollmentStatusChanged(_) => None,
             Self::Unenroll(m) => Some(m.customer_id),
@@ -495,7 +505,7 @@ mod tests {
         for message_type in MessageType::VARIANTS {
             assert_eq!(message_type.name().parse::<MessageType>().unwrap(), *message_type);
         }
-        assert_eq!(MessageType::VARIANTS.len(), 20);
+        assert_eq!(MessageType::VARIANTS.len(), 21);
     }
 
     #[test]
