@@ -231,6 +231,7 @@ impl Config {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            resolver: webhooks::address::Resolver::system(),
         };
         Ok(Some(webhooks::Callbacks {
             policy: Arc::new(policy),

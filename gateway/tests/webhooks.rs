@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::api::GatewayApi;
@@ -308,7 +310,7 @@ async fn delivery_connects_only_to_public_addresses_unless_the_host_is_allowed()
     let (port, receiver) = start_receiver(String::new()).await;
     let open = Client::new(Arc::new(Policy {
         allow_http: true,
-        allowed_hosts: Vec::new(),
+        ..Policy::default()
     }))
     .unwrap();
     for url in [
@@ -325,6 +327,7 @@ async fn delivery_connects_only_to_public_addresses_unless_the_host_is_allowed()
     let allowed = Client::new(Arc::new(Policy {
         allow_http: true,
         allowed_hosts: vec!["localhost".to_owned()],
+        ..Policy::default()
     }))
     .unwrap();
     let url = format!("http://localhost:{port}/ok/allowed").parse().unwrap();
@@ -332,4 +335,74 @@ async fn delivery_connects_only_to_public_addresses_unless_the_host_is_allowed()
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Delivered(204));
+}
+
+/// A resolver whose answer changes: `first` for the first lookup (the submission's check), `then`
+/// for every later one (the delivery's). Counts its lookups.
+fn re_pointed(first: &str, then: &str) -> (gateway::webhooks::address::Resolver, Arc<AtomicUsize>) {
+    let (first, then): (IpAddr, IpAddr) = (first.parse().unwrap(), then.parse().unwrap());
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let counted = lookups.clone();
+    let resolver = gateway::webhooks::address::Resolver::new(move |_host| {
+        let ip = if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            first
+        } else {
+            then
+        };
+        Box::pin(async move { Ok(vec![ip]) })
+    });
+    (resolver, lookups)
+}
+
+/// DNS rebinding: a name that resolves to a public address when the enrollment is submitted and
+/// to a private one when the webhook is delivered reaches nothing. No DNS server is at hand, so
+/// the guard's lookup is one whose answer changes; the receiver listens on 127.0.0.1, where the
+/// name points at delivery, and gets no request.
+#[tokio::test]
+async fn a_name_re_pointed_to_a_private_address_after_submission_reaches_nothing() {
+    use gateway::webhooks::address::Policy;
+    use gateway::webhooks::client::{Client, Outcome};
+    let (port, receiver) = start_receiver(String::new()).await;
+    let url = format!("http://rebound.example:{port}/ok/rebound");
+    for private in ["127.0.0.1", "::1", "169.254.169.254", "::ffff:127.0.0.1", "10.0.0.1"] {
+        let (resolver, lookups) = re_pointed("93.184.216.34", private);
+        let policy = Arc::new(Policy {
+            allow_http: true,
+            resolver,
+            ..Policy::default()
+        });
+        let checked = policy.check(&url).await.expect("public at submission");
+        let client = Client::new(policy).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(15), client.post(&checked, &[], "{}".to_owned()))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Refused(_)), "{private}: {outcome:?}");
+        assert_eq!(
+            lookups.load(Ordering::SeqCst),
+            2,
+            "{private}: looked up at submission and delivery"
+        );
+    }
+    assert!(
+        hits(&receiver, "ok/rebound").is_empty(),
+        "a re-pointed name reached the receiver"
+    );
+
+    // The same name and lookup, the host allowed by name: the delivery goes where the lookup
+    // points, so the refusals above are the guard's, not a receiver out of reach.
+    let (resolver, _) = re_pointed("127.0.0.1", "127.0.0.1");
+    let client = Client::new(Arc::new(Policy {
+        allow_http: true,
+        allowed_hosts: vec!["rebound.example".to_owned()],
+        resolver,
+    }))
+    .unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(15),
+        client.post(&url.parse().unwrap(), &[], "{}".to_owned()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::Delivered(204));
+    assert_eq!(hits(&receiver, "ok/rebound").len(), 1);
 }
