@@ -372,6 +372,7 @@ impl Gateway {
                         self.config.webhook_host_concurrency,
                     );
                     dispatcher.signal = dispatch.clone();
+                    dispatcher.metrics = metrics::WebhookMetrics::register(&core.metrics, core.background_pool.clone());
                     tasks.push(("webhook dispatcher", Box::pin(dispatcher.run(shutdown.clone()))));
                 }
                 Err(err) => tasks.push(("webhook dispatcher", Box::pin(async move { Err(err) }))),
