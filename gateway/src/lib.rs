@@ -231,6 +231,7 @@ impl Config {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            resolver: webhooks::address::Resolver::system(),
         };
         Ok(Some(webhooks::Callbacks {
             policy: Arc::new(policy),
@@ -371,6 +372,7 @@ impl Gateway {
                         self.config.webhook_host_concurrency,
                     );
                     dispatcher.signal = dispatch.clone();
+                    dispatcher.metrics = metrics::WebhookMetrics::register(&core.metrics, core.background_pool.clone());
                     tasks.push(("webhook dispatcher", Box::pin(dispatcher.run(shutdown.clone()))));
                 }
                 Err(err) => tasks.push(("webhook dispatcher", Box::pin(async move { Err(err) }))),

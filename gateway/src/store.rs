@@ -397,6 +397,26 @@ pub async fn list(
     Ok(entries)
 }
 
+/// One enrollment as an operator sees it, by id.
+pub async fn operator_entry(
+    pool: &AnyPool,
+    id: Uuid,
+    stall_cutoff: &str,
+) -> Result<Option<OperatorEntry>, sqlx::Error> {
+    let entry: Option<OperatorEntry> = sqlx::query_as(
+        "SELECT id, status, customer_id, bonus_points, reason, public_reason, already_enrolled, created_at, updated_at
+         FROM enrollments WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(pool)
+    .await?;
+    Ok(entry.map(|mut entry| {
+        entry.stalled = entry.status.can_stall() && entry.updated_at.as_str() < stall_cutoff;
+        entry.already_enrolled = entry.already_enrolled_flag.map(|flag| flag != 0);
+        entry
+    }))
+}
+
 /// What the saga's handler reads of an enrollment before it applies an event.
 #[derive(sqlx::FromRow)]
 pub struct SagaState {

@@ -34,9 +34,10 @@ const PUBLIC: [(&str, &str); 14] = [
     ("GET", "/health"),
     ("GET", "/ready"),
 ];
-const OPERATOR: [(&str, &str); 6] = [
+const OPERATOR: [(&str, &str); 7] = [
     ("GET", "/metrics"),
     ("GET", "/api/enrollments"),
+    ("GET", "/api/sagas/{id}"),
     ("GET", "/api/enrollments/stalled"),
     ("GET", "/api/customers/{id}"),
     ("GET", "/api/customers/{id}/points"),

@@ -49,10 +49,12 @@ async fn operator_routes_need_the_token_and_are_off_without_one() {
     let accepted = api.call(submit_from("203.0.113.1:5000", None, 0)).await;
     assert_eq!(accepted.status, 202, "{}", accepted.body);
     let view_key = accepted.body["view_key"].as_str().unwrap().to_owned();
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
 
     let operator_routes = [
         "/api/enrollments".to_owned(),
         "/api/enrollments?status=pending&limit=10".to_owned(),
+        format!("/api/sagas/{id}"),
         "/api/enrollments/stalled".to_owned(),
         format!("/api/customers/{customer_id}"),
         format!("/api/customers/{customer_id}/points"),

@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::api::GatewayApi;
@@ -184,7 +186,115 @@ async fn every_status_change_arrives_signed_and_retries_reach_a_flaky_receiver(b
     )
     .await
     .unwrap();
+
+    // The operator's view of each enrollment shows its callback, one delivery per status change
+    // in sequence order, and every attempt with its result.
+    for (id, path, results) in [
+        (&steady, "ok/steady", vec![("delivered", 204)]),
+        (
+            &flaky,
+            "flaky/flaky",
+            vec![("retry", 503), ("retry", 503), ("delivered", 204)],
+        ),
+    ] {
+        let (status, view) = system.get_json(&format!("/api/sagas/{id}")).await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["id"], id.as_str());
+        assert_eq!(view["status"], "completed");
+        assert_eq!(view["callback_url"], format!("http://127.0.0.1:{port}/{path}"));
+        assert_eq!(view["callback_gone_at"], Value::Null);
+        let deliveries = view["deliveries"].as_array().expect("deliveries");
+        let carried: Vec<(i64, String)> = deliveries
+            .iter()
+            .map(|d| {
+                (
+                    d["sequence"].as_i64().unwrap(),
+                    d["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(carried, expected, "{view}");
+        let received: std::collections::BTreeSet<String> = hits(&receiver, path).into_iter().map(|h| h.id).collect();
+        for delivery in deliveries {
+            assert!(
+                received.contains(delivery["webhook_id"].as_str().unwrap()),
+                "{delivery}"
+            );
+            assert_eq!(delivery["state"], "delivered", "{delivery}");
+            assert_eq!(delivery["attempts"], results.len(), "{delivery}");
+            assert_eq!(delivery["last_status"], 204, "{delivery}");
+            assert_eq!(delivery["last_error"], Value::Null, "{delivery}");
+            assert_eq!(delivery["next_attempt_at"], Value::Null, "{delivery}");
+            assert!(delivery["finished_at"].is_string(), "{delivery}");
+            let log: Vec<(i64, String, i64)> = delivery["attempt_log"]
+                .as_array()
+                .expect("attempt_log")
+                .iter()
+                .map(|a| {
+                    assert!(a["at"].is_string() && a["duration_ms"].is_i64(), "{a}");
+                    (
+                        a["attempt"].as_i64().unwrap(),
+                        a["result"].as_str().unwrap().to_owned(),
+                        a["http_status"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            let want: Vec<(i64, String, i64)> = results
+                .iter()
+                .zip(1..)
+                .map(|((result, status), n)| (n, (*result).to_owned(), *status))
+                .collect();
+            assert_eq!(log, want, "{delivery}");
+        }
+    }
+    let (status, _) = system.get_json(&format!("/api/sagas/{}", uuid::Uuid::now_v7())).await;
+    assert_eq!(status, 404);
+
+    // And the metrics counted them: 3 + 3 deliveries delivered, after 6 attempts that got a 2xx
+    // and the flaky receiver's 6 503s.
+    let metrics = eventually("the webhook metrics to count every delivery", DEADLINE, async || {
+        let text = gateway_metrics(&system).await;
+        let delivered = sample(&text, r#"saga_webhook_deliveries_total{outcome="delivered"}"#);
+        Poll::ready_if(delivered == Some(6.0), text, delivered)
+    })
+    .await
+    .unwrap();
+    for (name, want) in [
+        (r#"saga_webhook_attempts_total{result="delivered"}"#, Some(6.0)),
+        (r#"saga_webhook_attempts_total{result="retry"}"#, Some(6.0)),
+        (r#"saga_webhook_attempts_total{result="gone"}"#, None),
+        (r#"saga_webhook_deliveries_total{outcome="failed"}"#, None),
+        ("saga_webhook_attempt_seconds_count", Some(12.0)),
+        ("saga_webhook_delivery_seconds_count", Some(6.0)),
+        ("saga_webhook_deliveries_pending", Some(0.0)),
+    ] {
+        assert_eq!(sample(&metrics, name), want, "{name}:\n{metrics}");
+    }
     system.stop().await;
+}
+
+/// The gateway's `/metrics`, as an operator reads it.
+async fn gateway_metrics(system: &System) -> String {
+    let response = system
+        .http
+        .get(system.url("/metrics"))
+        .bearer_auth(testkit::OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// The value of one sample (`name{labels}`) in a metrics text.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 async fn a_410_stops_the_callbacks_and_a_redirect_is_not_followed(backend: Backend) {
@@ -228,6 +338,21 @@ async fn a_410_stops_the_callbacks_and_a_redirect_is_not_followed(backend: Backe
     let ids: std::collections::BTreeSet<&str> = got.iter().map(|h| h.id.as_str()).collect();
     assert_eq!(ids.len(), got.len(), "a webhook was retried after 410: {got:?}");
     assert!(got.len() <= states.len());
+    // The operator sees the stop: each delivery stopped, those attempted with one `gone` attempt.
+    let (status, view) = system.get_json(&format!("/api/sagas/{gone}")).await;
+    assert_eq!(status, 200, "{view}");
+    assert!(view["callback_gone_at"].is_string(), "{view}");
+    let deliveries = view["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), states.len(), "{view}");
+    let attempted: Vec<&Value> = deliveries.iter().filter(|d| d["attempts"] != 0).collect();
+    assert_eq!(attempted.len(), got.len(), "{view}");
+    for delivery in deliveries {
+        assert_eq!(delivery["state"], "stopped", "{delivery}");
+    }
+    for delivery in attempted {
+        assert_eq!(delivery["attempt_log"][0]["result"], "gone", "{delivery}");
+        assert_eq!(delivery["attempt_log"][0]["http_status"], 410, "{delivery}");
+    }
 
     // A redirect is an unsuccessful attempt, retried, never followed.
     eventually("the redirecting receiver to be tried again", DEADLINE, || async {
@@ -308,7 +433,7 @@ async fn delivery_connects_only_to_public_addresses_unless_the_host_is_allowed()
     let (port, receiver) = start_receiver(String::new()).await;
     let open = Client::new(Arc::new(Policy {
         allow_http: true,
-        allowed_hosts: Vec::new(),
+        ..Policy::default()
     }))
     .unwrap();
     for url in [
@@ -325,6 +450,7 @@ async fn delivery_connects_only_to_public_addresses_unless_the_host_is_allowed()
     let allowed = Client::new(Arc::new(Policy {
         allow_http: true,
         allowed_hosts: vec!["localhost".to_owned()],
+        ..Policy::default()
     }))
     .unwrap();
     let url = format!("http://localhost:{port}/ok/allowed").parse().unwrap();
@@ -332,4 +458,74 @@ async fn delivery_connects_only_to_public_addresses_unless_the_host_is_allowed()
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Delivered(204));
+}
+
+/// A resolver whose answer changes: `first` for the first lookup (the submission's check), `then`
+/// for every later one (the delivery's). Counts its lookups.
+fn re_pointed(first: &str, then: &str) -> (gateway::webhooks::address::Resolver, Arc<AtomicUsize>) {
+    let (first, then): (IpAddr, IpAddr) = (first.parse().unwrap(), then.parse().unwrap());
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let counted = lookups.clone();
+    let resolver = gateway::webhooks::address::Resolver::new(move |_host| {
+        let ip = if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            first
+        } else {
+            then
+        };
+        Box::pin(async move { Ok(vec![ip]) })
+    });
+    (resolver, lookups)
+}
+
+/// DNS rebinding: a name that resolves to a public address when the enrollment is submitted and
+/// to a private one when the webhook is delivered reaches nothing. No DNS server is at hand, so
+/// the guard's lookup is one whose answer changes; the receiver listens on 127.0.0.1, where the
+/// name points at delivery, and gets no request.
+#[tokio::test]
+async fn a_name_re_pointed_to_a_private_address_after_submission_reaches_nothing() {
+    use gateway::webhooks::address::Policy;
+    use gateway::webhooks::client::{Client, Outcome};
+    let (port, receiver) = start_receiver(String::new()).await;
+    let url = format!("http://rebound.example:{port}/ok/rebound");
+    for private in ["127.0.0.1", "::1", "169.254.169.254", "::ffff:127.0.0.1", "10.0.0.1"] {
+        let (resolver, lookups) = re_pointed("93.184.216.34", private);
+        let policy = Arc::new(Policy {
+            allow_http: true,
+            resolver,
+            ..Policy::default()
+        });
+        let checked = policy.check(&url).await.expect("public at submission");
+        let client = Client::new(policy).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(15), client.post(&checked, &[], "{}".to_owned()))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Refused(_)), "{private}: {outcome:?}");
+        assert_eq!(
+            lookups.load(Ordering::SeqCst),
+            2,
+            "{private}: looked up at submission and delivery"
+        );
+    }
+    assert!(
+        hits(&receiver, "ok/rebound").is_empty(),
+        "a re-pointed name reached the receiver"
+    );
+
+    // The same name and lookup, the host allowed by name: the delivery goes where the lookup
+    // points, so the refusals above are the guard's, not a receiver out of reach.
+    let (resolver, _) = re_pointed("127.0.0.1", "127.0.0.1");
+    let client = Client::new(Arc::new(Policy {
+        allow_http: true,
+        allowed_hosts: vec!["rebound.example".to_owned()],
+        resolver,
+    }))
+    .unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(15),
+        client.post(&url.parse().unwrap(), &[], "{}".to_owned()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::Delivered(204));
+    assert_eq!(hits(&receiver, "ok/rebound").len(), 1);
 }

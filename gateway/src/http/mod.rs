@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | public | `POST /api/enrollments` (rate-limited per client), `GET /api/enrollments/{view_key}` (both with `Prefer: wait`), `GET /api/enrollments/{view_key}/events`, `POST /api/enrollments/{view_key}/resend` (rate-limited), `/health` | anyone holding an enrollment's view key (not its id) |
 //! | public | `GET /confirm` (the page a mailed link opens), `POST /api/confirmations` (rate-limited) | anyone holding a confirmation token |
-//! | operator | `GET /api/enrollments` (listing), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `DELETE /api/enrollments/{id}/personal-data`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
+//! | operator | `GET /api/enrollments` (listing), `GET /api/sagas/{id}` (one, with its webhooks), `GET /api/enrollments/stalled`, `GET /api/customers/{id}`, `GET /api/customers/{id}/points`, `DELETE /api/enrollments/{id}/personal-data`, `GET /metrics` | bearer of `OPERATOR_TOKEN`; off (404) without it |
 //!
 //! Both are behind load shedding ([`edge`]). `GET /` and `/assets/*` serve the enrollment page
 //! ([`page`]); `/openapi.json` and `/docs` the API document ([`reference`]; its operator part
@@ -148,6 +148,7 @@ pub fn routes(state: AppState, edge: &Edge) -> Router {
             // `/api/enrollments` has its fallback from the public POST already.
             api.routes(operator(routes!(operator::list)))
                 .routes(public(operator(routes!(operator::stalled))))
+                .routes(public(operator(routes!(operator::saga))))
                 .routes(public(operator(routes!(operator::customer))))
                 .routes(public(operator(routes!(operator::points))))
                 .routes(public(operator(routes!(operator::metrics))))

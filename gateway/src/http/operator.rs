@@ -1,5 +1,5 @@
 //! The operator surface, behind `Authorization: Bearer <OPERATOR_TOKEN>` (see `edge`): every
-//! enrollment with the detailed reasons, the stalled sagas, and lookups of the customer-api's
+//! enrollment with the detailed reasons, one enrollment's saga with its webhooks, the stalled sagas, and lookups of the customer-api's
 //! records (names, e-mails) and the transaction-api's ledgers, asked over the bus.
 
 use super::AppState;
@@ -46,6 +46,24 @@ pub(super) struct EnrollmentPage {
     /// Pass as `cursor` for the next page; null on the last page.
     #[schema(format = Uuid)]
     next_cursor: Option<String>,
+}
+
+/// One enrollment as operators see it: the listing's entry, its callback, and the webhook of
+/// each status change with its attempts.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct SagaView {
+    #[serde(flatten)]
+    enrollment: store::OperatorEntry,
+    /// The `callback_url` it was submitted with; null without one.
+    #[schema(format = "uri")]
+    callback_url: Option<String>,
+    /// When its receiver answered 410 Gone, which stopped its callbacks; null until then.
+    #[schema(format = DateTime)]
+    callback_gone_at: Option<String>,
+    /// One per status change to call back, in the order of their `sequence`; empty without a
+    /// callback. A delivery's attempts are bounded by its 24 h schedule, and the last 100 at
+    /// most are shown.
+    deliveries: Vec<crate::webhooks::view::WebhookDelivery>,
 }
 
 /// The sagas that have not moved for the stall deadline, oldest first (at most 500).
@@ -157,6 +175,47 @@ pub(super) async fn list(
     }))
 }
 
+/// Read an enrollment's saga (operator).
+///
+/// The enrollment with the detailed reasons, as the listing shows it, and its callbacks: the
+/// `callback_url`, and for each status change its webhook's delivery (state, attempts, the last
+/// status or error, when it is due again or ended) with each attempt's result, HTTP status and
+/// duration. By the enrollment's id, not its view key.
+#[utoipa::path(
+    get,
+    path = "/api/sagas/{id}",
+    tag = "operator",
+    operation_id = "getSaga",
+    params(EnrollmentId),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The enrollment and its callbacks.", body = SagaView),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such enrollment.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(super) async fn saga(
+    State(state): State<AppState>,
+    ProblemPath(id): ProblemPath<String>,
+) -> Result<Json<SagaView>, Problem> {
+    let id = parse_id(&id, "enrollment")?;
+    let cutoff = utility::storage::cutoff(state.stall_after);
+    let not_found = || Problem::not_found(format!("no enrollment {id}"));
+    let enrollment = store::operator_entry(&state.pool, id, &cutoff)
+        .await?
+        .ok_or_else(not_found)?;
+    let (callback_url, callback_gone_at) = crate::webhooks::view::callback(&state.pool, &enrollment.id)
+        .await?
+        .ok_or_else(not_found)?;
+    let deliveries = crate::webhooks::view::deliveries(&state.pool, &enrollment.id).await?;
+    Ok(Json(SagaView {
+        enrollment,
+        callback_url,
+        callback_gone_at,
+        deliveries,
+    }))
+}
+
 /// Stalled sagas (operator).
 ///
 /// Sagas that have not moved for the stall deadline, oldest first, each with what it waits for.
@@ -179,8 +238,8 @@ pub(super) async fn stalled(State(state): State<AppState>) -> Result<Json<Stalle
 /// The gateway's metrics (operator).
 ///
 /// Prometheus metrics in the OpenMetrics text format: messages by queue, type and outcome,
-/// handler and HTTP latency, the outbox backlog, database pools, and the sagas by status,
-/// stalled, and their durations by outcome.
+/// handler and HTTP latency, the outbox backlog, database pools, the sagas by status,
+/// stalled, and their durations by outcome, and the webhooks' attempts, deliveries and latency.
 #[utoipa::path(
     get,
     path = "/metrics",

@@ -7,7 +7,10 @@
 //! delivery, on the addresses the client actually connects to ([`super::client`]).
 
 use reqwest::Url;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::pin::Pin;
+use std::sync::Arc;
 
 /// Longest accepted `callback_url`, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
@@ -66,6 +69,53 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a >= 240)
 }
 
+/// What a name lookup answers: the addresses a host name stands for.
+pub type Lookup = Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
+
+/// How a host name becomes addresses, for both checks: the submission's ([`Policy::check`]) and
+/// the delivery client's resolver ([`super::client`]). The system's resolver in production
+/// ([`Resolver::system`]); a test gives one whose answers it chooses (no DNS server is at hand),
+/// e.g. a name that is public at submission and loopback at delivery.
+#[derive(Clone)]
+pub struct Resolver(Arc<dyn Fn(&str) -> Lookup + Send + Sync>);
+
+impl Resolver {
+    /// `tokio::net::lookup_host`, the system's resolver.
+    pub fn system() -> Self {
+        Self::new(|host| {
+            let host = host.to_owned();
+            Box::pin(async move {
+                Ok(tokio::net::lookup_host((host.as_str(), 0))
+                    .await?
+                    .map(|a| a.ip())
+                    .collect())
+            })
+        })
+    }
+
+    /// A resolver that asks `lookup`.
+    pub fn new(lookup: impl Fn(&str) -> Lookup + Send + Sync + 'static) -> Self {
+        Self(Arc::new(lookup))
+    }
+
+    /// The addresses `host` (a name, not an IP literal) stands for now.
+    pub fn lookup(&self, host: &str) -> Lookup {
+        (self.0)(host)
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
 /// What callbacks may reach, from the settings.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -74,6 +124,8 @@ pub struct Policy {
     /// `CALLBACK_ALLOWED_HOSTS`, lower case: when not empty, the only hosts callbacks may reach,
     /// on any address.
     pub allowed_hosts: Vec<String>,
+    /// How host names are looked up, at submission and at delivery.
+    pub resolver: Resolver,
 }
 
 impl Policy {
@@ -118,7 +170,7 @@ impl Policy {
         if self.admits_any_address(&host) {
             return Ok(url);
         }
-        let addresses = resolve(&url).await?;
+        let addresses = resolve(&url, &self.resolver).await?;
         if addresses.is_empty() {
             return Err("names a host that does not resolve".to_owned());
         }
@@ -129,23 +181,16 @@ impl Policy {
     }
 }
 
-/// The addresses `url`'s host stands for: itself when it is an IP literal, else what DNS says.
-async fn resolve(url: &Url) -> Result<Vec<IpAddr>, String> {
+/// The addresses `url`'s host stands for: itself when it is an IP literal, else what the
+/// resolver says.
+async fn resolve(url: &Url, resolver: &Resolver) -> Result<Vec<IpAddr>, String> {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => Ok(vec![IpAddr::V4(ip)]),
         Some(url::Host::Ipv6(ip)) => Ok(vec![IpAddr::V6(ip)]),
-        Some(url::Host::Domain(name)) => {
-            let lookup = tokio::time::timeout(
-                std::time::Duration::from_secs(3),
-                tokio::net::lookup_host((name, url.port_or_known_default().unwrap_or(443))),
-            )
+        Some(url::Host::Domain(name)) => tokio::time::timeout(std::time::Duration::from_secs(3), resolver.lookup(name))
             .await
-            .map_err(|_| "names a host that did not resolve in time".to_owned())?;
-            Ok(lookup
-                .map_err(|_| "names a host that does not resolve".to_owned())?
-                .map(|a| a.ip())
-                .collect())
-        }
+            .map_err(|_| "names a host that did not resolve in time".to_owned())?
+            .map_err(|_| "names a host that does not resolve".to_owned()),
         None => Err("must name a host".to_owned()),
     }
 }
@@ -216,6 +261,7 @@ mod tests {
         let local = Policy {
             allow_http: true,
             allowed_hosts: vec!["127.0.0.1".to_owned()],
+            ..Policy::default()
         };
         assert!(local.check("http://127.0.0.1:9/hook").await.is_ok());
         assert_eq!(

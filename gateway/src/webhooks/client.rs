@@ -44,9 +44,13 @@ impl Resolve for GuardedResolver {
         let host = name.as_str().to_owned();
         let policy = self.policy.clone();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found = policy.resolver.lookup(&host).await?;
             let any = policy.admits_any_address(&host);
-            let reachable: Vec<SocketAddr> = found.into_iter().filter(|a| any || is_public(a.ip())).collect();
+            let reachable: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|ip| any || is_public(*ip))
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
             if reachable.is_empty() {
                 return Err(Box::new(NotPublic(host)) as Box<dyn std::error::Error + Send + Sync>);
             }

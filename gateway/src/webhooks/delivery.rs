@@ -7,7 +7,9 @@
 //! - [`Dispatcher`], a task: claims due rows with a lease, posts each (signed, through the
 //!   guarded [`Client`]), and writes what came of it: delivered (2xx), stopped (410, with the
 //!   enrollment's later deliveries), failed (refused address, or still failing 24 h after the
-//!   event), or due again after an exponential back-off with full jitter.
+//!   event), or due again after an exponential back-off with full jitter. Each attempt is a
+//!   `webhook_attempts` row, written in the transaction that records its outcome, and counted in
+//!   the metrics ([`crate::metrics::WebhookMetrics`]).
 //!
 //! Each host has at most `WEBHOOK_HOST_CONCURRENCY` deliveries in flight and a circuit that opens
 //! after [`CIRCUIT_FAILURES`] failures in a row: while open, that host's rows are put back for
@@ -132,6 +134,9 @@ pub struct Dispatcher {
     pub interval: Duration,
     pub host_concurrency: usize,
     pub skip_locked: bool,
+    /// Counted into the service's registry once the gateway sets it
+    /// ([`crate::metrics::WebhookMetrics::register`]).
+    pub(crate) metrics: crate::metrics::WebhookMetrics,
     hosts: Arc<Mutex<Hosts>>,
 }
 
@@ -154,6 +159,7 @@ impl Dispatcher {
             interval,
             host_concurrency: host_concurrency.max(1),
             skip_locked,
+            metrics: crate::metrics::WebhookMetrics::default(),
             hosts: Arc::default(),
         }
     }
@@ -223,7 +229,7 @@ impl Dispatcher {
     }
 
     /// Counts an attempt's result against its host's circuit.
-    fn record(&self, host: &str, failed: bool) {
+    fn record_host(&self, host: &str, failed: bool) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(state) = hosts.0.get_mut(host) {
             if failed {
@@ -250,9 +256,8 @@ impl Dispatcher {
 
     async fn try_attempt(&self, row: &Due) -> Result<(), sqlx::Error> {
         let Ok(url) = reqwest::Url::parse(&row.url) else {
-            return self
-                .finish(row, "failed", None, Some("the stored URL does not parse"))
-                .await;
+            let attempt = Attempt::refused("the stored URL does not parse".to_owned());
+            return self.record(row, attempt, Ending::Failed).await;
         };
         let host = url.host_str().unwrap_or_default().to_owned();
         let _permit = match self.enter(&host) {
@@ -265,69 +270,138 @@ impl Dispatcher {
             ("webhook-timestamp", sent_at.to_string()),
             ("webhook-signature", self.keys.sign(&row.id, sent_at, &row.body)),
         ];
+        let started = Instant::now();
         let outcome = self.client.post(&url, &headers, row.body.clone()).await;
-        self.record(&host, !matches!(outcome, Outcome::Delivered(_) | Outcome::Gone));
+        let took = started.elapsed();
+        self.record_host(&host, !matches!(outcome, Outcome::Delivered(_) | Outcome::Gone));
+        let attempt = |result, status: Option<u16>, error: Option<String>| Attempt {
+            result,
+            status,
+            error,
+            took: Some(took),
+        };
         match outcome {
             Outcome::Delivered(status) => {
-                tracing::debug!(status, "webhook delivered");
-                self.finish(row, "delivered", Some(status), None).await
+                self.record(row, attempt("delivered", Some(status), None), Ending::Delivered)
+                    .await
             }
             Outcome::Gone => {
-                tracing::info!("webhook receiver answered 410; its callbacks stop");
-                self.finish(row, "stopped", Some(410), None).await?;
-                self.stop_enrollment(&row.enrollment_id).await
+                self.record(row, attempt("gone", Some(410), None), Ending::Stopped)
+                    .await
             }
             Outcome::Refused(reason) => {
                 tracing::warn!(%reason, "webhook refused: the URL leads to an address callbacks may not reach");
-                self.finish(row, "failed", None, Some(&format!("refused: {reason}")))
+                self.record(row, Attempt::refused(format!("refused: {reason}")), Ending::Failed)
                     .await
             }
-            Outcome::Retry { status, reason } => self.retry(row, status, &reason).await,
+            Outcome::Retry { status, reason } => {
+                let created = chrono::DateTime::parse_from_rfc3339(&row.created_at)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .unwrap_or_else(|_| chrono::Utc::now());
+                let next = chrono::Utc::now() + delay(self.retry_base, row.attempts);
+                let give_up =
+                    next - created > chrono::Duration::from_std(GIVE_UP_AFTER).unwrap_or(chrono::Duration::MAX);
+                let ending = if give_up {
+                    Ending::Failed
+                } else {
+                    tracing::info!(%reason, attempts = row.attempts + 1, "webhook attempt failed; retried later");
+                    Ending::RetryAt(timestamp(next))
+                };
+                self.record(row, attempt("retry", status, Some(reason)), ending).await
+            }
         }
     }
 
-    async fn finish(
-        &self,
-        row: &Due,
-        state: &str,
-        status: Option<u16>,
-        error: Option<&str>,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + $2, last_status = $3,
-                 last_error = $4, finished_at = $5, next_attempt_at = NULL, claimed_until = NULL
-             WHERE id = $6",
+    /// Records one attempt and what it made of the delivery, in one transaction: the delivery's
+    /// row (its `attempts` numbers the attempt), the attempt's row, and after a 410 the
+    /// enrollment's callback gone with its other pending deliveries. Metrics and the outcome's
+    /// log line follow the commit.
+    async fn record(&self, row: &Due, attempt: Attempt, ending: Ending) -> Result<(), sqlx::Error> {
+        let now = utility::storage::now();
+        let (state, finished_at, next_attempt_at) = match &ending {
+            Ending::Delivered => ("delivered", Some(now.as_str()), None),
+            Ending::Stopped => ("stopped", Some(now.as_str()), None),
+            Ending::Failed => ("failed", Some(now.as_str()), None),
+            Ending::RetryAt(at) => ("pending", None, Some(at.as_str())),
+        };
+        let took_ms = attempt
+            .took
+            .map_or(0, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+        let mut tx = self.pool.begin().await?;
+        let number: i64 = sqlx::query_scalar(
+            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, last_status = $2,
+                 last_error = $3, finished_at = $4, next_attempt_at = $5, claimed_until = NULL
+             WHERE id = $6 RETURNING attempts",
         )
         .bind(state)
-        .bind(i64::from(status.is_some() || state == "failed"))
-        .bind(status.map(i64::from))
-        .bind(error)
-        .bind(utility::storage::now())
+        .bind(attempt.status.map(i64::from))
+        .bind(attempt.error.as_deref())
+        .bind(finished_at)
+        .bind(next_attempt_at)
         .bind(&row.id)
-        .execute(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(())
-    }
-
-    /// After a 410: the enrollment's callback is gone, and so are its deliveries still pending.
-    async fn stop_enrollment(&self, enrollment_id: &str) -> Result<(), sqlx::Error> {
-        let now = utility::storage::now();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE enrollments SET callback_gone_at = $1 WHERE id = $2")
-            .bind(&now)
-            .bind(enrollment_id)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
-            "UPDATE webhook_deliveries SET state = 'stopped', finished_at = $1, next_attempt_at = NULL,
-                 claimed_until = NULL
-             WHERE enrollment_id = $2 AND state = 'pending'",
+            "INSERT INTO webhook_attempts (delivery_id, attempt, at, result, http_status, duration_ms, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
+        .bind(&row.id)
+        .bind(number)
         .bind(&now)
-        .bind(enrollment_id)
+        .bind(attempt.result)
+        .bind(attempt.status.map(i64::from))
+        .bind(took_ms)
+        .bind(attempt.error.as_deref())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await
+        let mut also_stopped = 0;
+        if matches!(ending, Ending::Stopped) {
+            sqlx::query("UPDATE enrollments SET callback_gone_at = $1 WHERE id = $2")
+                .bind(&now)
+                .bind(&row.enrollment_id)
+                .execute(&mut *tx)
+                .await?;
+            also_stopped = sqlx::query(
+                "UPDATE webhook_deliveries SET state = 'stopped', finished_at = $1, next_attempt_at = NULL,
+                     claimed_until = NULL
+                 WHERE enrollment_id = $2 AND state = 'pending'",
+            )
+            .bind(&now)
+            .bind(&row.enrollment_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+
+        self.metrics.attempted(attempt.result, attempt.took);
+        let outcome = match ending {
+            Ending::RetryAt(_) => return Ok(()),
+            Ending::Delivered => {
+                if let Some(lag) = since_status_change(&row.body) {
+                    self.metrics.delivered_after(lag);
+                }
+                "delivered"
+            }
+            Ending::Stopped => "stopped",
+            Ending::Failed => "failed",
+        };
+        self.metrics.ended(outcome, 1);
+        self.metrics.ended("stopped", also_stopped);
+        // One line per delivery that ends (`outcome` as in `saga_webhook_deliveries_total`):
+        // what a log-based metric counts.
+        let (status, error) = (attempt.status, attempt.error.as_deref().unwrap_or_default());
+        match outcome {
+            "delivered" => tracing::debug!(outcome, attempts = number, status, "webhook delivery finished"),
+            "stopped" => tracing::info!(
+                outcome,
+                attempts = number,
+                also_stopped,
+                "webhook delivery finished: the receiver answered 410, its enrollment's callbacks stop"
+            ),
+            _ => tracing::warn!(outcome, attempts = number, status, error, "webhook delivery finished"),
+        }
+        Ok(())
     }
 
     /// Not attempted (the host's circuit is open or its places are taken): due again after `wait`.
@@ -340,30 +414,45 @@ impl Dispatcher {
             .await?;
         Ok(())
     }
+}
 
-    async fn retry(&self, row: &Due, status: Option<u16>, reason: &str) -> Result<(), sqlx::Error> {
-        let created = chrono::DateTime::parse_from_rfc3339(&row.created_at)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .unwrap_or_else(|_| chrono::Utc::now());
-        let next = chrono::Utc::now() + delay(self.retry_base, row.attempts);
-        if next - created > chrono::Duration::from_std(GIVE_UP_AFTER).unwrap_or(chrono::Duration::MAX) {
-            tracing::warn!(%reason, attempts = row.attempts + 1, "webhook still failing after 24 h; given up");
-            return self.finish(row, "failed", status, Some(reason)).await;
+/// One attempt, as recorded.
+struct Attempt {
+    /// `delivered`, `retry`, `gone` or `refused`.
+    result: &'static str,
+    status: Option<u16>,
+    error: Option<String>,
+    /// The request's duration; `None` when none was sent.
+    took: Option<Duration>,
+}
+
+impl Attempt {
+    fn refused(reason: String) -> Self {
+        Self {
+            result: "refused",
+            status: None,
+            error: Some(reason),
+            took: None,
         }
-        tracing::info!(%reason, attempts = row.attempts + 1, "webhook attempt failed; retried later");
-        sqlx::query(
-            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_status = $1, last_error = $2,
-                 next_attempt_at = $3, claimed_until = NULL
-             WHERE id = $4",
-        )
-        .bind(status.map(i64::from))
-        .bind(reason)
-        .bind(timestamp(next))
-        .bind(&row.id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
+}
+
+/// What an attempt made of its delivery.
+enum Ending {
+    Delivered,
+    /// 410: this delivery and the enrollment's other pending ones.
+    Stopped,
+    /// Refused, or still failing 24 h after the event.
+    Failed,
+    /// Due again at this time.
+    RetryAt(String),
+}
+
+/// How long ago the status change a webhook body carries (`data.at`) happened.
+fn since_status_change(body: &str) -> Option<Duration> {
+    let body: serde_json::Value = serde_json::from_str(body).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(body["data"]["at"].as_str()?).ok()?;
+    (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).to_std().ok()
 }
 
 /// Full jitter: uniform in `[0, min(1 h, base x 2^attempts)]`.

@@ -5,12 +5,14 @@
 //! ([`crate::store::insert_history`]); the relay publishes it to the gateway's topic, whose
 //! subscription brings it to the `webhook-deliveries` queue; [`delivery::ScheduleHandler`] turns it
 //! into a delivery row and [`delivery::Dispatcher`] posts it, signed ([`signing`]), through a
-//! client that reaches public addresses only ([`client`], [`address`]).
+//! client that reaches public addresses only ([`client`], [`address`]). Operators see each
+//! delivery and its attempts ([`view`]).
 
 pub mod address;
 pub mod client;
 pub mod delivery;
 pub mod signing;
+pub mod view;
 
 use std::sync::Arc;
 
