@@ -372,6 +372,7 @@ impl Gateway {
                         self.config.webhook_host_concurrency,
                     );
                     dispatcher.signal = dispatch.clone();
+                    dispatcher.retention = Duration::from_secs(core.config.outbox_retention_hours.saturating_mul(3600));
                     dispatcher.metrics = metrics::WebhookMetrics::register(&core.metrics, core.background_pool.clone());
                     tasks.push(("webhook dispatcher", Box::pin(dispatcher.run(shutdown.clone()))));
                 }

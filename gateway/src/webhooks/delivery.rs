@@ -38,6 +38,9 @@ const MAX_DELAY: Duration = Duration::from_secs(60 * 60);
 const LEASE: Duration = Duration::from_secs(60);
 /// Rows claimed at once.
 const CLAIM: i64 = 32;
+/// How often finished deliveries past their retention are deleted, and how many per statement.
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
+const FORGET_BATCH: i64 = 500;
 /// Failures in a row that open a host's circuit, and how long it stays open.
 const CIRCUIT_FAILURES: u32 = 5;
 const CIRCUIT_OPEN: Duration = Duration::from_secs(30);
@@ -133,6 +136,9 @@ pub struct Dispatcher {
     /// How often due rows are looked for when nothing signals.
     pub interval: Duration,
     pub host_concurrency: usize,
+    /// How long a finished delivery (delivered, stopped, failed) and its attempts are kept for
+    /// the operator view: `OUTBOX_RETENTION_HOURS`, like the sent messages they came from.
+    pub retention: Duration,
     pub skip_locked: bool,
     /// Counted into the service's registry once the gateway sets it
     /// ([`crate::metrics::WebhookMetrics::register`]).
@@ -158,6 +164,7 @@ impl Dispatcher {
             retry_base,
             interval,
             host_concurrency: host_concurrency.max(1),
+            retention: Duration::from_secs(7 * 24 * 3600),
             skip_locked,
             metrics: crate::metrics::WebhookMetrics::default(),
             hosts: Arc::default(),
@@ -166,7 +173,16 @@ impl Dispatcher {
 
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut in_flight = tokio::task::JoinSet::new();
+        let mut forgotten_at: Option<Instant> = None;
         loop {
+            if forgotten_at.is_none_or(|at| at.elapsed() >= FORGET_EVERY) {
+                forgotten_at = Some(Instant::now());
+                match forget_finished(&self.pool, &utility::storage::cutoff(self.retention)).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "finished webhook deliveries past their retention deleted"),
+                    Err(err) => tracing::warn!(error = %err, "cannot delete old webhook deliveries; will try again"),
+                }
+            }
             match self.claim().await {
                 Ok(rows) => {
                     for row in rows {
@@ -463,9 +479,85 @@ fn delay(base: Duration, attempts: i64) -> chrono::Duration {
     chrono::Duration::milliseconds(rand::rng().random_range(0..=millis) as i64)
 }
 
+/// Deletes the deliveries that finished before `cutoff`, with their attempts, a bounded batch
+/// per transaction; returns how many deliveries went. Pending ones are never touched.
+pub async fn forget_finished(pool: &AnyPool, cutoff: &str) -> Result<u64, sqlx::Error> {
+    const OLD: &str = "SELECT id FROM webhook_deliveries
+                       WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY id LIMIT $2";
+    let mut total = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        sqlx::query(&format!("DELETE FROM webhook_attempts WHERE delivery_id IN ({OLD})"))
+            .bind(cutoff)
+            .bind(FORGET_BATCH)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query(&format!("DELETE FROM webhook_deliveries WHERE id IN ({OLD})"))
+            .bind(cutoff)
+            .bind(FORGET_BATCH)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        total += deleted;
+        if deleted < FORGET_BATCH as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn only_deliveries_finished_before_the_cutoff_go_with_their_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}/w.db", dir.path().display());
+        let pool = utility::storage::connect(&url, crate::migrations()).await.unwrap();
+        let old = timestamp(chrono::Utc::now() - chrono::Duration::days(30));
+        let new = utility::storage::now();
+        for (id, state, finished_at) in [
+            ("old-delivered", "delivered", Some(old.as_str())),
+            ("old-failed", "failed", Some(old.as_str())),
+            ("new-delivered", "delivered", Some(new.as_str())),
+            ("pending", "pending", None),
+        ] {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, enrollment_id, url, body, state, created_at, finished_at)
+                 VALUES ($1, 'e', 'https://example.com/hook', '{}', $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(&old)
+            .bind(finished_at)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, at, result, duration_ms) VALUES ($1, 1, $2, 'retry', 3)",
+            )
+            .bind(id)
+            .bind(&old)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        let cutoff = timestamp(chrono::Utc::now() - chrono::Duration::days(7));
+        assert_eq!(forget_finished(&pool, &cutoff).await.unwrap(), 2);
+        let left: Vec<String> = sqlx::query_scalar("SELECT id FROM webhook_deliveries ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(left, ["new-delivered", "pending"]);
+        let attempts: Vec<String> = sqlx::query_scalar("SELECT delivery_id FROM webhook_attempts ORDER BY delivery_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(attempts, left, "an attempt outlived its delivery, or went before it");
+        assert_eq!(forget_finished(&pool, &cutoff).await.unwrap(), 0);
+    }
 
     #[test]
     fn retries_back_off_exponentially_with_jitter_up_to_an_hour() {
