@@ -6,7 +6,7 @@
 #                                  coordinates, the secrets to read and the service's log group
 #   /etc/saga/<service>.env        the service's own, non-secret environment (queue URLs, ...)
 # Running it again by hand re-reads the secrets and restarts the service (DEPLOY.md: rotating the
-# operator token).
+# operator token, the webhook signing keys).
 # usage: saga-bootstrap gateway|customer-api|transaction-api
 # SAGA_ROOT (tests only) puts every path it writes under another directory.
 set -euo pipefail
@@ -81,10 +81,10 @@ grep -q -- '-----BEGIN CERTIFICATE-----' "$scratch/rds-ca-bundle.pem" ||
 # The secrets. Two database users (decision 0043): the owner (the RDS master user, the service's
 # DatabaseSecret) only migrates, below, through this script's environment, never written to
 # disk; the service connects as its application role (AppDatabaseSecret), which may read and
-# write rows and nothing else. DATABASE_URL and, for the gateway, OPERATOR_TOKEN go where only
-# root can read them; systemd reads EnvironmentFile= as root before it drops to the saga user. A
-# secret travels through the environment of one short python3 process, never through its
-# arguments.
+# write rows and nothing else. DATABASE_URL and, for the gateway, OPERATOR_TOKEN and
+# WEBHOOK_SIGNING_KEYS go where only root can read them; systemd reads EnvironmentFile= as root
+# before it drops to the saga user. A secret travels through the environment of one short
+# python3 process, never through its arguments, and is never printed.
 secret=$(aws secretsmanager get-secret-value --secret-id "$DATABASE_SECRET_ARN" \
   --query SecretString --output text)
 app_secret=$(aws secretsmanager get-secret-value --secret-id "$APP_DATABASE_SECRET_ARN" \
@@ -96,6 +96,38 @@ if [[ -n "${OPERATOR_TOKEN_SECRET_ARN:-}" ]]; then
   # One line of letters and digits: nothing in an EnvironmentFile can misread it.
   [[ "$operator_token" =~ ^[A-Za-z0-9]{32,}$ ]] ||
     fail "the operator token must be at least 32 letters and digits (see DEPLOY.md)"
+fi
+# The keys that sign webhooks (decision 0044), for the gateway's WEBHOOK_SIGNING_KEYS: the
+# secret is a comma-separated list, the signing key first, of `whsk_` keys (base64 of a 32-byte
+# Ed25519 seed) or words of at least 43 letters and digits (what CloudFormation generates, 256
+# bits and more), each of which stands for the key `whsk_` + base64(SHA-256(word)): the same on
+# every instance. Checked here, naming only an entry's position, never its text.
+webhook_keys=""
+if [[ -n "${WEBHOOK_SIGNING_KEYS_SECRET_ARN:-}" ]]; then
+  webhook_secret=$(aws secretsmanager get-secret-value --secret-id "$WEBHOOK_SIGNING_KEYS_SECRET_ARN" \
+    --query SecretString --output text)
+  webhook_keys=$(SAGA_SECRET="$webhook_secret" python3 -c '
+import base64, binascii, hashlib, os, re, sys
+keys = []
+for n, entry in enumerate(os.environ["SAGA_SECRET"].split(","), 1):
+    entry = entry.strip()
+    if not entry:
+        continue
+    if re.fullmatch(r"[A-Za-z0-9]{43,}", entry):
+        keys.append("whsk_" + base64.b64encode(hashlib.sha256(entry.encode()).digest()).decode())
+        continue
+    try:
+        seed = base64.b64decode(entry.removeprefix("whsk_"), validate=True)
+    except (binascii.Error, ValueError):
+        seed = b""
+    if not entry.startswith("whsk_") or len(seed) != 32 or base64.b64encode(seed).decode() != entry[5:]:
+        sys.exit(f"entry {n} is neither whsk_ and the base64 of 32 bytes nor 43 or more letters and digits")
+    keys.append(entry)
+if not keys:
+    sys.exit("it names no key")
+print(",".join(keys))
+') || fail "the webhook signing keys secret is not a list of keys (see DEPLOY.md, \"Callbacks\")"
+  unset webhook_secret
 fi
 database_url() {
   SAGA_SECRET="$1" python3 -c '
@@ -114,6 +146,7 @@ umask 077
 {
   printf 'DATABASE_URL=%s\n' "$app_url"
   if [[ -n "$operator_token" ]]; then printf 'OPERATOR_TOKEN=%s\n' "$operator_token"; fi
+  if [[ -n "$webhook_keys" ]]; then printf 'WEBHOOK_SIGNING_KEYS=%s\n' "$webhook_keys"; fi
 } >"$conf/$service.secret.env.new"
 umask 022
 

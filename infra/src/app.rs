@@ -410,8 +410,9 @@ mod tests {
         }
         // Ten dead-letter alarms, three on the work queues' waiting messages (a lookup waits
         // seconds, then expires), one on stalled sagas, one on the campaign's budget, six on
-        // events SNS filtered out (three topics) for missing or unreadable attributes.
-        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 21);
+        // events SNS filtered out (three topics) for missing or unreadable attributes, one on
+        // failed webhook deliveries, one on mails set aside.
+        assert_eq!(APP_TEMPLATE.matches("Type: AWS::CloudWatch::Alarm").count(), 23);
     }
 
     /// Every parameter `deploy` passes is one app.yaml declares, and every parameter app.yaml

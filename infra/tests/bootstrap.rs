@@ -1,10 +1,13 @@
 //! `infra/ec2/bootstrap.sh` run for real, in a scratch root (`SAGA_ROOT`) with stand-ins for the
 //! commands that would reach AWS or change the machine (`aws`, `curl`, `systemctl`, `useradd`,
 //! `id`, `chown`, `dnf`, `amazon-cloudwatch-agent-ctl`): it installs a release that matches the
-//! manifest the stack names, with a verified-TLS database URL and the operator token, then ships
+//! manifest the stack names, with a verified-TLS database URL, the operator token and the webhook
+//! signing keys (the stack's generated word turned into a key), then ships
 //! the file the unit writes to the service's log group; it refuses, installing nothing and
 //! starting nothing, a release whose binary or manifest was changed in the bucket.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use infra::release::{self, Release};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
@@ -13,12 +16,22 @@ use std::process::{Command, Output};
 
 const TOKEN: &str = "OperatorToken0123456789abcdefghijklmnopqrstuvwxyz";
 
+/// What CloudFormation generates for the webhook signing keys secret: 64 letters and digits.
+const WEBHOOK_WORD: &str = "Webhook0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV";
+
+/// The key a generated word stands for: `whsk_` + base64(SHA-256(word)).
+fn derived_key(word: &str) -> String {
+    format!("whsk_{}", STANDARD.encode(Sha256::digest(word.as_bytes())))
+}
+
 struct Machine {
     _dir: tempfile::TempDir,
     root: PathBuf,
     bucket: PathBuf,
     log: PathBuf,
     stubs: PathBuf,
+    /// What the webhook signing keys secret holds (the stand-in `aws` reads it on every call).
+    webhook_secret: PathBuf,
 }
 
 fn write(path: &Path, contents: impl AsRef<[u8]>) {
@@ -40,12 +53,14 @@ impl Machine {
     /// naming it as the stack would.
     fn new() -> (Self, Release) {
         let dir = tempfile::tempdir().unwrap();
-        let (root, bucket, log, stubs) = (
+        let (root, bucket, log, stubs, webhook_secret) = (
             dir.path().join("root"),
             dir.path().join("bucket"),
             dir.path().join("calls.log"),
             dir.path().join("stubs"),
+            dir.path().join("webhook-secret"),
         );
+        write(&webhook_secret, WEBHOOK_WORD);
         let bins = dir.path().join("bins");
         std::fs::create_dir_all(&bins).unwrap();
         for service in release::SERVICES {
@@ -69,6 +84,7 @@ impl Machine {
             format!(
                 "ARTIFACT_BUCKET=bucket\nRELEASE_PREFIX={}\nRELEASE_MANIFEST_SHA256={}\n\
                  DATABASE_SECRET_ARN=db-secret\nAPP_DATABASE_SECRET_ARN=app-secret\nOPERATOR_TOKEN_SECRET_ARN=token-secret\n\
+                 WEBHOOK_SIGNING_KEYS_SECRET_ARN=webhook-secret\n\
                  DATABASE_HOST=gateway.db.example\nDATABASE_PORT=5432\nDATABASE_NAME=gateway\n\
                  DATABASE_CA_BUNDLE_URL=https://truststore.example/bundle.pem\n\
                  LOG_GROUP=/saga/gateway\n",
@@ -88,10 +104,12 @@ case "$1 $2" in
       db-secret) echo '{{"username": "gateway", "password": "p@ss w/rd"}}' ;;
       app-secret) echo '{{"username": "gateway_app", "password": "app p@ss"}}' ;;
       token-secret) echo '{TOKEN}' ;;
+      webhook-secret) cat '{webhook}'; echo ;;
     esac ;;
   *) exit 1 ;;
 esac"#,
-                bucket = bucket.display()
+                bucket = bucket.display(),
+                webhook = webhook_secret.display()
             ),
         );
         script(
@@ -126,6 +144,7 @@ esac"#,
                 bucket,
                 log,
                 stubs,
+                webhook_secret,
             },
             release,
         )
@@ -158,7 +177,7 @@ fn stderr(output: &Output) -> String {
 }
 
 #[test]
-fn a_release_that_matches_its_manifest_is_installed_with_verified_tls_and_the_token() {
+fn a_release_that_matches_its_manifest_is_installed_with_verified_tls_the_token_and_the_keys() {
     let (machine, _) = Machine::new();
     let out = machine.bootstrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -169,7 +188,9 @@ fn a_release_that_matches_its_manifest_is_installed_with_verified_tls_and_the_to
         env,
         format!(
             "DATABASE_URL=postgres://gateway_app:app%20p%40ss@gateway.db.example:5432/gateway\
-             ?sslmode=verify-full&sslrootcert=/etc/saga/rds-ca-bundle.pem\nOPERATOR_TOKEN={TOKEN}\n"
+             ?sslmode=verify-full&sslrootcert=/etc/saga/rds-ca-bundle.pem\nOPERATOR_TOKEN={TOKEN}\n\
+             WEBHOOK_SIGNING_KEYS={}\n",
+            derived_key(WEBHOOK_WORD)
         )
     );
     let mode = std::fs::metadata(machine.root.join("etc/saga/gateway.secret.env"))
@@ -346,4 +367,64 @@ fn a_manifest_changed_to_match_a_changed_binary_is_refused_too() {
         "{text}"
     );
     assert!(!machine.installed(), "something was installed");
+}
+
+fn secret_env(machine: &Machine) -> String {
+    std::fs::read_to_string(machine.root.join("etc/saga/gateway.secret.env")).unwrap()
+}
+
+/// A rotation lists several keys, the signing one first: `whsk_` keys are kept as they are,
+/// generated words become their keys, in the order given.
+#[test]
+fn the_webhook_keys_keep_their_order_and_whsk_keys_pass_as_they_are() {
+    let (machine, _) = Machine::new();
+    let new = format!("whsk_{}", STANDARD.encode([7u8; 32]));
+    write(&machine.webhook_secret, format!(" {new} ,{WEBHOOK_WORD},"));
+    let out = machine.bootstrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = format!("WEBHOOK_SIGNING_KEYS={new},{}\n", derived_key(WEBHOOK_WORD));
+    let env = secret_env(&machine);
+    assert!(env.ends_with(&line), "{env}");
+}
+
+/// A secret the gateway could not read stops the bootstrap before anything is installed, and
+/// the message names the entry by its position, never by its text.
+#[test]
+fn a_webhook_keys_secret_that_is_not_keys_is_refused_without_printing_it() {
+    let not_base64 = "whsk_not+base64+at+all!";
+    let short = format!("whsk_{}", STANDARD.encode([1u8; 16]));
+    // The last character carries bits a strict decoder (the gateway's) refuses.
+    let loose = format!("whsk_{}", STANDARD.encode([2u8; 32]).replace("I=", "J="));
+    let cases = [
+        (format!("{WEBHOOK_WORD},{not_base64}"), "entry 2", not_base64.to_owned()),
+        (short.clone(), "entry 1", short),
+        (loose.clone(), "entry 1", loose),
+        (
+            "Tooshort0123456789".to_owned(),
+            "entry 1",
+            "Tooshort0123456789".to_owned(),
+        ),
+        (format!("{WEBHOOK_WORD}-"), "entry 1", WEBHOOK_WORD.to_owned()),
+        (" , ".to_owned(), "names no key", String::new()),
+    ];
+    for (secret, says, hidden) in cases {
+        let (machine, _) = Machine::new();
+        write(&machine.webhook_secret, &secret);
+        let out = machine.bootstrap();
+        let text = stderr(&out);
+        assert!(!out.status.success(), "{secret:?} was accepted");
+        assert!(
+            text.contains(says) && text.contains("webhook signing keys") && text.contains("refusing to start"),
+            "{secret:?}: {text}"
+        );
+        if !hidden.is_empty() {
+            assert!(!text.contains(&hidden), "{secret:?} printed: {text}");
+        }
+        assert!(!machine.installed(), "{secret:?}: something was installed");
+        assert!(
+            !machine.calls().contains("systemctl"),
+            "{secret:?}: {}",
+            machine.calls()
+        );
+    }
 }

@@ -289,6 +289,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .collect();
             println!("stacks: {}", names.join(", "));
             println!("gateway: {}", deployment.gateway_url);
+            println!(
+                "webhook keys: {}/.well-known/webhook-keys (what callback receivers verify with; see DEPLOY.md)",
+                deployment.gateway_url.trim_end_matches('/')
+            );
             if let Some(operator) = deployment.app_outputs.get("OperatorUrl") {
                 println!("operator listener: {operator} (from OperatorCidr; see DEPLOY.md)");
             }

@@ -46,7 +46,8 @@ const UNRESOLVED: &str = "<unresolved>";
 
 /// moto 5.2.5 does not model `AWS::SecretsManager::Secret` in CloudFormation, so the `!Ref` to
 /// each secret comes back null there (on AWS it is the secret's ARN); which secret each grant
-/// names is checked in the template instead (`template::only_the_gateway_reads_the_operator_token`).
+/// names is checked in the template instead
+/// (`template::only_the_gateway_reads_the_operator_token_and_the_webhook_keys`).
 const SECRET_ACTION: &str = "secretsmanager:GetSecretValue";
 
 fn strings(value: &Value) -> Vec<String> {
@@ -105,7 +106,7 @@ fn set<S: AsRef<str>>(items: &[S]) -> BTreeSet<String> {
 
 /// One role's expected scope: the queues it consumes (its saga queue and its lookups' queue), the
 /// queues it sends to (commands and queries, or replies), its topic, how many
-/// secrets it reads (its database's, and the gateway the operator token).
+/// secrets it reads (its database's two, and the gateway the operator token and the webhook keys).
 struct Scope {
     role: &'static str,
     service: &'static str,
@@ -134,7 +135,7 @@ const SCOPES: [Scope; 3] = [
         ],
         // The saga's status changes, the webhooks' fan-out.
         topic: Some("StatusEventsTopicArn"),
-        secrets: 3,
+        secrets: 4,
         mails: false,
     },
     Scope {

@@ -173,7 +173,46 @@ fn samples(service: &str) -> Vec<(&'static str, Json)> {
             line("INFO", "enrollment received", json!({"enrollment_id": enrollment})),
         ),
     ];
+    if service == "customer-api" {
+        let fields = json!({"mail_id": "0194a3c2-0000-7c3e-9d2b-5f0e8c1a2b3c", "enrollment_id": enrollment,
+            "code": "MessageRejected", "reason": "Email address is not verified: <recipient>"});
+        let message = "SES refused a mail for good; it is set aside in the mail outbox";
+        lines.push(("mail set aside", line("ERROR", message, fields)));
+    }
     if service == "gateway" {
+        let webhook = |reason: &str, attempts: Option<i64>| {
+            let mut fields = json!({"webhook_id": "msg_0194a3c2", "enrollment_id": enrollment, "reason": reason});
+            if let Some(attempts) = attempts {
+                fields["attempts"] = json!(attempts);
+            }
+            fields
+        };
+        lines.extend([
+            (
+                "webhook given up",
+                line(
+                    "WARN",
+                    "webhook still failing after 24 h; given up",
+                    webhook("HTTP 503", Some(31)),
+                ),
+            ),
+            (
+                "webhook refused",
+                line(
+                    "WARN",
+                    "webhook refused: the URL leads to an address callbacks may not reach",
+                    webhook("10.0.0.7 is a private address", None),
+                ),
+            ),
+            (
+                "webhook retried",
+                line(
+                    "INFO",
+                    "webhook attempt failed; retried later",
+                    webhook("HTTP 503", Some(2)),
+                ),
+            ),
+        ]);
         for (name, outcome, duration) in [
             ("saga completed", "completed", 1840),
             ("saga rejected", "rejected", 95),
@@ -220,6 +259,19 @@ fn expected_filters() -> Vec<Expected> {
         gateway("SagasExpired", &["saga expired"], "1", "Count"),
         gateway("SagaDuration", outcomes, "$.duration_ms", "Milliseconds"),
         gateway("StalledSagas", &["gauges"], "$.stalled_sagas", "Count"),
+        gateway(
+            "WebhookDeliveriesFailed",
+            &["webhook given up", "webhook refused"],
+            "1",
+            "Count",
+        ),
+        Expected {
+            metric: "MailsFailed".to_owned(),
+            service: "customer-api",
+            counts: &["mail set aside"],
+            value: "1",
+            unit: "Count",
+        },
     ];
     let transaction = |metric: &str, value| Expected {
         metric: metric.to_owned(),
@@ -240,10 +292,15 @@ fn expected_filters() -> Vec<Expected> {
             value,
             unit,
         };
+        // The customer-api's mail set aside is an ERROR line too.
+        let errors: &[&str] = match service {
+            "customer-api" => &["error", "mail set aside"],
+            _ => &["error"],
+        };
         expected.extend([
             per_service("OutboxOldestAge", &["gauges"], "$.outbox_oldest_age_seconds", "Seconds"),
             per_service("OutboxPending", &["gauges"], "$.outbox_pending", "Count"),
-            per_service("ErrorLines", &["error"], "1", "Count"),
+            per_service("ErrorLines", errors, "1", "Count"),
         ]);
     }
     expected
@@ -257,8 +314,10 @@ struct Filter<'a> {
     transformation: &'a Value,
 }
 
-fn filters(template: &Value) -> BTreeMap<String, Filter<'_>> {
-    let mut by_metric = BTreeMap::new();
+/// The filters by the metric they publish: one, or several for a metric that counts lines of
+/// different messages (CloudWatch adds up what each publishes).
+fn filters(template: &Value) -> BTreeMap<String, Vec<Filter<'_>>> {
+    let mut by_metric: BTreeMap<String, Vec<Filter<'_>>> = BTreeMap::new();
     for (logical, filter) in of_type(template, "AWS::Logs::MetricFilter") {
         let props = &filter["Properties"];
         let transformations = props["MetricTransformations"].as_sequence().expect("transformations");
@@ -271,10 +330,7 @@ fn filters(template: &Value) -> BTreeMap<String, Filter<'_>> {
             pattern: props["FilterPattern"].as_str().expect("FilterPattern"),
             transformation,
         };
-        assert!(
-            by_metric.insert(metric.clone(), filter).is_none(),
-            "two filters publish {metric}"
-        );
+        by_metric.entry(metric).or_default().push(filter);
     }
     by_metric
 }
@@ -289,8 +345,9 @@ pub fn published_metrics() -> BTreeSet<String> {
     filters(&template()).into_keys().collect()
 }
 
-/// Every metric of the log contract has one filter, on its own service's log group, that counts
-/// exactly its lines among the service's sample lines and publishes a number from each.
+/// Every metric of the log contract has its filters, on its own service's log group, that count
+/// exactly its lines among the service's sample lines (no line twice) and publish a number from
+/// each.
 #[test]
 fn metric_filters_turn_the_log_contract_into_the_saga_metrics() {
     let template = template();
@@ -300,30 +357,88 @@ fn metric_filters_turn_the_log_contract_into_the_saga_metrics() {
     assert_eq!(filters.keys().map(String::as_str).collect::<BTreeSet<_>>(), names);
     for want in &expected {
         let metric = &want.metric;
-        let filter = &filters[metric];
-        let logical = filter.logical;
         let prefix = SERVICES.iter().find(|(s, _)| *s == want.service).unwrap().1;
-        assert_eq!(filter.group, format!("{prefix}LogGroup"), "{logical}: log group");
-        let t = filter.transformation;
-        assert!(is_saga_namespace(&t["MetricNamespace"]), "{logical}: namespace");
-        assert_eq!(t["Unit"].as_str(), Some(want.unit), "{logical}: unit");
-        assert_eq!(t["MetricValue"].as_str(), Some(want.value), "{logical}: value");
-        // Counts are 0 on every other line (no gaps); a gauge has no default, which would drag
-        // its average down.
-        let default = t.get("DefaultValue").and_then(Value::as_i64);
-        assert_eq!(default, (want.value == "1").then_some(0), "{logical}: DefaultValue");
+        for filter in &filters[metric] {
+            let logical = filter.logical;
+            assert_eq!(filter.group, format!("{prefix}LogGroup"), "{logical}: log group");
+            let t = filter.transformation;
+            assert!(is_saga_namespace(&t["MetricNamespace"]), "{logical}: namespace");
+            assert_eq!(t["Unit"].as_str(), Some(want.unit), "{logical}: unit");
+            assert_eq!(t["MetricValue"].as_str(), Some(want.value), "{logical}: value");
+            // Counts are 0 on every other line (no gaps); a gauge has no default, which would
+            // drag its average down.
+            let default = t.get("DefaultValue").and_then(Value::as_i64);
+            assert_eq!(default, (want.value == "1").then_some(0), "{logical}: DefaultValue");
+        }
 
         let counted: Vec<&str> = samples(want.service)
             .iter()
-            .filter(|(_, line)| matches(filter.pattern, line))
+            .filter(|(name, line)| {
+                let matched = filters[metric].iter().filter(|f| matches(f.pattern, line)).count();
+                assert!(matched <= 1, "{metric}: {name} counted by {matched} filters");
+                matched == 1
+            })
             .map(|(name, line)| {
                 if let Some(field) = want.value.strip_prefix("$.") {
-                    assert!(line[field].is_number(), "{logical}: {name} has no number at {field}");
+                    assert!(line[field].is_number(), "{metric}: {name} has no number at {field}");
                 }
                 *name
             })
             .collect();
-        assert_eq!(counted, want.counts, "{logical}: {} counts", filter.pattern);
+        assert_eq!(counted, want.counts, "{metric}: counts");
+    }
+}
+
+/// The `$.message = "..."` terms of a pattern.
+fn messages(pattern: &str) -> Vec<String> {
+    parse_pattern(pattern)
+        .into_iter()
+        .filter(|term| term.field == "message")
+        .filter_map(|term| match term.literal {
+            Literal::Text(text) => Some(text),
+            Literal::Number(_) => None,
+        })
+        .collect()
+}
+
+fn rust_sources(dir: &std::path::Path) -> Vec<String> {
+    let mut texts = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            texts.extend(rust_sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            texts.push(std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    texts
+}
+
+/// The messages the filters look for are the ones the services log: each is a string literal
+/// in its service's code or the shared runtime's, so rewording a line there without its filter
+/// fails here rather than silencing a metric and its alarm.
+#[test]
+fn every_message_a_filter_counts_is_logged_by_its_service() {
+    let template = template();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shared = rust_sources(&root.join("utility/src"));
+    for (metric, filters) in filters(&template) {
+        for filter in filters {
+            let service = SERVICES
+                .iter()
+                .find(|(_, prefix)| filter.group == format!("{prefix}LogGroup"))
+                .unwrap_or_else(|| panic!("{}: log group {}", filter.logical, filter.group))
+                .0;
+            let own = rust_sources(&root.join(service).join("src"));
+            for message in messages(filter.pattern) {
+                let literal = format!("\"{message}\"");
+                assert!(
+                    own.iter().chain(&shared).any(|text| text.contains(&literal)),
+                    "{metric} ({}) counts {literal}, which {service} does not log",
+                    filter.logical
+                );
+            }
+        }
     }
 }
 
@@ -345,9 +460,10 @@ fn queue_name_from_arn(value: &Value) -> Option<&str> {
 /// Every alarm watches one thing: each dead-letter queue holding anything, each work queue's
 /// oldest message past `OldestMessageAlarmSeconds`, each topic's events the subscription filter
 /// dropped for missing or unreadable attributes (no DLQ sees those), the gateway's stalled sagas
-/// above 0 (the
-/// maximum over five minutes above the threshold), and the campaign's budget left below
-/// `BonusBudgetAlarmPoints` (the minimum below it, only when both budget and threshold are set).
+/// above 0 and any mail set aside (the maximum over five minutes above the threshold), the
+/// webhook deliveries failed (their sum above `WebhookFailuresAlarmCount`), and the campaign's
+/// budget left below `BonusBudgetAlarmPoints` (the minimum below it, only when both budget and
+/// threshold are set).
 /// All of them over five minutes, no data is no breach, and the alarm topic notified when there
 /// is one.
 #[test]
@@ -359,6 +475,7 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
         let metric = props["MetricName"].as_str().expect("MetricName");
         let (statistic, comparison, condition) = match metric {
             "BonusBudgetRemaining" => ("Minimum", "LessThanThreshold", Some("HasBudgetAlarm")),
+            "WebhookDeliveriesFailed" => ("Sum", "GreaterThanThreshold", None),
             _ => ("Maximum", "GreaterThanThreshold", None),
         };
         assert_eq!(props["Statistic"].as_str(), Some(statistic), "{logical}");
@@ -450,12 +567,24 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
         "-".to_owned(),
         "!Ref BonusBudgetAlarmPoints".to_owned(),
     ));
+    expected.insert((
+        "${NamePrefix}/Saga",
+        "WebhookDeliveriesFailed",
+        "-".to_owned(),
+        "!Ref WebhookFailuresAlarmCount".to_owned(),
+    ));
+    expected.insert(("${NamePrefix}/Saga", "MailsFailed", "-".to_owned(), "0".to_owned()));
     let watched: BTreeSet<_> = watched
         .into_iter()
         .map(|(namespace, metric, queue, threshold)| (namespace, metric, queue.to_owned(), threshold))
         .collect();
     assert_eq!(watched, expected);
-    for metric in ["StalledSagas", "BonusBudgetRemaining"] {
+    for metric in [
+        "StalledSagas",
+        "BonusBudgetRemaining",
+        "WebhookDeliveriesFailed",
+        "MailsFailed",
+    ] {
         assert!(
             published_metrics().contains(metric),
             "no filter publishes {metric}, which an alarm watches"
@@ -463,6 +592,7 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
     }
     let parameters = &template["Parameters"];
     assert_eq!(parameters["OldestMessageAlarmSeconds"]["Default"].as_i64(), Some(300));
+    assert_eq!(parameters["WebhookFailuresAlarmCount"]["Default"].as_i64(), Some(0));
 }
 
 /// Retention is a parameter (default 30 days) that only takes the values CloudWatch Logs accepts,

@@ -1,7 +1,8 @@
 //! What moto 5.2.5 does not model, checked in the template itself: security-group egress (moto
 //! ignores it in CloudFormation and reports allow-all), the RDS deletion policy and deletion
 //! protection (it drops both), and the secrets (it has no `AWS::SecretsManager::Secret`, so their
-//! `!Ref`s come back null and IAM alone cannot tell the operator token from a database secret).
+//! `!Ref`s come back null and IAM alone cannot tell the operator token or the webhook keys from a
+//! database secret).
 
 use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -155,53 +156,82 @@ fn databases_are_snapshotted_and_protected_from_deletion() {
     assert_eq!(parameters["BonusPoints"]["MinValue"].as_i64(), Some(1));
 }
 
-/// The operator token is a generated secret of letters and digits, only the gateway's role may
-/// read it (in a statement of its own), and only the gateway's instances are told where it is.
+/// The operator token and the webhook signing keys are generated secrets of letters and digits
+/// (the bootstrap turns the keys' word into an Ed25519 key), only the gateway's role may read each
+/// (in a statement of its own), and only the gateway's instances are told where they are.
 #[test]
-fn only_the_gateway_reads_the_operator_token() {
+fn only_the_gateway_reads_the_operator_token_and_the_webhook_keys() {
     let template = template();
-    let secret = &template["Resources"]["OperatorTokenSecret"];
-    assert_eq!(secret["Type"].as_str(), Some("AWS::SecretsManager::Secret"));
-    let generate = &secret["Properties"]["GenerateSecretString"];
-    assert!(generate["PasswordLength"].as_i64().unwrap_or_default() >= 32);
-    assert_eq!(generate["ExcludePunctuation"].as_bool(), Some(true));
-    assert!(
-        generate.get("SecretStringTemplate").is_none(),
-        "the secret is the token itself"
-    );
+    for (logical_secret, told_as) in [
+        ("OperatorTokenSecret", "OPERATOR_TOKEN_SECRET_ARN"),
+        ("WebhookSigningKeysSecret", "WEBHOOK_SIGNING_KEYS_SECRET_ARN"),
+    ] {
+        let secret = &template["Resources"][logical_secret];
+        assert_eq!(
+            secret["Type"].as_str(),
+            Some("AWS::SecretsManager::Secret"),
+            "{logical_secret}"
+        );
+        let generate = &secret["Properties"]["GenerateSecretString"];
+        // The webhook keys' word must carry 256 bits: 43 letters and digits or more.
+        let least = if told_as.starts_with("WEBHOOK") { 43 } else { 32 };
+        assert!(
+            generate["PasswordLength"].as_i64().unwrap_or_default() >= least,
+            "{logical_secret}"
+        );
+        assert_eq!(generate["ExcludePunctuation"].as_bool(), Some(true), "{logical_secret}");
+        assert!(
+            generate.get("SecretStringTemplate").is_none(),
+            "{logical_secret}: the secret is the value itself"
+        );
 
-    let mut readers = Vec::new();
-    for (logical, policy) in of_type(&template, "AWS::IAM::Policy") {
-        let statements = policy["Properties"]["PolicyDocument"]["Statement"]
-            .as_sequence()
-            .expect("statements");
-        for statement in statements {
-            let resources: Vec<Option<&str>> = statement["Resource"]
+        let mut readers = Vec::new();
+        for (logical, policy) in of_type(&template, "AWS::IAM::Policy") {
+            let statements = policy["Properties"]["PolicyDocument"]["Statement"]
                 .as_sequence()
-                .map(|r| r.iter().map(reference).collect())
-                .unwrap_or_default();
-            if resources.contains(&Some("OperatorTokenSecret")) {
-                assert_eq!(resources, [Some("OperatorTokenSecret")], "{logical}: shared statement");
-                let actions: Vec<&str> = statement["Action"]
+                .expect("statements");
+            for statement in statements {
+                let resources: Vec<Option<&str>> = statement["Resource"]
                     .as_sequence()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .map(|r| r.iter().map(reference).collect())
                     .unwrap_or_default();
-                assert_eq!(actions, ["secretsmanager:GetSecretValue"], "{logical}");
-                readers.push(logical);
+                if resources.contains(&Some(logical_secret)) {
+                    assert_eq!(resources, [Some(logical_secret)], "{logical}: shared statement");
+                    let actions: Vec<&str> = statement["Action"]
+                        .as_sequence()
+                        .map(|a| a.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    assert_eq!(actions, ["secretsmanager:GetSecretValue"], "{logical}");
+                    readers.push(logical);
+                }
             }
         }
+        assert_eq!(readers, ["GatewayPolicy"], "{logical_secret}");
+        let told: Vec<&str> = of_type(&template, "AWS::EC2::LaunchTemplate")
+            .into_iter()
+            .filter(|(_, lt)| {
+                serde_norway::to_string(lt)
+                    .unwrap()
+                    .contains(&format!("{told_as}=${{{logical_secret}}}"))
+            })
+            .map(|(logical, _)| logical)
+            .collect();
+        assert_eq!(told, ["GatewayLaunchTemplate"], "{logical_secret}");
     }
-    assert_eq!(readers, ["GatewayPolicy"]);
-    let told: Vec<&str> = of_type(&template, "AWS::EC2::LaunchTemplate")
-        .into_iter()
-        .filter(|(_, lt)| {
-            serde_norway::to_string(lt)
-                .unwrap()
-                .contains("OPERATOR_TOKEN_SECRET_ARN=${OperatorTokenSecret}")
-        })
-        .map(|(logical, _)| logical)
-        .collect();
-    assert_eq!(told, ["GatewayLaunchTemplate"]);
+}
+
+/// Callbacks are on on EC2 (the gateway gets signing keys) with the public-internet defaults:
+/// https only and no host admitted on a private address. Those two settings are for local
+/// development and tests alone.
+#[test]
+fn the_gateway_on_ec2_calls_back_over_https_to_public_addresses_only() {
+    let template = template();
+    for (logical, launch) in of_type(&template, "AWS::EC2::LaunchTemplate") {
+        let user_data = serde_norway::to_string(&launch["Properties"]["LaunchTemplateData"]["UserData"]).unwrap();
+        for setting in ["CALLBACK_ALLOW_HTTP", "CALLBACK_ALLOWED_HOSTS", "WEBHOOK_SIGNING_KEYS="] {
+            assert!(!user_data.contains(setting), "{logical} sets {setting}");
+        }
+    }
 }
 
 /// Each service connects as an application role of its own (decision 0043): a generated secret
