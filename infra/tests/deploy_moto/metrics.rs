@@ -180,36 +180,38 @@ fn samples(service: &str) -> Vec<(&'static str, Json)> {
         lines.push(("mail set aside", line("ERROR", message, fields)));
     }
     if service == "gateway" {
-        let webhook = |reason: &str, attempts: Option<i64>| {
-            let mut fields = json!({"webhook_id": "msg_0194a3c2", "enrollment_id": enrollment, "reason": reason});
-            if let Some(attempts) = attempts {
-                fields["attempts"] = json!(attempts);
-            }
-            fields
+        // The one line each delivery ends with (gateway/src/webhooks/delivery.rs), and a retry.
+        let webhook = |outcome: &str, attempts: i64, status: Option<u16>, error: Option<&str>| {
+            json!({"webhook_id": "msg_0194a3c2", "enrollment_id": enrollment, "outcome": outcome,
+                "attempts": attempts, "status": status, "error": error})
         };
         lines.extend([
             (
                 "webhook given up",
                 line(
                     "WARN",
-                    "webhook still failing after 24 h; given up",
-                    webhook("HTTP 503", Some(31)),
+                    "webhook delivery finished",
+                    webhook("failed", 31, Some(503), Some("HTTP 503")),
                 ),
             ),
             (
                 "webhook refused",
                 line(
                     "WARN",
-                    "webhook refused: the URL leads to an address callbacks may not reach",
-                    webhook("10.0.0.7 is a private address", None),
+                    "webhook delivery finished",
+                    webhook("failed", 1, None, Some("refused: 10.0.0.7 is a private address")),
                 ),
+            ),
+            (
+                "webhook delivered",
+                line("DEBUG", "webhook delivery finished", webhook("delivered", 1, Some(204), None)),
             ),
             (
                 "webhook retried",
                 line(
                     "INFO",
                     "webhook attempt failed; retried later",
-                    webhook("HTTP 503", Some(2)),
+                    json!({"webhook_id": "msg_0194a3c2", "enrollment_id": enrollment, "reason": "HTTP 503", "attempts": 2}),
                 ),
             ),
         ]);
