@@ -180,6 +180,11 @@ const REQUESTS: &[(&str, &str, Route)] = &[
         "/api/customers/0194b3c5-1c1f-7000-8000-000000000001/points",
         Route::NotFound,
     ),
+    (
+        "GET",
+        "/api/sagas/0194b3c5-1c1f-7000-8000-000000000001",
+        Route::NotFound,
+    ),
     ("GET", "/metrics", Route::NotFound),
     ("GET", "/ready", Route::NotFound),
     (
