@@ -260,12 +260,14 @@ impl Receivers {
             let delivered = (hit.status.as_deref(), hit.at.as_deref());
             if entry.map(|(status, at)| (Some(status.as_str()), Some(at.as_str()))) != Some(delivered) {
                 not_made += 1;
+                let history = histories.get(&owner.id).and_then(Option::as_ref).map(|h| {
+                    h.iter()
+                        .map(|(status, at)| format!("{status} at {at}"))
+                        .collect::<Vec<_>>()
+                });
                 violations.push(format!(
-                    "{}: delivered {:?} at sequence {:?}, which its history does not hold ({:?})",
-                    owner.id,
-                    hit.status,
-                    hit.sequence,
-                    histories.get(&owner.id)
+                    "{}: delivered {:?} at {:?} as sequence {:?}, which is not in its history {history:?}",
+                    owner.id, hit.status, hit.at, hit.sequence
                 ));
             }
             let what = (hit.enrollment_id.as_deref(), hit.sequence);
@@ -286,12 +288,22 @@ impl Receivers {
             ));
         }
         let (again, retries) = repeats(&hits);
+        // Once every entry is acknowledged, what the gateway has not recorded as delivered is
+        // mostly what a killed instance had claimed and posted: sent again once its 60 s lease
+        // runs out (at least once), after the phase.
+        let pool = system.pool(crate::system::GATEWAY).await?;
+        let unrecorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE state <> 'delivered'")
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
         let changes: usize = histories.values().flatten().map(Vec::len).sum();
         report.notes.push(format!(
             "callbacks: {} deliveries received for {changes} status changes of {} enrollments \
              ({} webhook-ids), {again} received again after a 2xx (at least once), \
              {retries} retries after the flaky receiver's 500, {} missing, {not_made} not made by the saga, \
-             {bad_signatures} bad signatures; all in {:.1} s after the last saga ended",
+             {bad_signatures} bad signatures; all in {:.1} s after the last saga ended, when \
+             the gateway had yet to record {unrecorded} as delivered (a killed instance's claims \
+             wait out a 60 s lease, then go again)",
             hits.len(),
             accepted.len(),
             carried.len(),

@@ -105,7 +105,7 @@ impl Context {
         fault: Fault,
         endpoint: &str,
         enrollments: usize,
-        gateway_env: Vec<(String, String)>,
+        mut gateway_env: Vec<(String, String)>,
     ) -> anyhow::Result<System> {
         let instances = if fault == Fault::Kill9Pair { 2 } else { 1 };
         // kill9-far: the services (and the suite) reach the bus and the database through relays
@@ -128,10 +128,11 @@ impl Context {
         } else {
             (endpoint.to_owned(), self.storage.clone())
         };
+        // Confirmation by e-mail stated per phase (the gateway's own default is `required`).
+        gateway_env.push(("EMAIL_CONFIRMATION".to_owned(), fault.email_confirmation().to_owned()));
         let mut system = System::start(
             &self.settings,
             &fault.name(),
-            fault.email_confirmation(),
             &endpoint,
             &storage,
             self.budget(enrollments),

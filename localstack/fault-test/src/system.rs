@@ -49,12 +49,11 @@ pub struct System {
 impl System {
     /// Deploys the stack, creates the databases and starts `instances` instances of each of the
     /// three services; returns once all are ready. `budget_points` is the transaction-api's
-    /// campaign budget; `gateway_env` more settings for the gateway. Logs and SQLite files go to
-    /// the phase's directory.
+    /// campaign budget; `gateway_env` the phase's settings for the gateway (`EMAIL_CONFIRMATION`,
+    /// callbacks). Logs and SQLite files go to the phase's directory.
     pub async fn start(
         settings: &Settings,
         phase: &str,
-        email_confirmation: &str,
         endpoint: &str,
         storage: &Storage,
         budget_points: i64,
@@ -67,10 +66,8 @@ impl System {
             Storage::Sqlite => (Backend::Sqlite, String::new()),
             Storage::Postgres { admin_url } => (Backend::Postgres, admin_url.clone()),
         };
-        // Confirmation by e-mail stated per phase (the gateway's own default is `required`).
         let mut service_env = vec![
             (TRANSACTION, "BONUS_BUDGET_POINTS".to_owned(), budget_points.to_string()),
-            (GATEWAY, "EMAIL_CONFIRMATION".to_owned(), email_confirmation.to_owned()),
             (
                 GATEWAY,
                 "CONFIRMATION_TTL_SECONDS".to_owned(),
