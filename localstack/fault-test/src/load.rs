@@ -26,6 +26,8 @@ pub struct Accepted {
     /// The public view's key: `GET /api/enrollments/{view_key}`.
     pub view_key: String,
     pub email: String,
+    /// The `callback_url` it was submitted with, if any.
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -53,12 +55,14 @@ fn emails(count: usize, tag: &str) -> Vec<String> {
 }
 
 /// Submits `count` enrollments spread evenly over `spread`, and returns when each has an answer.
+/// Enrollment `i` carries `callbacks[i]` as its `callback_url`, when there is one.
 pub async fn run(
     http: reqwest::Client,
     gateways: Vec<String>,
     count: usize,
     spread: Duration,
     tag: String,
+    callbacks: Vec<String>,
 ) -> LoadResult {
     let emails = emails(count, &tag);
     let interval = spread.checked_div(count.max(1) as u32).unwrap_or_default();
@@ -70,21 +74,34 @@ pub async fn run(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (http, gateways) = (http.clone(), gateways.clone());
+        let (http, gateways, callback) = (http.clone(), gateways.clone(), callbacks.get(i).cloned());
         tasks.spawn(async move {
-            let result = submit(&http, &gateways, i, &format!("Fault Test {i}"), &email).await;
+            let result = submit(
+                &http,
+                &gateways,
+                i,
+                &format!("Fault Test {i}"),
+                &email,
+                callback.as_deref(),
+            )
+            .await;
             drop(permit);
-            (email, result)
+            (email, callback, result)
         });
     }
     let mut result = LoadResult::default();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((email, Ok((id, view_key, attempts)))) => {
+            Ok((email, callback_url, Ok((id, view_key, attempts)))) => {
                 result.retried += usize::from(attempts > 1);
-                result.accepted.push(Accepted { id, view_key, email });
+                result.accepted.push(Accepted {
+                    id,
+                    view_key,
+                    email,
+                    callback_url,
+                });
             }
-            Ok((email, Err(why))) => result.refused.push(format!("{email}: {why}")),
+            Ok((email, _, Err(why))) => result.refused.push(format!("{email}: {why}")),
             Err(join) => result.refused.push(format!("a submit task failed: {join}")),
         }
     }
@@ -99,9 +116,13 @@ async fn submit(
     turn: usize,
     name: &str,
     email: &str,
+    callback_url: Option<&str>,
 ) -> Result<(String, String, u32), String> {
     let key = uuid::Uuid::new_v4().to_string();
-    let body = json!({"name": name, "email": email});
+    let mut body = json!({"name": name, "email": email});
+    if let Some(url) = callback_url {
+        body["callback_url"] = json!(url);
+    }
     let started = Instant::now();
     let mut attempts = 0;
     let mut last = String::new();

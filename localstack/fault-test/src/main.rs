@@ -6,6 +6,7 @@
 //! Every child (services, the suite's own LocalStack and PostgreSQL) is stopped when the suite
 //! ends, including on error, panic or Ctrl-C: each is owned by a guard that kills it on drop.
 
+mod callbacks;
 mod check;
 mod confirm;
 mod inject;

@@ -50,6 +50,12 @@ impl Fault {
             .unwrap_or_default()
     }
 
+    /// Whether the phase's enrollments carry a `callback_url` ([`crate::callbacks`]): the kill -9
+    /// phases, where the gateway that delivers them dies mid-load.
+    pub fn has_callbacks(self) -> bool {
+        matches!(self, Fault::Kill9 | Fault::Kill9Pair)
+    }
+
     /// The gateway's `EMAIL_CONFIRMATION` in this phase: only the confirmation phase waits on
     /// the mail; the others test the saga's machinery without that step.
     pub fn email_confirmation(self) -> &'static str {
@@ -90,6 +96,17 @@ impl Context {
     }
 
     pub(crate) async fn system(&self, fault: Fault, endpoint: &str, enrollments: usize) -> anyhow::Result<System> {
+        self.system_with(fault, endpoint, enrollments, Vec::new()).await
+    }
+
+    /// [`Context::system`] with more settings for the gateway (callbacks: [`crate::callbacks`]).
+    pub(crate) async fn system_with(
+        &self,
+        fault: Fault,
+        endpoint: &str,
+        enrollments: usize,
+        mut gateway_env: Vec<(String, String)>,
+    ) -> anyhow::Result<System> {
         let instances = if fault == Fault::Kill9Pair { 2 } else { 1 };
         // kill9-far: the services (and the suite) reach the bus and the database through relays
         // that add a region's round trips, so more is in flight when a service dies.
@@ -111,14 +128,16 @@ impl Context {
         } else {
             (endpoint.to_owned(), self.storage.clone())
         };
+        // Confirmation by e-mail stated per phase (the gateway's own default is `required`).
+        gateway_env.push(("EMAIL_CONFIRMATION".to_owned(), fault.email_confirmation().to_owned()));
         let mut system = System::start(
             &self.settings,
             &fault.name(),
-            fault.email_confirmation(),
             &endpoint,
             &storage,
             self.budget(enrollments),
             instances,
+            gateway_env,
         )
         .await?;
         system.relays = relays;
@@ -144,12 +163,25 @@ impl Context {
         spread: Duration,
         tag: String,
     ) -> tokio::task::JoinHandle<LoadResult> {
+        self.start_load_with(system, count, spread, tag, Vec::new())
+    }
+
+    /// [`Context::start_load_as`] where enrollment `i` carries `callbacks[i]` as its `callback_url`.
+    pub(crate) fn start_load_with(
+        &self,
+        system: &System,
+        count: usize,
+        spread: Duration,
+        tag: String,
+        callbacks: Vec<String>,
+    ) -> tokio::task::JoinHandle<LoadResult> {
         tokio::spawn(load::run(
             system.processes.http.clone(),
             system.gateway_urls(),
             count,
             spread,
             tag,
+            callbacks,
         ))
     }
 }

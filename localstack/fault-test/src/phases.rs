@@ -3,6 +3,7 @@
 //! the invariants. "Time to recover" is measured from the end of the last fault (the restart,
 //! the server back) until every accepted enrollment is terminal.
 
+use crate::callbacks::Receivers;
 use crate::check;
 use crate::confirm::{self, Confirmer, Outcome};
 use crate::inject;
@@ -36,8 +37,29 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
         fault != Fault::Kill9Pair || matches!(ctx.storage, crate::system::Storage::Postgres { .. }),
         "kill9-pair runs two instances of each service on one database: PostgreSQL backend only"
     );
-    let mut system = ctx.system(fault, &ctx.endpoint, ctx.enrollments).await?;
-    let load = ctx.start_load(&system, ctx.enrollments, ctx.spread, &report.fault);
+    let receivers = if fault.has_callbacks() {
+        Some(Receivers::start().await?)
+    } else {
+        None
+    };
+    let gateway_env = receivers.as_ref().map(Receivers::gateway_env).unwrap_or_default();
+    let mut system = ctx
+        .system_with(fault, &ctx.endpoint, ctx.enrollments, gateway_env)
+        .await?;
+    let callback_urls = match &receivers {
+        Some(receivers) => {
+            receivers.trust_published_key(&system).await?;
+            receivers.urls(ctx.enrollments)
+        }
+        None => Vec::new(),
+    };
+    let load = ctx.start_load_with(
+        &system,
+        ctx.enrollments,
+        ctx.spread,
+        load_tag(&report.fault),
+        callback_urls,
+    );
     let step = ctx.spread / 5;
     let mut poison = Vec::new();
     let mut replayed = HashSet::new();
@@ -126,6 +148,11 @@ async fn under_load(ctx: &Context, fault: Fault, report: &mut Report) -> anyhow:
     let ids = accepted_ids(&loaded, report);
     let (_, _) = check::wait_terminal(&system, &ids, ctx.terminal_limit).await?;
     report.recover = Some(fault_end.elapsed());
+    if let Some(receivers) = &receivers {
+        receivers
+            .check(&system, &loaded.accepted, ctx.terminal_limit, report)
+            .await?;
+    }
     if fault == Fault::Duplicates {
         // Late copies: everything again (the second or third delivery of each), shuffled.
         resent += inject::resend_new(&system, &mut replayed).await?;

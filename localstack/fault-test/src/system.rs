@@ -49,15 +49,16 @@ pub struct System {
 impl System {
     /// Deploys the stack, creates the databases and starts `instances` instances of each of the
     /// three services; returns once all are ready. `budget_points` is the transaction-api's
-    /// campaign budget. Logs and SQLite files go to the phase's directory.
+    /// campaign budget; `gateway_env` the phase's settings for the gateway (`EMAIL_CONFIRMATION`,
+    /// callbacks). Logs and SQLite files go to the phase's directory.
     pub async fn start(
         settings: &Settings,
         phase: &str,
-        email_confirmation: &str,
         endpoint: &str,
         storage: &Storage,
         budget_points: i64,
         instances: usize,
+        gateway_env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
         let dir = settings.run_dir.join(phase);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -65,6 +66,15 @@ impl System {
             Storage::Sqlite => (Backend::Sqlite, String::new()),
             Storage::Postgres { admin_url } => (Backend::Postgres, admin_url.clone()),
         };
+        let mut service_env = vec![
+            (TRANSACTION, "BONUS_BUDGET_POINTS".to_owned(), budget_points.to_string()),
+            (
+                GATEWAY,
+                "CONFIRMATION_TTL_SECONDS".to_owned(),
+                crate::phase::CONFIRMATION_TTL.as_secs().to_string(),
+            ),
+        ];
+        service_env.extend(gateway_env.into_iter().map(|(k, v)| (GATEWAY, k, v)));
         // The services' own defaults, but for the budget: what the suite tests is the default
         // configuration.
         let layout = Layout {
@@ -81,16 +91,7 @@ impl System {
             dir: Some(dir),
             bin_dir: Some(settings.bin_dir.clone()),
             env: Vec::new(),
-            // Confirmation by e-mail stated per phase (the gateway's own default is `required`).
-            service_env: vec![
-                (TRANSACTION, "BONUS_BUDGET_POINTS".to_owned(), budget_points.to_string()),
-                (GATEWAY, "EMAIL_CONFIRMATION".to_owned(), email_confirmation.to_owned()),
-                (
-                    GATEWAY,
-                    "CONFIRMATION_TTL_SECONDS".to_owned(),
-                    crate::phase::CONFIRMATION_TTL.as_secs().to_string(),
-                ),
-            ],
+            service_env,
             ready_within: READY_LIMIT,
             ..Layout::default()
         };
