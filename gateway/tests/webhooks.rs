@@ -18,6 +18,7 @@ use testkit::{Backend, DEADLINE, Options, Poll, System, eventually};
 testkit::on_both_backends!(
     every_status_change_arrives_signed_and_retries_reach_a_flaky_receiver,
     a_410_stops_the_callbacks_and_a_redirect_is_not_followed,
+    a_410_also_stops_a_delivery_already_under_way,
     callback_urls_to_private_addresses_are_refused_at_submission,
 );
 
@@ -38,7 +39,8 @@ struct Receiver {
 type Shared = Arc<Mutex<Receiver>>;
 
 /// `/{behaviour}/{tag}`: `ok` answers 204, `flaky` 503 to the first two attempts of each
-/// webhook-id, `gone` 410, `redirect` 307 to `/ok/redirected`.
+/// webhook-id, `gone` 410, `redirect` 307 to `/ok/redirected`, `slowgone` 503 after 1.5 s to the
+/// first status change and 410 at once to the others.
 async fn receive(
     State(receiver): State<Shared>,
     Path((behaviour, tag)): Path<(String, String)>,
@@ -57,16 +59,26 @@ async fn receive(
         header("webhook-timestamp"),
         header("webhook-signature"),
     );
-    let mut receiver = receiver.lock().unwrap();
-    let verified = gateway::webhooks::signing::verify(&receiver.key, &id, &timestamp, &body, &signature);
-    let hits = receiver.hits.entry(format!("{behaviour}/{tag}")).or_default();
-    let earlier = hits.iter().filter(|h| h.id == id).count();
-    hits.push(Hit {
-        id,
-        verified,
-        body: serde_json::from_str(&body).unwrap_or(Value::Null),
-    });
+    let raw = body;
+    let body: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+    let earlier = {
+        let mut receiver = receiver.lock().unwrap();
+        let verified = gateway::webhooks::signing::verify(&receiver.key, &id, &timestamp, &raw, &signature);
+        let hits = receiver.hits.entry(format!("{behaviour}/{tag}")).or_default();
+        let earlier = hits.iter().filter(|h| h.id == id).count();
+        hits.push(Hit {
+            id,
+            verified,
+            body: body.clone(),
+        });
+        earlier
+    };
     match behaviour.as_str() {
+        "slowgone" if body["data"]["sequence"] == 1 => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+        "slowgone" => StatusCode::GONE.into_response(),
         "flaky" if earlier < 2 => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         "gone" => StatusCode::GONE.into_response(),
         "redirect" => (StatusCode::TEMPORARY_REDIRECT, [("location", "/ok/redirected")]).into_response(),
@@ -295,6 +307,66 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// A 410 stops the enrollment's other deliveries, also one whose attempt is still under way:
+/// that attempt's 503, coming back after the 410, neither brings its delivery back to life (no
+/// request after the 410) nor counts it as ending twice.
+async fn a_410_also_stops_a_delivery_already_under_way(backend: Backend) {
+    let system = System::start(
+        backend,
+        Options {
+            callbacks: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (port, receiver) = start_receiver(published_key(&system).await).await;
+    let id = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/slowgone/s")).await;
+    system.wait_for_status(&id, &testkit::TERMINAL).await;
+    let pool = system.gateway().pool.clone();
+    // The first status change's attempt is recorded once its slow 503 is back.
+    let first: (String, i64) = eventually("the slow attempt to be recorded", DEADLINE, || async {
+        let first: Option<(String, i64)> = sqlx::query_as(
+            "SELECT d.state, d.attempts FROM webhook_deliveries d
+             JOIN webhook_attempts a ON a.delivery_id = d.id AND a.http_status = 503
+             WHERE d.enrollment_id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        Poll::ready_if(first.is_some(), first.clone().unwrap_or_default(), first)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        first,
+        ("stopped".to_owned(), 1),
+        "the 503 after the 410 revived the delivery"
+    );
+    // Retries here come within ~100 ms (WEBHOOK_RETRY_BASE_MS=50): give one ten times that.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = hits(&receiver, "slowgone/s");
+    let ids: std::collections::BTreeSet<&str> = got.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(ids.len(), got.len(), "a webhook was sent again after the 410: {got:?}");
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM webhook_deliveries WHERE enrollment_id = $1")
+        .bind(&id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(states.iter().all(|s| s == "stopped"), "{states:?}");
+    let text = gateway_metrics(&system).await;
+    assert_eq!(
+        sample(&text, r#"saga_webhook_deliveries_total{outcome="stopped"}"#),
+        Some(states.len() as f64),
+        "each delivery ends once: {text}"
+    );
+    assert_eq!(
+        sample(&text, r#"saga_webhook_deliveries_total{outcome="failed"}"#).unwrap_or(0.0),
+        0.0
+    );
+    system.stop().await;
 }
 
 async fn a_410_stops_the_callbacks_and_a_redirect_is_not_followed(backend: Backend) {

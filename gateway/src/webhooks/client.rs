@@ -100,11 +100,11 @@ impl Client {
         }
         let mut response = match request.send().await {
             Ok(response) => response,
-            Err(err) if is_refused(&err) => return Outcome::Refused(cause_chain(&err)),
+            Err(err) if is_refused(&err) => return Outcome::Refused(cause_chain(&err.without_url())),
             Err(err) => {
                 return Outcome::Retry {
                     status: None,
-                    reason: cause_chain(&err),
+                    reason: cause_chain(&err.without_url()),
                 };
             }
         };
@@ -139,6 +139,8 @@ fn is_refused(err: &reqwest::Error) -> bool {
     false
 }
 
+/// The error and its causes, without the URL (which may carry the receiver's own secret in its
+/// query): this text is logged and shown in the operator view.
 fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

@@ -344,10 +344,13 @@ impl Dispatcher {
             .took
             .map_or(0, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
         let mut tx = self.pool.begin().await?;
-        let number: i64 = sqlx::query_scalar(
+        // Only a delivery still pending takes this attempt's ending: one a sibling's 410 stopped
+        // while this attempt was under way (or another instance finished after a lapsed lease)
+        // stays as it ended, and is neither counted nor logged as ending twice.
+        let ended_here: Option<i64> = sqlx::query_scalar(
             "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, last_status = $2,
                  last_error = $3, finished_at = $4, next_attempt_at = $5, claimed_until = NULL
-             WHERE id = $6 RETURNING attempts",
+             WHERE id = $6 AND state = 'pending' RETURNING attempts",
         )
         .bind(state)
         .bind(attempt.status.map(i64::from))
@@ -355,8 +358,22 @@ impl Dispatcher {
         .bind(finished_at)
         .bind(next_attempt_at)
         .bind(&row.id)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let number = match ended_here {
+            Some(number) => number,
+            None => {
+                let counted: Option<i64> = sqlx::query_scalar(
+                    "UPDATE webhook_deliveries SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+                )
+                .bind(&row.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                // Gone altogether (past its retention): nothing to record.
+                let Some(number) = counted else { return Ok(()) };
+                number
+            }
+        };
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, attempt, at, result, http_status, duration_ms, error)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -391,6 +408,10 @@ impl Dispatcher {
         tx.commit().await?;
 
         self.metrics.attempted(attempt.result, attempt.took);
+        self.metrics.ended("stopped", also_stopped);
+        if ended_here.is_none() {
+            return Ok(());
+        }
         let outcome = match ending {
             Ending::RetryAt(_) => return Ok(()),
             Ending::Delivered => {
@@ -403,7 +424,6 @@ impl Dispatcher {
             Ending::Failed => "failed",
         };
         self.metrics.ended(outcome, 1);
-        self.metrics.ended("stopped", also_stopped);
         // One line per delivery that ends (`outcome` as in `saga_webhook_deliveries_total`):
         // what a log-based metric counts.
         let (status, error) = (attempt.status, attempt.error.as_deref().unwrap_or_default());
@@ -480,27 +500,38 @@ fn delay(base: Duration, attempts: i64) -> chrono::Duration {
 }
 
 /// Deletes the deliveries that finished before `cutoff`, with their attempts, a bounded batch
-/// per transaction; returns how many deliveries went. Pending ones are never touched.
+/// per transaction; returns how many deliveries went. Pending ones are never touched. The
+/// attempts deleted are exactly those of the deliveries this transaction deleted, so two
+/// instances sweeping at once leave no attempt without its delivery.
 pub async fn forget_finished(pool: &AnyPool, cutoff: &str) -> Result<u64, sqlx::Error> {
-    const OLD: &str = "SELECT id FROM webhook_deliveries
-                       WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY id LIMIT $2";
     let mut total = 0;
     loop {
         let mut tx = pool.begin().await?;
-        sqlx::query(&format!("DELETE FROM webhook_attempts WHERE delivery_id IN ({OLD})"))
-            .bind(cutoff)
-            .bind(FORGET_BATCH)
-            .execute(&mut *tx)
-            .await?;
-        let deleted = sqlx::query(&format!("DELETE FROM webhook_deliveries WHERE id IN ({OLD})"))
-            .bind(cutoff)
-            .bind(FORGET_BATCH)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let gone: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM webhook_deliveries WHERE id IN (
+                 SELECT id FROM webhook_deliveries
+                 WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY id LIMIT $2)
+             RETURNING id",
+        )
+        .bind(cutoff)
+        .bind(FORGET_BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !gone.is_empty() {
+            let placeholders: Vec<String> = (1..=gone.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in &gone {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
-        total += deleted;
-        if deleted < FORGET_BATCH as u64 {
+        total += gone.len() as u64;
+        if (gone.len() as i64) < FORGET_BATCH {
             return Ok(total);
         }
         tokio::task::yield_now().await;
@@ -513,9 +544,14 @@ mod tests {
 
     #[tokio::test]
     async fn only_deliveries_finished_before_the_cutoff_go_with_their_attempts() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}/w.db", dir.path().display());
-        let pool = utility::storage::connect(&url, crate::migrations()).await.unwrap();
+        for backend in [testkit::Backend::Sqlite, testkit::Backend::Postgres] {
+            finished_deliveries_are_forgotten(backend).await;
+        }
+    }
+
+    async fn finished_deliveries_are_forgotten(backend: testkit::Backend) {
+        let db = testkit::TestDb::new(backend, "webhook_retention").await;
+        let pool = utility::storage::connect(&db.url, crate::migrations()).await.unwrap();
         let old = timestamp(chrono::Utc::now() - chrono::Duration::days(30));
         let new = utility::storage::now();
         for (id, state, finished_at) in [

@@ -594,7 +594,7 @@ fn alarms_watch_dead_letters_waiting_messages_and_stalled_sagas() {
     }
     let parameters = &template["Parameters"];
     assert_eq!(parameters["OldestMessageAlarmSeconds"]["Default"].as_i64(), Some(300));
-    assert_eq!(parameters["WebhookFailuresAlarmCount"]["Default"].as_i64(), Some(0));
+    assert_eq!(parameters["WebhookFailuresAlarmCount"]["Default"].as_i64(), Some(20));
 }
 
 /// Retention is a parameter (default 30 days) that only takes the values CloudWatch Logs accepts,
