@@ -801,7 +801,6 @@ fn pooled(runs: &[SagaRun], latencies: impl Fn(&SagaRun) -> &Vec<f64>) -> Vec<f6
     all
 }
 
-
 impl Results {
     fn measured(&self) -> Vec<Measured> {
         let c = &self.consumer;
