@@ -27,7 +27,8 @@
 //! from the far figures. Under `cargo test` (no `--bench`) it is a smoke run of a twentieth of
 //! the size, one round, and writes nothing. `BENCH_MESSAGES` (2000), `BENCH_ENROLLMENTS` (400),
 //! `BENCH_SEQUENTIAL` (100), `BENCH_HOPS` (40), `BENCH_IDLE_SECONDS` (40) set the sizes;
-//! `BENCH_ONLY=consumer` stops after phase 1; `BENCH_ONLY=lookup` runs phase 4 alone.
+//! `BENCH_ONLY=consumer` stops after phase 1; `BENCH_ONLY=sagas` runs phase 3 alone (without the
+//! idle measure) and `BENCH_ONLY=lookup` phase 4, printing their figures and writing nothing.
 
 #[path = "pipeline/lookups.rs"]
 mod lookups;
@@ -48,9 +49,11 @@ use utility::storage::AnyConnection;
 const FAR_BUS: Duration = testkit::proxy::REGION_BUS;
 /// Added each way to every round trip to PostgreSQL in "far" runs: RDS in the same region.
 const FAR_DATABASE: Duration = testkit::proxy::REGION_DATABASE;
-/// Bus messages in a completed saga: `Enroll`, `CustomerEnrolled`, `PostBonusPoints`,
-/// `BonusPointsPosted`.
-const MESSAGES_PER_SAGA: f64 = 4.0;
+/// Bus messages of a completed saga besides its status events: `Enroll`, `CustomerEnrolled`,
+/// `PostBonusPoints`, `BonusPointsPosted`. Each history entry adds one more, the
+/// `EnrollmentStatusChanged` the gateway publishes with it (to its status-events topic, which
+/// delivers it to its webhook-deliveries queue): [`SagaRun::messages_per_saga`] counts them.
+const SAGA_MESSAGES: f64 = 4.0;
 
 // ---------------------------------------------------------------------------------------------
 // The targets (issue 20), stated once.
@@ -563,6 +566,9 @@ struct SagaRun {
     concurrent_ms: Vec<f64>,
     /// Requests the three services sent per completed saga (submitted at once), by operation.
     billed: BTreeMap<String, f64>,
+    /// Bus messages per completed saga (submitted at once): [`SAGA_MESSAGES`] and one status
+    /// event per history entry, as the gateway's database shows them.
+    messages_per_saga: f64,
     /// Per service (by index): CPU ms per saga (submitted at once), peak RSS MiB.
     cpu_ms: [f64; 3],
     rss_mib: [f64; 3],
@@ -576,6 +582,12 @@ struct SagaRun {
 impl SagaRun {
     fn billed_total(&self) -> f64 {
         self.billed.values().sum()
+    }
+
+    /// Billed requests per saga if every request carried ten messages: each message is sent or
+    /// published once, received once and deleted once.
+    fn batching_floor(&self) -> f64 {
+        self.messages_per_saga * 3.0 / 10.0
     }
 }
 
@@ -600,6 +612,19 @@ async fn saga_latencies(pool: &sqlx::AnyPool, since: &str) -> Vec<f64> {
         .collect();
     latencies.sort_by(f64::total_cmp);
     latencies
+}
+
+/// History entries of the sagas accepted from `since` on: one `EnrollmentStatusChanged` each.
+async fn status_events(pool: &sqlx::AnyPool, since: &str) -> f64 {
+    let entries: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM enrollment_history h WHERE h.enrollment_id IN
+         (SELECT p.enrollment_id FROM enrollment_history p WHERE p.status = 'pending' AND p.at >= $1)",
+    )
+    .bind(since)
+    .fetch_one(pool)
+    .await
+    .expect("history entries");
+    entries as f64
 }
 
 /// Peak RSS (MiB) and CPU time (ms, user + system, at Linux's 100 ticks a second) of `pid`.
@@ -708,6 +733,7 @@ async fn saga_run(route: &Route, sequential: usize, concurrent: usize, idle_seco
     COMPLETED.until(&gateway_db, sequential + concurrent).await;
     run.per_second = rate(concurrent, started.elapsed());
     run.concurrent_ms = saga_latencies(&gateway_db, &since).await;
+    run.messages_per_saga = SAGA_MESSAGES + status_events(&gateway_db, &since).await / concurrent as f64;
     // The last deletes are gathered for a moment before they are sent.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let n = concurrent as f64;
@@ -775,12 +801,6 @@ fn pooled(runs: &[SagaRun], latencies: impl Fn(&SagaRun) -> &Vec<f64>) -> Vec<f6
     all
 }
 
-/// Billed requests per saga if every request carried ten messages: each message is sent or
-/// published once, received once and deleted once.
-fn batching_floor() -> f64 {
-    MESSAGES_PER_SAGA * 3.0 / 10.0
-}
-
 impl Results {
     fn measured(&self) -> Vec<Measured> {
         let c = &self.consumer;
@@ -826,15 +846,11 @@ impl Results {
             ),
         });
         for (id, runs) in [(Id::BilledNear, &self.near), (Id::BilledFar, &self.far)] {
-            let billed = over(runs, SagaRun::billed_total);
+            let (billed, floor) = (over(runs, SagaRun::billed_total), over(runs, SagaRun::batching_floor));
             m.push(Measured {
                 id,
-                value: billed / batching_floor(),
-                shown: format!(
-                    "{:.2}x ({billed:.2} requests, floor {:.1})",
-                    billed / batching_floor(),
-                    batching_floor()
-                ),
+                value: billed / floor,
+                shown: format!("{:.2}x ({billed:.2} requests, floor {floor:.1})", billed / floor),
             });
         }
         m.push(Measured {
@@ -1146,6 +1162,41 @@ fn page(results: &Results, run: &str) -> String {
     )
 }
 
+/// Phase 3, near and far alternately, each run's figures printed as it ends: `idle`, the seconds
+/// of idle receives measured after the first near run.
+async fn saga_rounds(near: &Route, far: &Route, idle: Option<u64>) -> (Vec<SagaRun>, Vec<SagaRun>) {
+    let (sequential, concurrent) = (size("BENCH_SEQUENTIAL", 100), size("BENCH_ENROLLMENTS", 400));
+    let (mut near_runs, mut far_runs) = (Vec::new(), Vec::new());
+    for round in 0..rounds("BENCH_SAGA_ROUNDS", 2) {
+        for route in [near, far] {
+            let idle = idle.filter(|_| round == 0 && route.name == "near");
+            let run = saga_run(route, sequential, concurrent, idle).await;
+            println!(
+                "round {round}, {}: {:.1} sagas/s, {:.2} billed requests (floor {:.2}), {:.0} log bytes per saga; \
+                 CPU ms per saga {:.2} / {:.2} / {:.2}, peak RSS {:.1} / {:.1} / {:.1} MiB",
+                route.name,
+                run.per_second,
+                run.billed_total(),
+                run.batching_floor(),
+                run.log_bytes,
+                run.cpu_ms[GATEWAY],
+                run.cpu_ms[CUSTOMER],
+                run.cpu_ms[TRANSACTION],
+                run.rss_mib[GATEWAY],
+                run.rss_mib[CUSTOMER],
+                run.rss_mib[TRANSACTION],
+            );
+            (if route.name == "near" {
+                &mut near_runs
+            } else {
+                &mut far_runs
+            })
+            .push(run);
+        }
+    }
+    (near_runs, far_runs)
+}
+
 /// Phase 4: an operator lookup over the bus at idle, on its own system.
 async fn lookup_phase() -> lookups::LookupLatency {
     let system = testkit::System::start(Backend::Postgres, testkit::Options::default()).await;
@@ -1171,6 +1222,10 @@ async fn main() {
     }
     let near = Route::start("near", Duration::ZERO, Duration::ZERO).await;
     let far = Route::start("far", FAR_BUS, FAR_DATABASE).await;
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("sagas") {
+        saga_rounds(&near, &far, None).await;
+        return;
+    }
     let stack = TestStack::deploy(&near.bus).await;
     let queue = stack.output("TransactionCommandsQueueUrl").to_owned();
 
@@ -1188,28 +1243,7 @@ async fn main() {
     let (hops_near, hops_far) = (hops(&near, &stack).await, hops(&far, &stack).await);
 
     println!("3. whole sagas");
-    let (sequential, concurrent) = (size("BENCH_SEQUENTIAL", 100), size("BENCH_ENROLLMENTS", 400));
-    let idle = size("BENCH_IDLE_SECONDS", 40) as u64;
-    let (mut near_runs, mut far_runs) = (Vec::new(), Vec::new());
-    for round in 0..rounds("BENCH_SAGA_ROUNDS", 2) {
-        for route in [&near, &far] {
-            let idle = (round == 0 && route.name == "near").then_some(idle);
-            let run = saga_run(route, sequential, concurrent, idle).await;
-            println!(
-                "round {round}, {}: {:.1} sagas/s, {:.2} billed requests, {:.0} log bytes per saga",
-                route.name,
-                run.per_second,
-                run.billed_total(),
-                run.log_bytes
-            );
-            (if route.name == "near" {
-                &mut near_runs
-            } else {
-                &mut far_runs
-            })
-            .push(run);
-        }
-    }
+    let (near_runs, far_runs) = saga_rounds(&near, &far, Some(size("BENCH_IDLE_SECONDS", 40) as u64)).await;
     println!("4. an operator lookup over the bus, at idle");
     let lookup = lookup_phase().await;
     let sagas_far_to_near = median(
