@@ -54,6 +54,10 @@ const FAR_DATABASE: Duration = testkit::proxy::REGION_DATABASE;
 /// `EnrollmentStatusChanged` the gateway publishes with it (to its status-events topic, which
 /// delivers it to its webhook-deliveries queue): [`SagaRun::messages_per_saga`] counts them.
 const SAGA_MESSAGES: f64 = 4.0;
+/// The receive loops that long-poll while nothing happens: the gateway's events consumer, its
+/// webhook-deliveries consumer and its lookup replies; each service's commands consumer and
+/// lookup responder.
+const IDLE_POLLERS: f64 = 7.0;
 
 // ---------------------------------------------------------------------------------------------
 // The targets (issue 20), stated once.
@@ -764,8 +768,7 @@ async fn saga_run(route: &Route, sequential: usize, concurrent: usize, idle_seco
         };
         let before = receives().await;
         tokio::time::sleep(Duration::from_secs(seconds)).await;
-        // One consumer per service.
-        run.idle_receives = Some((receives().await - before) / 3.0 * 60.0 / seconds as f64);
+        run.idle_receives = Some((receives().await - before) / IDLE_POLLERS * 60.0 / seconds as f64);
     }
     gateway_db.close().await;
     processes.stop().await;
