@@ -1029,8 +1029,10 @@ impl Plan {
 fn plan(results: &Results, per_second: f64) -> Plan {
     let far = &results.far;
     let consumer_rate = results.consumer.postgres_far;
-    // Messages consumed per saga: the gateway takes both events, the others a command each.
-    let consumed = [2.0, 1.0, 1.0];
+    // Messages consumed per saga: the gateway takes both events and every status event, the
+    // others a command each.
+    let messages = over(far, |r| r.messages_per_saga);
+    let consumed = [2.0 + (messages - SAGA_MESSAGES), 1.0, 1.0];
     let cpu_ms = [0, 1, 2].map(|i| over(far, |r| r.cpu_ms[i]));
     let least = if per_second >= 100.0 { 2 } else { 1 };
     // What a t3 sustains: its baseline (10 % of 2 vCPU on a t3.micro, 20 % on a t3.small).
@@ -1071,8 +1073,9 @@ fn plan(results: &Results, per_second: f64) -> Plan {
         database_class,
         bus: of_operations("SQS.") * 0.40 + of_operations("SNS.") * 0.50,
         logs: log_kb * 0.50 * 1.06,
-        // ~16 KB of messages per saga through the NAT, plus the log bytes; $0.045/GB.
-        nat: (16.0 + log_kb) * 0.045,
+        // Each message crosses the NAT twice at ~2 KB with its request, plus the log bytes;
+        // $0.045/GB.
+        nat: (messages * 4.0 + log_kb) * 0.045,
         alb: 0.09,
         ec2: ec2_hourly / millions_an_hour,
         rds: 3.0 * database_hourly / millions_an_hour,
