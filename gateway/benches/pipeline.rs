@@ -58,6 +58,8 @@ const SAGA_MESSAGES: f64 = 4.0;
 /// webhook-deliveries consumer and its lookup replies; each service's commands consumer and
 /// lookup responder.
 const IDLE_POLLERS: f64 = 7.0;
+/// The services' long poll in the whole-saga runs, as deployed.
+const RECEIVE_WAIT_SECONDS: u64 = 20;
 
 // ---------------------------------------------------------------------------------------------
 // The targets (issue 20), stated once.
@@ -688,7 +690,7 @@ fn cpu_and_rss(processes: &Processes) -> [(f64, f64); 3] {
 /// nothing for that long.
 async fn saga_run(route: &Route, sequential: usize, concurrent: usize, idle_seconds: Option<u64>) -> SagaRun {
     let processes = Processes::start_with(Layout {
-        receive_wait_seconds: 20,
+        receive_wait_seconds: RECEIVE_WAIT_SECONDS as u32,
         backend: Backend::Postgres,
         endpoint: route.endpoint.clone(),
         postgres_admin_url: route.postgres_admin.clone(),
@@ -766,6 +768,9 @@ async fn saga_run(route: &Route, sequential: usize, concurrent: usize, idle_seco
                 .copied()
                 .unwrap_or(0.0)
         };
+        // The pollers a burst added retire on their first receive that comes back empty, up to
+        // one long poll after the burst: idle starts once they have.
+        tokio::time::sleep(Duration::from_secs(RECEIVE_WAIT_SECONDS + 2)).await;
         let before = receives().await;
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         run.idle_receives = Some((receives().await - before) / IDLE_POLLERS * 60.0 / seconds as f64);

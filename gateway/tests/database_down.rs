@@ -116,6 +116,10 @@ fn while_down(method: &str, path: &str, view_key: &str) -> WhileDown {
             "GET /api/enrollments (listing)",
             get("/api/enrollments?limit=5"),
         )]),
+        ("GET", "/api/sagas/{id}") => Unavailable(vec![(
+            "GET /api/sagas/{id} (one saga with its webhook deliveries)",
+            get(&format!("/api/sagas/{}", uuid::Uuid::now_v7())),
+        )]),
         // Asked over the bus, answered from the customer-api's and the transaction-api's
         // databases: a service that cannot read leaves the lookup unanswered, a 504 within
         // LOOKUP_TIMEOUT_MS (gateway/tests/lookups.rs stops a service for it).
