@@ -47,23 +47,11 @@ async fn receive(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (id, timestamp, signature) = (
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
-    );
     let raw = body;
     let body: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
     let earlier = {
         let mut receiver = receiver.lock().unwrap();
-        let verified = gateway::webhooks::signing::verify(&receiver.key, &id, &timestamp, &raw, &signature);
+        let (id, verified) = gateway::webhooks::signing::verify_headers(&receiver.key, &headers, &raw);
         let hits = receiver.hits.entry(format!("{behaviour}/{tag}")).or_default();
         let earlier = hits.iter().filter(|h| h.id == id).count();
         hits.push(Hit {
@@ -98,6 +86,20 @@ async fn start_receiver(key: String) -> (u16, Shared) {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (port, shared)
+}
+
+/// The system with callbacks to this machine on, and a receiver holding the key it publishes.
+async fn start_with_receiver(backend: Backend) -> (System, u16, Shared) {
+    let system = System::start(
+        backend,
+        Options {
+            callbacks: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (port, receiver) = start_receiver(published_key(&system).await).await;
+    (system, port, receiver)
 }
 
 async fn published_key(system: &System) -> String {
@@ -144,15 +146,7 @@ fn delivered_statuses(hits: &[Hit]) -> Vec<(i64, String)> {
 }
 
 async fn every_status_change_arrives_signed_and_retries_reach_a_flaky_receiver(backend: Backend) {
-    let system = System::start(
-        backend,
-        Options {
-            callbacks: true,
-            ..Options::default()
-        },
-    )
-    .await;
-    let (port, receiver) = start_receiver(published_key(&system).await).await;
+    let (system, port, receiver) = start_with_receiver(backend).await;
     let steady = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/ok/steady")).await;
     let flaky = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/flaky/flaky")).await;
     let expected = vec![
@@ -313,15 +307,7 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
 /// that attempt's 503, coming back after the 410, neither brings its delivery back to life (no
 /// request after the 410) nor counts it as ending twice.
 async fn a_410_also_stops_a_delivery_already_under_way(backend: Backend) {
-    let system = System::start(
-        backend,
-        Options {
-            callbacks: true,
-            ..Options::default()
-        },
-    )
-    .await;
-    let (port, receiver) = start_receiver(published_key(&system).await).await;
+    let (system, port, receiver) = start_with_receiver(backend).await;
     let id = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/slowgone/s")).await;
     system.wait_for_status(&id, &testkit::TERMINAL).await;
     let pool = system.gateway().pool.clone();
@@ -370,15 +356,7 @@ async fn a_410_also_stops_a_delivery_already_under_way(backend: Backend) {
 }
 
 async fn a_410_stops_the_callbacks_and_a_redirect_is_not_followed(backend: Backend) {
-    let system = System::start(
-        backend,
-        Options {
-            callbacks: true,
-            ..Options::default()
-        },
-    )
-    .await;
-    let (port, receiver) = start_receiver(published_key(&system).await).await;
+    let (system, port, receiver) = start_with_receiver(backend).await;
     let gone = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/gone/g")).await;
     let redirect = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/redirect/r")).await;
     system.wait_for_status(&gone, &testkit::TERMINAL).await;
