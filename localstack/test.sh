@@ -45,12 +45,20 @@ fault_failed=0
 if ((status == 0)); then
   # The fault-injection suite, short profile: the real binaries under kill -9, SIGTERM,
   # duplicated deliveries and poison on SQLite; a database outage and two instances of every
-  # service under kill -9 on PostgreSQL.
-  echo "test: fault-test --profile short" >&2
+  # service under kill -9 on PostgreSQL. The two backends run at the same time (their own stacks,
+  # ports, databases and run directories; most of each phase is waiting on deadlines and
+  # leases), each line prefixed with its backend.
+  echo "test: fault-test --profile short, SQLite and PostgreSQL at once" >&2
   cargo build --quiet --bins
   bin="${CARGO_TARGET_DIR:-target}/debug"
+  pids=()
   for backend in sqlite postgres; do
-    if "$bin/fault-test" --profile short --backend "$backend" --bin-dir "$bin"; then
+    ("$bin/fault-test" --profile short --backend "$backend" --bin-dir "$bin" 2>&1 | sed -u "s/^/[$backend] /"
+      exit "${PIPESTATUS[0]}") &
+    pids+=("$!")
+  done
+  for pid in "${pids[@]}"; do
+    if wait "$pid"; then
       fault_passed=$((fault_passed + 1))
     else
       status=1
