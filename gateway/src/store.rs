@@ -10,8 +10,8 @@ use std::sync::LazyLock;
 use utility::domain::{CustomerName, Email};
 use utility::messaging::envelope::Envelope;
 use utility::messaging::message::{
-    ConfirmEnrollment, ConfirmationLink, Enroll, EnrollmentStatusChanged, ErasePersonalData, ForgetEnrollment, Message,
-    MessageType, ResendConfirmation,
+    CALLBACK, CALLBACK_NO, CALLBACK_YES, ConfirmEnrollment, ConfirmationLink, Enroll, EnrollmentStatusChanged,
+    ErasePersonalData, ForgetEnrollment, Message, MessageType, ResendConfirmation,
 };
 use utility::messaging::outbox;
 use uuid::Uuid;
@@ -181,7 +181,11 @@ pub async fn accept(pool: &AnyPool, new: &NewEnrollment<'_>) -> Result<(), sqlx:
     .bind(new.callback_url)
     .execute(&mut *tx)
     .await?;
-    insert_history(&mut tx, new.id, 1, Status::Pending, "EnrollmentAccepted", &now).await?;
+    let first = Numbered {
+        seq: 1,
+        callback: new.callback_url.is_some(),
+    };
+    insert_history(&mut tx, new.id, first, Status::Pending, "EnrollmentAccepted", &now).await?;
     let command = Envelope::new(
         Message::Enroll(Enroll {
             name: new.name.clone(),
@@ -440,23 +444,23 @@ pub async fn saga(tx: &mut AnyConnection, id: Uuid) -> Result<Option<SagaState>,
 /// Moves the saga from `from` to `step.next` with what the step records, clears any stall report
 /// and takes the history's next number (one statement). Empties `name` and `email`, which only
 /// an instance of the release before decision 0042 still writes (during a roll-out). Conditional on `from`: `None` when
-/// another writer moved the saga first; else the number of the history entry to write.
+/// another writer moved the saga first; else the number of the history entry to write ([`Numbered`]).
 pub async fn advance(
     tx: &mut AnyConnection,
     id: Uuid,
     from: Status,
     step: &Step,
     now: &str,
-) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Option<Numbered>, sqlx::Error> {
+    let numbered: Option<(i64, i64)> = sqlx::query_as(&format!(
         "UPDATE enrollments SET status = $1, customer_id = COALESCE($2, customer_id),
              bonus_points = COALESCE($3, bonus_points), reason = COALESCE($4, reason),
              public_reason = COALESCE($5, public_reason), updated_at = $6, stall_reported_at = NULL,
              history_seq = history_seq + 1, name = '', email = '',
              already_enrolled = COALESCE($9, already_enrolled)
          WHERE id = $7 AND status = $8
-         RETURNING history_seq",
-    )
+         {RETURNING_NUMBERED}"
+    ))
     .bind(step.next.name())
     .bind(step.customer_id.map(|c| c.to_string()))
     .bind(step.bonus_points)
@@ -467,7 +471,8 @@ pub async fn advance(
     .bind(from.name())
     .bind(step.already_enrolled.map(i64::from))
     .fetch_optional(tx)
-    .await
+    .await?;
+    Ok(numbered.map(Numbered::from))
 }
 
 /// Why an enrollment still waiting for its owner's confirmation ended: its personal data was
@@ -525,12 +530,12 @@ pub async fn erase_personal_data(pool: &AnyPool, id: Uuid, traceparent: String) 
         return Ok(Erasure::BeingConfirmed);
     }
     let now = utility::storage::now();
-    let ended: Option<i64> = sqlx::query_scalar(
+    let ended: Option<(i64, i64)> = sqlx::query_as(&format!(
         "UPDATE enrollments SET status = $1, updated_at = $2, stall_reported_at = NULL, public_reason = $3,
              reason = $3, history_seq = history_seq + 1
          WHERE id = $4 AND confirm_by IS NOT NULL AND status IN ($5, $6)
-         RETURNING history_seq",
-    )
+         {RETURNING_NUMBERED}"
+    ))
     .bind(Status::Expired.name())
     .bind(&now)
     .bind(ERASED_BEFORE_CONFIRMATION)
@@ -539,8 +544,16 @@ pub async fn erase_personal_data(pool: &AnyPool, id: Uuid, traceparent: String) 
     .bind(Status::AwaitingConfirmation.name())
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(seq) = ended {
-        insert_history(&mut tx, id, seq, Status::Expired, "PersonalDataErased", &now).await?;
+    if let Some(numbered) = ended {
+        insert_history(
+            &mut tx,
+            id,
+            numbered.into(),
+            Status::Expired,
+            "PersonalDataErased",
+            &now,
+        )
+        .await?;
     }
     sqlx::query("UPDATE enrollments SET confirmation_token_hash = NULL, mailed_to = NULL WHERE id = $1")
         .bind(id.to_string())
@@ -635,12 +648,12 @@ pub async fn confirm(
 ) -> Result<bool, sqlx::Error> {
     let now = utility::storage::now();
     let mut tx = pool.begin().await?;
-    let seq: Option<i64> = sqlx::query_scalar(
+    let numbered: Option<(i64, i64)> = sqlx::query_as(&format!(
         "UPDATE enrollments SET status = $1, confirmation_token_hash = NULL, updated_at = $2, stall_reported_at = NULL,
              history_seq = history_seq + 1
          WHERE id = $3 AND status = $4 AND confirmation_token_hash = $5 AND confirm_by > $2
-         RETURNING history_seq",
-    )
+         {RETURNING_NUMBERED}"
+    ))
     .bind(Status::Confirmed.name())
     .bind(&now)
     .bind(id.to_string())
@@ -648,10 +661,18 @@ pub async fn confirm(
     .bind(token_hash)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(seq) = seq else {
+    let Some(numbered) = numbered else {
         return Ok(false);
     };
-    insert_history(&mut tx, id, seq, Status::Confirmed, "EnrollmentConfirmed", &now).await?;
+    insert_history(
+        &mut tx,
+        id,
+        numbered.into(),
+        Status::Confirmed,
+        "EnrollmentConfirmed",
+        &now,
+    )
+    .await?;
     let command =
         Envelope::new(Message::ConfirmEnrollment(ConfirmEnrollment {}), id).with_traceparent(Some(traceparent));
     outbox::enqueue(&mut tx, &command).await?;
@@ -743,12 +764,12 @@ pub async fn expire(pool: &AnyPool, saga: &Unconfirmed, public_reason: &str) -> 
     let now = utility::storage::now();
     let id = Uuid::parse_str(&saga.id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let mut tx = pool.begin().await?;
-    let seq: Option<i64> = sqlx::query_scalar(
+    let numbered: Option<(i64, i64)> = sqlx::query_as(&format!(
         "UPDATE enrollments SET status = $1, updated_at = $2, stall_reported_at = NULL, public_reason = $3,
              reason = $3, history_seq = history_seq + 1
          WHERE id = $4 AND status = $5 AND confirm_by < $2
-         RETURNING history_seq",
-    )
+         {RETURNING_NUMBERED}"
+    ))
     .bind(Status::Expired.name())
     .bind(&now)
     .bind(public_reason)
@@ -756,10 +777,18 @@ pub async fn expire(pool: &AnyPool, saga: &Unconfirmed, public_reason: &str) -> 
     .bind(saga.status.name())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(seq) = seq else {
+    let Some(numbered) = numbered else {
         return Ok(false);
     };
-    insert_history(&mut tx, id, seq, Status::Expired, "ConfirmationExpired", &now).await?;
+    insert_history(
+        &mut tx,
+        id,
+        numbered.into(),
+        Status::Expired,
+        "ConfirmationExpired",
+        &now,
+    )
+    .await?;
     let command = Envelope::new(
         Message::ForgetEnrollment(ForgetEnrollment {
             reason: public_reason.to_owned(),
@@ -839,25 +868,52 @@ pub(crate) async fn record_history(
     event: &str,
     at: &str,
 ) -> Result<(), sqlx::Error> {
-    let seq: i64 =
-        sqlx::query_scalar("UPDATE enrollments SET history_seq = history_seq + 1 WHERE id = $1 RETURNING history_seq")
-            .bind(id.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-    insert_history(tx, id, seq, status, event, at).await
+    let numbered: (i64, i64) = sqlx::query_as(&format!(
+        "UPDATE enrollments SET history_seq = history_seq + 1 WHERE id = $1 {RETURNING_NUMBERED}"
+    ))
+    .bind(id.to_string())
+    .fetch_one(&mut *tx)
+    .await?;
+    insert_history(tx, id, numbered.into(), status, event, at).await
 }
 
-/// Writes history entry number `seq` (taken under the enrollment's row lock, by
+/// A history entry's number, taken under the enrollment's row lock, and whether the enrollment's
+/// status events are for a callback (it has a `callback_url` whose receiver has not answered
+/// 410), read in the same statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbered {
+    pub seq: i64,
+    pub callback: bool,
+}
+
+/// What every statement that takes an enrollment's next history number returns: the number and
+/// whether it has a callback (1 or 0: SQLite has no booleans), as [`Numbered`].
+const RETURNING_NUMBERED: &str =
+    "RETURNING history_seq, CASE WHEN callback_url IS NOT NULL AND callback_gone_at IS NULL THEN 1 ELSE 0 END";
+
+impl From<(i64, i64)> for Numbered {
+    fn from((seq, callback): (i64, i64)) -> Self {
+        Self {
+            seq,
+            callback: callback != 0,
+        }
+    }
+}
+
+/// Writes history entry `numbered.seq` (taken under the enrollment's row lock, by
 /// [`record_history`], [`advance`] or the enrollment's insert), and in the same transaction the
-/// `EnrollmentStatusChanged` that tells the gateway's topic about it (webhooks, any subscriber).
+/// `EnrollmentStatusChanged` that tells the gateway's topic about it (webhooks, any subscriber),
+/// with its `callback` attribute: the webhook deliveries' subscription admits only those of an
+/// enrollment with a callback.
 pub(crate) async fn insert_history(
     tx: &mut AnyConnection,
     id: Uuid,
-    seq: i64,
+    numbered: Numbered,
     status: Status,
     event: &str,
     at: &str,
 ) -> Result<(), sqlx::Error> {
+    let Numbered { seq, callback } = numbered;
     sqlx::query(
         "INSERT INTO enrollment_history (id, enrollment_id, status, event, at, seq) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -875,7 +931,8 @@ pub(crate) async fn insert_history(
         at: at.to_owned(),
         event: event.to_owned(),
     });
-    outbox::enqueue(tx, &Envelope::new(changed, id)).await
+    let callback = if callback { CALLBACK_YES } else { CALLBACK_NO };
+    outbox::enqueue_with_attributes(tx, &Envelope::new(changed, id), &[(CALLBACK.name, callback)]).await
 }
 
 /// History in the order the saga took (entries written before sequence numbers existed first,

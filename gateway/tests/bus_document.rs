@@ -73,17 +73,14 @@ fn template() -> Template {
         }
         if resource["Type"].as_str() == Some("AWS::SNS::Subscription") {
             let topic = name(logical_id(&properties["TopicArn"]).expect("TopicArn"));
-            let types: Vec<&str> = properties["FilterPolicy"]["type"]
-                .as_sequence()
-                .expect("a filter on type")
-                .iter()
-                .map(|t| t.as_str().unwrap())
-                .collect();
+            // The whole filter: `type`, and any attribute a subscription also requires.
+            let filter = serde_json::to_value(&properties["FilterPolicy"]).expect("a filter policy");
+            assert!(filter["type"].is_array(), "{id}: a filter on type");
             let dlq = logical_id(&properties["RedrivePolicy"]["deadLetterTargetArn"]).expect("a subscription DLQ");
             parsed.subscriptions.entry(topic).or_default().push(json!({
                 "protocol": properties["Protocol"].as_str(),
                 "endpoint": {"name": name(logical_id(&properties["Endpoint"]).expect("Endpoint"))},
-                "filterPolicy": {"type": types},
+                "filterPolicy": filter,
                 "filterPolicyScope": properties["FilterPolicyScope"].as_str(),
                 "rawMessageDelivery": properties["RawMessageDelivery"].as_bool(),
                 "redrivePolicy": {"deadLetterQueue": {"name": name(dlq)}},

@@ -17,6 +17,7 @@ use testkit::{Backend, DEADLINE, Options, Poll, System, eventually};
 
 testkit::on_both_backends!(
     every_status_change_arrives_signed_and_retries_reach_a_flaky_receiver,
+    status_events_without_a_callback_stop_at_the_topic,
     a_410_stops_the_callbacks_and_a_redirect_is_not_followed,
     a_410_also_stops_a_delivery_already_under_way,
     callback_urls_to_private_addresses_are_refused_at_submission,
@@ -276,6 +277,140 @@ async fn every_status_change_arrives_signed_and_retries_reach_a_flaky_receiver(b
     ] {
         assert_eq!(sample(&metrics, name), want, "{name}:\n{metrics}");
     }
+    system.stop().await;
+}
+
+/// A queue of the test's own subscribed to the status-events topic on `type` alone, as another
+/// subscriber (analytics, notifications) would: it gets every status event. Returns its URL.
+async fn subscribe_probe(system: &System) -> String {
+    let name = format!("{}-probe", system.stack.params.name_prefix);
+    let sqs = system.bus.sqs();
+    let url = sqs
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names("QueueArn".into())
+        .send()
+        .await
+        .unwrap();
+    let arn = attributes
+        .attributes()
+        .and_then(|a| a.values().next())
+        .expect("the probe's ARN")
+        .clone();
+    system
+        .bus
+        .sns()
+        .subscribe()
+        .topic_arn(system.stack.output("StatusEventsTopicArn"))
+        .protocol("sqs")
+        .endpoint(arn)
+        .attributes("RawMessageDelivery", "true")
+        .attributes("FilterPolicyScope", "MessageAttributes")
+        .attributes("FilterPolicy", json!({"type": ["EnrollmentStatusChanged"]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    url
+}
+
+/// An enrollment without a callback (most of them) publishes its status events to the gateway's
+/// topic as any other, but they stop there for the webhook deliveries: the gateway's consumer of
+/// that queue receives the other enrollment's three and nothing else, and the queue stays empty,
+/// while another subscriber of the topic gets all six, each saying whether its enrollment has a
+/// callback.
+async fn status_events_without_a_callback_stop_at_the_topic(backend: Backend) {
+    let (system, port, receiver) = start_with_receiver(backend).await;
+    let probe = subscribe_probe(&system).await;
+    let plain = system
+        .submit("Ada", &format!("plain-{}@example.com", uuid::Uuid::new_v4().simple()))
+        .await;
+    let hooked = submit_with_callback(&system, &format!("http://127.0.0.1:{port}/ok/hooked")).await;
+    system.wait_for_status(&plain, &["completed"]).await;
+    system.wait_for_status(&hooked, &["completed"]).await;
+
+    // The other subscriber: every status event of both, `callback` saying which has one.
+    // By the envelope's message id: a copy delivered twice counts once.
+    let mut seen: HashMap<String, (String, Option<String>)> = HashMap::new();
+    let all = eventually("the probe to get all six status events", DEADLINE, async || {
+        let received = system
+            .bus
+            .sqs()
+            .receive_message()
+            .queue_url(&probe)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap();
+        for message in received.messages() {
+            let attribute = |name: &str| {
+                message
+                    .message_attributes()
+                    .and_then(|a| a.get(name))
+                    .and_then(|v| v.string_value())
+                    .map(str::to_owned)
+            };
+            let body: Value = serde_json::from_str(message.body().unwrap_or_default()).unwrap_or(Value::Null);
+            seen.insert(
+                body["message_id"].as_str().unwrap_or_default().to_owned(),
+                (attribute("correlation_id").unwrap_or_default(), attribute("callback")),
+            );
+        }
+        Poll::ready_if(seen.len() >= 6, seen.clone(), seen.len())
+    })
+    .await
+    .unwrap();
+    let mut by_enrollment: HashMap<&str, Vec<Option<&str>>> = HashMap::new();
+    for (enrollment, callback) in all.values() {
+        by_enrollment.entry(enrollment).or_default().push(callback.as_deref());
+    }
+    assert_eq!(by_enrollment.len(), 2, "{all:?}");
+    assert_eq!(by_enrollment[plain.as_str()], [Some("no"); 3], "{all:?}");
+    assert_eq!(by_enrollment[hooked.as_str()], [Some("yes"); 3], "{all:?}");
+
+    // The webhook deliveries: the enrollment with a callback gets its three.
+    eventually("the callback's three status changes", DEADLINE, || async {
+        let got = hits(&receiver, "ok/hooked");
+        Poll::ready_if(got.len() == 3, (), got.len())
+    })
+    .await
+    .unwrap();
+    // What an operator sees: SNS has made its deliveries (the probe got its copies), and once
+    // the webhook deliveries' queue is empty its consumer has received three messages in all;
+    // the enrollment without a callback has no delivery.
+    let queue_url = system.queue_url("WebhookDeliveriesQueueUrl");
+    let queue = utility::messaging::bus::queue_name(&queue_url).to_owned();
+    let received =
+        format!(r#"saga_messages_total{{queue="{queue}",type="EnrollmentStatusChanged",outcome="received"}}"#);
+    let (consumed, text) = eventually("the webhook deliveries' queue to be drained", DEADLINE, async || {
+        let text = gateway_metrics(&system).await;
+        let consumed = sample(&text, &received).unwrap_or(0.0);
+        let depth = system.bus.queue_depth(&queue_url).await.unwrap();
+        Poll::ready_if(
+            consumed >= 3.0 && depth.total() == 0,
+            (consumed, text),
+            (consumed, depth),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        consumed, 3.0,
+        "the webhook consumer received status events of an enrollment without a callback:\n{text}"
+    );
+    let (status, view) = system.get_json(&format!("/api/sagas/{plain}")).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["deliveries"], json!([]), "{view}");
+    system.bus.sqs().delete_queue().queue_url(&probe).send().await.unwrap();
     system.stop().await;
 }
 

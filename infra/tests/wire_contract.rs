@@ -5,12 +5,14 @@
 //! service's queue, with raw delivery, a dead-letter queue, and a filter policy on the `type`
 //! message attribute that admits exactly the event types declared for that pair. An event type
 //! missing from a filter would never arrive and its sagas would stall; one too many would cost a
-//! receive and a warning for nothing.
+//! receive and a warning for nothing. Beside `type`, a subscription filters on the attribute its
+//! queue's declaration names, with the one value it admits, and on nothing else
+//! (`utility::messaging::message::subscription_filter`).
 
 use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use strum::VariantArray;
-use utility::messaging::message::Kind;
+use utility::messaging::message::{Kind, subscription_filter};
 use utility::messaging::{Endpoint, MessageType, Participant};
 
 /// `!Ref X` or `!GetAtt X.Arn`, as written in the template: the logical id `X`.
@@ -78,6 +80,30 @@ fn the_subscriptions_deliver_exactly_the_declared_events() {
                 .unwrap_or_else(|| panic!("{name}: {key} {id} is not an endpoint of the table"))
         };
         let (topic, queue) = (endpoint("TopicArn"), endpoint("Endpoint"));
+        let others: BTreeMap<String, Vec<String>> = properties["FilterPolicy"]
+            .as_mapping()
+            .unwrap_or_else(|| panic!("{name}: no FilterPolicy"))
+            .iter()
+            .filter(|(key, _)| key.as_str() != Some("type"))
+            .map(|(key, values)| {
+                let key = key.as_str().expect("attribute names are strings").to_owned();
+                let values = values
+                    .as_sequence()
+                    .unwrap_or_else(|| panic!("{name}: {key} is not a list"))
+                    .iter()
+                    .map(|v| v.as_str().expect("attribute values are strings").to_owned())
+                    .collect();
+                (key, values)
+            })
+            .collect();
+        let declared_others: BTreeMap<String, Vec<String>> = subscription_filter(queue)
+            .map(|(attribute, admitted)| (attribute.name.to_owned(), vec![admitted.to_owned()]))
+            .into_iter()
+            .collect();
+        assert_eq!(
+            others, declared_others,
+            "{name}: the attributes it filters on beside `type`"
+        );
         assert_eq!(properties["Protocol"].as_str(), Some("sqs"), "{name}");
         assert_eq!(
             properties["RawMessageDelivery"].as_bool(),

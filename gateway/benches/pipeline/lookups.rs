@@ -104,6 +104,7 @@ async fn hop(system: &System, queue: &str, correlation: &str, n: usize) -> Durat
         correlation_id: correlation.to_owned(),
         body: "{}".to_owned(),
         traceparent: None,
+        extra_attributes: Vec::new(),
     };
     let receiving = system.bus.receive(queue, 20);
     let started = Instant::now();

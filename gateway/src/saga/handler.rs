@@ -36,12 +36,12 @@ impl Handler for SagaHandler {
         } else {
             // Conditional on the status read above: if another instance moved the saga meanwhile,
             // retry against the new status instead of overwriting it.
-            let Some(seq) = store::advance(tx, id, current, &step, &now).await? else {
+            let Some(numbered) = store::advance(tx, id, current, &step, &now).await? else {
                 return Err(HandlerError::Conflict(format!(
                     "enrollment {id} changed while this event was applied"
                 )));
             };
-            store::insert_history(tx, id, seq, step.next, envelope.type_name(), &now).await?;
+            store::insert_history(tx, id, numbered, step.next, envelope.type_name(), &now).await?;
             tracing::debug!(from = %current, to = %step.next, "saga advanced");
             let moving_again = saga.stall_reported_at.is_some();
             let finished = step.next.is_terminal().then(|| {

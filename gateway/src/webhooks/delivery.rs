@@ -3,7 +3,9 @@
 //! - [`ScheduleHandler`], the consumer of the `webhook-deliveries` queue: each
 //!   `EnrollmentStatusChanged` of an enrollment with a callback becomes a `webhook_deliveries` row
 //!   in the consumer's transaction (its id the event's message id: a redelivered event finds it
-//!   there). Without a callback, the event is just deleted.
+//!   there). Events of enrollments without a callback do not come here: the subscription admits
+//!   only those whose `callback` attribute is `yes`. One that still comes (its callback answered
+//!   410 since) is just deleted.
 //! - [`Dispatcher`], a task: claims due rows with a lease, posts each (signed, through the
 //!   guarded [`Client`]), and writes what came of it: delivered (2xx), stopped (410, with the
 //!   enrollment's later deliveries), failed (refused address, or still failing 24 h after the

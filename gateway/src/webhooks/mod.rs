@@ -2,8 +2,9 @@
 //! `callback_url` (decision 0044).
 //!
 //! The saga writes each history entry with an `EnrollmentStatusChanged` in its outbox
-//! ([`crate::store::insert_history`]); the relay publishes it to the gateway's topic, whose
-//! subscription brings it to the `webhook-deliveries` queue; [`delivery::ScheduleHandler`] turns it
+//! ([`crate::store::insert_history`]), with a `callback` attribute saying whether the enrollment
+//! has one; the relay publishes it to the gateway's topic, whose subscription brings those with
+//! `callback` = `yes` to the `webhook-deliveries` queue; [`delivery::ScheduleHandler`] turns it
 //! into a delivery row and [`delivery::Dispatcher`] posts it, signed ([`signing`]), through a
 //! client that reaches public addresses only ([`client`], [`address`]). Operators see each
 //! delivery and its attempts ([`view`]).

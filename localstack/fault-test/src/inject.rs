@@ -17,13 +17,13 @@ pub async fn sent_envelopes(system: &System) -> anyhow::Result<Vec<(Endpoint, Ou
     let mut found = Vec::new();
     for i in 0..NAMES.len() {
         let pool = system.pool(i).await?;
-        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
-            "SELECT destination, id, message_type, correlation_id, body FROM outbox WHERE sent_at IS NOT NULL",
+        let rows: Vec<(String, String, String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT destination, id, message_type, correlation_id, body, attributes FROM outbox WHERE sent_at IS NOT NULL",
         )
         .fetch_all(&pool)
         .await?;
         pool.close().await;
-        for (destination, id, message_type, correlation_id, body) in rows {
+        for (destination, id, message_type, correlation_id, body, attributes) in rows {
             let endpoint = destination
                 .parse::<Endpoint>()
                 .with_context(|| format!("outbox destination {destination}"))?;
@@ -33,6 +33,8 @@ pub async fn sent_envelopes(system: &System) -> anyhow::Result<Vec<(Endpoint, Ou
                 correlation_id,
                 body,
                 traceparent: None,
+                // As the relay sent it: a copy passes the same subscription filters.
+                extra_attributes: utility::messaging::outbox::stored_attributes(attributes.as_deref()),
             };
             found.push((endpoint, outgoing));
         }

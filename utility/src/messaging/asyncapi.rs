@@ -9,13 +9,14 @@
 
 use super::endpoint::{Endpoint, Participant};
 use super::envelope::{SCHEMA_VERSION, WireOut};
-use super::message::{Kind, Message, MessageType};
+use super::message::{Kind, Message, MessageType, subscription_filter};
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 use strum::VariantArray;
 
 /// The message attributes every message carries beside its body (SNS passes them on to SQS with
-/// raw delivery; the subscriptions' filter policies read `type`).
+/// raw delivery; the subscriptions' filter policies read `type`). A type may declare more
+/// ([`MessageType::attributes`]), which its headers list too.
 const ATTRIBUTES: [(&str, &str); 3] = [
     (
         "type",
@@ -229,7 +230,7 @@ fn operations() -> Map<String, Value> {
                     "action": "receive",
                     "channel": {"$ref": format!("#/channels/{}", queue.name())},
                     "title": format!("The {participant} receives from {queue}"),
-                    "summary": "Long polls; each event of an enrollment with a callback URL becomes a scheduled, signed webhook delivery (in the same transaction as its processed-message row), then the message is deleted.",
+                    "summary": "Long polls; its subscription admits only the events of enrollments with a callback (`callback` = `yes`), and each becomes a scheduled, signed webhook delivery (in the same transaction as its processed-message row), then the message is deleted.",
                     "messages": message_refs(*queue, carried(*queue)),
                     "tags": [{"name": participant.name()}],
                 }),
@@ -266,11 +267,17 @@ fn consumers(topic: Endpoint) -> Vec<Value> {
     all
 }
 
+/// One subscription: the types it admits, and for a queue subscribed to integration events the
+/// attribute value it requires ([`subscription_filter`]).
 fn subscription(topic: Endpoint, queue: Endpoint, types: &[&str]) -> Value {
+    let mut filter = json!({"type": types});
+    if let Some((attribute, admitted)) = subscription_filter(queue) {
+        filter[attribute.name] = json!([admitted]);
+    }
     json!({
         "protocol": "sqs",
         "endpoint": {"name": address(queue.name())},
-        "filterPolicy": {"type": types},
+        "filterPolicy": filter,
         "filterPolicyScope": "MessageAttributes",
         "rawMessageDelivery": true,
         "redrivePolicy": {"deadLetterQueue": {"name": address(topic.outputs().dead_letter.name)}},
@@ -380,7 +387,7 @@ impl PayloadSchemas {
         };
         let mut receivers: Vec<&str> = route.receivers.iter().map(|r| r.name()).collect();
         receivers.extend(route.subscribers.iter().map(|q| q.name()));
-        let headers: Map<String, Value> = ATTRIBUTES
+        let mut headers: Map<String, Value> = ATTRIBUTES
             .iter()
             .map(|(name, description)| {
                 let schema = match *name {
@@ -390,6 +397,14 @@ impl PayloadSchemas {
                 ((*name).to_owned(), schema)
             })
             .collect();
+        let mut required = vec!["type", "correlation_id"];
+        for attribute in message_type.attributes() {
+            headers.insert(
+                attribute.name.to_owned(),
+                json!({"type": "string", "enum": attribute.values, "description": attribute.description}),
+            );
+            required.push(attribute.name);
+        }
         json!({
             "name": message_type.name(),
             "title": message_type.name(),
@@ -410,7 +425,7 @@ impl PayloadSchemas {
                 "type": "object",
                 "description": "SQS/SNS message attributes (all of type String).",
                 "properties": headers,
-                "required": ["type", "correlation_id"],
+                "required": required,
             },
             "payload": schema,
             "tags": [{"name": kind}],
@@ -442,6 +457,14 @@ mod tests {
         assert_eq!(
             enroll["properties"]["email"]["maxLength"],
             crate::domain::Email::MAX_CHARS
+        );
+        let status = &document["components"]["messages"]["EnrollmentStatusChanged"]["headers"];
+        assert_eq!(status["properties"]["callback"]["enum"], json!(["yes", "no"]));
+        assert_eq!(status["required"], json!(["type", "correlation_id", "callback"]));
+        let webhooks = &document["operations"]["gateway-publishes-to-status-events"]["bindings"]["sns"]["consumers"];
+        assert_eq!(
+            webhooks[0]["filterPolicy"],
+            json!({"type": ["EnrollmentStatusChanged"], "callback": ["yes"]})
         );
         let consumers =
             &document["operations"]["customer-api-publishes-to-customer-events"]["bindings"]["sns"]["consumers"];

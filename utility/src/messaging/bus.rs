@@ -160,21 +160,29 @@ pub struct Outgoing {
     pub body: String,
     /// The W3C trace context of the span publishing it, sent as the `traceparent` attribute.
     pub traceparent: Option<String>,
+    /// Attributes its type declares besides those three, for subscriptions to filter on
+    /// ([`super::message::MessageType::attributes`]): name and value, as the outbox row holds them.
+    pub extra_attributes: Vec<(String, String)>,
 }
 
 impl Outgoing {
     /// The message attributes filter policies, operators and traces rely on (3 of the 10 SQS
-    /// and SNS allow; SNS passes them on to SQS with raw message delivery), each a `String`
-    /// attribute built by `value` (SQS and SNS have a type of their own for it).
+    /// and SNS allow, and the few its type adds; SNS passes them on to SQS with raw message
+    /// delivery), each a `String` attribute built by `value` (SQS and SNS have a type of their
+    /// own for it). An extra attribute never replaces one of the three.
     fn attributes<A>(&self, value: impl Fn(&str) -> Result<A, BuildError>) -> Result<HashMap<String, A>, BuildError> {
-        [
-            ("type", self.message_type.as_str()),
-            ("correlation_id", self.correlation_id.as_str()),
-        ]
-        .into_iter()
-        .chain(self.traceparent.as_deref().map(|t| ("traceparent", t)))
-        .map(|(name, text)| Ok((name.to_owned(), value(text)?)))
-        .collect()
+        let extra = self
+            .extra_attributes
+            .iter()
+            .map(|(name, text)| (name.as_str(), text.as_str()));
+        extra
+            .chain([
+                ("type", self.message_type.as_str()),
+                ("correlation_id", self.correlation_id.as_str()),
+            ])
+            .chain(self.traceparent.as_deref().map(|t| ("traceparent", t)))
+            .map(|(name, text)| Ok((name.to_owned(), value(text)?)))
+            .collect()
     }
 }
 
@@ -186,6 +194,7 @@ impl From<&Envelope> for Outgoing {
             correlation_id: envelope.correlation_id.to_string(),
             body: envelope.to_json(),
             traceparent: envelope.traceparent.clone(),
+            extra_attributes: Vec::new(),
         }
     }
 }
@@ -605,6 +614,7 @@ mod tests {
             correlation_id: "c".to_owned(),
             body: "{}".to_owned(),
             traceparent: None,
+            extra_attributes: Vec::new(),
         };
         let text = |value: &str| Ok::<_, BuildError>(value.to_owned());
         let attributes = message.attributes(text).unwrap();
@@ -613,6 +623,15 @@ mod tests {
         assert_eq!(attributes["correlation_id"], "c");
         message.traceparent = Some("00-t-s-01".to_owned());
         assert_eq!(message.attributes(text).unwrap()["traceparent"], "00-t-s-01");
+        // Its type's own come along; none replaces one of the three.
+        message.extra_attributes = vec![
+            ("callback".to_owned(), "yes".to_owned()),
+            ("type".to_owned(), "Other".to_owned()),
+        ];
+        let attributes = message.attributes(text).unwrap();
+        assert_eq!(attributes.len(), 4);
+        assert_eq!(attributes["callback"], "yes");
+        assert_eq!(attributes["type"], "Enroll");
         let built = message
             .attributes(|v| {
                 MessageAttributeValue::builder()

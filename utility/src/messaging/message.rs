@@ -185,6 +185,40 @@ pub struct EnrollmentStatusChanged {
     pub event: String,
 }
 
+/// A message attribute beside the three every message carries (`type`, `correlation_id`,
+/// `traceparent`: [`super::bus::Outgoing`]), which a type declares ([`MessageType::attributes`])
+/// so that a subscription of its topic can filter on it ([`subscription_filter`]) and leave out,
+/// unreceived, what its consumer has no use for. A String attribute, one of `values`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attribute {
+    pub name: &'static str,
+    pub values: &'static [&'static str],
+    pub description: &'static str,
+}
+
+/// `EnrollmentStatusChanged`'s `callback`: whether the enrollment has a callback its status
+/// events are delivered to (a `callback_url` whose receiver has not answered 410), as the
+/// gateway's transaction that wrote the event saw it.
+pub const CALLBACK: Attribute = Attribute {
+    name: "callback",
+    values: &[CALLBACK_YES, CALLBACK_NO],
+    description: "`yes` when the enrollment has a callback its status events are delivered to, `no` when it has none (or its receiver answered 410): what the webhook deliveries' subscription filters on.",
+};
+pub const CALLBACK_YES: &str = "yes";
+pub const CALLBACK_NO: &str = "no";
+
+/// What the subscription of `queue`, a queue subscribed to integration events, requires of a
+/// message besides its `type`: an attribute and the one value it admits (a message without the
+/// attribute is left out too). Other subscriptions of the topic still get every message: the
+/// attribute only spares this consumer the receives it has no use for, and the consumer still
+/// checks for itself.
+pub const fn subscription_filter(queue: Endpoint) -> Option<(Attribute, &'static str)> {
+    match queue {
+        Endpoint::WebhookDeliveries => Some((CALLBACK, CALLBACK_YES)),
+        _ => None,
+    }
+}
+
 /// Asks the customer-api for a customer's record. Answered with `CustomerReply`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GetCustomer {
@@ -407,6 +441,14 @@ impl MessageType {
         }
     }
 
+    /// The attributes it carries beside `type`, `correlation_id` and `traceparent` ([`Attribute`]).
+    pub const fn attributes(self) -> &'static [Attribute] {
+        match self {
+            Self::EnrollmentStatusChanged => &[CALLBACK],
+            _ => &[],
+        }
+    }
+
     /// The queue or topic the outbox sends this type to.
     pub const fn destination(self) -> Endpoint {
         self.route().destination
@@ -492,6 +534,40 @@ impl Message {
 mod tests {
     use super::*;
     use strum::VariantArray;
+
+    /// A subscription filters on an attribute every type it receives declares, admitting one of
+    /// its values; no type declares one of the three every message carries, or one twice.
+    #[test]
+    fn subscription_filters_read_attributes_their_types_declare() {
+        for endpoint in Endpoint::VARIANTS {
+            let Some((attribute, admitted)) = subscription_filter(*endpoint) else {
+                continue;
+            };
+            assert!(attribute.values.contains(&admitted), "{endpoint}: {admitted}");
+            let carried: Vec<&MessageType> = MessageType::VARIANTS
+                .iter()
+                .filter(|t| t.route().subscribers.contains(endpoint))
+                .collect();
+            assert!(!carried.is_empty(), "{endpoint} filters but nothing is routed to it");
+            for message_type in carried {
+                assert!(
+                    message_type.attributes().contains(&attribute),
+                    "{message_type} lacks {}",
+                    attribute.name
+                );
+            }
+        }
+        for message_type in MessageType::VARIANTS {
+            let names: Vec<&str> = message_type.attributes().iter().map(|a| a.name).collect();
+            for (i, name) in names.iter().enumerate() {
+                assert!(
+                    !["type", "correlation_id", "traceparent"].contains(name),
+                    "{message_type}: {name}"
+                );
+                assert!(!names[..i].contains(name), "{message_type}: {name} twice");
+            }
+        }
+    }
 
     #[test]
     fn the_wire_name_is_the_variant_name() {

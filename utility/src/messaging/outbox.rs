@@ -12,6 +12,10 @@
 //! a call is on the wire; if the instance dies meanwhile, its lease runs out ([`LEASE`]) and any
 //! relay takes the rows again. A destination that fails backs off alone; the others keep going.
 //!
+//! A row may also hold message attributes of its own ([`enqueue_with_attributes`]): values its
+//! type declares for subscriptions to filter on, known only in the transaction that writes it.
+//! The relay sends them beside `type`, `correlation_id` and `traceparent`.
+//!
 //! Traces: [`enqueue`] writes the row in an `outbox enqueue` span and stores that span's
 //! `traceparent` in the envelope; the relay publishes each row in a `publish <destination>` span
 //! whose parent is that one, and sends its own `traceparent` as a message attribute, which the
@@ -50,6 +54,29 @@ const CALL_LIMIT: Duration = Duration::from_secs(20);
 /// ([`super::message::MessageType::route`]), with the trace context of an `outbox enqueue` span
 /// (a child of the request or message being handled).
 pub async fn enqueue(conn: &mut AnyConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    enqueue_with_attributes(conn, envelope, &[]).await
+}
+
+/// [`enqueue`], with values for the attributes its type declares besides the three every message
+/// carries ([`super::message::MessageType::attributes`]), which the relay sends along: what a
+/// subscription filters on, known in the transaction that writes the message.
+pub async fn enqueue_with_attributes(
+    conn: &mut AnyConnection,
+    envelope: &Envelope,
+    attributes: &[(&str, &str)],
+) -> Result<(), sqlx::Error> {
+    debug_assert!(
+        attributes.iter().all(|(name, value)| {
+            envelope
+                .message
+                .message_type()
+                .attributes()
+                .iter()
+                .any(|a| a.name == *name && a.values.contains(value))
+        }),
+        "{} declares no such attribute value: {attributes:?}",
+        envelope.type_name()
+    );
     let destination = envelope.message.destination();
     let span = tracing::info_span!(
         "outbox enqueue",
@@ -65,9 +92,16 @@ pub async fn enqueue(conn: &mut AnyConnection, envelope: &Envelope) -> Result<()
         }
         None => envelope,
     };
+    let attributes = (!attributes.is_empty()).then(|| {
+        let object: serde_json::Map<String, serde_json::Value> = attributes
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).into()))
+            .collect();
+        serde_json::Value::Object(object).to_string()
+    });
     sqlx::query(
-        "INSERT INTO outbox (id, destination, message_type, correlation_id, body, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox (id, destination, message_type, correlation_id, body, created_at, attributes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(envelope.message_id.to_string())
     .bind(destination.name())
@@ -75,6 +109,7 @@ pub async fn enqueue(conn: &mut AnyConnection, envelope: &Envelope) -> Result<()
     .bind(envelope.correlation_id.to_string())
     .bind(envelope.to_json())
     .bind(now())
+    .bind(attributes)
     .execute(conn)
     .instrument(span)
     .await?;
@@ -106,6 +141,23 @@ pub async fn backlog(pool: &AnyPool) -> Result<(i64, f64), sqlx::Error> {
     Ok((count, age))
 }
 
+/// The attributes an outbox row holds for its message besides the three every message carries
+/// (its `attributes` column: a JSON object of strings, or NULL), as name and value.
+pub fn stored_attributes(column: Option<&str>) -> Vec<(String, String)> {
+    let Some(text) = column else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<std::collections::BTreeMap<String, String>>(text) {
+        Ok(attributes) => attributes.into_iter().collect(),
+        Err(err) => {
+            // Only `enqueue_with_attributes` writes the column: sent without them, the message
+            // still reaches every subscription that does not filter on them.
+            tracing::warn!(error = %err, "outbox row with unreadable attributes; sent without them");
+            Vec::new()
+        }
+    }
+}
+
 /// A row waiting to be published.
 #[derive(sqlx::FromRow)]
 struct PendingRow {
@@ -114,6 +166,7 @@ struct PendingRow {
     correlation_id: String,
     body: String,
     created_at: String,
+    attributes: Option<String>,
 }
 
 /// The only envelope field the relay reads: the span that wrote the row.
@@ -254,7 +307,7 @@ impl Relay {
                  WHERE destination = $2 AND sent_at IS NULL AND failed_at IS NULL
                    AND (claimed_until IS NULL OR claimed_until < $3)
                  ORDER BY created_at, id LIMIT $4 {skip_locked})
-             RETURNING id, message_type, correlation_id, body, created_at"
+             RETURNING id, message_type, correlation_id, body, created_at, attributes"
         );
         let mut rows: Vec<PendingRow> = sqlx::query_as(&sql)
             .bind(&until)
@@ -304,6 +357,7 @@ impl Relay {
                 correlation_id: row.correlation_id.clone(),
                 body: row.body.clone(),
                 traceparent: context::traceparent(span),
+                extra_attributes: stored_attributes(row.attributes.as_deref()),
             })
             .collect();
         let started = std::time::Instant::now();

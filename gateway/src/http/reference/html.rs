@@ -164,9 +164,28 @@ pub(super) fn asyncapi(doc: &Value, address: &str) -> String {
                         .collect()
                 })
                 .unwrap_or_default();
+            // The attributes it also requires (a queue subscribed to integration events).
+            let also: String = consumer["filterPolicy"]
+                .as_object()
+                .unwrap_or(&empty)
+                .iter()
+                .filter(|(attribute, _)| *attribute != "type")
+                .map(|(attribute, values)| {
+                    let values: Vec<String> = values
+                        .as_array()
+                        .map(|v| {
+                            v.iter()
+                                .filter_map(Value::as_str)
+                                .map(|v| format!("<code>{}</code>", escape(v)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    format!(" with <code>{}</code> {}", escape(attribute), values.join(" or "))
+                })
+                .collect();
             let _ = write!(
                 html,
-                "<p>Subscription to <code>{}</code> (raw delivery, dead letters to <code>{}</code>), admitting <code>type</code> {}.</p>",
+                "<p>Subscription to <code>{}</code> (raw delivery, dead letters to <code>{}</code>), admitting <code>type</code> {}{also}.</p>",
                 escape(consumer["endpoint"]["name"].as_str().unwrap_or("")),
                 escape(
                     consumer["redrivePolicy"]["deadLetterQueue"]["name"]
