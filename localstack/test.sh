@@ -11,6 +11,9 @@ source localstack/env.sh
 started_localstack=0
 # shellcheck disable=SC2317,SC2329  # called from the EXIT trap
 cleanup() {
+  # The fault suite's runs in the background (Ctrl-C reaches them too) tear their stacks down
+  # first.
+  wait || true
   if ((started_localstack)); then localstack/localstack.sh stop; fi
 }
 trap cleanup EXIT
