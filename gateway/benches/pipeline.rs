@@ -26,7 +26,8 @@
 //! writes the run to `docs/performance.md` with the capacity plan of `docs/capacity.md` computed
 //! from the far figures. Under `cargo test` (no `--bench`) it is a smoke run of a twentieth of
 //! the size, one round, and writes nothing. `BENCH_MESSAGES` (2000), `BENCH_ENROLLMENTS` (400),
-//! `BENCH_SEQUENTIAL` (100), `BENCH_HOPS` (40), `BENCH_IDLE_SECONDS` (40) set the sizes;
+//! `BENCH_SEQUENTIAL` (100), `BENCH_HOPS` (40), `BENCH_IDLE_SECONDS` (40) set the sizes, and
+//! `BENCH_MAX_BATCHES` the consumer loop's batches in flight (the services' default otherwise);
 //! `BENCH_ONLY=consumer` stops after phase 1; `BENCH_ONLY=sagas` runs phase 3 alone (without the
 //! idle measure) and `BENCH_ONLY=lookup` phase 4, printing their figures and writing nothing.
 
@@ -41,7 +42,7 @@ use testkit::processes::{CUSTOMER, GATEWAY, NAMES, TRANSACTION};
 use testkit::proxy::{Delayed, server_address};
 use testkit::{Backend, Layout, Patience, Poll, Processes, TestDb, TestStack, eventually};
 use utility::messaging::bus::{Bus, Outgoing};
-use utility::messaging::consumer::{AfterCommit, Consumer, Handler, HandlerError};
+use utility::messaging::consumer::{AfterCommit, Consumer, DEFAULT_MAX_BATCHES, Handler, HandlerError};
 use utility::messaging::envelope::Envelope;
 use utility::storage::AnyConnection;
 
@@ -395,9 +396,20 @@ async fn consumer_loop(route: &Route, queue: &str, backend: Backend, messages: u
             .await
             .expect("database"),
     };
-    let pool = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
-        .await
-        .expect("db");
+    // The pool a service's consumer uses: one connection per batch in flight and a few more.
+    let batches = std::env::var("BENCH_MAX_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_BATCHES);
+    let pool = utility::storage::Pools::open(
+        &db.url,
+        sqlx::migrate::Migrator::DEFAULT,
+        Duration::from_secs(10),
+        batches,
+    )
+    .await
+    .expect("db")
+    .background;
     // The bench watches on a connection of its own: on SQLite the consumer's pool has one, and
     // polling through it would make the consumer's transactions wait for the bench.
     let watcher = sqlx::any::AnyPoolOptions::new()
@@ -412,7 +424,8 @@ async fn consumer_loop(route: &Route, queue: &str, backend: Backend, messages: u
         NoOp,
         Arc::new(tokio::sync::Notify::new()),
         1,
-    );
+    )
+    .with_max_batches(batches);
     let stop = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn(consumer.run(stop.clone()));
@@ -1195,9 +1208,12 @@ async fn saga_rounds(near: &Route, far: &Route, idle: Option<u64>) -> (Vec<SagaR
             let idle = idle.filter(|_| round == 0 && route.name == "near");
             let run = saga_run(route, sequential, concurrent, idle).await;
             println!(
-                "round {round}, {}: {:.1} sagas/s, {:.2} billed requests (floor {:.2}), {:.0} log bytes per saga; \
-                 CPU ms per saga {:.2} / {:.2} / {:.2}, peak RSS {:.1} / {:.1} / {:.1} MiB",
+                "round {round}, {}: one after another p50 {:.1} ms, p99 {:.1} ms; {:.1} sagas/s, {:.2} billed requests \
+                 (floor {:.2}), {:.0} log bytes per saga; CPU ms per saga {:.2} / {:.2} / {:.2}, peak RSS {:.1} / \
+                 {:.1} / {:.1} MiB",
                 route.name,
+                percentile(&run.sequential_ms, 50.0),
+                percentile(&run.sequential_ms, 99.0),
                 run.per_second,
                 run.billed_total(),
                 run.batching_floor(),
