@@ -197,4 +197,11 @@ async fn the_bus_document_is_valid_asyncapi_and_on_the_reference_page() {
             "/docs lacks {channel}"
         );
     }
+    // A subscription's filter on an attribute besides `type` (decision 0045) is shown with it.
+    assert!(
+        page.contains(
+            "admitting <code>type</code> <code>EnrollmentStatusChanged</code> with <code>callback</code> <code>yes</code>."
+        ),
+        "/docs lacks the webhook deliveries' filter"
+    );
 }

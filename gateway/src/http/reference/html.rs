@@ -155,15 +155,7 @@ pub(super) fn asyncapi(doc: &Value, address: &str) -> String {
         );
         let consumers = operation["bindings"]["sns"]["consumers"].as_array();
         for consumer in consumers.into_iter().flatten() {
-            let types: Vec<String> = consumer["filterPolicy"]["type"]
-                .as_array()
-                .map(|t| {
-                    t.iter()
-                        .filter_map(Value::as_str)
-                        .map(|t| format!("<code>{}</code>", escape(t)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let types = codes(&consumer["filterPolicy"]["type"]);
             // The attributes it also requires (a queue subscribed to integration events).
             let also: String = consumer["filterPolicy"]
                 .as_object()
@@ -171,16 +163,11 @@ pub(super) fn asyncapi(doc: &Value, address: &str) -> String {
                 .iter()
                 .filter(|(attribute, _)| *attribute != "type")
                 .map(|(attribute, values)| {
-                    let values: Vec<String> = values
-                        .as_array()
-                        .map(|v| {
-                            v.iter()
-                                .filter_map(Value::as_str)
-                                .map(|v| format!("<code>{}</code>", escape(v)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    format!(" with <code>{}</code> {}", escape(attribute), values.join(" or "))
+                    format!(
+                        " with <code>{}</code> {}",
+                        escape(attribute),
+                        codes(values).join(" or ")
+                    )
                 })
                 .collect();
             let _ = write!(
@@ -234,6 +221,17 @@ pub(super) fn asyncapi(doc: &Value, address: &str) -> String {
     }
     html.push_str("</section>");
     html
+}
+
+/// Each string of a JSON array as `<code>`, escaped (none when it is not an array).
+fn codes(values: &Value) -> Vec<String> {
+    values
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|v| format!("<code>{}</code>", escape(v)))
+        .collect()
 }
 
 fn escape(text: &str) -> String {
