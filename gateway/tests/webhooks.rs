@@ -323,7 +323,7 @@ async fn subscribe_probe(system: &System) -> String {
 
 /// An enrollment without a callback (most of them) publishes its status events to the gateway's
 /// topic as any other, but they stop there for the webhook deliveries: the gateway's consumer of
-/// that queue receives the other enrollment's three and nothing else, and the queue stays empty,
+/// that queue handles the other enrollment's three and nothing else, and the queue stays empty,
 /// while another subscriber of the topic gets all six, each saying whether its enrollment has a
 /// callback.
 async fn status_events_without_a_callback_stop_at_the_topic(backend: Backend) {
