@@ -37,6 +37,9 @@ pub struct Outcome {
     pub refused_again: usize,
     /// POSTs that needed more than one attempt.
     pub retried: usize,
+    /// Links answered 410 once their deadline had passed: the mail, sent within the deadline,
+    /// came too close to it for the POST to beat it (or a second POST came after it).
+    pub late: Vec<String>,
     pub violations: Vec<String>,
 }
 
@@ -128,7 +131,18 @@ struct Answer {
     status: u16,
     /// The confirmed enrollment's id (200 only).
     id: Option<String>,
+    /// The problem's `detail` (refusals only).
+    detail: String,
+    /// When the answer was in, in the gateway's stored form (same clock as its deadlines).
+    answered_at: String,
     attempts: u32,
+}
+
+impl Answer {
+    /// The deadline a 410 names (`... expired at <confirm_by>; ...`).
+    fn deadline(&self) -> Option<&str> {
+        self.detail.split_once("expired at ")?.1.split(';').next()
+    }
 }
 
 /// POSTs `token` until the gateway answers other than 5xx, or [`ANSWER_LIMIT`] passes.
@@ -146,6 +160,8 @@ async fn post(http: &reqwest::Client, url: &str, token: &str) -> Result<Answer, 
                 return Ok(Answer {
                     status,
                     id: body["id"].as_str().map(str::to_owned),
+                    detail: body["detail"].as_str().unwrap_or_default().to_owned(),
+                    answered_at: utility::storage::now(),
                     attempts,
                 });
             }
@@ -222,7 +238,23 @@ impl Used {
         }
         let used = answers.iter().filter(|a| a.status == 404).count();
         let retried = answers.iter().any(|a| a.attempts > 1);
-        if let Some(other) = answers.iter().find(|a| a.status != 200 && a.status != 404) {
+        // Gone is right only once the deadline has passed: the answer came after it.
+        let mut late = None;
+        for answer in answers.iter().filter(|a| a.status == 410) {
+            match answer.deadline() {
+                Some(deadline) if deadline <= answer.answered_at.as_str() => {
+                    late.get_or_insert_with(|| {
+                        format!("{short}… (deadline {deadline}, answered {})", answer.answered_at)
+                    });
+                }
+                _ => outcome.violations.push(format!(
+                    "token {short}…: answered 410 at {} ({:?}): a link followed within its deadline is confirmed",
+                    answer.answered_at, answer.detail
+                )),
+            }
+        }
+        outcome.late.extend(late);
+        if let Some(other) = answers.iter().find(|a| ![200, 404, 410].contains(&a.status)) {
             outcome.violations.push(format!(
                 "token {short}…: answered {} (a mailed link within its deadline is confirmed, or refused as used)",
                 other.status

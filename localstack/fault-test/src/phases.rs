@@ -276,6 +276,13 @@ async fn check_confirmations(
             seen.unanswered
         ));
     }
+    if !seen.late.is_empty() {
+        report.notes.push(format!(
+            "{} links answered 410 only once their deadline had passed (a mail sent close to it): {}",
+            seen.late.len(),
+            seen.late.join(", ")
+        ));
+    }
     report.notes.push(format!(
         "EMAIL_CONFIRMATION=required: {} mails ({extra} beyond one per enrollment), {} links POSTed, \
          {} confirmed with a 200, {} by a POST the killed gateway never answered, \
