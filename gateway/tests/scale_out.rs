@@ -15,15 +15,7 @@ use utility::messaging::topology::Topology;
 async fn relays_of_two_instances_publish_each_row_once() {
     const ROWS: usize = 600;
     let bus = testkit::bus().await;
-    let queue = bus
-        .sqs()
-        .create_queue()
-        .queue_name(format!("scale-{}", uuid::Uuid::new_v4().simple()))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let queue = testkit::scratch_queue(&bus, "scale", &[]).await.url;
     let db = TestDb::new(Backend::Postgres, "relays").await;
     let writer = utility::storage::connect(&db.url, sqlx::migrate::Migrator::DEFAULT)
         .await

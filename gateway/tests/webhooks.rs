@@ -283,42 +283,21 @@ async fn every_status_change_arrives_signed_and_retries_reach_a_flaky_receiver(b
 /// A queue of the test's own subscribed to the status-events topic on `type` alone, as another
 /// subscriber (analytics, notifications) would: it gets every status event. Returns its URL.
 async fn subscribe_probe(system: &System) -> String {
-    let name = format!("{}-probe", system.stack.params.name_prefix);
-    let sqs = system.bus.sqs();
-    let url = sqs
-        .create_queue()
-        .queue_name(&name)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names("QueueArn".into())
-        .send()
-        .await
-        .unwrap();
-    let arn = attributes
-        .attributes()
-        .and_then(|a| a.values().next())
-        .expect("the probe's ARN")
-        .clone();
+    let probe = testkit::scratch_queue(&system.bus, &format!("{}-probe", system.stack.params.name_prefix), &[]).await;
     system
         .bus
         .sns()
         .subscribe()
         .topic_arn(system.stack.output("StatusEventsTopicArn"))
         .protocol("sqs")
-        .endpoint(arn)
+        .endpoint(probe.arn)
         .attributes("RawMessageDelivery", "true")
         .attributes("FilterPolicyScope", "MessageAttributes")
         .attributes("FilterPolicy", json!({"type": ["EnrollmentStatusChanged"]}).to_string())
         .send()
         .await
         .unwrap();
-    url
+    probe.url
 }
 
 /// An enrollment without a callback (most of them) publishes its status events to the gateway's

@@ -36,38 +36,19 @@ struct Queues {
 
 impl Queues {
     async fn create(bus: &Bus, visibility_timeout: u32) -> Self {
-        let name = format!("policy-{}", uuid::Uuid::new_v4().simple());
-        let dlq = bus
-            .sqs()
-            .create_queue()
-            .queue_name(format!("{name}-dlq"))
-            .send()
-            .await
-            .unwrap();
-        let dlq = dlq.queue_url.unwrap();
-        let dlq_arn = bus
-            .sqs()
-            .get_queue_attributes()
-            .queue_url(&dlq)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes
-            .unwrap()[&QueueAttributeName::QueueArn]
-            .clone();
-        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}).to_string();
-        let work = bus
-            .sqs()
-            .create_queue()
-            .queue_name(&name)
-            .attributes(QueueAttributeName::VisibilityTimeout, visibility_timeout.to_string())
-            .attributes(QueueAttributeName::RedrivePolicy, redrive)
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
+        let dlq = testkit::scratch_queue(bus, "policy-dlq", &[]).await;
+        let redrive = serde_json::json!({"deadLetterTargetArn": dlq.arn, "maxReceiveCount": MAX_RECEIVES}).to_string();
+        let work = testkit::scratch_queue(
+            bus,
+            "policy",
+            &[
+                (QueueAttributeName::VisibilityTimeout, visibility_timeout.to_string()),
+                (QueueAttributeName::RedrivePolicy, redrive),
+            ],
+        )
+        .await
+        .url;
+        let dlq = dlq.url;
         Self {
             bus: bus.clone(),
             work,

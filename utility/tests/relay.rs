@@ -25,16 +25,7 @@ async fn insert(pool: &sqlx::AnyPool, id: &str, destination: &str, body: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_rows_are_set_aside_and_do_not_block_the_others() {
     let bus = testkit::bus().await;
-    let name = format!("relay-{}", uuid::Uuid::new_v4().simple());
-    let queue = bus
-        .sqs()
-        .create_queue()
-        .queue_name(&name)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let queue = testkit::scratch_queue(&bus, "relay", &[]).await.url;
     let dir = tempfile::tempdir().unwrap();
     let pool = utility::storage::connect(
         &format!("sqlite:{}/r.db", dir.path().display()),
@@ -75,14 +66,7 @@ async fn refused_rows_are_set_aside_and_do_not_block_the_others() {
 }
 
 async fn queue(bus: &utility::messaging::bus::Bus, name: &str) -> String {
-    bus.sqs()
-        .create_queue()
-        .queue_name(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap()
+    testkit::scratch_queue(bus, name, &[]).await.url
 }
 
 async fn sent(pool: &sqlx::AnyPool, destination: &str) -> (i64, i64) {

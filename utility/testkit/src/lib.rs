@@ -34,7 +34,7 @@ pub mod stack;
 pub mod system;
 
 pub use db::{Backend, TestDb};
-pub use emulator::{bus, bus_at, emulator_endpoint};
+pub use emulator::{ScratchQueue, bus, bus_at, emulator_endpoint, scratch_queue};
 pub use poll::{Patience, Poll, Shown, TimedOut, eventually};
 pub use process::{Process, Signal, binaries, free_port};
 pub use processes::{Layout, Processes};
