@@ -110,6 +110,10 @@ pub struct Config {
     /// names or addresses); they are reached even on private or loopback addresses. Empty, the
     /// default: any host whose addresses are all public.
     pub callback_allowed_hosts: CommaSeparated<String>,
+    /// The only ports callback URLs may name, when set (`CALLBACK_ALLOWED_PORTS`,
+    /// comma-separated; a URL naming none stands for its scheme's port): a URL on another is a
+    /// 422. Empty, the default: any port. EC2 sets 443, the one port callbacks can reach there.
+    pub callback_allowed_ports: CommaSeparated<u16>,
     /// Bound of the first webhook retry's delay, in ms (`WEBHOOK_RETRY_BASE_MS`); each later
     /// one doubles, up to an hour, with full jitter, for up to 24 h.
     #[schemars(range(min = 1))]
@@ -153,6 +157,7 @@ impl Default for Config {
             webhook_signing_keys: None,
             callback_allow_http: false,
             callback_allowed_hosts: CommaSeparated::default(),
+            callback_allowed_ports: CommaSeparated::default(),
             webhook_retry_base_ms: 5000,
             webhook_host_concurrency: 8,
             webhook_poll_ms: 1000,
@@ -231,6 +236,7 @@ impl Config {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            allowed_ports: self.callback_allowed_ports.to_vec(),
             resolver: webhooks::address::Resolver::system(),
         };
         Ok(Some(webhooks::Callbacks {

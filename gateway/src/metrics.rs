@@ -5,7 +5,7 @@
 //! | `saga_sagas` | `status` | enrollments by saga status (read from the read model when scraped) |
 //! | `saga_sagas_stalled` | | open sagas unchanged for longer than `STALL_AFTER_SECONDS` |
 //! | `saga_duration_seconds` | `outcome` | from acceptance to the terminal status, by outcome |
-//! | `saga_webhook_attempts_total` | `result` | webhook attempts: `delivered` (2xx), `retry` (timeout, connection failure, any other status), `gone` (410), `refused` (an address callbacks may not reach: no request sent) |
+//! | `saga_webhook_attempts_total` | `result` | webhook attempts: `delivered` (2xx), `retry` (timeout, connection failure, any other status), `gone` (410), `refused` (an address or port callbacks may not reach: no request sent) |
 //! | `saga_webhook_deliveries_total` | `outcome` | webhook deliveries that ended: `delivered`, `stopped` (410, the enrollment's others with it), `failed` (refused, or still failing 24 h on) |
 //! | `saga_webhook_delivery_seconds` | | from the status change to its 2xx: the lag a receiver sees, retries included |
 //! | `saga_webhook_attempt_seconds` | | one attempt's request, from connecting to the answer's status |

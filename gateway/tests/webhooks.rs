@@ -596,7 +596,8 @@ fn submit(callback_url: &str) -> axum::http::Request<axum::body::Body> {
 
 /// At delivery the address connected to is what counts: names resolving to loopback (as a name
 /// that resolved to a public address at submission may now), and private literals, are refused
-/// without a request reaching them; an allowed host is reached on loopback.
+/// without a request reaching them; an allowed host is reached on loopback, but only on a port
+/// the policy allows.
 #[tokio::test]
 async fn delivery_connects_only_to_public_addresses_unless_the_host_is_allowed() {
     use gateway::webhooks::address::Policy;
@@ -629,6 +630,19 @@ async fn delivery_connects_only_to_public_addresses_unless_the_host_is_allowed()
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Delivered(204));
+    // A port CALLBACK_ALLOWED_PORTS does not name is refused before any connection, allowed
+    // host or not.
+    let https_port_only = Client::new(Arc::new(Policy {
+        allow_http: true,
+        allowed_hosts: vec!["localhost".to_owned()],
+        allowed_ports: vec![443],
+        ..Policy::default()
+    }))
+    .unwrap();
+    let url = format!("http://localhost:{port}/ok/port").parse().unwrap();
+    let outcome = https_port_only.post(&url, &[], "{}".to_owned()).await;
+    assert_eq!(outcome, Outcome::Refused("must use port 443".to_owned()));
+    assert!(hits(&receiver, "ok/port").is_empty());
 }
 
 /// A resolver whose answer changes: `first` for the first lookup (the submission's check), `then`
@@ -689,6 +703,7 @@ async fn a_name_re_pointed_to_a_private_address_after_submission_reaches_nothing
         allow_http: true,
         allowed_hosts: vec!["rebound.example".to_owned()],
         resolver,
+        ..Policy::default()
     }))
     .unwrap();
     let outcome = tokio::time::timeout(

@@ -45,7 +45,8 @@ pub(super) struct EnrollmentInput {
     email: String,
     /// Where to POST each status change of the enrollment, as a signed webhook (Standard
     /// Webhooks; keys at `/.well-known/webhook-keys`). `https`, no credentials, at most 2048
-    /// characters, a host whose addresses are all public.
+    /// characters, a host whose addresses are all public, and where the deployment restricts
+    /// ports (`CALLBACK_ALLOWED_PORTS`; 443 on EC2) one of those.
     #[schema(format = "uri", max_length = 2048)]
     callback_url: Option<String>,
 }

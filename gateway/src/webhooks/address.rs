@@ -124,6 +124,11 @@ pub struct Policy {
     /// `CALLBACK_ALLOWED_HOSTS`, lower case: when not empty, the only hosts callbacks may reach,
     /// on any address.
     pub allowed_hosts: Vec<String>,
+    /// `CALLBACK_ALLOWED_PORTS`: when not empty, the only ports callback URLs may name (their
+    /// scheme's default port when they name none). On EC2, 443: the only port the instances'
+    /// security group lets callbacks reach, so a URL on another port is refused at submission
+    /// rather than retried for a day.
+    pub allowed_ports: Vec<u16>,
     /// How host names are looked up, at submission and at delivery.
     pub resolver: Resolver,
 }
@@ -135,7 +140,20 @@ impl Policy {
         self.allowed_hosts.contains(&host)
     }
 
-    /// The URL's form: scheme, no credentials, a host, a length limit, and the allow-list. Says
+    /// Why the URL's port may not be reached (`None`: it may), by `CALLBACK_ALLOWED_PORTS`.
+    pub fn port_refused(&self, url: &Url) -> Option<String> {
+        if self.allowed_ports.is_empty()
+            || url
+                .port_or_known_default()
+                .is_some_and(|p| self.allowed_ports.contains(&p))
+        {
+            return None;
+        }
+        let ports: Vec<String> = self.allowed_ports.iter().map(u16::to_string).collect();
+        Some(format!("must use port {}", ports.join(" or ")))
+    }
+
+    /// The URL's form: scheme, no credentials, a host, a length limit, and the allow-lists. Says
     /// what is wrong in words for the client.
     pub fn parse(&self, text: &str) -> Result<Url, String> {
         if text.len() > MAX_URL_LEN {
@@ -158,6 +176,9 @@ impl Policy {
         };
         if !self.allowed_hosts.is_empty() && !self.admits_any_address(host) {
             return Err("names a host callbacks may not reach".to_owned());
+        }
+        if let Some(refused) = self.port_refused(&url) {
+            return Err(refused);
         }
         Ok(url)
     }
@@ -267,6 +288,25 @@ mod tests {
         assert_eq!(
             local.check("https://93.184.216.34/").await.unwrap_err(),
             "names a host callbacks may not reach"
+        );
+
+        let https_only = Policy {
+            allowed_ports: vec![443],
+            ..Policy::default()
+        };
+        assert!(https_only.check("https://93.184.216.34/hook").await.is_ok());
+        assert!(https_only.check("https://93.184.216.34:443/hook").await.is_ok());
+        for url in ["https://93.184.216.34:8443/hook", "https://93.184.216.34:25/"] {
+            assert_eq!(https_only.check(url).await.unwrap_err(), "must use port 443", "{url}");
+        }
+        let two = Policy {
+            allowed_ports: vec![443, 8443],
+            ..Policy::default()
+        };
+        assert!(two.check("https://93.184.216.34:8443/hook").await.is_ok());
+        assert_eq!(
+            two.check("https://93.184.216.34:80/").await.unwrap_err(),
+            "must use port 443 or 8443"
         );
     }
 }

@@ -26,7 +26,7 @@ pub enum Outcome {
     /// Worth another attempt later: a timeout, a connection failure, 429, 5xx, any other status
     /// (a redirect included: it is not followed).
     Retry { status: Option<u16>, reason: String },
-    /// The URL leads to an address callbacks may not reach: never attempted again.
+    /// The URL leads to an address or port callbacks may not reach: never attempted again.
     Refused(String),
 }
 
@@ -87,7 +87,7 @@ impl Client {
 
     /// POSTs `body` with `headers`; the answer's body is read up to the cap and dropped.
     pub async fn post(&self, url: &Url, headers: &[(&'static str, String)], body: String) -> Outcome {
-        if let Some(reason) = self.literal_refused(url) {
+        if let Some(reason) = self.policy.port_refused(url).or_else(|| self.literal_refused(url)) {
             return Outcome::Refused(reason);
         }
         let mut request = self

@@ -308,7 +308,7 @@ impl Dispatcher {
                     .await
             }
             Outcome::Refused(reason) => {
-                tracing::warn!(%reason, "webhook refused: the URL leads to an address callbacks may not reach");
+                tracing::warn!(%reason, "webhook refused: the URL leads to an address or port callbacks may not reach");
                 self.record(row, Attempt::refused(format!("refused: {reason}")), Ending::Failed)
                     .await
             }

@@ -53,7 +53,7 @@ pub struct WebhookAttempt {
     #[schema(format = DateTime)]
     pub at: String,
     /// `delivered` (2xx), `retry` (timeout, connection failure, any other status), `gone` (410)
-    /// or `refused` (an address callbacks may not reach: no request sent).
+    /// or `refused` (an address or port callbacks may not reach: no request sent).
     pub result: String,
     pub http_status: Option<i64>,
     /// The request's duration (0 when none was sent).

@@ -221,8 +221,8 @@ fn only_the_gateway_reads_the_operator_token_and_the_webhook_keys() {
 }
 
 /// Callbacks are on on EC2 (the gateway gets signing keys) with the public-internet defaults:
-/// https only and no host admitted on a private address. Those two settings are for local
-/// development and tests alone.
+/// https only and no host admitted on a private address (those two settings are for local
+/// development and tests alone), and only to port 443, the one its security group opens.
 #[test]
 fn the_gateway_on_ec2_calls_back_over_https_to_public_addresses_only() {
     let template = template();
@@ -230,6 +230,20 @@ fn the_gateway_on_ec2_calls_back_over_https_to_public_addresses_only() {
         let user_data = serde_norway::to_string(&launch["Properties"]["LaunchTemplateData"]["UserData"]).unwrap();
         for setting in ["CALLBACK_ALLOW_HTTP", "CALLBACK_ALLOWED_HOSTS", "WEBHOOK_SIGNING_KEYS="] {
             assert!(!user_data.contains(setting), "{logical} sets {setting}");
+        }
+        // The security group lets callbacks reach 443 alone: a URL on another port is refused
+        // at submission, not retried for a day.
+        if user_data.contains("gateway.env") {
+            let ports = user_data.split_once("CALLBACK_ALLOWED_PORTS=").map(|(_, rest)| {
+                rest.split(|c: char| !c.is_ascii_digit() && c != ',')
+                    .next()
+                    .unwrap_or_default()
+            });
+            assert_eq!(
+                ports,
+                Some("443"),
+                "{logical} lets callback URLs name ports its instances cannot reach"
+            );
         }
     }
 }
