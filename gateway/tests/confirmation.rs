@@ -598,6 +598,7 @@ async fn an_enrolled_address_looks_like_any_other_until_its_deadline(backend: Ba
         let mut body = body.clone();
         let object = body.as_object_mut().unwrap();
         object.remove("id");
+        object.remove("view_key");
         object.remove("confirm_by");
         let steps: Vec<Value> = object["history"]
             .as_array()

@@ -118,6 +118,15 @@ async fn prefer_wait_answers_with_the_outcome(backend: Backend) {
     assert_eq!(body["bonus_points"], 500);
     assert_eq!(testkit::history(&body), ["pending", "enrolled", "completed"]);
     assert_eq!(location, system.enrollment_path(body["id"].as_str().unwrap()).await);
+    // The key of the view comes in the body too, as without the wait.
+    assert_eq!(
+        Some(location.as_str()),
+        body["view_key"]
+            .as_str()
+            .map(|key| format!("/api/enrollments/{key}"))
+            .as_deref(),
+        "{body}"
+    );
     // A GET that asks to wait for a finished saga answers at once; an absurd wait is capped.
     let started = tokio::time::Instant::now();
     let response = system

@@ -95,7 +95,7 @@ fn email_schema() -> Object {
 #[allow(dead_code)]
 pub(super) enum Submitted {
     Accepted(super::prefer::Accepted),
-    Enrollment(store::PublicView),
+    Enrollment(super::prefer::Waited),
 }
 
 /// The request headers of `POST /api/enrollments`, as the API document shows them.
@@ -310,7 +310,7 @@ pub(super) fn traceparent() -> String {
     request_body(content = EnrollmentInput, content_type = "application/json"),
     responses(
         (status = 201, description = "With `Prefer: wait`: the saga finished within the wait.",
-            body = store::PublicView, headers(
+            body = super::prefer::Waited, headers(
                 ("Location" = String, description = "The enrollment's address."),
                 ("Preference-Applied" = String, description = "The wait applied, `wait=N`."))),
         (status = 202, description = "Accepted; the saga runs. With `Prefer: wait`, the enrollment as it stood when the wait ended, or once it waits for the e-mail confirmation.",

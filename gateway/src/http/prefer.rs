@@ -43,6 +43,17 @@ pub(super) struct Accepted {
     status: Status,
 }
 
+/// The answer to a submission that waited: the enrollment as it stood when the wait ended (as
+/// `GET` shows it), with the key of its view, as the short acknowledgement has it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Waited {
+    /// The key of the enrollment's public view (the `Location`), as in the acknowledgement.
+    #[schema(pattern = "^[A-Za-z0-9_-]{22}$")]
+    view_key: String,
+    #[serde(flatten)]
+    enrollment: store::PublicView,
+}
+
 /// A place for the request to be held, when it asks to be (`wait`): `Ok(None)` when it does not
 /// ask or every place is taken (the preference is then not applied), a 429 when the client holds
 /// as many as one client may.
@@ -143,7 +154,11 @@ pub(super) async fn answer(
     } else {
         StatusCode::ACCEPTED
     };
-    let mut response = with_location((code, Json(view)).into_response(), view_key);
+    let waited = Waited {
+        view_key: view_key.to_owned(),
+        enrollment: view,
+    };
+    let mut response = with_location((code, Json(waited)).into_response(), view_key);
     applied(&mut response, seconds);
     Ok(response)
 }
