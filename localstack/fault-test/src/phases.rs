@@ -278,8 +278,9 @@ async fn check_confirmations(
     }
     if !seen.late.is_empty() {
         report.notes.push(format!(
-            "{} links answered 410 only once their deadline had passed (a mail sent close to it): {}",
+            "{} links answered 410 once their deadline had passed, mailed less than {} s before it: {}",
             seen.late.len(),
+            confirm::MAIL_LEAD.as_secs(),
             seen.late.join(", ")
         ));
     }
