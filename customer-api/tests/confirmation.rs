@@ -357,11 +357,13 @@ async fn what_was_held_is_forgotten(backend: Backend) {
     .unwrap();
     assert_eq!(harness.mails_of(forgotten).await, 0);
 
-    // Past its deadline (and the grace), the sweep forgets it with its mails, sent or not.
+    // Past its deadline (and the grace), the sweep forgets it with its mails, sent or not. (The
+    // second mail goes to an address of its own: the running relay may send it first, and the
+    // end of the test counts what reached `expired_email`.)
     customer_api::mail::enqueue(
         &mut harness.pool.acquire().await.unwrap(),
         expired,
-        &customer_api::mail::already_enrolled(&Email::parse(&expired_email).unwrap()),
+        &customer_api::mail::already_enrolled(&Email::parse(&address("expire-note")).unwrap()),
     )
     .await
     .unwrap();
