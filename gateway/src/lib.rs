@@ -229,6 +229,12 @@ impl Config {
         let keys = keys
             .parse::<webhooks::signing::SigningKeys>()
             .map_err(|e| anyhow::anyhow!("WEBHOOK_SIGNING_KEYS: {e}"))?;
+        let mut allowed_ports = self.callback_allowed_ports.to_vec();
+        if allowed_ports.contains(&0) {
+            anyhow::bail!("CALLBACK_ALLOWED_PORTS: 0 is not a port a URL can name");
+        }
+        allowed_ports.sort_unstable();
+        allowed_ports.dedup();
         let policy = webhooks::address::Policy {
             allow_http: self.callback_allow_http,
             allowed_hosts: self
@@ -236,7 +242,7 @@ impl Config {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
-            allowed_ports: self.callback_allowed_ports.to_vec(),
+            allowed_ports,
             resolver: webhooks::address::Resolver::system(),
         };
         Ok(Some(webhooks::Callbacks {
@@ -476,3 +482,28 @@ impl Service for Gateway {
 
 /// The service built and ready to run: `Application::build(config, bus)`, then `run_until_stopped`.
 pub type Application = utility::runtime::Application<Gateway>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ports(ports: &str) -> Config {
+        Config {
+            // `whsk_` and the base64 of a 32-byte seed (all zero: a test key).
+            webhook_signing_keys: Some(Secret::new(format!("whsk_{}=", "A".repeat(43)))),
+            callback_allowed_ports: ports.parse().unwrap(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn callback_ports_are_listed_once_and_port_0_is_refused() {
+        let callbacks = with_ports("8443, 443,443").callbacks().unwrap().expect("callbacks on");
+        assert_eq!(callbacks.policy.allowed_ports, [443, 8443]);
+        let refused = with_ports("443,0").callbacks().map(|_| ()).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "CALLBACK_ALLOWED_PORTS: 0 is not a port a URL can name"
+        );
+    }
+}
