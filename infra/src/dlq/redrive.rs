@@ -10,7 +10,7 @@
 //!   to start a task.
 
 use super::{DlqError, Resolved, hold, release, unwrap_sns};
-use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, SendMessageBatchRequestEntry};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -225,18 +225,9 @@ async fn move_task(bus: &Bus, queue: &Resolved, wait: Duration) -> Result<Option
         dlq: queue.queue.name.to_owned(),
         reason,
     };
-    let attributes = bus
-        .sqs()
-        .get_queue_attributes()
-        .queue_url(&queue.url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| BusError::from_sdk("GetQueueAttributes", e))?;
-    let dlq_arn = attributes
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
+    let dlq_arn = bus
+        .queue_arn(&queue.url)
+        .await?
         .ok_or_else(|| failed("SQS did not tell the DLQ's ARN".to_owned()))?;
     let started = bus
         .sqs()

@@ -453,6 +453,21 @@ impl Bus {
             .map_err(BusError::sdk("GetQueueAttributes"))
     }
 
+    /// The queue's ARN (what a subscription, a redrive policy or a message move names it by);
+    /// `None` when SQS does not say.
+    pub async fn queue_arn(&self, queue_url: &str) -> Result<Option<String>, BusError> {
+        use aws_sdk_sqs::types::QueueAttributeName as Name;
+        let output = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(Name::QueueArn)
+            .send()
+            .await
+            .map_err(BusError::sdk("GetQueueAttributes"))?;
+        Ok(output.attributes().and_then(|a| a.get(&Name::QueueArn)).cloned())
+    }
+
     /// The queue's visibility timeout and redrive limit.
     pub async fn queue_settings(&self, queue_url: &str) -> Result<QueueSettings, BusError> {
         use aws_sdk_sqs::types::QueueAttributeName as Name;

@@ -49,15 +49,9 @@ pub async fn scratch_queue(bus: &Bus, label: &str, attributes: &[(QueueAttribute
         .queue_url
         .expect("a created queue has a URL");
     let arn = bus
-        .sqs()
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
+        .queue_arn(&url)
         .await
-        .unwrap_or_else(|e| panic!("attributes of {name}: {e:?}"))
-        .attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .unwrap_or_else(|e| panic!("attributes of {name}: {e}"))
         .expect("a queue has an ARN");
     ScratchQueue { url, arn }
 }
