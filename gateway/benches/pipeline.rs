@@ -209,21 +209,20 @@ fn benching() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
+/// The number `var` (a `BENCH_*` setting) holds, or `default` when it is unset or not a number.
+fn setting(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// `BENCH_*` or the default; under `cargo test` (which runs this without `--bench`), a smoke run
 /// of a twentieth of the size, so `make test` checks that the benchmark works without paying for it.
 fn size(var: &str, default: usize) -> usize {
-    let default = if benching() { default } else { (default / 20).max(2) };
-    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    setting(var, if benching() { default } else { (default / 20).max(2) })
 }
 
 /// Rounds of an interleaved phase: `BENCH_*` or the default; one in a smoke run.
 fn rounds(var: &str, default: usize) -> usize {
-    let default = if benching() { default } else { 1 };
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-        .max(1)
+    setting(var, if benching() { default } else { 1 }).max(1)
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
@@ -397,10 +396,7 @@ async fn consumer_loop(route: &Route, queue: &str, backend: Backend, messages: u
             .expect("database"),
     };
     // The pool a service's consumer uses: one connection per batch in flight and a few more.
-    let batches = std::env::var("BENCH_MAX_BATCHES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_MAX_BATCHES);
+    let batches = setting("BENCH_MAX_BATCHES", DEFAULT_MAX_BATCHES);
     let pool = utility::storage::Pools::open(
         &db.url,
         sqlx::migrate::Migrator::DEFAULT,

@@ -367,7 +367,7 @@ async fn status_events_without_a_callback_stop_at_the_topic(backend: Backend) {
     // its consumer took (each message id once, however often delivered) are the three of the
     // enrollment with a callback, and none of the other.
     let queue_url = system.queue_url("WebhookDeliveriesQueueUrl");
-    let pool = sqlx::AnyPool::connect(&system.gateway_db.url).await.unwrap();
+    let pool = system.gateway().pool.clone();
     let handled = |id: String| {
         let pool = pool.clone();
         async move {
@@ -392,7 +392,6 @@ async fn status_events_without_a_callback_stop_at_the_topic(backend: Backend) {
         0,
         "the webhook consumer took status events of an enrollment without a callback"
     );
-    pool.close().await;
     let (status, view) = system.get_json(&format!("/api/sagas/{plain}")).await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["deliveries"], json!([]), "{view}");
