@@ -259,8 +259,8 @@ impl Used {
         let retried = answers.iter().any(|a| a.attempts > 1);
         // Gone is right only once the deadline has passed (the answer came after it), and only
         // for a link mailed too close to it to be followed in time; a second POST after a 200
-        // may find the deadline passed whenever it was mailed.
-        // One verdict per token (two POSTs at once are refused alike).
+        // may find the deadline passed whenever it was mailed. One verdict per token (two POSTs
+        // at once are refused alike).
         if let Some(answer) = answers.iter().find(|a| a.status == 410) {
             let deadline = answer.deadline().unwrap_or_default();
             let lead = lead_seconds(mailed_at, deadline);

@@ -68,7 +68,8 @@ impl Fault {
 /// relay's 30 s lease before the mail is asked for, and a loaded CI machine, with both backends'
 /// phases at once, adds tens of seconds: 60 s was seen to be too short once), short enough that an
 /// enrollment whose address was already enrolled (its mail has no link) ends `expired` within the
-/// phase's deadline. A link answered 410 after its deadline is reported, not a violation.
+/// phase's deadline. A link answered 410 after its deadline, mailed too close to it to be
+/// followed in time, is reported, not a violation (`confirm::MAIL_LEAD`).
 pub(crate) const CONFIRMATION_TTL: Duration = Duration::from_secs(90);
 
 /// The environment phases run in.

@@ -107,8 +107,8 @@ impl Pools {
 }
 
 /// Opens one pool and applies the shared migrations (the outbox and processed-message tables:
-/// versions below 100), then the service's
-/// own (`sqlx::migrate!()`, versions from 100): what tests and tools use. Services open [`Pools`].
+/// versions below 100), then the service's own (`sqlx::migrate!()`, versions from 100): what
+/// tests and tools use. Services open [`Pools`].
 pub async fn connect(url: &str, service_migrations: Migrator) -> Result<AnyPool, DbError> {
     let pool = open_pool(url, HTTP_CONNECTIONS, None).await?;
     if pending(&pool, &service_migrations).await {
